@@ -1,0 +1,209 @@
+"""Configuration of the MoDE policy: one dataclass, named presets, overrides.
+
+Every field is documented where it is declared. Presets are plain dicts of
+overrides on top of the defaults, so a preset shows exactly what it changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+ROUTING_MODES = ("noise", "token", "dense")
+SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
+SCHEDULES = ("exponential", "karras")
+
+
+@dataclass
+class MoDEConfig:
+    """Everything needed to rebuild a MoDE policy (saved as ``config.json``)."""
+
+    # --- data shapes -------------------------------------------------------
+    state_dim: int = 39
+    """Width of ``observation.state`` (0 for image-only policies)."""
+    action_dim: int = 4
+    """Width of one action."""
+    goal_dim: int = 384
+    """Width of the goal vector (language embedding or task embedding)."""
+    n_obs_steps: int = 1
+    """Observation history length; each step becomes observation tokens."""
+    horizon: int = 10
+    """Length of the predicted action chunk (action tokens)."""
+    n_action_steps: int = 10
+    """Actions of a chunk executed before re-planning (<= horizon)."""
+    image_keys: list[str] = field(default_factory=list)
+    """Camera keys (``observation.images.<name>``); each camera is one token per step."""
+    image_size: int = 0
+    """Side of the square camera images fed to the vision encoder (0 = no images)."""
+
+    # --- transformer -------------------------------------------------------
+    n_layers: int = 4
+    """Number of transformer blocks (each block's MLP is a mixture of experts)."""
+    d_model: int = 256
+    """Token width d."""
+    n_heads: int = 4
+    """Attention heads (d_model must be divisible by it)."""
+    attn_dropout: float = 0.3
+    """Dropout on attention probabilities (paper: 0.3)."""
+    resid_dropout: float = 0.1
+    """Dropout on the attention and MLP outputs before the residual add."""
+    init_std: float = 0.02
+    """Std of the normal init of linear layers (residual outputs scaled by 1/sqrt(2L))."""
+
+    # --- experts -----------------------------------------------------------
+    routing: str = "noise"
+    """'noise' (MoDE: router sees only the noise embedding), 'token' (per-token router), 'dense' (one MLP)."""
+    num_experts: int = 4
+    """Experts per MoE layer."""
+    top_k: int = 2
+    """Experts used per sample (noise routing) or per token (token routing)."""
+    mlp_ratio: int = 4
+    """Hidden width of each SwiGLU expert, as a multiple of d_model (paper: 4)."""
+    dense_mlp_ratio: int = 4
+    """Hidden width of the single MLP of the 'dense' variant, as a multiple of d_model."""
+    shared_expert: bool = False
+    """Add an always-on SwiGLU expert to every MoE layer."""
+    balance_loss_weight: float = 0.01
+    """Weight gamma of the Switch-style load-balancing loss (paper: 0.01)."""
+    freeze_router: bool = False
+    """Freeze routers and drop the balancing loss (fine-tuning a pretrained model)."""
+
+    # --- conditioning ------------------------------------------------------
+    goal_dropout: float = 0.1
+    """Element-wise dropout on the goal embedding in training (paper: 0.1)."""
+    state_encoder_hidden: int = 256
+    """Hidden width of the MLP that turns a state vector into an observation token."""
+
+    # --- diffusion (EDM) ---------------------------------------------------
+    sigma_data: float = 0.5
+    """EDM sigma_data of the normalised actions."""
+    sigma_min: float = 0.001
+    """Smallest noise level (training truncation and end of the sampling schedule)."""
+    sigma_max: float = 80.0
+    """Largest noise level (training truncation and start of the sampling schedule)."""
+    train_sigma_loc: float = math.log(0.5)
+    """Location of the log-logistic training noise distribution (of ln sigma)."""
+    train_sigma_scale: float = 0.5
+    """Scale of the log-logistic training noise distribution (of ln sigma)."""
+    sampler: str = "ddim"
+    """Sampler: 'ddim' (paper), 'euler', 'heun' or 'dpmpp_2m'."""
+    schedule: str = "exponential"
+    """Sigma schedule: 'exponential' (paper) or 'karras'."""
+    num_inference_steps: int = 10
+    """Sampling steps (paper: 10; 5 also used)."""
+    karras_rho: float = 7.0
+    """rho of the Karras schedule."""
+
+    # ----------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+        if self.routing not in ROUTING_MODES:
+            raise ValueError(f"routing={self.routing!r}: expected one of {ROUTING_MODES}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r}: expected one of {SAMPLERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: expected one of {SCHEDULES}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.routing != "dense" and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
+        if not 1 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min ({self.sigma_min}) < sigma_max ({self.sigma_max})")
+        if self.num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be >= 1")
+        if self.state_dim <= 0 and not self.image_keys:
+            raise ValueError("the policy needs observations: state_dim > 0 or image_keys")
+
+    @property
+    def n_obs_tokens_per_step(self) -> int:
+        return (1 if self.state_dim > 0 else 0) + len(self.image_keys)
+
+    @property
+    def n_tokens(self) -> int:
+        """Sequence length: noise + goal + observation tokens + action tokens."""
+        return 2 + self.n_obs_steps * self.n_obs_tokens_per_step + self.horizon
+
+    # --- (de)serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MoDEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MoDEConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Presets: overrides on top of the defaults above.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Unit tests: a few hundred thousand parameters, no dropout.
+    "tiny": dict(
+        n_layers=2, d_model=64, n_heads=2, attn_dropout=0.0, resid_dropout=0.0,
+        state_encoder_hidden=64, horizon=4, n_action_steps=4,
+    ),
+    # Trains in minutes on a 2-core CPU (see DESIGN.md section 4 for step costs).
+    "cpu": dict(
+        n_layers=4, d_model=256, n_heads=4, attn_dropout=0.1, resid_dropout=0.0,
+    ),
+    # The paper's from-scratch model: 8 layers, d=1024, 8 heads, 4 experts, top-2.
+    "paper": dict(n_layers=8, d_model=1024, n_heads=8, goal_dim=512),
+    # The paper's pretrained model: 12 layers.
+    "paper-pretrain": dict(n_layers=12, d_model=1024, n_heads=8, goal_dim=512),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> MoDEConfig:
+    """Build the config of a named preset, with keyword overrides on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
+    return MoDEConfig(**{**PRESETS[name], **overrides})
+
+
+def _parse_value(text: str, annotation: Any) -> Any:
+    """Parse a command-line value into the type of a config field."""
+    origin = typing.get_origin(annotation)
+    if annotation in (bool, "bool"):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if annotation in (int, "int"):
+        return int(text)
+    if annotation in (float, "float"):
+        return float(text)
+    if origin is list or (isinstance(annotation, str) and annotation.startswith("list")):
+        return [item for item in text.split(",") if item]
+    return text
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["d_model=512", "routing=dense"]`` into typed keyword overrides."""
+    fields = {f.name: f for f in dataclasses.fields(MoDEConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} is not of the form key=value")
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in fields:
+            raise ValueError(f"unknown config field {key!r}; known fields: {', '.join(sorted(fields))}")
+        try:
+            out[key] = _parse_value(value, fields[key].type)
+        except ValueError as err:
+            raise ValueError(f"bad value for {key}: {err}") from None
+    return out

@@ -1,0 +1,127 @@
+"""The MoDE denoising transformer (and its token-routed and dense variants).
+
+Decoder-only, causal, over the token sequence
+``[noise, goal, obs_1 .. obs_n, action_1 .. action_H]`` with learned
+positional embeddings. Each block is pre-norm:
+
+    x = x + Attn(RMSNorm(x) + phi(sigma))      # noise-conditioned self-attention
+    x = x + MoE(RMSNorm(x))                    # experts chosen from phi(sigma) only
+
+where ``phi(sigma)`` is a linear embedding of ``c_noise = ln(sigma)/4``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .config import MoDEConfig
+from .nn.expert_cache import FusedExperts
+from .nn.layers import CausalSelfAttention, RMSNorm, SwiGLU
+from .nn.moe import ExpertBank, MoELayer, Routing
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MoDEConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = RMSNorm(d)
+        self.attn = CausalSelfAttention(d, cfg.n_heads, cfg.attn_dropout, cfg.resid_dropout)
+        self.norm2 = RMSNorm(d)
+        if cfg.routing == "dense":
+            self.mlp: nn.Module = SwiGLU(d, cfg.dense_mlp_ratio * d)
+        else:
+            self.mlp = MoELayer(
+                d, cfg.mlp_ratio * d, cfg.num_experts, cfg.top_k, cfg.routing, cfg.shared_expert
+            )
+        self.mlp_dropout = nn.Dropout(cfg.resid_dropout)
+
+    def forward(
+        self, x: Tensor, noise_emb: Tensor, fused: FusedExperts | None
+    ) -> tuple[Tensor, Routing | None]:
+        x = x + self.attn(self.norm1(x) + noise_emb.unsqueeze(1))
+        h = self.norm2(x)
+        if isinstance(self.mlp, MoELayer):
+            y, routing = self.mlp(h, noise_emb, fused)
+        else:
+            y, routing = self.mlp(h), None
+        return x + self.mlp_dropout(y), routing
+
+
+class MoDETransformer(nn.Module):
+    """Maps (scaled noisy actions, noise embedding, condition tokens) to the
+    raw EDM network output ``F`` for every action token."""
+
+    def __init__(self, cfg: MoDEConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.cfg = cfg
+        self.sigma_embed = nn.Linear(1, d)
+        self.action_in = nn.Linear(cfg.action_dim, d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.n_tokens, d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_out = RMSNorm(d)
+        self.action_out = nn.Linear(d, cfg.action_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style init (the official code never applies one): N(0, std)
+        weights, zero biases, unit norm gains, residual-branch outputs scaled
+        by 1/sqrt(2L), and a zero output head so the network starts at F=0."""
+        std = self.cfg.init_std
+        resid_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+            elif isinstance(module, (SwiGLU, ExpertBank)):
+                nn.init.normal_(module.w13, std=std)
+                nn.init.normal_(module.w2, std=resid_std)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, std=resid_std)
+        nn.init.normal_(self.pos_emb, std=std)
+        nn.init.zeros_(self.action_out.weight)
+        nn.init.zeros_(self.action_out.bias)
+
+    def moe_layers(self) -> list[MoELayer]:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoELayer)]
+
+    def embed_noise(self, c_noise: Tensor) -> Tensor:
+        """c_noise: (B,) -> noise embedding phi(sigma): (B, d)."""
+        return self.sigma_embed(c_noise.unsqueeze(-1).to(self.sigma_embed.weight.dtype))
+
+    def forward(
+        self,
+        noisy_actions: Tensor,
+        noise_emb: Tensor,
+        cond_tokens: Tensor,
+        fused: list[FusedExperts] | None = None,
+    ) -> tuple[Tensor, list[Routing]]:
+        """noisy_actions: (B, H, A) already scaled by c_in; noise_emb: (B, d);
+        cond_tokens: (B, n_cond, d) = [goal, obs...]; fused: one entry per
+        MoE layer for this sampling step, or None to route.
+        Returns F: (B, H, A) and the routings of the MoE layers (training stats)."""
+        horizon = noisy_actions.shape[1]
+        x = torch.cat(
+            [noise_emb.unsqueeze(1), cond_tokens, self.action_in(noisy_actions)], dim=1
+        )  # (B, T, d)
+        x = x + self.pos_emb[:, : x.shape[1]]
+        routings: list[Routing] = []
+        moe_i = 0
+        for block in self.blocks:
+            layer_fused = None
+            if fused is not None and isinstance(block.mlp, MoELayer):
+                layer_fused = fused[moe_i]
+                moe_i += 1
+            x, routing = block(x, noise_emb, layer_fused)
+            if routing is not None:
+                routings.append(routing)
+        return self.action_out(self.norm_out(x[:, -horizon:])), routings
+
+    def inactive_params(self) -> int:
+        return sum(layer.inactive_params() for layer in self.moe_layers())

@@ -1,0 +1,1 @@
+"""Observation and goal encoders that turn inputs into transformer tokens."""

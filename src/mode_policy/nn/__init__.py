@@ -1,0 +1,1 @@
+"""Neural-network building blocks: norms, attention, SwiGLU, router, MoE, expert cache."""
