@@ -73,6 +73,9 @@ class MoDEConfig:
     """Freeze routers and drop the balancing loss (fine-tuning a pretrained model)."""
 
     # --- conditioning ------------------------------------------------------
+    goal_encoder: dict[str, Any] = field(default_factory=dict)
+    """How ``task`` strings become goal vectors: the ``config_dict()`` of a language
+    encoder (e.g. ``{"type": "minilm"}``); empty = goals arrive as ``goal`` vectors."""
     goal_dropout: float = 0.1
     """Element-wise dropout on the goal embedding in training (paper: 0.1)."""
     state_encoder_hidden: int = 256
@@ -120,6 +123,8 @@ class MoDEConfig:
             raise ValueError(f"need 0 < sigma_min ({self.sigma_min}) < sigma_max ({self.sigma_max})")
         if self.num_inference_steps < 1:
             raise ValueError("num_inference_steps must be >= 1")
+        if self.goal_encoder and "type" not in self.goal_encoder:
+            raise ValueError("goal_encoder must name its 'type' (minilm, clip or task)")
         if self.state_dim <= 0 and not self.image_keys:
             raise ValueError("the policy needs observations: state_dim > 0 or image_keys")
 

@@ -72,8 +72,19 @@ class MoDEPolicy(nn.Module):
         if config.freeze_router:
             for layer in self.transformer.moe_layers():
                 layer.router.requires_grad_(False)
-        # Optional callable list[str] -> (B, goal_dim); kept out of the state dict.
+        # Turns `task` strings into goal vectors. Frozen encoders (MiniLM, CLIP) are
+        # plain attributes, outside the state dict; a trainable task embedding is an
+        # nn.Module and so becomes a submodule that trains and saves with the policy.
         self.goal_encoder: Callable[[list[str]], Tensor] | None = None
+        if config.goal_encoder:
+            from .encoders.language import make_language_encoder
+
+            self.goal_encoder = make_language_encoder(dict(config.goal_encoder))
+            if self.goal_encoder.dim != config.goal_dim:
+                raise ValueError(
+                    f"goal encoder {config.goal_encoder['type']!r} gives {self.goal_encoder.dim}-d goals, "
+                    f"config.goal_dim is {config.goal_dim}"
+                )
         self.use_expert_cache = True
         self._plan: SamplingPlan | None = None
         self._action_queue: deque[Tensor] = deque()
@@ -92,7 +103,7 @@ class MoDEPolicy(nn.Module):
             raise KeyError("batch needs 'goal' (B, goal_dim), or 'task' strings with a goal encoder attached")
         if goal.shape[-1] != self.config.goal_dim:
             raise ValueError(f"goal has width {goal.shape[-1]}, the policy expects goal_dim={self.config.goal_dim}")
-        return goal.to(self.goal_proj.weight.dtype)
+        return goal.to(device=self.goal_proj.weight.device, dtype=self.goal_proj.weight.dtype)
 
     def encode_condition(self, batch: Mapping[str, Any]) -> Tensor:
         """Goal and observation tokens: (B, 1 + n_obs * tokens_per_step, d)."""

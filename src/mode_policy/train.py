@@ -1,0 +1,344 @@
+"""Training loop (nanoGPT-style: one readable function), single process or DDP.
+
+Runs as a plain script on one device, and unchanged under ``torchrun`` (DDP;
+gloo on CPU, NCCL on GPU). Only rank 0 writes anything. A run directory holds:
+
+    config.json         train + policy configuration
+    stats.json          normalisation statistics
+    metrics.jsonl       one JSON object per logged step (loss, lr, samples/s, ...)
+    tb/                 TensorBoard events
+    checkpoints/step_XXXXXXXX/ + LATEST   policy, optimizer, scheduler, EMA, RNG, step
+    model/              final EMA policy (``MoDEPolicy.from_pretrained``)
+    train_summary.json  steps, wall time, rank consistency check
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from .config import get_preset, parse_overrides
+from .data.windows import EpisodeData, WindowSampler, load_episodes
+from .ema import EMA
+from .fileio import atomic_write, atomic_write_json, atomic_write_text
+from .policy import MoDEPolicy
+
+EvalFn = Callable[[MoDEPolicy, int], dict[str, Any]]
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the policy architecture (preset + overrides)."""
+
+    dataset: str = ""
+    """Path of a LeRobot-format dataset (v3.0 or v2.1)."""
+    output_dir: str = "runs/mode"
+    """Run directory (created; must be empty unless resuming)."""
+    preset: str = "cpu"
+    """Policy preset (tiny, cpu, paper, paper-pretrain)."""
+    overrides: list[str] = field(default_factory=list)
+    """Policy config overrides, ``key=value``."""
+    language: str = "minilm"
+    """Goal encoder: 'minilm' (offline sentence model), 'task' (learned embedding) or 'clip'."""
+    steps: int = 5000
+    batch_size: int = 256
+    """Global batch size (split across DDP ranks)."""
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    """Evaluate the EMA policy every N steps (0: only through the caller after training)."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    progress: bool = True
+
+
+# ------------------------------------------------------------------ helpers
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (dim >= 2), none on gains and biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch.Tensor | None]:
+    """Policy sized for the dataset, with its goal encoder; and the goal table
+    (num_tasks, goal_dim) of a frozen encoder, computed once."""
+    from .encoders.language import make_language_encoder
+
+    spec: dict[str, Any] = {"type": cfg.language}
+    overrides = parse_overrides(cfg.overrides)
+    if cfg.language == "task":
+        spec.update(tasks=data.tasks, dim=overrides.get("goal_dim", 64))
+    encoder = make_language_encoder(spec)
+    policy_cfg = get_preset(
+        cfg.preset,
+        **{
+            "state_dim": data.state_dim,
+            "action_dim": data.action_dim,
+            "goal_dim": encoder.dim,
+            **overrides,
+            "goal_encoder": encoder.config_dict(),
+        },
+    )
+    policy = MoDEPolicy(policy_cfg)
+    policy.set_normalization(data.stats())
+    goal_table = None
+    if not isinstance(policy.goal_encoder, torch.nn.Module):  # frozen: embed the instruction set once
+        goal_table = policy.goal_encoder(data.tasks).float().cpu()
+    return policy, goal_table
+
+
+# --------------------------------------------------------------- checkpoints
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "LATEST"
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    if not (path / "training_state.pt").is_file():
+        raise ValueError(f"checkpoint {path} named by {pointer} is incomplete (no training_state.pt)")
+    return path
+
+
+def save_checkpoint(run_dir: Path, step: int, policy: MoDEPolicy, state: dict[str, Any], keep: int) -> Path:
+    """Write ``checkpoints/step_N`` via a temporary folder and an atomic rename,
+    then point ``LATEST`` at it; older checkpoints beyond ``keep`` are removed."""
+    ckpt_root = run_dir / "checkpoints"
+    name = f"step_{step:08d}"
+    tmp = ckpt_root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    policy.save_pretrained(tmp)
+    torch.save(state, tmp / "training_state.pt")
+    final = ckpt_root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(ckpt_root / "LATEST", name + "\n")
+    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ValueError(f"checkpoint {path / 'training_state.pt'} is corrupt or truncated: {err}") from None
+
+
+# -------------------------------------------------------------------- train
+def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None) -> Path:
+    """Train a MoDE policy on ``cfg.dataset``; returns the run directory."""
+    rank, local_rank, world = _distributed()
+    device = _device(cfg.device, local_rank)
+    run_dir = Path(cfg.output_dir)
+    if not Path(cfg.dataset).exists():
+        raise FileNotFoundError(f"dataset folder not found: {cfg.dataset}")
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
+    latest = _latest_checkpoint(run_dir) if resume else None
+    if resume and latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} is not empty (use --resume to continue it)")
+    if latest is not None:  # the saved config wins, except the new step budget
+        saved = json.loads((run_dir / "config.json").read_text())["train"]
+        saved["betas"] = tuple(saved["betas"])
+        cfg = dataclasses.replace(TrainConfig(**saved), steps=cfg.steps, progress=cfg.progress)
+
+    torch.manual_seed(cfg.seed + rank)
+    data = load_episodes(cfg.dataset)
+    policy, goal_table = build_policy(cfg, data)
+    if latest is not None:
+        saved_policy = MoDEPolicy.from_pretrained(latest)
+        if saved_policy.config != policy.config:
+            raise ValueError(f"checkpoint {latest} was trained with a different policy config than {cfg.dataset} gives")
+        policy.load_state_dict(saved_policy.state_dict())
+    policy.to(device).train()
+    sampler = WindowSampler(data, policy.config.n_obs_steps, policy.config.horizon, goal_table)
+    ema = EMA(policy, cfg.ema_decay)
+    model: torch.nn.Module = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=policy.config.routing != "dense",
+        )
+    optimizer = torch.optim.AdamW(_param_groups(policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    step = 0
+    if latest is not None:
+        state = _load_checkpoint(latest)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])
+        data_gen.set_state(state["data_rng"][rank] if rank < len(state["data_rng"]) else state["data_rng"][0])
+        torch.set_rng_state(state["torch_rng"][rank] if rank < len(state["torch_rng"]) else state["torch_rng"][0])
+        step = state["step"]
+
+    writer = None
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if latest is None:
+            atomic_write_json(run_dir / "config.json", {
+                "train": dataclasses.asdict(cfg), "policy": policy.config.to_dict(), "world_size": world,
+            })
+            atomic_write_json(run_dir / "stats.json", data.stats())
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if latest is not None else None)
+
+    def gather_rng() -> tuple[list, list]:
+        """Every rank's data and torch RNG states (rank 0 saves them all)."""
+        mine = [data_gen.get_state(), torch.get_rng_state()]
+        if world == 1:
+            return [mine[0]], [mine[1]]
+        everyone: list = [None] * world
+        dist.all_gather_object(everyone, mine)
+        return [e[0] for e in everyone], [e[1] for e in everyone]
+
+    def checkpoint() -> None:
+        data_rng, torch_rng = gather_rng()
+        if rank == 0:
+            save_checkpoint(run_dir, step, policy, {
+                "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict(), "data_rng": data_rng, "torch_rng": torch_rng,
+            }, cfg.keep_checkpoints)
+
+    per_rank = cfg.batch_size // world
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+    start_time, window_time, window_steps = time.perf_counter(), time.perf_counter(), 0
+    while step < cfg.steps:
+        frames = torch.randint(0, len(sampler), (per_rank,), generator=data_gen)
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in sampler.batch(frames).items()}
+        with autocast:
+            loss, info = model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(policy)
+        step += 1
+        window_steps += 1
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            record = {
+                "step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "samples_per_s": window_steps * cfg.batch_size / (now - window_time),
+                "wall_s": now - start_time,
+                **{k: float(v) for k, v in info.items() if v.dim() == 0},
+            }
+            if "expert_usage" in info:
+                record["expert_usage"] = info["expert_usage"].tolist()
+            window_time, window_steps = now, 0
+            if rank == 0:
+                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                for k, v in record.items():
+                    if isinstance(v, float):
+                        writer.add_scalar(f"train/{k}", v, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}",
+                                    sps=f"{record['samples_per_s']:.0f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpoint()
+        if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            if rank == 0:
+                result = eval_fn(ema.model, step)
+                with open(run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, **result}) + "\n")
+                for k, v in result.items():
+                    if isinstance(v, (int, float)):
+                        writer.add_scalar(f"eval/{k}", v, step)
+            if world > 1:
+                dist.barrier()
+    if bar is not None:
+        bar.close()
+
+    checksum = weights_checksum(policy)
+    checksums = [checksum]
+    if world > 1:
+        checksums = [None] * world
+        dist.all_gather_object(checksums, checksum)
+    if rank == 0:
+        ema.model.save_pretrained(run_dir / "model")
+        atomic_write_json(run_dir / "train_summary.json", {
+            "steps": step, "world_size": world, "wall_s": time.perf_counter() - start_time,
+            "weights_checksum_per_rank": checksums, "ranks_consistent": len(set(checksums)) == 1,
+        })
+        writer.close()
+    if world > 1:
+        dist.barrier()
+        if len(set(checksums)) != 1:
+            raise RuntimeError(f"DDP ranks diverged: weight checksums {checksums}")
+    return run_dir

@@ -1,0 +1,18 @@
+"""Shared test settings: one torch thread (tiny models are overhead-bound and
+the 2-core machines are shared), fixed seeds."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

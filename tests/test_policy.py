@@ -1,0 +1,225 @@
+import json
+
+import pytest
+import torch
+
+from mode_policy.config import MoDEConfig, get_preset, parse_overrides
+from mode_policy.policy import CheckpointError, MoDEPolicy
+
+
+def make_policy(**kw) -> MoDEPolicy:
+    cfg = get_preset("tiny", state_dim=5, action_dim=3, goal_dim=8, **kw)
+    policy = MoDEPolicy(cfg)
+    # Non-trivial weights everywhere (the output head starts at zero)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    policy.set_normalization({
+        "action": {"min": [-2.0, 0.0, -1.0], "max": [2.0, 1.0, 3.0]},
+        "observation.state": {"mean": [0.1] * 5, "std": [2.0] * 5},
+    })
+    return policy
+
+
+def obs_batch(b: int) -> dict:
+    return {"observation.state": torch.randn(b, 5), "goal": torch.randn(b, 8)}
+
+
+def test_save_load_predict_identical(tmp_path):
+    policy = make_policy().eval()
+    batch, noise = obs_batch(3), torch.randn(3, 4, 3)
+    before = policy.predict_action_chunk(batch, noise=noise)
+    policy.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors"}
+    loaded = MoDEPolicy.from_pretrained(tmp_path / "ckpt").eval()
+    after = loaded.predict_action_chunk(batch, noise=noise)
+    assert torch.equal(before, after)
+    # actions come back in the original units (inside the min-max range)
+    lo, hi = torch.tensor([-2.0, 0.0, -1.0]), torch.tensor([2.0, 1.0, 3.0])
+    assert (after >= lo - 1e-6).all() and (after <= hi + 1e-6).all()
+
+
+def test_checkpoint_mismatch_names_the_problem(tmp_path):
+    make_policy().save_pretrained(tmp_path / "a")
+    cfg_path = tmp_path / "a" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["d_model"] = 32
+    cfg["n_heads"] = 2
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"shape mismatch: .*checkpoint \(.*64.*\) vs model"):
+        MoDEPolicy.from_pretrained(tmp_path / "a")
+    cfg["d_model"], cfg["n_layers"] = 64, 3
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"missing tensors: transformer\.blocks\.2"):
+        MoDEPolicy.from_pretrained(tmp_path / "a")
+    cfg["n_layers"], cfg["not_a_field"] = 2, 1
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown MoDEConfig field.*not_a_field"):
+        MoDEPolicy.from_pretrained(tmp_path / "a")
+
+
+def test_truncated_or_missing_checkpoint(tmp_path):
+    make_policy().save_pretrained(tmp_path / "a")
+    weights = tmp_path / "a" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        MoDEPolicy.from_pretrained(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="checkpoint file missing"):
+        MoDEPolicy.from_pretrained(tmp_path / "nowhere")
+
+
+def test_select_action_uses_queue_and_reset():
+    policy = make_policy(n_action_steps=3).eval()
+    calls = []
+    original = policy.predict_action_chunk
+
+    def counting(batch, noise=None):
+        calls.append(1)
+        return original(batch, noise)
+
+    policy.predict_action_chunk = counting
+    obs = obs_batch(2)
+    actions = [policy.select_action(obs) for _ in range(7)]
+    assert all(a.shape == (2, 3) for a in actions)
+    assert len(calls) == 3  # re-plans every 3 actions: steps 0, 3, 6
+    policy.reset()
+    policy.select_action(obs)
+    assert len(calls) == 4
+
+
+def test_observation_history_is_stacked():
+    policy = make_policy(n_obs_steps=2).eval()
+    seen = []
+    original = policy.predict_action_chunk
+    policy.predict_action_chunk = lambda batch, noise=None: (seen.append(batch), original(batch))[1]
+    first, second = obs_batch(1), obs_batch(1)
+    policy.select_action(first)
+    assert seen[0]["observation.state"].shape == (1, 2, 5)
+    assert torch.equal(seen[0]["observation.state"][:, 0], first["observation.state"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_cached_equals_uncached(batch_size):
+    policy = make_policy().eval()
+    batch, noise = obs_batch(batch_size), torch.randn(batch_size, 4, 3)
+    cached = policy.predict_action_chunk(batch, noise=noise)
+    assert policy.sampling_plan().fused is not None
+    policy.use_expert_cache = False
+    uncached = policy.predict_action_chunk(batch, noise=noise)
+    assert policy.sampling_plan().fused is None
+    assert (cached - uncached).abs().max().item() < 1e-5
+
+
+def test_cache_views_own_no_copies_and_follow_weights():
+    policy = make_policy().eval()
+    batch, noise = obs_batch(2), torch.randn(2, 4, 3)
+    plan = policy.sampling_plan()
+    assert plan.cache_bytes == 0  # top-2: every fused pair is a view of the expert bank
+    bank = policy.transformer.blocks[0].mlp.experts
+    assert plan.fused[0][0].w13.untyped_storage().data_ptr() == bank.w13.untyped_storage().data_ptr()
+    assert policy.sampling_plan() is plan  # reused while nothing changes
+    # Loading new weights rebuilds the plan and changes the actions exactly like uncached sampling
+    other = make_policy().eval()
+    policy.load_state_dict(other.state_dict())
+    assert policy.sampling_plan() is not plan
+    new_cached = policy.predict_action_chunk(batch, noise=noise)
+    policy.use_expert_cache = False
+    assert (new_cached - policy.predict_action_chunk(batch, noise=noise)).abs().max() < 1e-5
+    policy.use_expert_cache = True
+    # Train mode never uses the cache; back in eval it is rebuilt
+    policy.train()
+    assert policy.sampling_plan().fused is None
+    policy.eval()
+    assert policy.sampling_plan().fused is not None
+    # Changing the number of steps rebuilds it too
+    policy.config.num_inference_steps = 5
+    assert len(policy.sampling_plan().fused) == 5
+
+
+def test_cache_with_top3_copies_only_needed_combos():
+    policy = make_policy(num_experts=6, top_k=3).eval()
+    batch, noise = obs_batch(3), torch.randn(3, 4, 3)
+    cached = policy.predict_action_chunk(batch, noise=noise)
+    policy.use_expert_cache = False
+    assert (cached - policy.predict_action_chunk(batch, noise=noise)).abs().max() < 1e-5
+
+
+def test_heun_sampler_cache_indexes_every_evaluation():
+    policy = make_policy(sampler="heun", schedule="karras", num_inference_steps=4).eval()
+    batch, noise = obs_batch(2), torch.randn(2, 4, 3)
+    assert len(policy.sampling_plan().fused) == 7  # 2n - 1 evaluations
+    cached = policy.predict_action_chunk(batch, noise=noise)
+    policy.use_expert_cache = False
+    assert (cached - policy.predict_action_chunk(batch, noise=noise)).abs().max() < 1e-5
+
+
+def test_bad_inputs_raise_clear_errors():
+    policy = make_policy()
+    with pytest.raises(ValueError, match="observation.state has shape"):
+        policy.predict_action_chunk({"observation.state": torch.randn(2, 7), "goal": torch.randn(2, 8)})
+    with pytest.raises(KeyError, match="goal"):
+        policy.predict_action_chunk({"observation.state": torch.randn(2, 5)})
+    with pytest.raises(ValueError, match="action has shape"):
+        policy({**obs_batch(2), "action": torch.randn(2, 9, 3)})
+    with pytest.raises(ValueError, match="lack action.min"):
+        policy.set_normalization({"observation.state": {"mean": [0] * 5, "std": [1] * 5}})
+    with pytest.raises(ValueError, match="NaN"):
+        policy.set_normalization({
+            "action": {"min": [0, 0, float("nan")], "max": [1, 1, 1]},
+            "observation.state": {"mean": [0] * 5, "std": [1] * 5},
+        })
+
+
+def test_padded_actions_do_not_count_in_loss():
+    policy = make_policy()
+    batch = {**obs_batch(4), "action": torch.randn(4, 4, 3)}
+    pad = torch.zeros(4, 4, dtype=torch.bool)
+    pad[:, 2:] = True
+    batch["action_is_pad"] = pad
+    torch.manual_seed(3)
+    loss_a, _ = policy(batch)
+    batch["action"] = batch["action"].clone()
+    batch["action"][:, 2:] = 100.0  # garbage in the padded part
+    torch.manual_seed(3)
+    # Causal attention: later (padded) tokens cannot influence earlier ones
+    loss_b, _ = policy(batch)
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-5)
+
+
+def test_config_validation_and_overrides():
+    with pytest.raises(ValueError, match="routing"):
+        MoDEConfig(routing="magic")
+    with pytest.raises(ValueError, match="top_k"):
+        MoDEConfig(top_k=5, num_experts=4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+    assert parse_overrides(["d_model=128", "routing=dense", "shared_expert=true", "sigma_max=40"]) == {
+        "d_model": 128, "routing": "dense", "shared_expert": True, "sigma_max": 40.0,
+    }
+    with pytest.raises(ValueError, match="unknown config field 'dmodel'"):
+        parse_overrides(["dmodel=3"])
+
+
+def test_paper_parameter_counts():
+    """The paper: 685M total / 384M active for the 12-layer transformer; 460M for 8 layers."""
+    with torch.device("meta"):  # shapes only, no memory or init time
+        counts = MoDEPolicy(get_preset("paper-pretrain")).parameter_counts()["transformer"]
+    assert abs(counts["total"] / 685e6 - 1) < 0.03
+    assert abs(counts["active"] / 384e6 - 1) < 0.03
+    with torch.device("meta"):
+        counts8 = MoDEPolicy(get_preset("paper")).parameter_counts()["transformer"]
+    assert abs(counts8["total"] / 460e6 - 1) < 0.03
+
+
+def test_trainable_task_embedding_saves_and_loads(tmp_path):
+    tasks = ["open the drawer", "close the drawer"]
+    policy = make_policy(goal_encoder={"type": "task", "tasks": tasks, "dim": 8, "init": "normal"}).eval()
+    batch = {"observation.state": torch.randn(2, 5), "task": tasks}
+    noise = torch.randn(2, 4, 3)
+    before = policy.predict_action_chunk(batch, noise=noise)
+    assert any(k.startswith("goal_encoder.") for k in policy.state_dict())
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = MoDEPolicy.from_pretrained(tmp_path / "ckpt").eval()
+    assert torch.equal(loaded.predict_action_chunk(batch, noise=noise), before)
+    with pytest.raises(KeyError, match="unknown"):
+        loaded.predict_action_chunk({"observation.state": torch.randn(1, 5), "task": ["fly away"]})
