@@ -61,6 +61,117 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return 0 if result.passed() else 1
 
 
+# --------------------------------------------------------------------- demos
+@command("demos")
+def cmd_demos(args: argparse.Namespace) -> int:
+    from .demos import generate_demos
+    from .envs.metaworld_env import resolve_tasks
+
+    tasks = resolve_tasks(args.tasks)
+    out = generate_demos(args.out, tasks, args.episodes, seed=args.seed, workers=args.workers,
+                         overwrite=args.overwrite, progress=True)
+    print(f"wrote {len(tasks)} tasks x {args.episodes} successful expert episodes to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------- train
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        dataset=args.dataset, output_dir=args.out, preset=args.preset, overrides=args.set,
+        language=args.language, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed,
+        device=args.device,
+    )
+
+
+def _metaworld_eval_fn(tasks: list[str], episodes: int, seed: int):
+    from .evaluate import evaluate_metaworld
+
+    def run(policy, step: int) -> dict:
+        result = evaluate_metaworld(policy, tasks, episodes, seed=seed, progress=False)
+        return {"success_rate": result["overall"]["success_rate"],
+                "per_task": {t: r["success_rate"] for t, r in result["per_task"].items()}}
+
+    return run
+
+
+def _dataset_metaworld_tasks(dataset: str) -> list[str]:
+    """Meta-World env names recorded in a dataset we generated (empty otherwise)."""
+    from .data.lerobot_format import LeRobotDataset
+
+    names = [extra.get("env_name") for extra in LeRobotDataset(dataset).episode_extra]
+    return sorted({n for n in names if n}) if all(names) else []
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = _train_config(args)
+    eval_fn = None
+    if args.eval_every:
+        tasks = _dataset_metaworld_tasks(args.dataset)
+        if not tasks:
+            raise UserError("--eval-every needs a Meta-World dataset made by `mode-policy demos`")
+        eval_fn = _metaworld_eval_fn(tasks, args.eval_episodes, args.seed)
+    run_dir = train(cfg, resume=args.resume, eval_fn=eval_fn)
+    print(f"training finished: {run_dir}/model")
+    return 0
+
+
+# ---------------------------------------------------------------------- eval
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .evaluate import evaluate_metaworld, format_success_table, save_eval
+    from .policy import MoDEPolicy
+
+    if args.env != "metaworld":
+        raise UserError(f"unknown --env {args.env!r}")
+    model_dir = Path(args.policy)
+    if (model_dir / "model" / "config.json").is_file():  # a run directory was given
+        model_dir = model_dir / "model"
+    policy = MoDEPolicy.from_pretrained(model_dir, map_location=args.device)
+    if args.steps:
+        policy.config.num_inference_steps = args.steps
+    tasks = args.tasks
+    if tasks is None:
+        run_cfg = model_dir.parent / "config.json"
+        if run_cfg.is_file():
+            tasks = _dataset_metaworld_tasks(json.loads(run_cfg.read_text())["train"]["dataset"])
+        if not tasks:
+            raise UserError("say which tasks to evaluate with --tasks (e.g. mt10)")
+    start = time.perf_counter()
+    video_dir = Path(args.out).parent / "videos" if args.videos else None
+    result = evaluate_metaworld(policy, tasks, args.episodes, seed=args.seed, batch_size=args.batch_size,
+                                video_dir=video_dir, videos_per_task=args.videos)
+    result["wall_s"] = time.perf_counter() - start
+    result["policy"] = str(model_dir)
+    save_eval(result, args.out)
+    print(format_success_table(result))
+    print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------- bench
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_latency, format_latency
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_latency(args.preset, rounds_b1=args.rounds_b1, rounds_b64=args.rounds_b64,
+                           overrides=parse_overrides(args.set), profile=not args.no_profile,
+                           progress=not args.json)
+    print(json.dumps(result, indent=2) if args.json else format_latency(result))
+    return 0
+
+
 # ------------------------------------------------------------------- parsing
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mode-policy", description=__doc__)
@@ -71,10 +182,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("demos", help="generate scripted Meta-World demonstrations (LeRobot format)")
+    p.add_argument("--tasks", default="mt10", help="mt10, mt50, or comma-separated task names")
+    p.add_argument("--episodes", type=int, default=50, help="successful episodes per task")
+    p.add_argument("--out", default="data/mt10")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("train", help="train a MoDE policy on a LeRobot-format dataset")
+    _add_train_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate in Meta-World every N steps")
+    p.add_argument("--eval-episodes", type=int, default=5, help="episodes per task for periodic evaluation")
+
+    p = sub.add_parser("eval", help="evaluate a trained policy in simulation")
+    p.add_argument("policy", help="a run directory or a saved model directory")
+    p.add_argument("--env", default="metaworld", choices=["metaworld"])
+    p.add_argument("--tasks", default=None, help="task set; default: the tasks of the training data")
+    p.add_argument("--episodes", type=int, default=50, help="held-out episodes per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100, help="environments rolled out in parallel")
+    p.add_argument("--steps", type=int, default=0, help="sampling steps (default: the policy's)")
+    p.add_argument("--videos", type=int, default=0, help="record this many episodes per task as mp4")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="eval_info.json")
+
+    p = sub.add_parser("bench", help="inference benchmarks (ratios measured side by side)")
+    p.add_argument("what", choices=["latency"])
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--rounds-b1", type=int, default=40)
+    p.add_argument("--rounds-b64", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("toy", help="train on the bimodal toy task and check both modes are kept")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="LeRobot-format dataset folder")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="policy config overrides")
+    p.add_argument("--language", default="minilm", choices=["minilm", "task", "clip"])
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
 
 
 def main(argv: list[str] | None = None) -> int:

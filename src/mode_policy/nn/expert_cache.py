@@ -35,7 +35,8 @@ def _select(bank: Tensor, experts: list[int], copies: dict, key: tuple) -> Tenso
 def build_layer_cache(layer: MoELayer, noise_emb: Tensor) -> tuple[list[FusedExperts], int]:
     """Fused experts of one layer for each of the M noise embeddings (M, d).
 
-    Returns the per-step list and the bytes of weight copies the cache owns.
+    Returns the per-step list and the bytes the cache owns (weight copies, if
+    any, and the mixing weights).
     """
     probs = layer.router(noise_emb)  # (M, E)
     index, weights = choose_experts(probs, layer.top_k, sample=False)  # (M, k)
@@ -45,10 +46,10 @@ def build_layer_cache(layer: MoELayer, noise_emb: Tensor) -> tuple[list[FusedExp
     copies: dict[tuple, Tensor] = {}
     steps = []
     for m, experts in enumerate(index.tolist()):  # one host sync, at build time only
-        w13 = _select(layer.experts.w13, experts, copies, ("w13", *experts))
-        w2 = _select(layer.experts.w2, experts, copies, ("w2", *experts))
+        w13 = _select(layer.experts.w13.detach(), experts, copies, ("w13", *experts))
+        w2 = _select(layer.experts.w2.detach(), experts, copies, ("w2", *experts))
         steps.append(FusedExperts(w13, w2, weights[m].view(-1, 1, 1)))
-    owned = sum(t.numel() * t.element_size() for t in copies.values())
+    owned = sum(t.numel() * t.element_size() for t in (*copies.values(), weights))
     return steps, owned
 
 

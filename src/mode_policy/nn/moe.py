@@ -113,10 +113,11 @@ class FusedExperts(NamedTuple):
 
     def __call__(self, x: Tensor) -> Tensor:
         shape = x.shape
-        h = torch.matmul(x.reshape(1, -1, shape[-1]), self.w13)  # (k, N, 2h)
+        tokens = x.reshape(-1, shape[-1])  # (N, d)
+        h = torch.bmm(tokens.expand(self.w13.shape[0], -1, -1), self.w13)  # (k, N, 2h)
         gate, up = h.chunk(2, dim=-1)
-        a = F.silu(gate).mul_(up).mul_(self.mix)  # (k, N, h)
-        return torch.matmul(a, self.w2).sum(0).view(shape)  # (N, d) -> x.shape
+        a = F.silu(gate).mul_(up).mul_(self.mix)  # (k, N, h), mixing weights applied here
+        return torch.bmm(a, self.w2).sum(0).view(shape)  # (N, d) -> x.shape
 
 
 class MoELayer(nn.Module):

@@ -1,0 +1,238 @@
+"""Inference benchmarks (``mode-policy bench latency``).
+
+Every figure is measured side by side in one process: the variants run in
+interleaved rounds (shuffled order per round), so machine noise hits them all
+alike, and the ratios are what to read. Variants, all at the preset's width
+and depth, with the same random weights where they share a structure:
+
+* ``mode_cached``    MoDE with fused expert cache (the default eval path)
+* ``mode_uncached``  the same weights, routing + batched dispatch every step
+* ``dense_active``   dense transformer with the same *active* parameters (MLP hidden = k * 4d)
+* ``dense_total``    dense transformer with the same *total* parameters (MLP hidden = E * 4d)
+* ``mode_e{E}_cached``  MoDE with E experts (top-k fixed) for the scaling curve
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import MoDEConfig, get_preset
+from .policy import MoDEPolicy
+
+
+def _policy(cfg: MoDEConfig, seed: int, cached: bool = True) -> MoDEPolicy:
+    torch.manual_seed(seed)
+    policy = MoDEPolicy(cfg)
+    with torch.no_grad():  # a trained-looking output head (init is zero)
+        torch.nn.init.normal_(policy.transformer.action_out.weight, std=0.02)
+    policy.use_expert_cache = cached
+    return policy.eval()
+
+
+def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -> dict[str, MoDEPolicy]:
+    """The benchmarked policies (see module docstring)."""
+    cached = _policy(base, 0)
+    uncached = _policy(base, 0, cached=False)
+    uncached.load_state_dict(cached.state_dict())
+    variants = {
+        "mode_cached": cached,
+        "mode_uncached": uncached,
+        "dense_active": _policy(dataclasses.replace(
+            base, routing="dense", dense_mlp_ratio=base.top_k * base.mlp_ratio), 0),
+        "dense_total": _policy(dataclasses.replace(
+            base, routing="dense", dense_mlp_ratio=base.num_experts * base.mlp_ratio), 0),
+    }
+    for e in expert_counts:
+        variants[f"mode_e{e}_cached"] = _policy(dataclasses.replace(base, num_experts=e), 0)
+    return variants
+
+
+def make_batch(cfg: MoDEConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "observation.state": torch.randn(batch_size, cfg.n_obs_steps, cfg.state_dim, generator=gen),
+        "goal": torch.randn(batch_size, cfg.goal_dim, generator=gen),
+    }
+
+
+def time_side_by_side(
+    variants: dict[str, MoDEPolicy], batch: dict[str, torch.Tensor], rounds: int, warmup: int = 2, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Median and interquartile range (ms) of one action chunk per variant."""
+    rng = random.Random(seed)
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name].predict_action_chunk(batch)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for name in names:
+            start = time.perf_counter()
+            variants[name].predict_action_chunk(batch)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, values in times.items():
+        q = statistics.quantiles(values, n=4)
+        out[name] = {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "runs": len(values)}
+    return out
+
+
+def chunk_flops(policy: MoDEPolicy, batch: dict[str, torch.Tensor]) -> int:
+    """FLOPs of producing one action chunk (all sampling steps), counted by torch."""
+    policy.sampling_plan()  # build the cache outside the count
+    counter = FlopCounterMode(display=False)
+    with counter:
+        policy.predict_action_chunk(batch)
+    return counter.get_total_flops()
+
+
+def expert_bytes(policy: MoDEPolicy) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for layer in policy.transformer.moe_layers()
+        for t in (layer.experts.w13, layer.experts.w2)
+    )
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This CPU's fp32 matrix-multiply throughput (best of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def profile_ops(policy: MoDEPolicy, batch: dict[str, torch.Tensor], top: int = 8) -> list[dict[str, Any]]:
+    """The ops that take the time in one chunk (self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    policy.predict_action_chunk(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        policy.predict_action_chunk(batch)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [
+        {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total, "calls": e.count}
+        for e in events[:top]
+    ]
+
+
+def bench_latency(
+    preset: str = "cpu",
+    rounds_b1: int = 40,
+    rounds_b64: int = 10,
+    overrides: dict[str, Any] | None = None,
+    profile: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the latency benchmark; returns the figures and ratios as a dict."""
+    base = get_preset(preset, **{"state_dim": 39, "action_dim": 4, **(overrides or {})})
+    if base.routing != "noise":
+        raise ValueError("bench latency compares noise-routed MoDE with dense baselines: use routing=noise")
+    log = print if progress else (lambda *a, **k: None)
+    variants = build_variants(base)
+    b1, b64 = make_batch(base, 1), make_batch(base, 64)
+
+    cached, uncached = variants["mode_cached"], variants["mode_uncached"]
+    diffs = []
+    for batch in (b1, b64):
+        noise = torch.randn(batch["goal"].shape[0], base.horizon, base.action_dim)
+        diffs.append((cached.predict_action_chunk(batch, noise) - uncached.predict_action_chunk(batch, noise)).abs().max().item())
+
+    log(f"timing batch 1 ({rounds_b1} rounds x {len(variants)} variants)...")
+    lat_b1 = time_side_by_side(variants, b1, rounds_b1)
+    main = {k: v for k, v in variants.items() if not k.startswith("mode_e")}
+    log(f"timing batch 64 ({rounds_b64} rounds x {len(main)} variants)...")
+    lat_b64 = time_side_by_side(main, b64, rounds_b64)
+
+    flops = {name: chunk_flops(p, b1) for name, p in main.items()}
+    plan = cached.sampling_plan()
+    cache_bytes, weights_bytes = plan.cache_bytes, expert_bytes(cached)
+    counts = {name: p.parameter_counts() for name, p in main.items()}
+
+    def ratio(a: dict, x: str, y: str) -> float:
+        return a[x]["median_ms"] / a[y]["median_ms"]
+
+    result: dict[str, Any] = {
+        "preset": preset,
+        "config": {k: getattr(base, k) for k in ("n_layers", "d_model", "n_heads", "num_experts", "top_k",
+                                                  "horizon", "num_inference_steps", "sampler", "schedule")},
+        "torch_threads": torch.get_num_threads(),
+        "latency_b1": lat_b1,
+        "latency_b64": lat_b64,
+        "flops_per_chunk": flops,
+        "params": counts,
+        "cache_bytes": cache_bytes,
+        "expert_weight_bytes": weights_bytes,
+        "exact_max_abs_diff": max(diffs),
+        "ratios": {
+            "cached_over_uncached_b1": ratio(lat_b1, "mode_cached", "mode_uncached"),
+            "cached_over_uncached_b64": ratio(lat_b64, "mode_cached", "mode_uncached"),
+            "cached_over_dense_active_b1": ratio(lat_b1, "mode_cached", "dense_active"),
+            "cached_over_dense_active_b64": ratio(lat_b64, "mode_cached", "dense_active"),
+            "cached_over_dense_total_b1": ratio(lat_b1, "mode_cached", "dense_total"),
+            "cached_over_dense_total_b64": ratio(lat_b64, "mode_cached", "dense_total"),
+            "experts8_over_experts4_b1": ratio(lat_b1, "mode_e8_cached", "mode_cached"),
+            "experts16_over_experts4_b1": ratio(lat_b1, "mode_e16_cached", "mode_cached"),
+            "flops_cached_over_dense_total": flops["mode_cached"] / flops["dense_total"],
+            "flops_cached_over_dense_active": flops["mode_cached"] / flops["dense_active"],
+            "cache_bytes_over_expert_bytes": cache_bytes / weights_bytes,
+        },
+    }
+    if profile:
+        log("profiling the cached path...")
+        gflops = matmul_gflops()
+        result["matmul_gflops"] = gflops
+        result["profile"] = {}
+        for name, batch, lat in (("b1", b1, lat_b1), ("b64", b64, lat_b64)):
+            chunk_flop = chunk_flops(cached, batch)
+            result["profile"][name] = {
+                "flops": chunk_flop,
+                "flop_bound_ms": chunk_flop / (gflops * 1e9) * 1e3,
+                "measured_ms": lat["mode_cached"]["median_ms"],
+                "top_ops": profile_ops(cached, batch),
+            }
+    return result
+
+
+def format_latency(result: dict[str, Any]) -> str:
+    """Human-readable table of a ``bench_latency`` result."""
+    lines = [f"bench latency, preset {result['preset']}: {result['config']}  (torch threads: {result['torch_threads']})", ""]
+    lines.append(f"{'variant':<18} {'b1 median ms':>13} {'IQR':>7} {'b64 median ms':>14} {'IQR':>7} {'GFLOP/chunk (b1)':>17} {'active params':>14}")
+    for name, b1 in result["latency_b1"].items():
+        b64 = result["latency_b64"].get(name)
+        flops = result["flops_per_chunk"].get(name)
+        params = result["params"].get(name, {}).get("active_params")
+        lines.append(
+            f"{name:<18} {b1['median_ms']:>13.2f} {b1['iqr_ms']:>7.2f} "
+            + (f"{b64['median_ms']:>14.1f} {b64['iqr_ms']:>7.1f} " if b64 else f"{'':>14} {'':>7} ")
+            + (f"{flops / 1e9:>17.3f} " if flops else f"{'':>17} ")
+            + (f"{params:>14,}" if params else "")
+        )
+    lines.append("")
+    for key, value in result["ratios"].items():
+        lines.append(f"{key:<34} {value:8.3f}")
+    lines.append(f"{'exact_max_abs_diff':<34} {result['exact_max_abs_diff']:8.1e}")
+    lines.append(f"{'cache bytes / expert bytes':<34} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
+    if "profile" in result:
+        lines.append(f"\nmatmul throughput: {result['matmul_gflops']:.1f} GFLOP/s (fp32, 1024^3)")
+        for name, prof in result["profile"].items():
+            lines.append(f"cached {name}: {prof['flops'] / 1e9:.3f} GFLOP -> flop-bound {prof['flop_bound_ms']:.2f} ms, "
+                         f"measured {prof['measured_ms']:.2f} ms")
+            for op in prof["top_ops"][:6]:
+                lines.append(f"    {op['op']:<32} {op['self_ms']:8.2f} ms  {op['share']:6.1%}  x{op['calls']}")
+    return "\n".join(lines)

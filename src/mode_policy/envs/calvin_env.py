@@ -1,0 +1,553 @@
+"""CALVIN long-horizon evaluation protocol (Mees et al. 2022), as in the official
+``calvin_models/calvin_agent/evaluation/evaluate_policy.py``.
+
+Protocol:
+
+* 1000 chains of 5 instructions (:func:`get_sequences`: the official chain list, same
+  symbolic task model, same seeds, same order), each starting from a symbolic initial
+  scene turned into ``robot_obs`` / ``scene_obs`` by :func:`get_env_state_for_initial_condition`
+  (same block placement and random yaw as the official code);
+* ``env.reset(robot_obs=..., scene_obs=...)`` once per chain; for each instruction the
+  policy is reset and gets at most :data:`EP_LEN` = 360 steps; after every step the task
+  oracle (``calvin_env.envs.tasks.Tasks`` with the official task definitions,
+  :data:`TASK_ORACLE_SPEC`) checks ``get_task_info_for_set(start_info, current_info,
+  {subtask})``; the next instruction is given only after a success, and a chain ends at its
+  first failure;
+* score: average number of completed instructions per chain (0..5, "avg. len"), plus the
+  fraction of chains completing at least 1, 2, ..., 5 instructions.
+
+The instruction given for each subtask is the official validation annotation
+(:data:`VAL_INSTRUCTIONS`, ``conf/annotations/new_playtable_validation.yaml``).
+
+Observations use the names of :mod:`mode_policy.data.convert_calvin`:
+``observation.state`` (1, 15) = ``robot_obs``, ``observation.images.static`` /
+``observation.images.gripper`` (1, 3, H, W) float32 in [0, 1] for the cameras the policy
+uses, and ``task``. ``scene_obs`` is privileged and not given unless asked for. Actions are
+CALVIN's relative actions (the dataset's ``rel_actions``); the gripper is binarised to -1/1
+as the env requires.
+
+``calvin_env`` (with pybullet) is not on the package registries; :func:`import_calvin_env`
+explains how to install it. Everything else here (chains, initial states, scoring) is
+pure Python and tested without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from itertools import product
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CALVIN_TASKS",
+    "CHAIN_LENGTH",
+    "EP_LEN",
+    "INSTALL_HINT",
+    "NUM_SEQUENCES",
+    "TASK_CATEGORIES",
+    "TASK_ORACLE_SPEC",
+    "VAL_INSTRUCTIONS",
+    "average_chain_length",
+    "calvin_observation",
+    "count_success",
+    "evaluate_calvin",
+    "fnv1_32",
+    "format_calvin_results",
+    "get_env_state_for_initial_condition",
+    "get_sequences",
+    "import_calvin_env",
+    "run_chains",
+    "valid_chain",
+]
+
+EP_LEN = 360
+NUM_SEQUENCES = 1000
+CHAIN_LENGTH = 5
+INSTALL_HINT = (
+    "calvin_env is not on PyPI. Install it from source (Python 3.8-3.10 recommended by its authors):\n"
+    "  git clone --recursive https://github.com/mees/calvin_env.git\n"
+    "  pip install -e calvin_env/tacto && pip install -e calvin_env\n"
+    "and download a CALVIN dataset (its validation/ folder holds the env config, .hydra/merged_config.yaml): "
+    "see https://github.com/mees/calvin/tree/main/dataset"
+)
+
+# --------------------------------------------------------------------------------------
+# Symbolic task model (for chain generation), in the official task order
+# --------------------------------------------------------------------------------------
+
+_BLOCKS = ("red", "blue", "pink")
+_SLIDER_SPOTS = ["slider_right", "slider_left"]
+Rule = tuple[dict[str, Any], dict[str, Any]]  # (condition, effect); a list value = "any of"
+
+
+def _task_rules() -> dict[str, list[Rule]]:
+    """Task name -> alternative (condition, effect) rules on the symbolic scene state."""
+    rules: dict[str, list[Rule]] = {}
+    for verb in ("rotate", "push"):
+        for b in _BLOCKS:
+            for side in ("right", "left"):
+                rules[f"{verb}_{b}_block_{side}"] = [({f"{b}_block": "table", "grasped": 0}, {f"{b}_block": "table"})]
+    rules["move_slider_left"] = [({"slider": "right", "grasped": 0}, {"slider": "left"})]
+    rules["move_slider_right"] = [({"slider": "left", "grasped": 0}, {"slider": "right"})]
+    rules["open_drawer"] = [({"drawer": "closed", "grasped": 0}, {"drawer": "open"})]
+    rules["close_drawer"] = [({"drawer": "open", "grasped": 0}, {"drawer": "closed"})]
+    for b in _BLOCKS:
+        lifted = {f"{b}_block": "grasped", "grasped": 1}
+        rules[f"lift_{b}_block_table"] = [({f"{b}_block": "table", "grasped": 0}, lifted)]
+        rules[f"lift_{b}_block_slider"] = [
+            ({f"{b}_block": "slider_left", "slider": "right", "grasped": 0}, lifted),
+            ({f"{b}_block": "slider_right", "slider": "left", "grasped": 0}, lifted),
+        ]
+        rules[f"lift_{b}_block_drawer"] = [({f"{b}_block": "drawer", "drawer": "open", "grasped": 0}, lifted)]
+    rules["place_in_slider"] = [
+        ({f"{b}_block": "grasped", "slider": side, "grasped": 1}, {f"{b}_block": f"slider_{side}", "grasped": 0})
+        for b in _BLOCKS
+        for side in ("right", "left")
+    ]
+    rules["place_in_drawer"] = [
+        ({f"{b}_block": "grasped", "drawer": "open", "grasped": 1}, {f"{b}_block": "drawer", "grasped": 0})
+        for b in _BLOCKS
+    ]
+    pairs = [(top, bottom) for top in _BLOCKS for bottom in _BLOCKS if top != bottom]
+    rules["stack_block"] = [
+        ({f"{t}_block": "grasped", f"{u}_block": "table", "grasped": 1},
+         {f"{t}_block": "stacked_top", f"{u}_block": "stacked_bottom", "grasped": 0})
+        for t, u in pairs
+    ]
+    rules["unstack_block"] = [
+        ({f"{t}_block": "stacked_top", f"{u}_block": "stacked_bottom", "grasped": 0},
+         {f"{t}_block": "table", f"{u}_block": "table"})
+        for t, u in pairs
+    ]
+    rules["turn_on_lightbulb"] = [({"lightbulb": 0, "grasped": 0}, {"lightbulb": 1})]
+    rules["turn_off_lightbulb"] = [({"lightbulb": 1, "grasped": 0}, {"lightbulb": 0})]
+    rules["turn_on_led"] = [({"led": 0, "grasped": 0}, {"led": 1})]
+    rules["turn_off_led"] = [({"led": 1, "grasped": 0}, {"led": 0})]
+    rules["push_into_drawer"] = [
+        ({f"{b}_block": "table", **{f"{o}_block": _SLIDER_SPOTS for o in _BLOCKS if o != b}, "drawer": "open",
+          "grasped": 0}, {f"{b}_block": "drawer", "grasped": 0})
+        for b in _BLOCKS
+    ]
+    return rules
+
+
+TASK_RULES: dict[str, list[Rule]] = _task_rules()
+#: The 34 CALVIN tasks in the official order (the order chain sampling draws from).
+CALVIN_TASKS: list[str] = list(TASK_RULES)
+
+#: Tasks of one category never appear twice in a chain.
+TASK_CATEGORIES: dict[str, int] = {
+    **{f"{v}_{b}_block_{s}": 1 for v in ("rotate", "push") for b in _BLOCKS for s in ("right", "left")},
+    "move_slider_left": 2, "move_slider_right": 2, "open_drawer": 3, "close_drawer": 3,
+    **{f"lift_{b}_block_table": 4 for b in _BLOCKS},
+    **{f"lift_{b}_block_slider": 5 for b in _BLOCKS},
+    **{f"lift_{b}_block_drawer": 6 for b in _BLOCKS},
+    "place_in_slider": 7, "place_in_drawer": 7,
+    "turn_on_lightbulb": 8, "turn_off_lightbulb": 8, "turn_on_led": 8, "turn_off_led": 8,
+    "push_into_drawer": 9, "stack_block": 10, "unstack_block": 11,
+}
+
+#: Symbolic initial scenes: every combination, keys in this order (it matters for seeding).
+_INITIAL_VALUES: dict[str, list[Any]] = {
+    "led": [0, 1],
+    "lightbulb": [0, 1],
+    "slider": ["right", "left"],
+    "drawer": ["closed", "open"],
+    "red_block": ["table", "slider_right", "slider_left"],
+    "blue_block": ["table", "slider_right", "slider_left"],
+    "pink_block": ["table", "slider_right", "slider_left"],
+    "grasped": [0],
+}
+
+
+def _holds(state: Mapping[str, Any], condition: Mapping[str, Any]) -> bool:
+    return all(state[k] in v if isinstance(v, list) else state[k] == v for k, v in condition.items())
+
+
+def _successors(state: Mapping[str, Any], task: str) -> list[dict[str, Any]]:
+    return [{**state, **effect} for condition, effect in TASK_RULES[task] if _holds(state, condition)]
+
+
+def valid_chain(state: Mapping[str, Any], chain: Sequence[str]) -> bool:
+    """True when every task of ``chain`` applies to exactly one rule in turn from ``state``
+    and no two tasks share a category (the official acceptance test)."""
+    for task in chain:
+        nexts = _successors(state, task)
+        if len(nexts) != 1:
+            return False
+        state = nexts[0]
+    categories = [TASK_CATEGORIES[t] for t in chain]
+    return len(set(categories)) == len(categories)
+
+
+def initial_conditions() -> list[dict[str, Any]]:
+    """The symbolic initial scenes chains start from: lights, slider and drawer in any state,
+    one or two blocks on the table and at most one block per sliding-cabinet spot (192 scenes)."""
+    scenes = []
+    for values in product(*_INITIAL_VALUES.values()):
+        if values.count("table") in (1, 2) and values.count("slider_right") < 2 and values.count("slider_left") < 2:
+            scenes.append(dict(zip(_INITIAL_VALUES, values)))
+    return scenes
+
+
+def _scene_chains(scene: Mapping[str, Any], index: int, count: int) -> list[tuple[str, ...]]:
+    """The first ``count`` valid chains of scene ``index``'s stream: the official sampler draws
+    ``RandomState(index).choice(tasks, 5, replace=False)`` until it has enough valid chains.
+    ``choice`` without replacement is ``permutation(34)[:5]``, i.e. a shuffle of
+    ``arange(34)``; shuffling a reused array gives the same draws, several times faster."""
+    rng = np.random.RandomState(index)
+    order = np.arange(len(CALVIN_TASKS))
+    perm = order.copy()
+    categories = [TASK_CATEGORIES[t] for t in CALVIN_TASKS]
+    applicable = [len(_successors(scene, t)) == 1 for t in CALVIN_TASKS]  # cheap rejection first
+    chains: list[tuple[str, ...]] = []
+    while len(chains) < count:
+        perm[:] = order
+        rng.shuffle(perm)
+        picked = perm[:CHAIN_LENGTH].tolist()
+        if not applicable[picked[0]] or len({categories[i] for i in picked}) < CHAIN_LENGTH:
+            continue
+        chain = tuple(CALVIN_TASKS[i] for i in picked)
+        if valid_chain(scene, chain):
+            chains.append(chain)
+    return chains
+
+
+@lru_cache(maxsize=8)
+def _sequences(num_sequences: int) -> tuple[tuple[tuple[tuple[str, Any], ...], tuple[str, ...]], ...]:
+    scenes = initial_conditions()
+    base, extra = divmod(num_sequences, len(scenes))
+    chains: list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    for i, scene in enumerate(scenes):
+        count = base + (1 if i < extra else 0)  # the sizes of np.array_split(range(n), len(scenes))
+        chains += [(scene, chain) for chain in _scene_chains(scene, i, count)]
+    np.random.RandomState(0).shuffle(chains)  # the official final shuffle (seed 0)
+    return tuple((tuple(scene.items()), chain) for scene, chain in chains)
+
+
+def get_sequences(num_sequences: int = NUM_SEQUENCES) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """The CALVIN evaluation chains: ``[(initial_condition, (task_1, ..., task_5)), ...]``.
+
+    Same list, in the same order, as the official ``get_sequences(num_sequences)``: chains
+    are spread evenly over the 192 initial scenes (:func:`initial_conditions`), sampled per
+    scene with seed = scene index (5 distinct tasks, kept when valid), then shuffled with
+    seed 0. Deterministic and cached; does not touch numpy's global random state. The
+    rejection sampling is what it is: the full 1000-chain list takes about half a minute
+    on one core (the official code spreads it over processes)."""
+    if num_sequences < 1:
+        raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
+    return [(dict(scene), chain) for scene, chain in _sequences(int(num_sequences))]
+
+
+# --------------------------------------------------------------------------------------
+# Initial condition -> simulator state
+# --------------------------------------------------------------------------------------
+
+_ROBOT_OBS = np.array([
+    0.02586889, -0.2313129, 0.5712808, 3.09045411, -0.02908596, 1.50013585, 0.07999963,
+    -1.21779124, 1.03987629, 2.11978254, -2.34205014, -0.87015899, 1.64119093, 0.55344928, 1.0,
+])
+_SLIDER_LEFT = np.array([-2.40851662e-01, 9.24044687e-02, 4.60990009e-01])
+_SLIDER_RIGHT = np.array([7.03416330e-02, 9.24044687e-02, 4.60990009e-01])
+_TABLE_SPOTS = (
+    np.array([5.00000896e-02, -1.20000177e-01, 4.59990009e-01]),
+    np.array([2.29995412e-01, -1.19995140e-01, 4.59990010e-01]),
+)
+_YAW_RANGE = (np.pi / 2 - np.pi / 8, np.pi / 2 + np.pi / 8)
+
+
+def fnv1_32(data: bytes) -> int:
+    """32-bit FNV-1 with a zero initial value, as ``pyhash.fnv1_32()`` computes it (pyhash
+    hashes a Python str as its UTF-16-LE bytes)."""
+    h = 0
+    for byte in data:
+        h = (h * 0x01000193) & 0xFFFFFFFF
+        h ^= byte
+    return h
+
+
+def get_env_state_for_initial_condition(condition: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(robot_obs (15,), scene_obs (24,))`` of a symbolic initial scene, as the official
+    code builds them: fixed robot pose; slider/drawer/switch/lights from the scene; blocks on
+    their cabinet spot or on one of two table spots (order shuffled), each with a random yaw,
+    seeded by the FNV-1 hash of ``str(condition.values())``."""
+    ordered = {k: condition[k] for k in _INITIAL_VALUES}  # the official key order
+    seed = fnv1_32(str(ordered.values()).encode("utf-16-le"))
+    rng = np.random.RandomState(seed)
+    table = list(_TABLE_SPOTS)
+    rng.shuffle(table)
+    scene = np.zeros(24)
+    if ordered["slider"] == "left":
+        scene[0] = 0.28
+    if ordered["drawer"] == "open":
+        scene[1] = 0.22
+    if ordered["lightbulb"] == 1:
+        scene[3] = 0.088  # the switch that turns the bulb on is up
+    scene[4] = ordered["lightbulb"]
+    scene[5] = ordered["led"]
+    spots = {"slider_right": _SLIDER_RIGHT, "slider_left": _SLIDER_LEFT}
+    # red takes the first table spot; blue the second if red is on the table; pink the second
+    red, blue, pink = ordered["red_block"], ordered["blue_block"], ordered["pink_block"]
+    scene[6:9] = spots.get(red, table[0])
+    scene[11] = rng.uniform(*_YAW_RANGE)
+    scene[12:15] = spots.get(blue, table[1] if red == "table" else table[0])
+    scene[17] = rng.uniform(*_YAW_RANGE)
+    scene[18:21] = spots.get(pink, table[1])
+    scene[23] = rng.uniform(*_YAW_RANGE)
+    return _ROBOT_OBS.copy(), scene
+
+
+# --------------------------------------------------------------------------------------
+# Scoring and the chain protocol (independent of the simulator)
+# --------------------------------------------------------------------------------------
+
+
+def count_success(chain_lengths: Sequence[int]) -> list[float]:
+    """Fraction of chains that completed at least 1, 2, ..., 5 instructions."""
+    if not len(chain_lengths):
+        raise ValueError("no chains to score")
+    counts = Counter(int(n) for n in chain_lengths)
+    return [sum(counts[j] for j in range(i, CHAIN_LENGTH + 1)) / len(chain_lengths) for i in range(1, CHAIN_LENGTH + 1)]
+
+
+def average_chain_length(chain_lengths: Sequence[int]) -> float:
+    """CALVIN's score: the mean number of completed instructions per chain (0..5)."""
+    if not len(chain_lengths):
+        raise ValueError("no chains to score")
+    return float(np.mean(chain_lengths))
+
+
+def run_chains(
+    sequences: Sequence[tuple[Mapping[str, Any], Sequence[str]]],
+    reset: Callable[[int, Mapping[str, Any]], None],
+    attempt: Callable[[int, str], bool],
+    progress: bool = False,
+) -> list[int]:
+    """The chain protocol: for chain ``c``, ``reset(c, initial_condition)``, then
+    ``attempt(c, task)`` for its tasks in order until one returns False. Returns the number
+    of completed tasks per chain."""
+    from tqdm.auto import tqdm
+
+    lengths: list[int] = []
+    bar = tqdm(total=len(sequences), desc="CALVIN chains", unit="chain", disable=not progress)
+    try:
+        for c, (condition, chain) in enumerate(sequences):
+            reset(c, condition)
+            done = 0
+            for task in chain:
+                if not attempt(c, task):
+                    break
+                done += 1
+            lengths.append(done)
+            bar.update(1)
+            rates = count_success(lengths)
+            bar.set_postfix_str(" ".join(f"{i + 1}:{r:.0%}" for i, r in enumerate(rates)) + f" avg {np.mean(lengths):.2f}")
+    finally:
+        bar.close()
+    return lengths
+
+
+# --------------------------------------------------------------------------------------
+# Official task oracle and instructions
+# --------------------------------------------------------------------------------------
+
+#: Arguments of ``calvin_env.envs.tasks.Tasks`` (``conf/callbacks/rollout/tasks/new_playtable_tasks.yaml``).
+TASK_ORACLE_SPEC: dict[str, list[Any]] = {
+    **{f"rotate_{b}_block_{s}": ["rotate_object", f"block_{b}", deg] for b in _BLOCKS
+       for s, deg in (("right", -60), ("left", 60))},
+    **{f"push_{b}_block_{s}": ["push_object", f"block_{b}", dx, 0] for b in _BLOCKS
+       for s, dx in (("right", 0.1), ("left", -0.1))},
+    "move_slider_left": ["move_door_rel", "base__slide", 0.15],
+    "move_slider_right": ["move_door_rel", "base__slide", -0.15],
+    "open_drawer": ["move_door_rel", "base__drawer", 0.12],
+    "close_drawer": ["move_door_rel", "base__drawer", -0.12],
+    **{f"lift_{b}_block_{where}": ["lift_object", f"block_{b}", dz, "table", link] for b in _BLOCKS
+       for where, dz, link in (("table", 0.05, "base_link"), ("slider", 0.03, "plank_link"),
+                               ("drawer", 0.05, "drawer_link"))},
+    "place_in_slider": ["place_object", "table", "plank_link"],
+    "place_in_drawer": ["place_object", "table", "drawer_link"],
+    "stack_block": ["stack_objects"],
+    "unstack_block": ["unstack_objects"],
+    "turn_on_lightbulb": ["toggle_light", "lightbulb", 0, 1],
+    "turn_off_lightbulb": ["toggle_light", "lightbulb", 1, 0],
+    "turn_on_led": ["toggle_light", "led", 0, 1],
+    "turn_off_led": ["toggle_light", "led", 1, 0],
+    "push_into_drawer": ["push_object_into", ["block_red", "block_blue", "block_pink"], "table", "base_link",
+                         "table", "drawer_link"],
+}
+
+#: The instruction given for each task (``conf/annotations/new_playtable_validation.yaml``).
+VAL_INSTRUCTIONS: dict[str, str] = {
+    **{f"{v}_{b}_block_{s}": f"{v} the {b} block to the {s}" for v in ("rotate", "push") for b in _BLOCKS
+       for s in ("right", "left")},
+    "move_slider_left": "slide the door to the left",
+    "move_slider_right": "slide the door to the right",
+    "open_drawer": "open the drawer",
+    "close_drawer": "close the drawer",
+    **{f"lift_{b}_block_table": f"pick up the {b} block" for b in _BLOCKS},
+    **{f"lift_{b}_block_slider": f"pick up the {b} block in the sliding cabinet" for b in _BLOCKS},
+    **{f"lift_{b}_block_drawer": f"grasp the {b} block in the drawer" for b in _BLOCKS},
+    "place_in_slider": "put the block in the sliding cabinet",
+    "place_in_drawer": "put the block in the drawer",
+    "push_into_drawer": "push the block into the drawer",
+    "stack_block": "stack the blocks",
+    "unstack_block": "unstack the blocks",
+    "turn_on_lightbulb": "turn on the light bulb",
+    "turn_off_lightbulb": "turn off the light bulb",
+    "turn_on_led": "turn on the led light",
+    "turn_off_led": "turn off the led light",
+}
+
+
+# --------------------------------------------------------------------------------------
+# The simulator (calvin_env, import-guarded)
+# --------------------------------------------------------------------------------------
+
+
+def import_calvin_env() -> SimpleNamespace:
+    """``get_env`` and ``Tasks`` from ``calvin_env``; ImportError with install steps if missing."""
+    try:
+        from calvin_env.envs.play_table_env import get_env
+        from calvin_env.envs.tasks import Tasks
+    except ImportError as e:
+        raise ImportError(f"cannot import calvin_env ({e}).\n{INSTALL_HINT}") from e
+    return SimpleNamespace(get_env=get_env, Tasks=Tasks)
+
+
+#: Policy image key -> key of ``obs["rgb_obs"]``.
+CAMERAS: dict[str, str] = {"observation.images.static": "rgb_static", "observation.images.gripper": "rgb_gripper"}
+
+
+def calvin_observation(
+    obs: Mapping[str, Any],
+    instruction: str,
+    image_keys: Sequence[str] = (),
+    image_sizes: Mapping[str, int] | None = None,
+    include_scene_obs: bool = False,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """A batch of one from a calvin_env observation, named like the converted datasets."""
+    from ..data.convert_libero import resize_images
+
+    batch: dict[str, Any] = {
+        "observation.state": torch.as_tensor(np.asarray(obs["robot_obs"], np.float32)).reshape(1, -1).to(device),
+        "task": [instruction],
+    }
+    if include_scene_obs:
+        batch["observation.environment_state"] = torch.as_tensor(np.asarray(obs["scene_obs"], np.float32)).reshape(1, -1).to(device)
+    for key in image_keys:
+        image = np.asarray(obs["rgb_obs"][CAMERAS[key]])[None]  # (1, H, W, 3) uint8
+        size = (image_sizes or {}).get(key)
+        if size:
+            image = resize_images(image, size)
+        batch[key] = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return batch
+
+
+def _to_env_action(action: Any) -> np.ndarray:
+    """(1, 7) or (7,) policy output -> a fresh float64 (7,) relative action, gripper -1/1."""
+    a = np.asarray(action.detach().cpu().numpy() if torch.is_tensor(action) else action, dtype=np.float64).reshape(-1)
+    if a.shape != (7,):
+        raise ValueError(f"policy returned an action of shape {a.shape}, expected (1, 7)")
+    a[:6] = np.clip(a[:6], -1.0, 1.0)
+    a[6] = 1.0 if a[6] > 0 else -1.0
+    return a
+
+
+def evaluate_calvin(
+    policy: Any,
+    dataset_path: str | Path | None = None,
+    num_sequences: int = NUM_SEQUENCES,
+    ep_len: int = EP_LEN,
+    progress: bool = True,
+    seed: int = 0,
+    *,
+    env: Any = None,
+    image_keys: Sequence[str] | None = None,
+    image_sizes: Mapping[str, int] | None = None,
+    include_scene_obs: bool = False,
+) -> dict[str, Any]:
+    """Run the CALVIN long-horizon protocol; returns ``avg_len``, ``success_rates`` (at 1..5),
+    ``chain_lengths``, per-task attempts/successes, and the settings used.
+
+    ``env`` is a calvin_env ``PlayTableSimEnv``; without it one is made with
+    ``calvin_env.envs.play_table_env.get_env(<dataset_path>/validation, show_gui=False)``
+    (as the official script does). ``image_keys`` default to ``policy.config.image_keys``;
+    ``image_sizes`` optionally resize a camera (match the converter's static_size/gripper_size).
+    """
+    start_time = time.perf_counter()
+    keys = list(image_keys if image_keys is not None else getattr(getattr(policy, "config", None), "image_keys", None) or [])
+    unknown = [k for k in keys if k not in CAMERAS]
+    if unknown:
+        raise ValueError(f"unknown CALVIN camera key(s) {unknown}; available: {list(CAMERAS)}")
+    if ep_len < 1:
+        raise ValueError(f"ep_len must be >= 1, got {ep_len}")
+    calvin = import_calvin_env()
+    if env is None:
+        if dataset_path is None:
+            raise ValueError("pass dataset_path (a CALVIN dataset with a validation/ folder) or env")
+        env = calvin.get_env(Path(dataset_path) / "validation", show_gui=False)
+    oracle = calvin.Tasks(TASK_ORACLE_SPEC)
+    sequences = get_sequences(num_sequences)
+    device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
+    attempts: Counter[str] = Counter()
+    successes: Counter[str] = Counter()
+
+    def reset(c: int, condition: Mapping[str, Any]) -> None:
+        robot_obs, scene_obs = get_env_state_for_initial_condition(condition)
+        env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
+        torch.manual_seed(seed * 1_000_003 + c)
+
+    def attempt(c: int, task: str) -> bool:
+        attempts[task] += 1
+        obs = env.get_obs()
+        instruction = VAL_INSTRUCTIONS[task]
+        policy.reset()
+        start_info = env.get_info()
+        for _ in range(ep_len):
+            batch = calvin_observation(obs, instruction, keys, image_sizes, include_scene_obs, device)
+            obs, _, _, info = env.step(_to_env_action(policy.select_action(batch)))
+            if oracle.get_task_info_for_set(start_info, info, {task}):
+                successes[task] += 1
+                return True
+        return False
+
+    was_training = bool(getattr(policy, "training", False))
+    if isinstance(policy, torch.nn.Module):
+        policy.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            lengths = run_chains(sequences, reset, attempt, progress)
+    finally:
+        if isinstance(policy, torch.nn.Module):
+            policy.train(was_training)
+    result = {
+        "avg_len": average_chain_length(lengths),
+        "success_rates": count_success(lengths),
+        "chain_lengths": lengths,
+        "n_chains": len(lengths),
+        "ep_len": ep_len,
+        "seed": seed,
+        "per_task": {t: {"attempts": attempts[t], "successes": successes[t]} for t in CALVIN_TASKS if attempts[t]},
+        "wall_time_s": time.perf_counter() - start_time,
+    }
+    if progress:
+        print(format_calvin_results(result))
+    return result
+
+
+def format_calvin_results(result: Mapping[str, Any]) -> str:
+    """Average length, success at 1..5 and per-task success of :func:`evaluate_calvin`."""
+    rates = " | ".join(f"{i + 1}: {r * 100:.1f}%" for i, r in enumerate(result["success_rates"]))
+    rows = [f"CALVIN: {result['n_chains']} chains, {result['ep_len']} steps/subtask",
+            f"avg. len {result['avg_len']:.3f}   success at {rates}"]
+    for task, r in result.get("per_task", {}).items():
+        rows.append(f"  {task:<26} {r['successes']:>4}/{r['attempts']:<4} {r['successes'] / r['attempts']:.2f}")
+    return "\n".join(rows)
