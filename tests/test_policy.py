@@ -224,3 +224,29 @@ def test_trainable_task_embedding_saves_and_loads(tmp_path):
     assert torch.equal(loaded.predict_action_chunk(batch, noise=noise), before)
     with pytest.raises(KeyError, match="unknown"):
         loaded.predict_action_chunk({"observation.state": torch.randn(1, 5), "task": ["fly away"]})
+
+
+def test_image_policy_tokens_and_cached_sampling():
+    cams = ["observation.images.corner", "observation.images.wrist"]
+    policy = make_policy(image_keys=cams, vision_width=8, n_obs_steps=2)
+    assert policy.config.n_tokens == 2 + 2 * 3 + 4
+    batch = {"observation.state": torch.randn(3, 2, 5), "goal": torch.randn(3, 8),
+             **{c: torch.randint(0, 256, (3, 2, 24, 24, 3), dtype=torch.uint8) for c in cams}}
+    loss, _ = policy({**batch, "action": torch.randn(3, 4, 3)})
+    loss.backward()
+    assert policy.image_encoder.cameras["observation_images_corner"].conv1.weight.grad is not None
+    policy.eval()
+    noise = torch.randn(3, 4, 3)
+    cached = policy.predict_action_chunk(batch, noise=noise)
+    policy.use_expert_cache = False
+    assert (cached - policy.predict_action_chunk(batch, noise=noise)).abs().max() < 1e-5
+    with pytest.raises(KeyError, match="camera 'observation.images.wrist'"):
+        policy.predict_action_chunk({k: v for k, v in batch.items() if k != cams[1]})
+
+
+def test_paper_image_preset_counts():
+    """Two ResNet-18 cameras: transformer 460M total, whole policy 277M active (paper)."""
+    with torch.device("meta"):
+        counts = MoDEPolicy(get_preset("paper")).parameter_counts()
+    assert abs(counts["transformer"]["total"] / 460e6 - 1) < 0.03
+    assert abs(counts["active_params"] / 277e6 - 1) < 0.05

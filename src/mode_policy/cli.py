@@ -158,6 +158,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- report
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------- inspect
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .data.inspect import format_inspection, inspect_dataset
+
+    info = inspect_dataset(args.path)
+    print(json.dumps(info, indent=2) if args.json else format_inspection(info))
+    return 0
+
+
+# ---------------------------------------------------------------- quickstart
+@command("quickstart")
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Demonstrations -> training -> held-out evaluation -> report, on this machine."""
+    import time
+    from pathlib import Path
+
+    from .demos import generate_demos
+    from .envs.metaworld_env import resolve_tasks
+    from .evaluate import evaluate_metaworld, format_success_table, save_eval
+    from .policy import MoDEPolicy
+    from .report import write_report
+    from .train import TrainConfig, train
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out} is not empty (pass --overwrite to replace it)")
+    if out.exists() and args.overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+    tasks = resolve_tasks(args.tasks)
+    timings = {}
+    start = time.perf_counter()
+    print(f"[1/4] {len(tasks)} tasks x {args.episodes} scripted demonstrations")
+    generate_demos(out / "data", tasks, args.episodes, seed=args.seed, workers=args.workers)
+    timings["demos_s"] = time.perf_counter() - start
+
+    print(f"[2/4] training the {args.preset} preset for {args.steps} steps")
+    t = time.perf_counter()
+    run = out / "run"
+    train(TrainConfig(dataset=str(out / "data"), output_dir=str(run), preset=args.preset, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, checkpoint_every=max(args.steps // 4, 1),
+                      seed=args.seed, overrides=args.set))
+    timings["train_s"] = time.perf_counter() - t
+
+    print(f"[3/4] evaluating on {args.eval_episodes} held-out episodes per task")
+    t = time.perf_counter()
+    policy = MoDEPolicy.from_pretrained(run / "model")
+    result = evaluate_metaworld(policy, tasks, args.eval_episodes, seed=args.seed)
+    timings["eval_s"] = time.perf_counter() - t
+    result["wall_s"] = timings["eval_s"]
+    save_eval(result, run / "eval_info.json")
+
+    print("[4/4] writing the report")
+    report = write_report(run)
+    timings["total_s"] = time.perf_counter() - start
+    print()
+    print(format_success_table(result))
+    print()
+    print("time: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in timings.items()))
+    print(f"report: {report}")
+    return 0
+
+
 # --------------------------------------------------------------------- bench
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -207,6 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=0, help="record this many episodes per task as mp4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="eval_info.json")
+
+    p = sub.add_parser("report", help="markdown report with pictures for a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+
+    p = sub.add_parser("inspect", help="show what a LeRobot-format dataset holds")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("quickstart", help="the main job: demos, training, evaluation and report on MT10")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--tasks", default="mt10")
+    p.add_argument("--episodes", type=int, default=50, help="demonstrations per task")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="policy config overrides")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--eval-episodes", type=int, default=10, help="held-out episodes per task")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("bench", help="inference benchmarks (ratios measured side by side)")
     p.add_argument("what", choices=["latency"])

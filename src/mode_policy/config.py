@@ -38,7 +38,15 @@ class MoDEConfig:
     image_keys: list[str] = field(default_factory=list)
     """Camera keys (``observation.images.<name>``); each camera is one token per step."""
     image_size: int = 0
-    """Side of the square camera images fed to the vision encoder (0 = no images)."""
+    """Side of the square camera images (informational; the encoder pools globally)."""
+    vision_depth: int = 18
+    """FiLM-ResNet depth per camera: 18, 34 or 50."""
+    vision_width: int = 64
+    """ResNet stem width (64 = standard; smaller for CPU presets)."""
+    vision_pretrained: str = ""
+    """Local torchvision/timm ResNet state-dict file to initialise every camera's backbone."""
+    image_shift_pad: int = 4
+    """Random-shift augmentation (pad, then random crop) in training; 0 disables it."""
 
     # --- transformer -------------------------------------------------------
     n_layers: int = 4
@@ -162,11 +170,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Trains in minutes on a 2-core CPU (see DESIGN.md section 4 for step costs).
     "cpu": dict(
-        n_layers=4, d_model=256, n_heads=4, attn_dropout=0.1, resid_dropout=0.0,
+        n_layers=4, d_model=128, n_heads=4, attn_dropout=0.1, resid_dropout=0.0, state_encoder_hidden=128,
     ),
     # The paper's from-scratch model: 8 layers, d=1024, 8 heads, 4 experts, top-2.
-    "paper": dict(n_layers=8, d_model=1024, n_heads=8, goal_dim=512),
-    # The paper's pretrained model: 12 layers.
+    # Two ResNet-18 cameras (static + gripper), CLIP-sized (512-d) goals, images only.
+    "paper": dict(
+        n_layers=8, d_model=1024, n_heads=8, goal_dim=512, state_dim=0, image_size=128,
+        image_keys=["observation.images.static", "observation.images.gripper"],
+    ),
+    # The paper's pretrained model: 12 layers (transformer sizes; add cameras with image_keys=...).
     "paper-pretrain": dict(n_layers=12, d_model=1024, n_heads=8, goal_dim=512),
 }
 

@@ -43,10 +43,15 @@ class Block(nn.Module):
     ) -> tuple[Tensor, Routing | None]:
         x = x + self.attn(self.norm1(x) + noise_emb.unsqueeze(1))
         h = self.norm2(x)
-        if isinstance(self.mlp, MoELayer):
-            y, routing = self.mlp(h, noise_emb, fused)
+        routing = None
+        if fused is not None:  # cached sampling: this step's experts, fused (no router)
+            y = fused(h)
+            if self.mlp.shared is not None:
+                y = y + self.mlp.shared(h)
+        elif isinstance(self.mlp, MoELayer):
+            y, routing = self.mlp(h, noise_emb)
         else:
-            y, routing = self.mlp(h), None
+            y = self.mlp(h)
         return x + self.mlp_dropout(y), routing
 
 
@@ -112,13 +117,8 @@ class MoDETransformer(nn.Module):
         )  # (B, T, d)
         x = x + self.pos_emb[:, : x.shape[1]]
         routings: list[Routing] = []
-        moe_i = 0
-        for block in self.blocks:
-            layer_fused = None
-            if fused is not None and isinstance(block.mlp, MoELayer):
-                layer_fused = fused[moe_i]
-                moe_i += 1
-            x, routing = block(x, noise_emb, layer_fused)
+        for i, block in enumerate(self.blocks):  # every block is MoE, or none is
+            x, routing = block(x, noise_emb, fused[i] if fused is not None else None)
             if routing is not None:
                 routings.append(routing)
         return self.action_out(self.norm_out(x[:, -horizon:])), routings

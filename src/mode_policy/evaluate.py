@@ -9,7 +9,6 @@ chunk for every env still running.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,20 +16,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .envs.metaworld_env import INSTRUCTIONS, MAX_EPISODE_STEPS, MetaWorldBatch, eval_seed, resolve_tasks
+from .confidence import wilson_interval
+from .envs.metaworld_env import (
+    ACTION_DIM, INSTRUCTIONS, MAX_EPISODE_STEPS, OBS_DIM, MetaWorldBatch, eval_seed, resolve_tasks,
+)
 from .fileio import atomic_write, atomic_write_json
 from .policy import STATE_KEY, MoDEPolicy
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z**2 / n
-    center = (p + z**2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
@@ -100,6 +91,12 @@ def evaluate_metaworld(
 ) -> dict[str, Any]:
     """Success per task and overall (with 95% Wilson intervals) on held-out seeds."""
     task_list = resolve_tasks(tasks)
+    cfg = policy.config
+    if (cfg.state_dim, cfg.action_dim) != (OBS_DIM, ACTION_DIM):
+        raise ValueError(
+            f"Meta-World has {OBS_DIM}-d states and {ACTION_DIM}-d actions; this policy was trained on "
+            f"state_dim={cfg.state_dim}, action_dim={cfg.action_dim}"
+        )
     policy.eval()
     policy.reset()
     jobs = [(t, eval_seed(t, i, seed), i) for t in task_list for i in range(episodes_per_task)]

@@ -66,6 +66,15 @@ class MoDEPolicy(nn.Module):
         self.state_encoder = (
             StateEncoder(config.state_dim, config.state_encoder_hidden, d) if config.state_dim > 0 else None
         )
+        self.image_encoder = None
+        if config.image_keys:
+            from .encoders.resnet import ImageEncoder
+
+            self.image_encoder = ImageEncoder(
+                list(config.image_keys), depth=config.vision_depth, cond_dim=config.goal_dim, out_dim=d,
+                width=config.vision_width, pretrained=config.vision_pretrained or None,
+                shift_pad=config.image_shift_pad,
+            )
         self.goal_proj = nn.Linear(config.goal_dim, d)
         self.transformer = MoDETransformer(config)
         self.sampler = make_sampler(config.sampler)
@@ -106,11 +115,13 @@ class MoDEPolicy(nn.Module):
         return goal.to(device=self.goal_proj.weight.device, dtype=self.goal_proj.weight.dtype)
 
     def encode_condition(self, batch: Mapping[str, Any]) -> Tensor:
-        """Goal and observation tokens: (B, 1 + n_obs * tokens_per_step, d)."""
+        """Goal and observation tokens: (B, 1 + n_obs * tokens_per_step, d);
+        per observation step the state token comes first, then one token per camera."""
         goal = self._goal(batch)
         if self.training and self.config.goal_dropout > 0:
             goal = F.dropout(goal, self.config.goal_dropout)
         tokens = [self.goal_proj(goal).unsqueeze(1)]  # (B, 1, d)
+        per_step: list[Tensor] = []  # each (B, n_obs, k, d)
         if self.state_encoder is not None:
             if STATE_KEY not in batch:
                 raise KeyError(f"batch lacks {STATE_KEY!r}")
@@ -122,8 +133,30 @@ class MoDEPolicy(nn.Module):
                     f"{STATE_KEY} has shape {tuple(state.shape)}, expected "
                     f"(B, {self.config.n_obs_steps}, {self.config.state_dim})"
                 )
-            tokens.append(self.state_encoder(self.normalizer.normalize_state(state)))  # (B, n_obs, d)
+            per_step.append(self.state_encoder(self.normalizer.normalize_state(state)).unsqueeze(2))
+        if self.image_encoder is not None:
+            per_step.append(self._image_tokens(batch, goal))
+        if per_step:
+            obs = torch.cat(per_step, dim=2)  # (B, n_obs, tokens_per_step, d)
+            tokens.append(obs.flatten(1, 2))
         return torch.cat(tokens, dim=1)
+
+    def _image_tokens(self, batch: Mapping[str, Any], goal: Tensor) -> Tensor:
+        """Camera tokens (B, n_obs, n_cameras, d); images (B, [n_obs,] H, W, 3) uint8
+        or (B, [n_obs,] 3, H, W) float, FiLM-conditioned on the goal embedding."""
+        n_obs, b = self.config.n_obs_steps, goal.shape[0]
+        images = {}
+        for key in self.config.image_keys:
+            if key not in batch:
+                raise KeyError(f"batch lacks camera {key!r}")
+            img = batch[key]
+            if img.dim() == 4:
+                img = img.unsqueeze(1)  # (B, 1, ...)
+            if img.dim() != 5 or img.shape[1] != n_obs:
+                raise ValueError(f"{key} has shape {tuple(img.shape)}, expected (B, {n_obs}, H, W, 3)")
+            images[key] = img.flatten(0, 1)  # (B * n_obs, ...)
+        cond = goal.repeat_interleave(n_obs, dim=0)  # (B * n_obs, goal_dim)
+        return self.image_encoder(images, cond).view(b, n_obs, len(self.config.image_keys), -1)
 
     # -------------------------------------------------------------- training
     def forward(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -28,6 +28,7 @@ import torch
 from .diffusion import edm_scalings, make_schedule
 from .fileio import atomic_write, atomic_write_text
 from .nn.moe import choose_experts
+from .confidence import wilson_interval
 from .policy import MoDEPolicy
 
 REPORT_DIR = "report"
@@ -123,18 +124,6 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
-    # Same formula as evaluate.wilson_interval, which cannot be imported without
-    # Meta-World; only used for results that carry no interval (LIBERO's format).
-    if n == 0:
-        return [0.0, 1.0]
-    p = successes / n
-    denom = 1 + z**2 / n
-    center = (p + z**2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return [max(0.0, center - half), min(1.0, center + half)]
-
-
 def success_rows(eval_info: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-task rows and the overall row of an evaluation result.
 
@@ -157,7 +146,7 @@ def success_rows(eval_info: Mapping[str, Any]) -> tuple[list[dict[str, Any]], di
         rows.append({
             "task": str(task), "instruction": str(r.get("instruction", "")), "success_rate": rate,
             "successes": successes, "episodes": episodes,
-            "ci95": [float(c) for c in r["ci95"]] if "ci95" in r else _wilson(successes, episodes),
+            "ci95": [float(c) for c in r["ci95"]] if "ci95" in r else list(wilson_interval(successes, episodes)),
         })
     o = eval_info.get("overall")
     if o is None:  # LIBERO: totals at the top level
@@ -167,7 +156,7 @@ def success_rows(eval_info: Mapping[str, Any]) -> tuple[list[dict[str, Any]], di
     successes, episodes = int(o.get("successes", 0)), int(o.get("episodes", 0))
     overall = {
         "task": "overall", "success_rate": float(o["success_rate"]), "successes": successes, "episodes": episodes,
-        "ci95": [float(c) for c in o["ci95"]] if "ci95" in o else _wilson(successes, episodes),
+        "ci95": [float(c) for c in o["ci95"]] if "ci95" in o else list(wilson_interval(successes, episodes)),
     }
     return rows, overall
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from .config import get_preset, parse_overrides
 from .data.windows import EpisodeData, WindowSampler, load_episodes
 from .ema import EMA
-from .fileio import atomic_write, atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text
 from .policy import MoDEPolicy
 
 EvalFn = Callable[[MoDEPolicy, int], dict[str, Any]]
@@ -200,16 +200,20 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} is not empty (use --resume to continue it)")
-    if latest is not None:  # the saved config wins, except the new step budget
+    if latest is not None:  # the saved config wins, except the dataset location and step budget
         saved = json.loads((run_dir / "config.json").read_text())["train"]
         saved["betas"] = tuple(saved["betas"])
-        cfg = dataclasses.replace(TrainConfig(**saved), steps=cfg.steps, progress=cfg.progress)
+        cfg = dataclasses.replace(TrainConfig(**saved), dataset=cfg.dataset, steps=cfg.steps, progress=cfg.progress)
 
     torch.manual_seed(cfg.seed + rank)
     data = load_episodes(cfg.dataset)
     policy, goal_table = build_policy(cfg, data)
     if latest is not None:
         saved_policy = MoDEPolicy.from_pretrained(latest)
+        for field_name in ("state_dim", "action_dim", "goal_dim"):
+            have, want = getattr(policy.config, field_name), getattr(saved_policy.config, field_name)
+            if have != want:
+                raise ValueError(f"dataset {cfg.dataset} gives {field_name}={have}, checkpoint {latest} expects {want}")
         if saved_policy.config != policy.config:
             raise ValueError(f"checkpoint {latest} was trained with a different policy config than {cfg.dataset} gives")
         policy.load_state_dict(saved_policy.state_dict())

@@ -156,7 +156,8 @@ def test_missing_key_and_wrong_shape(tmp_path: Path) -> None:
     frame = _frame(107)
     frame["robot_obs"] = np.zeros(14)
     np.savez_compressed(frame_path(tmp_path, 107), **frame)
-    with pytest.raises(CalvinFormatError, match=r"episode_0000107\.npz: 'robot_obs' has shape \(14,\), expected \(15,\)"):
+    with pytest.raises(CalvinFormatError,
+                       match=r"episode_0000107\.npz: 'robot_obs' has shape \(14,\), expected \(15,\)"):
         convert_calvin(tmp_path, tmp_path / "ds", progress=False)
 
     frame = _frame(107)

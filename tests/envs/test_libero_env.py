@@ -149,7 +149,8 @@ def test_config_prompt_never_reached(tmp_path: Path) -> None:
         import json
         from mode_policy.envs.libero_env import import_libero
         lib = import_libero()
-        print(json.dumps({k: lib.get_libero_path(k) for k in ("benchmark_root", "bddl_files", "init_states", "assets")}))
+        keys = ("benchmark_root", "bddl_files", "init_states", "assets")
+        print(json.dumps({k: lib.get_libero_path(k) for k in keys}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "LIBERO_CONFIG_PATH"}
     env |= {"HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), SRC])}

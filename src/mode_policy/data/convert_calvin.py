@@ -38,7 +38,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,8 @@ ROBOT_OBS_NAMES = [
 ]
 SCENE_OBS_NAMES = [
     "sliding_door", "drawer", "button", "switch", "lightbulb", "green_light",
-    *[f"{block}_block_{c}" for block in ("red", "blue", "pink") for c in ("x", "y", "z", "euler_x", "euler_y", "euler_z")],
+    *[f"{block}_block_{c}" for block in ("red", "blue", "pink")
+      for c in ("x", "y", "z", "euler_x", "euler_y", "euler_z")],
 ]
 ACTION_NAMES = ["x", "y", "z", "euler_x", "euler_y", "euler_z", "gripper"]
 LANG_FILE = "auto_lang_ann.npy"
@@ -139,7 +140,9 @@ def read_language_windows(split_dir: str | Path, lang_folder: str = "lang_annota
     if len(indx) != len(anns):
         raise CalvinFormatError(f"{path}: {len(indx)} windows in info.indx but {len(anns)} language.ann entries")
     if tasks is not None and len(list(tasks)) != len(anns):
-        raise CalvinFormatError(f"{path}: {len(list(tasks))} language.task entries but {len(anns)} language.ann entries")
+        raise CalvinFormatError(
+            f"{path}: {len(list(tasks))} language.task entries but {len(anns)} language.ann entries"
+        )
     tasks = list(tasks) if tasks is not None else [None] * len(anns)
     windows = []
     for k, (pair, ann, task) in enumerate(zip(indx, anns, tasks)):
@@ -317,7 +320,8 @@ def convert_calvin(
             try:
                 writer.add_episode(frames, window.instruction, extra=extra)
             except ValueError as e:
-                raise CalvinFormatError(f"{split_dir}: language window {k} (frames {window.start}..{window.end}): {e}") from None
+                where = f"language window {k} (frames {window.start}..{window.end})"
+                raise CalvinFormatError(f"{split_dir}: {where}: {e}") from None
             bar.update(1)
         writer.finalize()
     except BaseException:

@@ -320,7 +320,9 @@ def features_for(image_shape: tuple[int, int]) -> dict[str, dict]:
     }
 
 
-def _scan(files: Sequence[Path], image_size: tuple[int, int] | None) -> tuple[list[tuple[Path, list[str]]], tuple[int, int]]:
+def _scan(
+    files: Sequence[Path], image_size: tuple[int, int] | None
+) -> tuple[list[tuple[Path, list[str]]], tuple[int, int]]:
     """Open every file once and check every demo's structure before anything is written.
     Returns the demo lists and the output image size."""
     plan: list[tuple[Path, list[str]]] = []
@@ -348,7 +350,9 @@ def _scan(files: Sequence[Path], image_size: tuple[int, int] | None) -> tuple[li
     return plan, size
 
 
-def _iter_demos(plan: Sequence[tuple[Path, list[str]]], image_size: tuple[int, int] | None) -> Iterator[tuple[Path, str, str, dict]]:
+def _iter_demos(
+    plan: Sequence[tuple[Path, list[str]]], image_size: tuple[int, int] | None
+) -> Iterator[tuple[Path, str, str, dict]]:
     for path, keys in plan:
         with _open(path) as f:
             instruction = read_instruction(f, path)

@@ -348,7 +348,8 @@ def run_chains(
             lengths.append(done)
             bar.update(1)
             rates = count_success(lengths)
-            bar.set_postfix_str(" ".join(f"{i + 1}:{r:.0%}" for i, r in enumerate(rates)) + f" avg {np.mean(lengths):.2f}")
+            text = " ".join(f"{i + 1}:{r:.0%}" for i, r in enumerate(rates))
+            bar.set_postfix_str(f"{text} avg {np.mean(lengths):.2f}")
     finally:
         bar.close()
     return lengths
@@ -441,7 +442,8 @@ def calvin_observation(
         "task": [instruction],
     }
     if include_scene_obs:
-        batch["observation.environment_state"] = torch.as_tensor(np.asarray(obs["scene_obs"], np.float32)).reshape(1, -1).to(device)
+        scene = torch.as_tensor(np.asarray(obs["scene_obs"], np.float32))
+        batch["observation.environment_state"] = scene.reshape(1, -1).to(device)  # (1, 24)
     for key in image_keys:
         image = np.asarray(obs["rgb_obs"][CAMERAS[key]])[None]  # (1, H, W, 3) uint8
         size = (image_sizes or {}).get(key)
@@ -483,7 +485,9 @@ def evaluate_calvin(
     ``image_sizes`` optionally resize a camera (match the converter's static_size/gripper_size).
     """
     start_time = time.perf_counter()
-    keys = list(image_keys if image_keys is not None else getattr(getattr(policy, "config", None), "image_keys", None) or [])
+    if image_keys is None:
+        image_keys = getattr(getattr(policy, "config", None), "image_keys", None) or []
+    keys = list(image_keys)
     unknown = [k for k in keys if k not in CAMERAS]
     if unknown:
         raise ValueError(f"unknown CALVIN camera key(s) {unknown}; available: {list(CAMERAS)}")
@@ -496,7 +500,10 @@ def evaluate_calvin(
         env = calvin.get_env(Path(dataset_path) / "validation", show_gui=False)
     oracle = calvin.Tasks(TASK_ORACLE_SPEC)
     sequences = get_sequences(num_sequences)
-    device = next(iter(policy.parameters())).device if hasattr(policy, "parameters") else torch.device("cpu")
+    try:
+        device = next(policy.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        device = torch.device("cpu")
     attempts: Counter[str] = Counter()
     successes: Counter[str] = Counter()
 

@@ -248,7 +248,11 @@ def libero_state(obs: Mapping[str, np.ndarray]) -> np.ndarray:
     """The 8-d state (float32) of one LIBERO observation dict, same as the converter's:
     ``[robot0_eef_pos (3), axis_angle(robot0_eef_quat) (3), robot0_gripper_qpos (2)]``."""
     return np.concatenate(
-        [np.asarray(obs["robot0_eef_pos"]), quat2axisangle(obs["robot0_eef_quat"]), np.asarray(obs["robot0_gripper_qpos"])]
+        [
+            np.asarray(obs["robot0_eef_pos"]),
+            quat2axisangle(obs["robot0_eef_quat"]),
+            np.asarray(obs["robot0_gripper_qpos"]),
+        ]
     ).astype(np.float32)
 
 
@@ -379,7 +383,8 @@ def evaluate_libero(
         video_dir: write one mp4 (agentview camera) per rollout into this folder.
         seed: seeds ``env.seed`` and the policy's sampling noise (per task and wave).
         progress: show a progress bar and print the result table at the end.
-        tasks: task indices of the suite to evaluate (default: all).
+        tasks: task indices of the suite to evaluate (default: all), in LIBERO's default
+            task order (``task_order_index=0``, the order of the published results).
         num_envs: envs run in lockstep per task (default: min(n_rollouts_per_task, 10)).
         image_keys: cameras fed to the policy (default: ``policy.config.image_keys``);
             keys of :data:`CAMERAS`.
@@ -394,6 +399,7 @@ def evaluate_libero(
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
+    suite = suite.strip().lower()
     if n_rollouts_per_task < 1:
         raise ValueError(f"n_rollouts_per_task must be >= 1, got {n_rollouts_per_task}")
     if num_settle_steps < 0:
@@ -412,12 +418,12 @@ def evaluate_libero(
 
     lib = import_libero()
     registry = lib.benchmark.get_benchmark_dict()
-    if suite.lower() not in registry:
+    if suite not in registry:
         standard = [s for s in SUITE_MAX_STEPS if s in registry]
         raise ValueError(f"unknown LIBERO suite {suite!r}; standard suites: {standard}")
     _check_assets(lib, suite)
     with contextlib.redirect_stdout(io.StringIO()):  # the benchmark prints its task order
-        task_suite = registry[suite.lower()]()
+        task_suite = registry[suite]()  # LIBERO's default task order (task_order_index=0)
     task_ids = list(range(task_suite.n_tasks)) if tasks is None else [int(t) for t in tasks]
     bad = [t for t in task_ids if not 0 <= t < task_suite.n_tasks]
     if bad:
@@ -448,20 +454,19 @@ def evaluate_libero(
                     f"n_rollouts_per_task={n_rollouts_per_task} is more"
                 )
             bddl = Path(lib.get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
-            envs = [
-                lib.OffScreenRenderEnv(
-                    bddl_file_name=str(bddl),
-                    camera_heights=render_size,
-                    camera_widths=render_size,
-                    use_camera_obs=bool(cameras),
-                    camera_names=cameras or ["agentview"],
-                    horizon=steps + num_settle_steps + 10,
-                )
-                for _ in range(n_envs)
-            ]
+            envs: list[Any] = []
             successes: list[bool] = []
             lengths: list[int] = []
             try:
+                for _ in range(n_envs):
+                    envs.append(lib.OffScreenRenderEnv(
+                        bddl_file_name=str(bddl),
+                        camera_heights=render_size,
+                        camera_widths=render_size,
+                        use_camera_obs=bool(cameras),
+                        camera_names=cameras or ["agentview"],
+                        horizon=steps + num_settle_steps + 10,
+                    ))
                 for wave_start in range(0, n_rollouts_per_task, n_envs):
                     rollouts = list(range(wave_start, min(wave_start + n_envs, n_rollouts_per_task)))
                     ok, length, n_steps = _run_wave(
