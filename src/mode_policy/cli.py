@@ -68,9 +68,11 @@ def cmd_demos(args: argparse.Namespace) -> int:
     from .envs.metaworld_env import resolve_tasks
 
     tasks = resolve_tasks(args.tasks)
+    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
     out = generate_demos(args.out, tasks, args.episodes, seed=args.seed, workers=args.workers,
-                         overwrite=args.overwrite, progress=True)
-    print(f"wrote {len(tasks)} tasks x {args.episodes} successful expert episodes to {out}")
+                         overwrite=args.overwrite, progress=True, cameras=cameras, image_size=args.image_size)
+    images = f" with {args.image_size} px images from {', '.join(cameras)}" if cameras else ""
+    print(f"wrote {len(tasks)} tasks x {args.episodes} successful expert episodes{images} to {out}")
     return 0
 
 
@@ -264,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--cameras", default="", metavar="CAM,CAM",
+                   help="also record these Meta-World cameras as videos, e.g. corner,gripperPOV "
+                        "(corner, corner2, corner3, corner4, topview, behindGripper, gripperPOV)")
+    p.add_argument("--image-size", type=int, default=64, help="side of the square camera images in pixels")
 
     p = sub.add_parser("train", help="train a MoDE policy on a LeRobot-format dataset")
     _add_train_args(p)

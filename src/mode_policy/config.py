@@ -172,6 +172,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         n_layers=4, d_model=128, n_heads=4, attn_dropout=0.1, resid_dropout=0.0, state_encoder_hidden=128,
     ),
+    # State + camera images on a 2-core CPU: the cpu transformer with narrow ResNet-18s
+    # (stem width 16) on 64 px images. Training replaces these placeholder cameras with
+    # the dataset's (e.g. `mode-policy demos --cameras corner,gripperPOV --image-size 64`).
+    "cpu-image": dict(
+        n_layers=4, d_model=128, n_heads=4, attn_dropout=0.1, resid_dropout=0.0, state_encoder_hidden=128,
+        image_keys=["observation.images.corner", "observation.images.gripperPOV"], image_size=64,
+        vision_depth=18, vision_width=16, image_shift_pad=4,
+    ),
     # The paper's from-scratch model: 8 layers, d=1024, 8 heads, 4 experts, top-2.
     # Two ResNet-18 cameras (static + gripper), CLIP-sized (512-d) goals, images only.
     "paper": dict(

@@ -18,6 +18,17 @@ is its natural-language instruction; the episode's ``extra`` metadata records
 ``initial_condition`` (Meta-World's object/goal vector, as a JSON list string; decode with
 :func:`episode_initial_condition`) and ``success_step``
 (1-based step of the first success).
+
+Camera images (``cameras=("corner", "gripperPOV")``, ``image_size``): each frame also stores
+``observation.images.<camera>``, the ``image_size`` x ``image_size`` RGB image of that camera
+in the state the action was chosen in (rendered on the CPU with
+:meth:`MetaWorldEnv.render`'s fast settings), as a LeRobot video feature (one mp4 per camera,
+lossy H.264). Images are rendered in a second pass that replays only the kept episodes
+(seeded rollouts of a deterministic expert are exactly reproducible; the replay is checked
+against the first pass), so failed attempts are never rendered, and episodes are rendered
+and written a few at a time, in dataset order: memory stays at a few episodes' images
+(``T * image_size**2 * 3`` bytes per camera and episode) whatever the dataset size. The
+state data is identical with or without cameras.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import numpy as np
 
 from .envs.metaworld_env import (
     ACTION_DIM,
+    CAMERAS,
     FPS,
     INSTRUCTIONS,
     MAX_EPISODE_STEPS,
@@ -50,6 +62,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEMO_FEATURES",
     "EpisodeResult",
+    "camera_key",
+    "demo_features",
     "episode_initial_condition",
     "generate_demos",
     "run_expert_episode",
@@ -62,6 +76,34 @@ DEMO_FEATURES: dict[str, dict[str, Any]] = {
     "next.reward": {"dtype": "float32", "shape": [1], "names": None},
     "next.success": {"dtype": "bool", "shape": [1], "names": None},
 }
+
+
+def camera_key(camera: str) -> str:
+    """Dataset feature name of a Meta-World camera: ``"corner"`` -> ``"observation.images.corner"``."""
+    return f"observation.images.{camera}"
+
+
+def _check_cameras(cameras: Sequence[str], image_size: int) -> list[str]:
+    if isinstance(cameras, str):
+        cameras = [c.strip() for c in cameras.split(",") if c.strip()]
+    cameras = list(dict.fromkeys(cameras))
+    unknown = [c for c in cameras if c not in CAMERAS]
+    if unknown:
+        raise ValueError(f"unknown Meta-World camera(s) {unknown}; cameras are: {', '.join(CAMERAS)}")
+    if cameras and (int(image_size) != image_size or image_size < 8):
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    return cameras
+
+
+def demo_features(cameras: Sequence[str] = (), image_size: int = 64) -> dict[str, dict[str, Any]]:
+    """Feature spec of a generated dataset: :data:`DEMO_FEATURES` plus one video feature
+    ``observation.images.<camera>`` of shape ``[image_size, image_size, 3]`` per camera."""
+    features = dict(DEMO_FEATURES)
+    for camera in _check_cameras(cameras, image_size):
+        features[camera_key(camera)] = {
+            "dtype": "video", "shape": [int(image_size), int(image_size), 3], "names": ["height", "width", "channels"],
+        }
+    return features
 
 
 def episode_initial_condition(extra: dict) -> np.ndarray:
@@ -96,12 +138,17 @@ def run_expert_episode(
     expert: ScriptedExpert | None = None,
     attempt: int = -1,
     keep_failed_frames: bool = False,
+    cameras: Sequence[str] = (),
+    image_size: int = 64,
 ) -> EpisodeResult:
     """Roll out the scripted expert from the initial condition of ``env_seed``.
 
     Stops ``extra_steps_after_success`` steps after the first success (or at
     ``max_steps``). Frames are returned for successes (and failures if
-    ``keep_failed_frames``)."""
+    ``keep_failed_frames``). With ``cameras``, frames also hold
+    ``observation.images.<camera>`` uint8 (T, image_size, image_size, 3): the image of the
+    state each action was chosen in (rendering does not change the simulation)."""
+    cameras = _check_cameras(cameras, image_size)
     if env is None:
         env = MetaWorldEnv(task, max_steps=max_steps)
     if expert is None:
@@ -111,9 +158,12 @@ def run_expert_episode(
     env.reset(env_seed)
     assert env.initial_condition is not None
     states, actions, rewards, successes = [], [], [], []
+    images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
     success_step = -1
     for t in range(max_steps):
         obs = env.raw_obs
+        for camera in cameras:
+            images[camera].append(env.render(camera, int(image_size)))
         action = expert(obs)
         states.append(obs.astype(np.float32))
         actions.append(action)
@@ -133,6 +183,8 @@ def run_expert_episode(
             "next.reward": np.asarray(rewards, dtype=np.float32)[:, None],
             "next.success": np.asarray(successes, dtype=bool)[:, None],
         }
+        for camera in cameras:
+            frames[camera_key(camera)] = np.stack(images[camera])
     return EpisodeResult(
         task=task,
         seed=int(env_seed),
@@ -163,6 +215,19 @@ def _run_unit(unit: tuple[str, list[tuple[int, int]], int, int]) -> list[Episode
     ]
 
 
+def _render_unit(item: tuple[str, int, int, int, int, tuple[str, ...], int]) -> EpisodeResult:
+    """Replay one kept episode with camera rendering (second pass)."""
+    task, env_seed, attempt, max_steps, extra, cameras, image_size = item
+    cached = _WORKER_CACHE.get(task)
+    if cached is None:
+        cached = _WORKER_CACHE[task] = (MetaWorldEnv(task, max_steps=max_steps), ScriptedExpert(task))
+    env, expert = cached
+    return run_expert_episode(
+        task, env_seed, max_steps, extra, env=env, expert=expert, attempt=attempt,
+        cameras=cameras, image_size=image_size,
+    )
+
+
 def _units_for_round(
     jobs: dict[str, list[int]], seed: int, max_steps: int, extra: int, parts_per_task: int
 ) -> list[tuple[str, list[tuple[int, int]], int, int]]:
@@ -181,6 +246,13 @@ def _map_units(pool, units) -> Iterator[list[EpisodeResult]]:
     return pool.imap(_run_unit, units, chunksize=1)
 
 
+def _map_render(pool, items: list, window: int) -> Iterator[EpisodeResult]:
+    """Rendered replays in the order of ``items``; at most ``window`` are in flight."""
+    for lo in range(0, len(items), window):
+        part = items[lo : lo + window]
+        yield from (map(_render_unit, part) if pool is None else pool.imap(_render_unit, part, chunksize=1))
+
+
 def generate_demos(
     out_dir: str | Path,
     tasks: str | Sequence[str],
@@ -193,6 +265,8 @@ def generate_demos(
     progress: bool = True,
     max_attempts_per_task: int | None = None,
     start_method: str = "spawn",
+    cameras: Sequence[str] = (),
+    image_size: int = 64,
 ) -> Path:
     """Generate ``episodes_per_task`` successful expert demonstrations per task.
 
@@ -212,6 +286,11 @@ def generate_demos(
         start_method: multiprocessing start method for ``workers > 1``. With the default
             ``"spawn"`` a script that calls this at top level needs the usual
             ``if __name__ == "__main__":`` guard (``python -c`` and console scripts are fine).
+        cameras: Meta-World cameras to record (names from
+            :data:`~mode_policy.envs.metaworld_env.CAMERAS`, e.g. ``("corner", "gripperPOV")``;
+            a comma-separated string works too), stored as video features
+            ``observation.images.<camera>``. Empty: state-only dataset.
+        image_size: side of the square camera images in pixels.
 
     Returns:
         The dataset root.
@@ -229,6 +308,8 @@ def generate_demos(
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if extra_steps_after_success < 0:
         raise ValueError("extra_steps_after_success must be >= 0")
+    cameras = _check_cameras(cameras, image_size)
+    features = demo_features(cameras, image_size)
     max_attempts = max_attempts_per_task or 3 * episodes_per_task + 20
     if max_attempts < episodes_per_task:
         raise ValueError("max_attempts_per_task must be >= episodes_per_task")
@@ -245,37 +326,64 @@ def generate_demos(
 
     writer: LeRobotDatasetWriter | None = None  # created at the first finished task
     next_to_write = 0
+    pool = None
+
+    def write_episode(r: EpisodeResult) -> None:
+        nonlocal writer
+        assert r.frames is not None
+        if writer is None:
+            writer = LeRobotDatasetWriter(out_dir, fps=FPS, features=features, robot_type="sawyer", overwrite=overwrite)
+        writer.add_episode(
+            r.frames,
+            task=INSTRUCTIONS[r.task],
+            extra={
+                "env_name": r.task,
+                "seed": r.seed,
+                "attempt": r.attempt,
+                # The writer's extras are scalars: the vector is stored as a JSON list
+                # (exact float round trip); see episode_initial_condition().
+                "initial_condition": json.dumps([float(x) for x in r.initial_condition]),
+                "success_step": r.success_step,
+            },
+        )
+
+    def with_images(chosen: list[EpisodeResult]) -> Iterator[EpisodeResult]:
+        """Replay the kept episodes with rendering, a few at a time, in order."""
+        items = [
+            (r.task, r.seed, r.attempt, max_steps, extra_steps_after_success, tuple(cameras), int(image_size))
+            for r in chosen
+        ]
+        for r, rendered in zip(chosen, _map_render(pool, items, window=2 * workers)):
+            assert r.frames is not None and rendered.frames is not None
+            same = rendered.success_step == r.success_step and all(
+                np.array_equal(rendered.frames[k], r.frames[k]) for k in DEMO_FEATURES
+            )
+            if not same:
+                raise RuntimeError(
+                    f"{r.task} (env seed {r.seed}): replaying the expert episode to render camera images "
+                    "gave a different trajectory than the first rollout; Meta-World is not deterministic here"
+                )
+            yield rendered
 
     def write_ready() -> None:
         # Write finished tasks in task order (streaming; memory stays bounded).
-        nonlocal next_to_write, writer
+        nonlocal next_to_write
+        chosen: list[EpisodeResult] = []
         while next_to_write < len(task_list) and len(successes[task_list[next_to_write]]) >= n:
             task = task_list[next_to_write]
-            if writer is None:
-                writer = LeRobotDatasetWriter(
-                    out_dir, fps=FPS, features=DEMO_FEATURES, robot_type="sawyer", overwrite=overwrite
-                )
-            chosen = sorted(successes[task], key=lambda r: r.attempt)[:n]
-            for r in chosen:
-                assert r.frames is not None
-                writer.add_episode(
-                    r.frames,
-                    task=INSTRUCTIONS[task],
-                    extra={
-                        "env_name": task,
-                        "seed": r.seed,
-                        "attempt": r.attempt,
-                        # The writer's extras are scalars: the vector is stored as a JSON list
-                        # (exact float round trip); see episode_initial_condition().
-                        "initial_condition": json.dumps([float(x) for x in r.initial_condition]),
-                        "success_step": r.success_step,
-                    },
-                )
+            chosen += sorted(successes[task], key=lambda r: r.attempt)[:n]
             successes[task] = []
             next_to_write += 1
+        for r in with_images(chosen) if cameras else chosen:
+            write_episode(r)
+            if cameras:
+                img_bar.update(1)
 
-    pool = None
     bar = tqdm(total=len(task_list) * n, desc="expert demos", unit="ep", disable=not progress)
+    img_bar = tqdm(
+        total=len(task_list) * n, desc=f"rendering {'+'.join(cameras)}", unit="ep",
+        disable=not (progress and cameras), position=1,
+    )
     try:
         if workers > 1:
             pool = mp.get_context(start_method).Pool(processes=workers)
@@ -318,9 +426,12 @@ def generate_demos(
         raise
     finally:
         bar.close()
+        img_bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
+        for env, _ in _WORKER_CACHE.values():
+            env.close_renderers()
         _WORKER_CACHE.clear()
     assert writer is not None
     root = writer.finalize()

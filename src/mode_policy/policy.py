@@ -45,7 +45,7 @@ class SamplingPlan:
     evaluation and layer. Built once, reused until its key changes."""
 
     key: tuple
-    sigmas: Tensor  # (n+1,) schedule ending in 0
+    sigmas: Tensor  # (n+1,) schedule ending in 0, on the CPU (samplers read it as host floats)
     c_skip: list[float]
     c_out: list[float]
     c_in: list[float]
@@ -226,7 +226,7 @@ class MoDEPolicy(nn.Module):
                 fused = [list(step) for step in zip(*(steps for steps, _ in per_layer))]
                 cache_bytes = sum(owned for _, owned in per_layer)
         self._plan = SamplingPlan(
-            key, sigmas.to(device), c_skip.tolist(), c_out.tolist(), c_in.tolist(),
+            key, sigmas, c_skip.tolist(), c_out.tolist(), c_in.tolist(),
             noise_emb, fused, cache_bytes,
         )
         return self._plan
@@ -260,7 +260,8 @@ class MoDEPolicy(nn.Module):
 
     @torch.no_grad()
     def select_action(self, observation: Mapping[str, Any]) -> Tensor:
-        """One action (B, A) per call; re-plans a chunk when the queue is empty."""
+        """One action (B, A) per call from one observation frame (state (B, S),
+        images (B, H, W, 3)); re-plans a chunk when the queue is empty."""
         frame = {k: v for k, v in observation.items()}
         if not self._obs_history:
             self._obs_history.extend([frame] * self.config.n_obs_steps)
@@ -268,9 +269,9 @@ class MoDEPolicy(nn.Module):
             self._obs_history.append(frame)
         if not self._action_queue:
             batch = dict(frame)
-            if STATE_KEY in frame:
-                states = [f[STATE_KEY] for f in self._obs_history]
-                batch[STATE_KEY] = torch.stack([s if s.dim() == 2 else s.squeeze(1) for s in states], dim=1)
+            observed = [STATE_KEY, *self.config.image_keys]
+            for key in (k for k in observed if k in frame):  # stack the history: (B, n_obs, ...)
+                batch[key] = torch.stack([f[key] for f in self._obs_history], dim=1)
             chunk = self.predict_action_chunk(batch)  # (B, H, A)
             self._action_queue.extend(chunk[:, : self.config.n_action_steps].unbind(dim=1))
         return self._action_queue.popleft()

@@ -23,13 +23,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-from .config import get_preset, parse_overrides
-from .data.windows import EpisodeData, WindowSampler, load_episodes
+from .config import PRESETS, get_preset, parse_overrides
+from .data.windows import EpisodeData, WindowSampler, dataset_cameras, load_episodes
 from .ema import EMA
 from .fileio import atomic_write_json, atomic_write_text
 from .policy import MoDEPolicy
@@ -46,7 +46,8 @@ class TrainConfig:
     output_dir: str = "runs/mode"
     """Run directory (created; must be empty unless resuming)."""
     preset: str = "cpu"
-    """Policy preset (tiny, cpu, paper, paper-pretrain)."""
+    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain). An image preset (one with
+    ``image_keys``) uses the dataset's cameras; a state-only preset ignores them."""
     overrides: list[str] = field(default_factory=list)
     """Policy config overrides, ``key=value``."""
     language: str = "minilm"
@@ -119,15 +120,67 @@ def weights_checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def select_image_keys(cfg: TrainConfig, cameras: Sequence[str]) -> list[str]:
+    """The camera features the policy will see, given the dataset's ``cameras``.
+
+    * ``image_keys=...`` in the overrides: exactly those (each must be a camera of the dataset);
+      ``image_keys=`` (empty) forces a state-only policy.
+    * an image preset (non-empty ``image_keys``, e.g. ``cpu-image``): every camera of the
+      dataset, in ``info.json`` order (the preset's own keys are placeholders).
+    * a state-only preset: none (the videos are not decoded).
+    """
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}: choose from {', '.join(PRESETS)}")
+    overrides = parse_overrides(cfg.overrides)
+    cameras = list(cameras)
+    if "image_keys" in overrides:
+        keys = list(overrides["image_keys"])
+        missing = [k for k in keys if k not in cameras]
+        if missing:
+            raise ValueError(
+                f"image_keys {missing} are not camera features of dataset {cfg.dataset} "
+                f"(it has: {', '.join(cameras) or 'no cameras'})"
+            )
+        return keys
+    if PRESETS[cfg.preset].get("image_keys"):
+        if not cameras:
+            raise ValueError(
+                f"preset {cfg.preset!r} trains on camera images, but dataset {cfg.dataset} has no video or image "
+                "features (generate them with `mode-policy demos --cameras corner,gripperPOV`)"
+            )
+        return cameras
+    return []
+
+
 def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch.Tensor | None]:
     """Policy sized for the dataset, with its goal encoder; and the goal table
-    (num_tasks, goal_dim) of a frozen encoder, computed once."""
+    (num_tasks, goal_dim) of a frozen encoder, computed once.
+
+    Cameras follow :func:`select_image_keys`; their images must have been loaded
+    (``load_episodes(root, image_keys=...)``), and ``image_size`` is set from them."""
     from .encoders.language import make_language_encoder
 
     spec: dict[str, Any] = {"type": cfg.language}
     overrides = parse_overrides(cfg.overrides)
     if cfg.language == "task":
         spec.update(tasks=data.tasks, dim=overrides.get("goal_dim", 64))
+    image_keys = select_image_keys(cfg, list(data.camera_shapes))
+    vision: dict[str, Any] = {}
+    if image_keys:
+        not_loaded = [k for k in image_keys if k not in data.images]
+        if not_loaded:
+            raise ValueError(f"camera(s) {not_loaded} were not loaded: use load_episodes(root, image_keys=...)")
+        sizes = {tuple(data.images[k].shape[1:3]) for k in image_keys}
+        (height, width), *others = sorted(sizes)
+        image_size = height if not others and height == width else 0  # 0: mixed or non-square cameras
+        if overrides.get("image_size", image_size) != image_size:
+            raise ValueError(
+                f"image_size={overrides['image_size']} does not match the dataset's camera images "
+                f"({', '.join(f'{h}x{w}' for h, w in sorted(sizes))})"
+            )
+        vision = {"image_keys": image_keys, "image_size": image_size}
+    elif PRESETS[cfg.preset].get("image_keys"):
+        vision = {"image_keys": [], "image_size": 0}  # image_keys= override: state only
     encoder = make_language_encoder(spec)
     policy_cfg = get_preset(
         cfg.preset,
@@ -136,6 +189,7 @@ def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch
             "action_dim": data.action_dim,
             "goal_dim": encoder.dim,
             **overrides,
+            **vision,
             "goal_encoder": encoder.config_dict(),
         },
     )
@@ -206,7 +260,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         cfg = dataclasses.replace(TrainConfig(**saved), dataset=cfg.dataset, steps=cfg.steps, progress=cfg.progress)
 
     torch.manual_seed(cfg.seed + rank)
-    data = load_episodes(cfg.dataset)
+    image_keys = select_image_keys(cfg, list(dataset_cameras(cfg.dataset)))
+    data = load_episodes(cfg.dataset, image_keys=image_keys, progress=cfg.progress and rank == 0)
     policy, goal_table = build_policy(cfg, data)
     if latest is not None:
         saved_policy = MoDEPolicy.from_pretrained(latest)
@@ -242,10 +297,10 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", {  # on resume: records the new step budget
+            "train": dataclasses.asdict(cfg), "policy": policy.config.to_dict(), "world_size": world,
+        })
         if latest is None:
-            atomic_write_json(run_dir / "config.json", {
-                "train": dataclasses.asdict(cfg), "policy": policy.config.to_dict(), "world_size": world,
-            })
             atomic_write_json(run_dir / "stats.json", data.stats())
         from torch.utils.tensorboard import SummaryWriter
 

