@@ -133,14 +133,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_metaworld, format_success_table, save_eval
     from .policy import MoDEPolicy
 
-    if args.env != "metaworld":
-        raise UserError(f"unknown --env {args.env!r}")
     model_dir = Path(args.policy)
     if (model_dir / "model" / "config.json").is_file():  # a run directory was given
         model_dir = model_dir / "model"
     policy = MoDEPolicy.from_pretrained(model_dir, map_location=args.device)
     if args.steps:
         policy.config.num_inference_steps = args.steps
+    if args.env in ("libero", "calvin"):
+        return _eval_libero_calvin(args, policy, model_dir)
     tasks = args.tasks
     if tasks is None:
         run_cfg = model_dir.parent / "config.json"
@@ -157,6 +157,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     save_eval(result, args.out)
     print(format_success_table(result))
     print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+def _eval_libero_calvin(args: argparse.Namespace, policy, model_dir) -> int:
+    import time
+
+    from .fileio import atomic_write_json
+
+    start = time.perf_counter()
+    if args.env == "libero":
+        from .envs.libero_env import evaluate_libero, format_libero_results
+
+        result = evaluate_libero(policy, args.suite, n_rollouts_per_task=args.episodes, seed=args.seed,
+                                 video_dir=(args.out + ".videos") if args.videos else None)
+        text = format_libero_results(result)
+    else:
+        from .envs.calvin_env import evaluate_calvin, format_calvin_results
+
+        result = evaluate_calvin(policy, dataset_path=args.calvin_dataset, num_sequences=args.episodes,
+                                 seed=args.seed)
+        text = format_calvin_results(result)
+    result["wall_s"] = time.perf_counter() - start
+    result["policy"] = str(model_dir)
+    atomic_write_json(args.out, result)
+    print(text)
+    print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+# ------------------------------------------------------------------- convert
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.format == "libero":
+        from .data.convert_libero import convert_libero
+
+        out = convert_libero(args.source, args.out, overwrite=args.overwrite, image_size=args.image_size)
+    else:
+        from .data.convert_calvin import convert_calvin
+
+        out = convert_calvin(args.source, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}")
     return 0
 
 
@@ -279,15 +320,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained policy in simulation")
     p.add_argument("policy", help="a run directory or a saved model directory")
-    p.add_argument("--env", default="metaworld", choices=["metaworld"])
-    p.add_argument("--tasks", default=None, help="task set; default: the tasks of the training data")
-    p.add_argument("--episodes", type=int, default=50, help="held-out episodes per task")
+    p.add_argument("--env", default="metaworld", choices=["metaworld", "libero", "calvin"])
+    p.add_argument("--tasks", default=None, help="Meta-World task set; default: the tasks of the training data")
+    p.add_argument("--suite", default="libero_10",
+                   choices=["libero_10", "libero_90", "libero_goal", "libero_spatial", "libero_object"])
+    p.add_argument("--calvin-dataset", default=None, help="CALVIN split folder (validation) for its scene")
+    p.add_argument("--episodes", type=int, default=50,
+                   help="Meta-World: held-out episodes per task; LIBERO: rollouts per task; CALVIN: chains")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100, help="environments rolled out in parallel")
     p.add_argument("--steps", type=int, default=0, help="sampling steps (default: the policy's)")
     p.add_argument("--videos", type=int, default=0, help="record this many episodes per task as mp4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="eval_info.json")
+
+    p = sub.add_parser("convert", help="convert LIBERO HDF5 or CALVIN npz data to a LeRobot dataset")
+    p.add_argument("format", choices=["libero", "calvin"])
+    p.add_argument("source", help="LIBERO: an .hdf5 file or a folder of them; CALVIN: a split folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--image-size", type=int, default=None, help="LIBERO: resize images to this side")
+    p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("report", help="markdown report with pictures for a run directory")
     p.add_argument("run_dir")

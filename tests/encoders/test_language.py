@@ -27,15 +27,6 @@ from mode_policy.encoders.language import (
 TASKS = ["pick up the red block", "open the drawer", "push the button", "close the door"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small inputs: intra-op threads only add barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class _NoNetwork:
     """Any socket connection attempt inside the block fails loudly."""
 

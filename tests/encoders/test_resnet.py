@@ -10,15 +10,6 @@ from safetensors.torch import save_file
 from mode_policy.encoders.resnet import FiLMResNet, ImageEncoder, RandomShift
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: intra-op threads only add barrier waits (seconds on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------
 # torchvision's naming pattern, written out independently of the module under test
 
