@@ -118,8 +118,8 @@ def test_expert_routing_matches_the_sampling_plan_cache():
     for l, layer in enumerate(routing["layers"]):
         for m, (chosen, weights) in enumerate(zip(layer["chosen"], layer["weights"])):
             order = sorted(range(len(chosen)), key=lambda i: chosen[i])  # the cache stores ascending experts
-            mix = plan.fused[m][l].mix.flatten()
-            assert mix.tolist() == pytest.approx([weights[i] for i in order], abs=1e-6)
+            mix = plan.fused[m][l].mix.flatten().tolist()
+            assert mix == pytest.approx([weights[i] for i in order], abs=1e-6)
 
 
 @pytest.mark.parametrize("routing_mode", ["dense", "token"])

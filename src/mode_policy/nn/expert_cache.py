@@ -35,8 +35,8 @@ def _select(bank: Tensor, experts: list[int], copies: dict, key: tuple) -> Tenso
 def build_layer_cache(layer: MoELayer, noise_emb: Tensor) -> tuple[list[FusedExperts], int]:
     """Fused experts of one layer for each of the M noise embeddings (M, d).
 
-    Returns the per-step list and the bytes the cache owns (weight copies, if
-    any, and the mixing weights).
+    Returns the per-step list and the bytes the cache owns: weight copies
+    (none for k <= 2) and the (M, k) mixing weights.
     """
     probs = layer.router(noise_emb)  # (M, E)
     index, weights = choose_experts(probs, layer.top_k, sample=False)  # (M, k)
@@ -48,7 +48,7 @@ def build_layer_cache(layer: MoELayer, noise_emb: Tensor) -> tuple[list[FusedExp
     for m, experts in enumerate(index.tolist()):  # one host sync, at build time only
         w13 = _select(layer.experts.w13.detach(), experts, copies, ("w13", *experts))
         w2 = _select(layer.experts.w2.detach(), experts, copies, ("w2", *experts))
-        steps.append(FusedExperts(w13, w2, weights[m].view(-1, 1, 1)))
+        steps.append(FusedExperts(w13, w2, weights[m : m + 1]))  # mix: (1, k) view
     owned = sum(t.numel() * t.element_size() for t in (*copies.values(), weights))
     return steps, owned
 

@@ -103,8 +103,8 @@ class ExpertBank(nn.Module):
 class FusedExperts(NamedTuple):
     """The k experts one layer uses at one sampling step, ready to run fused.
 
-    ``w13``: (k, d, 2h), ``w2``: (k, h, d) (views of the expert bank where
-    possible); ``mix``: (k, 1, 1) mixing weights.
+    ``w13``: (k, d, 2h) and ``w2``: (k, h, d), views of the expert bank where
+    possible; ``mix``: (1, k) mixing weights, applied in the final reduction.
     """
 
     w13: Tensor
@@ -113,11 +113,12 @@ class FusedExperts(NamedTuple):
 
     def __call__(self, x: Tensor) -> Tensor:
         shape = x.shape
+        k = self.w13.shape[0]
         tokens = x.reshape(-1, shape[-1])  # (N, d)
-        h = torch.bmm(tokens.expand(self.w13.shape[0], -1, -1), self.w13)  # (k, N, 2h)
+        h = torch.bmm(tokens.expand(k, -1, -1), self.w13)  # (k, N, 2h): every chosen expert's first layer
         gate, up = h.chunk(2, dim=-1)
-        a = F.silu(gate).mul_(up).mul_(self.mix)  # (k, N, h), mixing weights applied here
-        return torch.bmm(a, self.w2).sum(0).view(shape)  # (N, d) -> x.shape
+        y = torch.bmm(F.silu(gate).mul_(up), self.w2)  # (k, N, d)
+        return torch.mm(self.mix, y.view(k, -1)).view(shape)  # sum_j mix_j * y_j
 
 
 class MoELayer(nn.Module):
