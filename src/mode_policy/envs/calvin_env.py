@@ -545,8 +545,6 @@ def evaluate_calvin(
         "per_task": {t: {"attempts": attempts[t], "successes": successes[t]} for t in CALVIN_TASKS if attempts[t]},
         "wall_time_s": time.perf_counter() - start_time,
     }
-    if progress:
-        print(format_calvin_results(result))
     return result
 
 

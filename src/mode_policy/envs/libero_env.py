@@ -518,8 +518,6 @@ def evaluate_libero(
         "env_steps": env_steps,
         "wall_time_s": time.perf_counter() - start_time,
     }
-    if progress:
-        print(format_libero_results(result))
     return result
 
 
@@ -658,4 +656,4 @@ def _smoke(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    _smoke()
+    print(format_libero_results(_smoke()))
