@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=50, help="demonstrations per task")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="policy config overrides")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--eval-episodes", type=int, default=10, help="held-out episodes per task")
