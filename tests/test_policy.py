@@ -250,3 +250,18 @@ def test_paper_image_preset_counts():
         counts = MoDEPolicy(get_preset("paper")).parameter_counts()
     assert abs(counts["transformer"]["total"] / 460e6 - 1) < 0.03
     assert abs(counts["active_params"] / 277e6 - 1) < 0.05
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_flag_controls_what_earlier_actions_see(causal):
+    policy = make_policy(causal=causal).eval()
+    t = policy.transformer
+    cond = torch.randn(1, 2, 64)
+    noise_emb = t.embed_noise(torch.tensor([0.1]))
+    x = torch.randn(1, 4, 3)
+    y = x.clone()
+    y[:, -1] += 1.0  # change only the last action token
+    with torch.no_grad():
+        first_x = t(x, noise_emb, cond)[0][:, 0]
+        first_y = t(y, noise_emb, cond)[0][:, 0]
+    assert torch.equal(first_x, first_y) == causal

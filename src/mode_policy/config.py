@@ -55,6 +55,9 @@ class MoDEConfig:
     """Token width d."""
     n_heads: int = 4
     """Attention heads (d_model must be divisible by it)."""
+    causal: bool = True
+    """Causal self-attention (paper). False lets every token see the whole sequence, so the
+    actions of a chunk are denoised jointly."""
     attn_dropout: float = 0.3
     """Dropout on attention probabilities (paper: 0.3)."""
     resid_dropout: float = 0.1

@@ -28,7 +28,7 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm1 = RMSNorm(d)
-        self.attn = CausalSelfAttention(d, cfg.n_heads, cfg.attn_dropout, cfg.resid_dropout)
+        self.attn = CausalSelfAttention(d, cfg.n_heads, cfg.attn_dropout, cfg.resid_dropout, cfg.causal)
         self.norm2 = RMSNorm(d)
         if cfg.routing == "dense":
             self.mlp: nn.Module = SwiGLU(d, cfg.dense_mlp_ratio * d)

@@ -41,10 +41,13 @@ class SwiGLU(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with RMS-normalised queries and keys."""
+    """Multi-head self-attention (causal by default) with RMS-normalised queries and keys."""
 
-    def __init__(self, dim: int, n_heads: int, attn_dropout: float, resid_dropout: float) -> None:
+    def __init__(
+        self, dim: int, n_heads: int, attn_dropout: float, resid_dropout: float, causal: bool = True
+    ) -> None:
         super().__init__()
+        self.causal = causal
         self.n_heads = n_heads
         self.head_dim = dim // n_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -62,6 +65,6 @@ class CausalSelfAttention(nn.Module):
         k = self.k_norm(k).transpose(1, 2)
         v = v.transpose(1, 2)
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal)
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.resid_dropout(self.proj(y))
