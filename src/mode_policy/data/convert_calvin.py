@@ -36,7 +36,6 @@ Conversion streams (one window in memory at a time) and every problem raises
 from __future__ import annotations
 
 import pickle
-import shutil
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -311,7 +310,7 @@ def convert_calvin(
         overwrite=overwrite,
     )
     bar = tqdm(total=len(windows), desc="CALVIN -> LeRobot", unit="episode", disable=not progress)
-    try:
+    with bar, writer.removed_on_error(cleanup):
         for k, window in enumerate(windows):
             frames = _read_window(split_dir, window, sizes, resize, reference)
             extra: dict[str, Any] = {"calvin_start": window.start, "calvin_end": window.end}
@@ -324,11 +323,4 @@ def convert_calvin(
                 raise CalvinFormatError(f"{split_dir}: {where}: {e}") from None
             bar.update(1)
         writer.finalize()
-    except BaseException:
-        writer.close()
-        if cleanup:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
     return out_dir

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -403,7 +402,7 @@ def convert_libero(
         out_dir, FPS, features_for(out_size), robot_type="panda", overwrite=overwrite
     )
     bar = tqdm(total=total, desc="LIBERO -> LeRobot", unit="demo", disable=not progress)
-    try:
+    with bar, writer.removed_on_error(cleanup):
         for path, demo, instruction, frames in _iter_demos(plan, size):
             try:
                 writer.add_episode(frames, instruction, extra={"source_file": path.name, "demo": demo})
@@ -411,11 +410,4 @@ def convert_libero(
                 raise LiberoFormatError(f"{path}: 'data/{demo}': {e}") from None
             bar.update(1)
         writer.finalize()
-    except BaseException:
-        writer.close()
-        if cleanup:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
     return out_dir

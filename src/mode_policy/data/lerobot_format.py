@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -1095,6 +1096,19 @@ class LeRobotDatasetWriter:
         """Close open files without writing metadata (the folder stays unfinished)."""
         self._close_files()
         self._closed = True
+
+    @contextmanager
+    def removed_on_error(self, remove: bool = True) -> Iterator["LeRobotDatasetWriter"]:
+        """On any exception inside the block, close the writer and (if ``remove``)
+        delete the unfinished dataset folder, then re-raise. For converters whose
+        output folder held nothing of the user's."""
+        try:
+            yield self
+        except BaseException:
+            self.close()
+            if remove:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     def finalize(self) -> Path:
         """Close the data/video files and write meta/ (episodes, tasks, stats, then info.json)."""
