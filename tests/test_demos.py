@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mode_policy.data.reader import DatasetReader
 from mode_policy.demos import DEMO_FEATURES, episode_initial_condition, generate_demos, run_expert_episode
-from mode_policy.envs.metaworld_env import (
+from mode_policy.envs.metaworld import (
     FPS,
     INSTRUCTIONS,
+    MetaWorldEnv,
     demo_seed,
     eval_seed,
     initial_condition,
     seed_split,
 )
+from mode_policy.errors import ConfigError, DataError, SimulatorError
 
 TASKS = ["reach-v3", "drawer-close-v3"]
-COLUMNS = ["observation.state", "action", "next.reward", "next.success", "episode_index", "frame_index", "task_index", "index"]
+COLUMNS = [
+    "observation.state", "action", "next.reward", "next.success", "episode_index", "frame_index", "task_index", "index",
+]
 
 
 def test_run_expert_episode_stops_after_success():
@@ -42,7 +47,6 @@ def test_run_expert_episode_failure_has_no_frames():
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    pytest.importorskip("mode_policy.data.lerobot_format")
     root = tmp_path_factory.mktemp("demos")
     kw = dict(tasks=TASKS, episodes_per_task=2, seed=0, max_steps=300, progress=False)
     one = generate_demos(root / "w1", workers=1, **kw)
@@ -51,14 +55,8 @@ def datasets(tmp_path_factory):
     return one, again, two
 
 
-def _load(path):
-    from mode_policy.data.lerobot_format import LeRobotDataset
-
-    return LeRobotDataset(path)
-
-
 def test_generated_dataset_contents(datasets):
-    ds = _load(datasets[0])
+    ds = DatasetReader(datasets[0])
     assert ds.num_episodes == 4
     assert ds.fps == FPS == 80
     assert ds.episode_tasks == [INSTRUCTIONS[t] for t in TASKS for _ in range(2)]
@@ -79,8 +77,6 @@ def test_generated_dataset_contents(datasets):
         assert hi - lo == extra["success_step"] + 10
         assert ep_success[extra["success_step"] - 1] and not ep_success[: extra["success_step"] - 1].any()
         # The stored first observation is the seeded initial observation.
-        from mode_policy.envs.metaworld_env import MetaWorldEnv
-
         np.testing.assert_array_equal(state[lo], MetaWorldEnv(task, seed=extra["seed"]).obs)
     # Evaluation initial conditions never coincide with the demonstrations'.
     for task in TASKS:
@@ -91,9 +87,9 @@ def test_generated_dataset_contents(datasets):
 
 
 def test_generation_is_deterministic_across_runs_and_workers(datasets):
-    ref = _load(datasets[0])
+    ref = DatasetReader(datasets[0])
     for other_path in datasets[1:]:
-        other = _load(other_path)
+        other = DatasetReader(other_path)
         assert other.num_episodes == ref.num_episodes and other.num_frames == ref.num_frames
         assert other.episode_tasks == ref.episode_tasks
         assert other.episode_extra == ref.episode_extra
@@ -103,19 +99,17 @@ def test_generation_is_deterministic_across_runs_and_workers(datasets):
 
 
 def test_existing_output_needs_overwrite(tmp_path):
-    pytest.importorskip("mode_policy.data.lerobot_format")
     kw = dict(tasks=["reach-v3"], episodes_per_task=1, max_steps=200, progress=False)
     generate_demos(tmp_path / "d", seed=0, **kw)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(DataError, match="pass overwrite=True"):
         generate_demos(tmp_path / "d", seed=1, **kw)
     path = generate_demos(tmp_path / "d", seed=1, overwrite=True, **kw)
-    ds = _load(path)
+    ds = DatasetReader(path)
     assert ds.num_episodes == 1 and ds.episode_extra[0]["seed"] == demo_seed("reach-v3", 0, seed=1)
 
 
 def test_expert_that_keeps_failing_raises(tmp_path):
-    pytest.importorskip("mode_policy.data.lerobot_format")
-    with pytest.raises(RuntimeError, match="door-open-v3"):
+    with pytest.raises(SimulatorError, match="door-open-v3"):
         generate_demos(tmp_path / "x", ["door-open-v3"], 1, max_steps=2, max_attempts_per_task=3, progress=False)
     assert not (tmp_path / "x").exists()  # nothing written when generation fails
 
@@ -123,5 +117,5 @@ def test_expert_that_keeps_failing_raises(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         generate_demos(tmp_path / "a", ["no-such-task-v3"], 1, progress=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="episodes_per_task"):
         generate_demos(tmp_path / "b", ["reach-v3"], 0, progress=False)

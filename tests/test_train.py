@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from mode_policy.cli import main as cli
+from mode_policy.config import TrainConfig, get_preset
 from mode_policy.demos import generate_demos
+from mode_policy.errors import DataError
 from mode_policy.policy import MoDEPolicy
-from mode_policy.train import TrainConfig, train, weights_checksum
+from mode_policy.train import train, weights_checksum
 
 TASKS = ["reach-v3", "button-press-topdown-v3"]
 
@@ -30,18 +32,18 @@ def dataset(tmp_path_factory) -> Path:
 def tiny_cfg(dataset: Path, out: Path, **kw) -> TrainConfig:
     defaults = dict(dataset=str(dataset), output_dir=str(out), preset="tiny", steps=12, batch_size=16,
                     log_every=4, checkpoint_every=4, warmup_steps=2, progress=False, language="task",
-                    overrides=["goal_dim=16"])
+                    policy=get_preset("tiny", goal_dim=16))
     return TrainConfig(**{**defaults, **kw})
 
 
 def test_end_to_end_demos_train_eval_report(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli(["train", "--dataset", str(dataset), "--out", str(run), "--preset", "tiny", "--steps", "6",
+    assert cli(["train", "--dataset", str(dataset), "--output_dir", str(run), "--preset", "tiny", "--steps", "6",
                 "--batch-size", "16", "--log-every", "2", "--checkpoint-every", "3", "--language", "task"]) == 0
     assert (run / "model" / "model.safetensors").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6] and all("expert_usage" in r for r in records)
-    assert cli(["eval", str(run), "--episodes", "1", "--out", str(run / "eval_info.json")]) == 0
+    assert cli(["eval", str(run), "--episodes", "1"]) == 0  # writes the run's eval_info.json
     result = json.loads((run / "eval_info.json").read_text())
     assert set(result["per_task"]) == set(TASKS) and result["overall"]["episodes"] == 2
     assert "reach-v3" in capsys.readouterr().out
@@ -57,9 +59,9 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path):
     ref_weights = weights_checksum(MoDEPolicy.from_pretrained(reference / "model"))
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mode_policy.cli", "train", "--dataset", str(dataset), "--out", str(run),
-           "--preset", "tiny", "--steps", str(steps), "--batch-size", "16", "--log-every", "4",
-           "--checkpoint-every", "5", "--warmup-steps", "2", "--language", "task", "--set", "goal_dim=16"]
+    cmd = [sys.executable, "-m", "mode_policy.cli", "train", "--dataset", str(dataset), "--output_dir", str(run),
+           "--preset", "tiny", "--steps", str(steps), "--batch_size", "16", "--log_every", "4",
+           "--checkpoint_every", "5", "--warmup_steps", "2", "--language", "task", "--policy.goal_dim=16"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = run / "checkpoints" / "LATEST"
@@ -82,9 +84,9 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path):
 def test_ddp_two_cpu_processes_train_one_model(dataset, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "mode_policy.cli", "train", "--dataset", str(dataset), "--out", str(run), "--preset", "tiny",
-           "--steps", "6", "--batch-size", "16", "--log-every", "2", "--checkpoint-every", "3",
-           "--language", "task", "--set", "goal_dim=16", "--device", "cpu"]
+           "-m", "mode_policy.cli", "train", "--dataset", str(dataset), "--output_dir", str(run), "--preset", "tiny",
+           "--steps", "6", "--batch_size", "16", "--log_every", "2", "--checkpoint_every", "3",
+           "--language", "task", "--policy.goal_dim=16", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -99,7 +101,7 @@ def test_ddp_two_cpu_processes_train_one_model(dataset, tmp_path):
 
 
 def test_bad_inputs_give_clear_errors(dataset, tmp_path, capsys):
-    assert cli(["train", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert cli(["train", "--dataset", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "r")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
 
     run = train(tiny_cfg(dataset, tmp_path / "run", steps=4))
@@ -109,14 +111,15 @@ def test_bad_inputs_give_clear_errors(dataset, tmp_path, capsys):
     assert "corrupt or truncated" in capsys.readouterr().err
 
     # a dataset whose action dimension differs from the checkpoint's
-    from mode_policy.data.lerobot_format import LeRobotDatasetWriter
     import numpy as np
+
+    from mode_policy.data.writer import DatasetWriter
 
     other = tmp_path / "other"
     features = {"observation.state": {"dtype": "float32", "shape": [39], "names": None},
                 "action": {"dtype": "float32", "shape": [7], "names": None}}
-    with LeRobotDatasetWriter(other, fps=10, features=features) as writer:
+    with DatasetWriter(other, fps=10, features=features) as writer:
         writer.add_episode({"observation.state": np.zeros((5, 39), np.float32),
                             "action": np.zeros((5, 7), np.float32)}, task="reach the goal position")
-    with pytest.raises(ValueError, match="action_dim=7, checkpoint .* expects 4"):
+    with pytest.raises(DataError, match="action_dim=7, checkpoint .* expects 4"):
         train(tiny_cfg(other, run, steps=8), resume=True)

@@ -24,6 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import MoDEConfig, get_preset
+from .constants import GOAL_KEY, STATE_KEY
+from .errors import ConfigError
 from .policy import MoDEPolicy
 
 
@@ -31,8 +33,8 @@ def _policy(cfg: MoDEConfig, seed: int, cached: bool = True) -> MoDEPolicy:
     torch.manual_seed(seed)
     policy = MoDEPolicy(cfg)
     with torch.no_grad():  # a trained-looking output head (init is zero)
-        torch.nn.init.normal_(policy.transformer.action_out.weight, std=0.02)
-    policy.use_expert_cache = cached
+        torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.02)
+    policy.denoiser.use_expert_cache = cached
     return policy.eval()
 
 
@@ -57,8 +59,8 @@ def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -
 def make_batch(cfg: MoDEConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {
-        "observation.state": torch.randn(batch_size, cfg.n_obs_steps, cfg.state_dim, generator=gen),
-        "goal": torch.randn(batch_size, cfg.goal_dim, generator=gen),
+        STATE_KEY: torch.randn(batch_size, cfg.n_obs_steps, cfg.state_dim, generator=gen),
+        GOAL_KEY: torch.randn(batch_size, cfg.goal_dim, generator=gen),
     }
 
 
@@ -87,7 +89,7 @@ def time_side_by_side(
 
 def chunk_flops(policy: MoDEPolicy, batch: dict[str, torch.Tensor]) -> int:
     """FLOPs of producing one action chunk (all sampling steps), counted by torch."""
-    policy.sampling_plan()  # build the cache outside the count
+    policy.denoiser.sampling_plan()  # build the cache outside the count
     counter = FlopCounterMode(display=False)
     with counter:
         policy.predict_action_chunk(batch)
@@ -97,7 +99,7 @@ def chunk_flops(policy: MoDEPolicy, batch: dict[str, torch.Tensor]) -> int:
 def expert_bytes(policy: MoDEPolicy) -> int:
     return sum(
         t.numel() * t.element_size()
-        for layer in policy.transformer.moe_layers()
+        for layer in policy.denoiser.net.moe_layers()
         for t in (layer.experts.w13, layer.experts.w2)
     )
 
@@ -142,7 +144,7 @@ def bench_latency(
     """Run the latency benchmark; returns the figures and ratios as a dict."""
     base = get_preset(preset, **{"state_dim": 39, "action_dim": 4, **(overrides or {})})
     if base.routing != "noise":
-        raise ValueError("bench latency compares noise-routed MoDE with dense baselines: use routing=noise")
+        raise ConfigError("bench latency compares noise-routed MoDE with dense baselines: use routing=noise")
     log = print if progress else (lambda *a, **k: None)
     variants = build_variants(base)
     b1, b64 = make_batch(base, 1), make_batch(base, 64)
@@ -150,7 +152,7 @@ def bench_latency(
     cached, uncached = variants["mode_cached"], variants["mode_uncached"]
     diffs = []
     for batch in (b1, b64):
-        noise = torch.randn(batch["goal"].shape[0], base.horizon, base.action_dim)
+        noise = torch.randn(batch[GOAL_KEY].shape[0], base.horizon, base.action_dim)
         diffs.append((cached.predict_action_chunk(batch, noise) - uncached.predict_action_chunk(batch, noise)).abs().max().item())
 
     log(f"timing batch 1 ({rounds_b1} rounds x {len(variants)} variants)...")
@@ -160,7 +162,7 @@ def bench_latency(
     lat_b64 = time_side_by_side(main, b64, rounds_b64)
 
     flops = {name: chunk_flops(p, b1) for name, p in main.items()}
-    plan = cached.sampling_plan()
+    plan = cached.denoiser.sampling_plan()
     cache_bytes, weights_bytes = plan.cache_bytes, expert_bytes(cached)
     counts = {name: p.parameter_counts() for name, p in main.items()}
 

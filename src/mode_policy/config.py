@@ -1,7 +1,9 @@
-"""Configuration of the MoDE policy: one dataclass, named presets, overrides.
+"""Configuration: the policy (:class:`MoDEConfig`), its named presets, and training (:class:`TrainConfig`).
 
-Every field is documented where it is declared. Presets are plain dicts of
-overrides on top of the defaults, so a preset shows exactly what it changes.
+Every field is documented where it is declared; the command line is generated
+from these dataclasses (``--policy.d_model=128``), and ``--help`` shows the
+docstrings. A preset is a plain dict of overrides on top of the defaults, so it
+shows exactly what it changes.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import ConfigError
 
 ROUTING_MODES = ("noise", "token", "dense")
 SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
@@ -117,27 +120,27 @@ class MoDEConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first inconsistent field."""
+        """Raise ConfigError naming the first inconsistent field."""
         if self.routing not in ROUTING_MODES:
-            raise ValueError(f"routing={self.routing!r}: expected one of {ROUTING_MODES}")
+            raise ConfigError(f"routing={self.routing!r}: expected one of {ROUTING_MODES}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler={self.sampler!r}: expected one of {SAMPLERS}")
+            raise ConfigError(f"sampler={self.sampler!r}: expected one of {SAMPLERS}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r}: expected one of {SCHEDULES}")
+            raise ConfigError(f"schedule={self.schedule!r}: expected one of {SCHEDULES}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.routing != "dense" and not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
+            raise ConfigError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
         if not 1 <= self.n_action_steps <= self.horizon:
-            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
+            raise ConfigError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
         if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min ({self.sigma_min}) < sigma_max ({self.sigma_max})")
+            raise ConfigError(f"need 0 < sigma_min ({self.sigma_min}) < sigma_max ({self.sigma_max})")
         if self.num_inference_steps < 1:
-            raise ValueError("num_inference_steps must be >= 1")
+            raise ConfigError("num_inference_steps must be >= 1")
         if self.goal_encoder and "type" not in self.goal_encoder:
-            raise ValueError("goal_encoder must name its 'type' (minilm, clip or task)")
+            raise ConfigError("goal_encoder must name its 'type' (minilm, clip or task)")
         if self.state_dim <= 0 and not self.image_keys:
-            raise ValueError("the policy needs observations: state_dim > 0 or image_keys")
+            raise ConfigError("the policy needs observations: state_dim > 0 or image_keys")
 
     @property
     def n_obs_tokens_per_step(self) -> int:
@@ -157,7 +160,7 @@ class MoDEConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown MoDEConfig field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown MoDEConfig field(s): {', '.join(unknown)}")
         return cls(**data)
 
     def to_json(self) -> str:
@@ -197,41 +200,111 @@ PRESETS: dict[str, dict[str, Any]] = {
 def get_preset(name: str, **overrides: Any) -> MoDEConfig:
     """Build the config of a named preset, with keyword overrides on top."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
     return MoDEConfig(**{**PRESETS[name], **overrides})
 
 
-def _parse_value(text: str, annotation: Any) -> Any:
-    """Parse a command-line value into the type of a config field."""
-    origin = typing.get_origin(annotation)
-    if annotation in (bool, "bool"):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if annotation in (int, "int"):
-        return int(text)
-    if annotation in (float, "float"):
-        return float(text)
-    if origin is list or (isinstance(annotation, str) and annotation.startswith("list")):
-        return [item for item in text.split(",") if item]
-    return text
+def preset_overrides(preset: str, config: MoDEConfig) -> dict[str, Any]:
+    """The fields of ``config`` whose value differs from preset ``preset``'s."""
+    base = get_preset(preset).to_dict()
+    return {k: v for k, v in config.to_dict().items() if base[k] != v}
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ``["d_model=512", "routing=dense"]`` into typed keyword overrides."""
-    fields = {f.name: f for f in dataclasses.fields(MoDEConfig)}
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"override {pair!r} is not of the form key=value")
-        key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in fields:
-            raise ValueError(f"unknown config field {key!r}; known fields: {', '.join(sorted(fields))}")
+@dataclass
+class TrainConfig:
+    """A training run: data, optimisation, checkpoints, and the policy to train.
+
+    ``policy`` defaults to the ``preset``'s config. Fields that training derives from the
+    dataset (``state_dim``, ``action_dim``, ``goal_dim``, cameras, goal encoder) are filled in
+    then, unless set explicitly to a value other than the preset's (e.g. ``state_dim=0`` for an
+    image-only policy, ``image_keys=[]`` for a state-only policy on a dataset with cameras).
+    """
+
+    dataset: str = ""
+    """Path of a LeRobot-format dataset (v3.0 or v2.1)."""
+    output_dir: str = "runs/mode"
+    """Run directory (created; must be empty unless resuming)."""
+    preset: str = "cpu"
+    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain). An image preset (one with
+    ``image_keys``) uses the dataset's cameras; a state-only preset ignores them."""
+    policy: MoDEConfig | None = None
+    """The policy's configuration; default: the preset's (see ``mode-policy info --preset``)."""
+    language: str = "minilm"
+    """Goal encoder: 'minilm' (offline sentence model), 'task' (learned embedding) or 'clip'."""
+    steps: int = 5000
+    """Optimizer steps in total (on resume: the new total)."""
+    batch_size: int = 256
+    """Global batch size (split across DDP ranks)."""
+    lr: float = 3e-4
+    """Peak learning rate of AdamW."""
+    warmup_steps: int = 200
+    """Steps of linear learning-rate warm-up."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    weight_decay: float = 0.05
+    """AdamW weight decay of matrices (none on gains and biases)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value."""
+    ema_decay: float = 0.999
+    """Decay of the weights' exponential moving average (the saved model is the EMA)."""
+    log_every: int = 50
+    """Log metrics every N steps."""
+    checkpoint_every: int = 1000
+    """Save a resumable checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Number of newest checkpoints kept."""
+    eval_every: int = 0
+    """Evaluate the EMA policy in simulation every N steps (0: never during training)."""
+    eval_episodes: int = 5
+    """Episodes per task of each periodic evaluation."""
+    seed: int = 0
+    """Seed of the model initialisation, the batches and the diffusion noise."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
+        if self.policy is None:
+            self.policy = get_preset(self.preset)
+        if self.language not in LANGUAGE_ENCODERS:
+            raise ConfigError(f"language={self.language!r}: expected one of {LANGUAGE_ENCODERS}")
+
+    def policy_overrides(self) -> dict[str, Any]:
+        """The policy fields whose value differs from the preset's (what the user chose)."""
+        return preset_overrides(self.preset, self.policy)
+
+    # --- (de)serialisation: config.json of a run ------------------------------
+    def to_run_dict(self, world_size: int = 1) -> dict[str, Any]:
+        """``{"train": ..., "policy": ..., "world_size": ...}``, as a run's config.json holds it."""
+        train = dataclasses.asdict(self)
+        train.pop("policy")
+        train["betas"] = list(self.betas)
+        return {"train": train, "policy": self.policy.to_dict(), "world_size": world_size}
+
+    @classmethod
+    def from_run_dict(cls, data: dict[str, Any], where: str = "config.json") -> "TrainConfig":
+        """Inverse of :meth:`to_run_dict`; ConfigError naming ``where`` for anything that does not fit."""
+        if not isinstance(data, dict) or not isinstance(data.get("train"), dict) or "policy" not in data:
+            raise ConfigError(f"{where}: expected an object with 'train' and 'policy' (a run's config.json)")
+        train = dict(data["train"])
+        train.pop("overrides", None)  # runs before 0.2 kept `key=value` strings; "policy" holds their result
+        known = {f.name for f in dataclasses.fields(cls)} - {"policy"}
+        unknown = sorted(set(train) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown TrainConfig field(s): {', '.join(unknown)}")
+        if "betas" in train:
+            train["betas"] = tuple(train["betas"])
         try:
-            out[key] = _parse_value(value, fields[key].type)
-        except ValueError as err:
-            raise ValueError(f"bad value for {key}: {err}") from None
-    return out
+            return cls(**train, policy=MoDEConfig.from_dict(dict(data["policy"])))
+        except TypeError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+LANGUAGE_ENCODERS = ("minilm", "task", "clip")

@@ -1,8 +1,8 @@
 """Scripted Meta-World demonstrations written as a LeRobotDataset (v3.0).
 
 :func:`generate_demos` runs Meta-World's scripted expert on seeded initial conditions from
-the demonstration seed range (see :mod:`mode_policy.envs.metaworld_env`), keeps only
-successful episodes, and writes them with :class:`mode_policy.data.lerobot_format.LeRobotDatasetWriter`.
+the demonstration seed range (see :mod:`mode_policy.envs.metaworld`), keeps only
+successful episodes, and writes them with :class:`mode_policy.data.writer.DatasetWriter`.
 
 Determinism: the ``a``-th attempt for ``task`` uses the env seed
 ``demo_seed(task, a, seed)``; attempts run in rounds whose size depends only on earlier
@@ -44,7 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from .envs.metaworld_env import (
+from .constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
+from .errors import ConfigError, DataError, SimulatorError
+from .envs.metaworld import (
     ACTION_DIM,
     CAMERAS,
     FPS,
@@ -71,8 +73,8 @@ __all__ = [
 
 #: Feature spec of the generated datasets (LeRobot ``info.json`` style).
 DEMO_FEATURES: dict[str, dict[str, Any]] = {
-    "observation.state": {"dtype": "float32", "shape": [OBS_DIM], "names": None},
-    "action": {"dtype": "float32", "shape": [ACTION_DIM], "names": None},
+    STATE_KEY: {"dtype": "float32", "shape": [OBS_DIM], "names": None},
+    ACTION_KEY: {"dtype": "float32", "shape": [ACTION_DIM], "names": None},
     "next.reward": {"dtype": "float32", "shape": [1], "names": None},
     "next.success": {"dtype": "bool", "shape": [1], "names": None},
 }
@@ -80,7 +82,7 @@ DEMO_FEATURES: dict[str, dict[str, Any]] = {
 
 def camera_key(camera: str) -> str:
     """Dataset feature name of a Meta-World camera: ``"corner"`` -> ``"observation.images.corner"``."""
-    return f"observation.images.{camera}"
+    return IMAGES_PREFIX + camera
 
 
 def _check_cameras(cameras: Sequence[str], image_size: int) -> list[str]:
@@ -89,9 +91,9 @@ def _check_cameras(cameras: Sequence[str], image_size: int) -> list[str]:
     cameras = list(dict.fromkeys(cameras))
     unknown = [c for c in cameras if c not in CAMERAS]
     if unknown:
-        raise ValueError(f"unknown Meta-World camera(s) {unknown}; cameras are: {', '.join(CAMERAS)}")
+        raise ConfigError(f"unknown Meta-World camera(s) {unknown}; cameras are: {', '.join(CAMERAS)}")
     if cameras and (int(image_size) != image_size or image_size < 8):
-        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+        raise ConfigError(f"image_size must be an integer >= 8, got {image_size!r}")
     return cameras
 
 
@@ -126,7 +128,7 @@ class EpisodeResult:
 
     @property
     def length(self) -> int:
-        return 0 if self.frames is None else int(self.frames["action"].shape[0])
+        return 0 if self.frames is None else int(self.frames[ACTION_KEY].shape[0])
 
 
 def run_expert_episode(
@@ -178,8 +180,8 @@ def run_expert_episode(
     frames = None
     if ok or keep_failed_frames:
         frames = {
-            "observation.state": np.stack(states).astype(np.float32),
-            "action": np.stack(actions).astype(np.float32),
+            STATE_KEY: np.stack(states).astype(np.float32),
+            ACTION_KEY: np.stack(actions).astype(np.float32),
             "next.reward": np.asarray(rewards, dtype=np.float32)[:, None],
             "next.success": np.asarray(successes, dtype=bool)[:, None],
         }
@@ -281,13 +283,13 @@ def generate_demos(
         extra_steps_after_success: steps recorded after the first success.
         overwrite: replace an existing dataset at ``out_dir``.
         progress: show a tqdm progress bar.
-        max_attempts_per_task: give up (``RuntimeError``) after this many attempts for one
-            task; default ``3 * episodes_per_task + 20``.
+        max_attempts_per_task: give up (:class:`~mode_policy.errors.SimulatorError`) after
+            this many attempts for one task; default ``3 * episodes_per_task + 20``.
         start_method: multiprocessing start method for ``workers > 1``. With the default
             ``"spawn"`` a script that calls this at top level needs the usual
             ``if __name__ == "__main__":`` guard (``python -c`` and console scripts are fine).
         cameras: Meta-World cameras to record (names from
-            :data:`~mode_policy.envs.metaworld_env.CAMERAS`, e.g. ``("corner", "gripperPOV")``;
+            :data:`~mode_policy.envs.metaworld.CAMERAS`, e.g. ``("corner", "gripperPOV")``;
             a comma-separated string works too), stored as video features
             ``observation.images.<camera>``. Empty: state-only dataset.
         image_size: side of the square camera images in pixels.
@@ -297,25 +299,27 @@ def generate_demos(
     """
     from tqdm.auto import tqdm
 
-    from .data.lerobot_format import LeRobotDatasetWriter
+    from .data.writer import DatasetWriter
 
     task_list = resolve_tasks(tasks)
     if episodes_per_task < 1:
-        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+        raise ConfigError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
     if extra_steps_after_success < 0:
-        raise ValueError("extra_steps_after_success must be >= 0")
+        raise ConfigError("extra_steps_after_success must be >= 0")
     cameras = _check_cameras(cameras, image_size)
     features = demo_features(cameras, image_size)
     max_attempts = max_attempts_per_task or 3 * episodes_per_task + 20
     if max_attempts < episodes_per_task:
-        raise ValueError("max_attempts_per_task must be >= episodes_per_task")
+        raise ConfigError("max_attempts_per_task must be >= episodes_per_task")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
+        raise DataError(f"{out_dir}: folder exists and is not empty; pass overwrite=True to replace it")
 
     n = episodes_per_task
     # Split each task into several work units when there are few tasks per worker.
@@ -324,7 +328,7 @@ def generate_demos(
     n_attempts: dict[str, int] = {t: 0 for t in task_list}
     failures: dict[str, int] = {t: 0 for t in task_list}
 
-    writer: LeRobotDatasetWriter | None = None  # created at the first finished task
+    writer: DatasetWriter | None = None  # created at the first finished task
     next_to_write = 0
     pool = None
 
@@ -332,7 +336,7 @@ def generate_demos(
         nonlocal writer
         assert r.frames is not None
         if writer is None:
-            writer = LeRobotDatasetWriter(out_dir, fps=FPS, features=features, robot_type="sawyer", overwrite=overwrite)
+            writer = DatasetWriter(out_dir, fps=FPS, features=features, robot_type="sawyer", overwrite=overwrite)
         writer.add_episode(
             r.frames,
             task=INSTRUCTIONS[r.task],
@@ -359,7 +363,7 @@ def generate_demos(
                 np.array_equal(rendered.frames[k], r.frames[k]) for k in DEMO_FEATURES
             )
             if not same:
-                raise RuntimeError(
+                raise SimulatorError(
                     f"{r.task} (env seed {r.seed}): replaying the expert episode to render camera images "
                     "gave a different trajectory than the first rollout; Meta-World is not deterministic here"
                 )
@@ -395,7 +399,7 @@ def generate_demos(
                     continue
                 missing = n - len(successes[task])
                 if n_attempts[task] >= max_attempts:
-                    raise RuntimeError(
+                    raise SimulatorError(
                         f"the scripted expert for {task} succeeded only {len(successes[task])} "
                         f"times in {n_attempts[task]} attempts (needed {n}); raise "
                         f"max_attempts_per_task or lower episodes_per_task"

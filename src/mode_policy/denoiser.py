@@ -7,7 +7,10 @@ positional embeddings. Each block is pre-norm:
     x = x + Attn(RMSNorm(x) + phi(sigma))      # noise-conditioned self-attention
     x = x + MoE(RMSNorm(x))                    # experts chosen from phi(sigma) only
 
-where ``phi(sigma)`` is a linear embedding of ``c_noise = ln(sigma)/4``.
+where ``phi(sigma)`` is a linear embedding of ``c_noise = ln(sigma)/4``. Its
+layer ``sigma_embed`` belongs to this network (phi is its first token and enters
+every block); :class:`mode_policy.edm.EDMDenoiser` applies it and scales the
+network's input and output.
 """
 
 from __future__ import annotations
@@ -44,12 +47,8 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x) + noise_emb.unsqueeze(1))
         h = self.norm2(x)
         routing = None
-        if fused is not None:  # cached sampling: this step's experts, fused (no router)
-            y = fused(h)
-            if self.mlp.shared is not None:
-                y = y + self.mlp.shared(h)
-        elif isinstance(self.mlp, MoELayer):
-            y, routing = self.mlp(h, noise_emb)
+        if isinstance(self.mlp, MoELayer):
+            y, routing = self.mlp(h, noise_emb, fused)
         else:
             y = self.mlp(h)
         return x + self.mlp_dropout(y), routing
@@ -95,10 +94,6 @@ class MoDETransformer(nn.Module):
 
     def moe_layers(self) -> list[MoELayer]:
         return [b.mlp for b in self.blocks if isinstance(b.mlp, MoELayer)]
-
-    def embed_noise(self, c_noise: Tensor) -> Tensor:
-        """c_noise: (B,) -> noise embedding phi(sigma): (B, d)."""
-        return self.sigma_embed(c_noise.unsqueeze(-1).to(self.sigma_embed.weight.dtype))
 
     def forward(
         self,

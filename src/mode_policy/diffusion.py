@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+
 DenoiseFn = Callable[[Tensor, int], Tensor]
 
 
@@ -92,7 +94,7 @@ def make_schedule(name: str, n: int, sigma_min: float, sigma_max: float, rho: fl
         return exponential_schedule(n, sigma_min, sigma_max)
     if name == "karras":
         return karras_schedule(n, sigma_min, sigma_max, rho)
-    raise ValueError(f"unknown sigma schedule {name!r}")
+    raise ConfigError(f"unknown sigma schedule {name!r}")
 
 
 # --------------------------------------------------------------------------
@@ -201,5 +203,5 @@ _SAMPLERS: dict[str, type[Sampler]] = {
 
 def make_sampler(name: str) -> Sampler:
     if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}: choose from {', '.join(_SAMPLERS)}")
+        raise ConfigError(f"unknown sampler {name!r}: choose from {', '.join(_SAMPLERS)}")
     return _SAMPLERS[name]()

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 class EMA:
     """Keeps ``model``'s EMA copy: ``ema = decay * ema + (1 - decay) * model``.
@@ -17,7 +19,7 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.num_updates = 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)

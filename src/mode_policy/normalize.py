@@ -10,6 +10,9 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from .constants import ACTION_KEY, STATE_KEY
+from .errors import DataError
+
 STD_FLOOR = 1e-2  # states with a (near) constant dimension are not blown up
 RANGE_FLOOR = 1e-4  # constant action dimensions map to 0
 
@@ -27,24 +30,24 @@ class Normalizer(nn.Module):
     @torch.no_grad()
     def set_stats(self, stats: Mapping[str, Mapping[str, object]]) -> None:
         """Load statistics ``{"action": {"min", "max"}, "observation.state": {"mean", "std"}}``
-        (array-likes). Raises ValueError naming a missing or mis-shaped entry."""
-        wanted = [("action", "min", self.action_min), ("action", "max", self.action_max)]
+        (array-likes). Raises DataError naming a missing or mis-shaped entry."""
+        wanted = [(ACTION_KEY, "min", self.action_min), (ACTION_KEY, "max", self.action_max)]
         if self.state_mean.numel():
             wanted += [
-                ("observation.state", "mean", self.state_mean),
-                ("observation.state", "std", self.state_std),
+                (STATE_KEY, "mean", self.state_mean),
+                (STATE_KEY, "std", self.state_std),
             ]
         for key, stat, buf in wanted:
             if key not in stats or stat not in stats[key]:
-                raise ValueError(f"normalisation statistics lack {key}.{stat}")
+                raise DataError(f"normalisation statistics lack {key}.{stat}")
             value = torch.as_tensor(stats[key][stat], dtype=buf.dtype).reshape(-1)
             if value.shape != buf.shape:
-                raise ValueError(
+                raise DataError(
                     f"normalisation statistic {key}.{stat} has {value.numel()} values, "
                     f"the policy expects {buf.numel()}"
                 )
             if not torch.isfinite(value).all():
-                raise ValueError(f"normalisation statistic {key}.{stat} contains NaN or inf")
+                raise DataError(f"normalisation statistic {key}.{stat} contains NaN or inf")
             buf.copy_(value)
 
     def _center_scale(self) -> tuple[Tensor, Tensor]:

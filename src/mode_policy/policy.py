@@ -3,13 +3,14 @@
 Batch keys: ``observation.state`` (B, [n_obs,] S), ``goal`` (B, goal_dim)
 (or ``task``: list of instructions when a goal encoder is attached),
 ``action`` (B, H, A) and ``action_is_pad`` (B, H) for training.
+The encoders turn a batch into condition tokens; :class:`~mode_policy.edm.EDMDenoiser`
+does the diffusion (training loss and sampling).
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,38 +21,27 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import MoDEConfig
-from .denoiser import MoDETransformer
-from .diffusion import edm_scalings, make_schedule, make_sampler, sample_log_logistic_sigma
+from .constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY, TASK_KEY
+from .edm import EDMDenoiser
 from .encoders.state import StateEncoder
+from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write, atomic_write_text
-from .nn.expert_cache import build_layer_cache, weights_version
-from .nn.moe import FusedExperts, balancing_loss
+from .nn.moe import balancing_loss
 from .normalize import Normalizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-STATE_KEY = "observation.state"
+LEGACY_PREFIXES = {"transformer.": "denoiser.net."}
+"""State-dict key prefixes of checkpoints written before the EDM denoiser module -> today's."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not fit the model."""
-
-
-@dataclass
-class SamplingPlan:
-    """Everything about a sampling run that does not depend on the data:
-    the schedule, per-evaluation EDM scalings (host floats), the noise
-    embeddings (M, d) and, for noise routing, the fused experts per
-    evaluation and layer. Built once, reused until its key changes."""
-
-    key: tuple
-    sigmas: Tensor  # (n+1,) schedule ending in 0, on the CPU (samplers read it as host floats)
-    c_skip: list[float]
-    c_out: list[float]
-    c_in: list[float]
-    noise_emb: Tensor  # (M, d)
-    fused: list[list[FusedExperts]] | None  # [evaluation][moe layer]
-    cache_bytes: int
+def upgrade_state_dict(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` with legacy key prefixes renamed (a no-op for current checkpoints)."""
+    out = {}
+    for key, value in tensors.items():
+        old = next((p for p in LEGACY_PREFIXES if key.startswith(p)), None)
+        out[LEGACY_PREFIXES[old] + key[len(old):] if old else key] = value
+    return out
 
 
 class MoDEPolicy(nn.Module):
@@ -76,10 +66,9 @@ class MoDEPolicy(nn.Module):
                 shift_pad=config.image_shift_pad,
             )
         self.goal_proj = nn.Linear(config.goal_dim, d)
-        self.transformer = MoDETransformer(config)
-        self.sampler = make_sampler(config.sampler)
+        self.denoiser = EDMDenoiser(config)
         if config.freeze_router:
-            for layer in self.transformer.moe_layers():
+            for layer in self.denoiser.net.moe_layers():
                 layer.router.requires_grad_(False)
         # Turns `task` strings into goal vectors. Frozen encoders (MiniLM, CLIP) are
         # plain attributes, outside the state dict; a trainable task embedding is an
@@ -90,12 +79,11 @@ class MoDEPolicy(nn.Module):
 
             self.goal_encoder = make_language_encoder(dict(config.goal_encoder))
             if self.goal_encoder.dim != config.goal_dim:
-                raise ValueError(
+                raise ConfigError(
                     f"goal encoder {config.goal_encoder['type']!r} gives {self.goal_encoder.dim}-d goals, "
                     f"config.goal_dim is {config.goal_dim}"
                 )
-        self.use_expert_cache = True
-        self._plan: SamplingPlan | None = None
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)  # old training checkpoints resume
         self._action_queue: deque[Tensor] = deque()
         self._obs_history: deque[dict[str, Tensor]] = deque(maxlen=config.n_obs_steps)
 
@@ -104,14 +92,16 @@ class MoDEPolicy(nn.Module):
         self.normalizer.set_stats(stats)
 
     def _goal(self, batch: Mapping[str, Any]) -> Tensor:
-        if "goal" in batch:
-            goal = batch["goal"]
-        elif "task" in batch and self.goal_encoder is not None:
-            goal = self.goal_encoder(list(batch["task"]))
+        if GOAL_KEY in batch:
+            goal = batch[GOAL_KEY]
+        elif TASK_KEY in batch and self.goal_encoder is not None:
+            goal = self.goal_encoder(list(batch[TASK_KEY]))
         else:
-            raise KeyError("batch needs 'goal' (B, goal_dim), or 'task' strings with a goal encoder attached")
+            raise DataError(
+                f"batch needs {GOAL_KEY!r} (B, goal_dim), or {TASK_KEY!r} strings with a goal encoder attached"
+            )
         if goal.shape[-1] != self.config.goal_dim:
-            raise ValueError(f"goal has width {goal.shape[-1]}, the policy expects goal_dim={self.config.goal_dim}")
+            raise DataError(f"goal has width {goal.shape[-1]}, the policy expects goal_dim={self.config.goal_dim}")
         return goal.to(device=self.goal_proj.weight.device, dtype=self.goal_proj.weight.dtype)
 
     def encode_condition(self, batch: Mapping[str, Any]) -> Tensor:
@@ -124,12 +114,12 @@ class MoDEPolicy(nn.Module):
         per_step: list[Tensor] = []  # each (B, n_obs, k, d)
         if self.state_encoder is not None:
             if STATE_KEY not in batch:
-                raise KeyError(f"batch lacks {STATE_KEY!r}")
+                raise DataError(f"batch lacks {STATE_KEY!r}")
             state = batch[STATE_KEY].to(self.goal_proj.weight.dtype)
             if state.dim() == 2:
                 state = state.unsqueeze(1)  # (B, 1, S)
             if state.shape[-1] != self.config.state_dim or state.shape[1] != self.config.n_obs_steps:
-                raise ValueError(
+                raise DataError(
                     f"{STATE_KEY} has shape {tuple(state.shape)}, expected "
                     f"(B, {self.config.n_obs_steps}, {self.config.state_dim})"
                 )
@@ -148,12 +138,12 @@ class MoDEPolicy(nn.Module):
         images = {}
         for key in self.config.image_keys:
             if key not in batch:
-                raise KeyError(f"batch lacks camera {key!r}")
+                raise DataError(f"batch lacks camera {key!r}")
             img = batch[key]
             if img.dim() == 4:
                 img = img.unsqueeze(1)  # (B, 1, ...)
             if img.dim() != 5 or img.shape[1] != n_obs:
-                raise ValueError(f"{key} has shape {tuple(img.shape)}, expected (B, {n_obs}, H, W, 3)")
+                raise DataError(f"{key} has shape {tuple(img.shape)}, expected (B, {n_obs}, H, W, 3)")
             images[key] = img.flatten(0, 1)  # (B * n_obs, ...)
         cond = goal.repeat_interleave(n_obs, dim=0)  # (B * n_obs, goal_dim)
         return self.image_encoder(images, cond).view(b, n_obs, len(self.config.image_keys), -1)
@@ -163,25 +153,18 @@ class MoDEPolicy(nn.Module):
         """Training loss. Returns ``(loss, info)``; info values are detached tensors:
         ``diffusion_loss``, ``balance_loss`` and ``expert_usage`` (L, E)."""
         cfg = self.config
-        actions = batch["action"]
+        if ACTION_KEY not in batch:
+            raise DataError(f"a training batch needs {ACTION_KEY!r} (B, {cfg.horizon}, {cfg.action_dim})")
+        actions = batch[ACTION_KEY]
         if actions.dim() != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
-            raise ValueError(
-                f"action has shape {tuple(actions.shape)}, expected (B, {cfg.horizon}, {cfg.action_dim})"
+            raise DataError(
+                f"{ACTION_KEY} has shape {tuple(actions.shape)}, expected (B, {cfg.horizon}, {cfg.action_dim})"
             )
         x0 = self.normalizer.normalize_action(actions.to(self.goal_proj.weight.dtype))  # (B, H, A)
         cond = self.encode_condition(batch)
-        b = x0.shape[0]
-        sigma = sample_log_logistic_sigma(
-            b, cfg.train_sigma_loc, cfg.train_sigma_scale, cfg.sigma_min, cfg.sigma_max, x0.device
-        )
-        c_skip, c_out, c_in, c_noise = (c.view(b, 1, 1) for c in edm_scalings(sigma, cfg.sigma_data))
-        noisy = x0 + torch.randn_like(x0) * sigma.view(b, 1, 1)
-        noise_emb = self.transformer.embed_noise(c_noise.view(b))
-        out, routings = self.transformer(noisy * c_in, noise_emb, cond)
-        target = (x0 - c_skip * noisy) / c_out
-        err = (out.float() - target.float()).pow(2).mean(-1)  # (B, H)
-        if "action_is_pad" in batch:
-            keep = (~batch["action_is_pad"].bool()).float()
+        err, routings = self.denoiser.loss(x0, cond)  # (B, H)
+        if ACTION_IS_PAD_KEY in batch:
+            keep = (~batch[ACTION_IS_PAD_KEY].bool()).float()
             diffusion_loss = (err * keep).sum() / keep.sum().clamp_min(1.0)
         else:
             diffusion_loss = err.mean()
@@ -201,56 +184,14 @@ class MoDEPolicy(nn.Module):
         return loss, info
 
     # ------------------------------------------------------------- inference
-    def sampling_plan(self) -> SamplingPlan:
-        """The (cached) plan for the configured sampler and schedule; rebuilt
-        when the schedule, the step count, the mode or the weights change."""
-        cfg = self.config
-        transformer = self.transformer
-        cached = self.use_expert_cache and cfg.routing == "noise" and not self.training
-        key = (
-            cfg.sampler, cfg.schedule, cfg.num_inference_steps, cfg.sigma_min, cfg.sigma_max,
-            cfg.karras_rho, cfg.sigma_data, cached, transformer.sigma_embed.weight.device,
-            weights_version([transformer.sigma_embed, *transformer.moe_layers()]),
-        )
-        if self._plan is not None and self._plan.key == key:
-            return self._plan
-        device = transformer.sigma_embed.weight.device
-        sigmas = make_schedule(cfg.schedule, cfg.num_inference_steps, cfg.sigma_min, cfg.sigma_max, cfg.karras_rho)
-        eval_sigmas = self.sampler.eval_sigmas(sigmas)  # (M,)
-        c_skip, c_out, c_in, c_noise = edm_scalings(eval_sigmas.double(), cfg.sigma_data)
-        with torch.no_grad():
-            noise_emb = transformer.embed_noise(c_noise.float().to(device))  # (M, d)
-            fused, cache_bytes = None, 0
-            if cached:
-                per_layer = [build_layer_cache(layer, noise_emb) for layer in transformer.moe_layers()]
-                fused = [list(step) for step in zip(*(steps for steps, _ in per_layer))]
-                cache_bytes = sum(owned for _, owned in per_layer)
-        self._plan = SamplingPlan(
-            key, sigmas, c_skip.tolist(), c_out.tolist(), c_in.tolist(),
-            noise_emb, fused, cache_bytes,
-        )
-        return self._plan
-
     @torch.no_grad()
     def predict_action_chunk(self, batch: Mapping[str, Any], noise: Tensor | None = None) -> Tensor:
         """Sample an action chunk (B, H, A) in the original action units.
 
         ``noise`` (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here).
         """
-        cfg = self.config
         cond = self.encode_condition(batch)  # encoders run once per chunk
-        plan = self.sampling_plan()
-        b = cond.shape[0]
-        if noise is None:
-            noise = torch.randn(b, cfg.horizon, cfg.action_dim, device=cond.device, dtype=cond.dtype)
-        x = noise * cfg.sigma_max
-
-        def denoise(x: Tensor, j: int) -> Tensor:
-            fused = plan.fused[j] if plan.fused is not None else None
-            out, _ = self.transformer(x * plan.c_in[j], plan.noise_emb[j].expand(b, -1), cond, fused)
-            return x * plan.c_skip[j] + out * plan.c_out[j]
-
-        actions = self.sampler.run(denoise, x, plan.sigmas)
+        actions = self.denoiser.sample(cond, noise)  # (B, H, A), normalised
         return self.normalizer.unnormalize_action(actions.clamp(-1.0, 1.0))
 
     def reset(self) -> None:
@@ -280,9 +221,10 @@ class MoDEPolicy(nn.Module):
     def parameter_counts(self) -> dict[str, Any]:
         """Total and active parameters of the policy and of its transformer.
         Active = total minus the experts a forward pass does not use."""
+        net = self.denoiser.net
         total = sum(p.numel() for p in self.parameters())
-        t_total = sum(p.numel() for p in self.transformer.parameters())
-        inactive = self.transformer.inactive_params()
+        t_total = sum(p.numel() for p in net.parameters())
+        inactive = net.inactive_params()
         return {
             "total_params": total,
             "active_params": total - inactive,
@@ -321,7 +263,9 @@ class MoDEPolicy(nn.Module):
         return policy.to(map_location)
 
     def load_weights(self, tensors: Mapping[str, Tensor], source: str = "state dict") -> None:
-        """Strict load that names missing, unexpected and mis-shaped tensors."""
+        """Strict load that names missing, unexpected and mis-shaped tensors
+        (legacy key names are renamed first, see :data:`LEGACY_PREFIXES`)."""
+        tensors = upgrade_state_dict(tensors)
         expected = self.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -342,3 +286,10 @@ class MoDEPolicy(nn.Module):
         if problems:
             raise CheckpointError(f"{source} does not fit the model config: " + " | ".join(problems))
         self.load_state_dict(tensors, strict=True)
+
+
+def _upgrade_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+    """load_state_dict pre-hook: rename legacy keys in place (e.g. an EMA state of an old run)."""
+    legacy = [k for k in state_dict if any(k.startswith(prefix + p) for p in LEGACY_PREFIXES)]
+    for key, value in upgrade_state_dict({k[len(prefix):]: state_dict.pop(k) for k in legacy}).items():
+        state_dict[prefix + key] = value

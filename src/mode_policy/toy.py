@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import get_preset
+from .constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY
 from .policy import MoDEPolicy
 
 MODES = torch.tensor([[0.6, 0.6], [0.6, -0.6]])  # (goals, action_dim): +/- each row
@@ -29,10 +30,10 @@ def sample_toy_batch(batch_size: int, horizon: int, generator: torch.Generator |
     sign = torch.randint(0, 2, (batch_size,), generator=generator).float() * 2 - 1
     action = (MODES[goal_idx] * sign[:, None]).unsqueeze(1).expand(-1, horizon, -1)  # (B, H, 2)
     return {
-        "observation.state": torch.randn(batch_size, 2, generator=generator),
-        "goal": torch.nn.functional.one_hot(goal_idx, 2).float(),
-        "action": action.contiguous(),
-        "action_is_pad": torch.zeros(batch_size, horizon, dtype=torch.bool),
+        STATE_KEY: torch.randn(batch_size, 2, generator=generator),
+        GOAL_KEY: torch.nn.functional.one_hot(goal_idx, 2).float(),
+        ACTION_KEY: action.contiguous(),
+        ACTION_IS_PAD_KEY: torch.zeros(batch_size, horizon, dtype=torch.bool),
     }
 
 
@@ -75,7 +76,7 @@ def train_toy(
     policy = MoDEPolicy(cfg)
     policy.set_normalization({
         "action": {"min": [-1.0, -1.0], "max": [1.0, 1.0]},
-        "observation.state": {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
+        STATE_KEY: {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
     })
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
@@ -97,5 +98,5 @@ def train_toy(
     policy.eval()
     batch = sample_toy_batch(n_eval, cfg.horizon, gen)
     samples = policy.predict_action_chunk(batch)
-    fractions, between = mode_statistics(samples, batch["goal"].argmax(-1))
+    fractions, between = mode_statistics(samples, batch[GOAL_KEY].argmax(-1))
     return ToyResult(steps, seconds, float(loss.detach()), fractions, between)

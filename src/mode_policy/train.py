@@ -1,79 +1,31 @@
 """Training loop (nanoGPT-style: one readable function), single process or DDP.
 
 Runs as a plain script on one device, and unchanged under ``torchrun`` (DDP;
-gloo on CPU, NCCL on GPU). Only rank 0 writes anything. A run directory holds:
-
-    config.json         train + policy configuration
-    stats.json          normalisation statistics
-    metrics.jsonl       one JSON object per logged step (loss, lr, samples/s, ...)
-    tb/                 TensorBoard events
-    checkpoints/step_XXXXXXXX/ + LATEST   policy, optimizer, scheduler, EMA, RNG, step
-    model/              final EMA policy (``MoDEPolicy.from_pretrained``)
-    train_summary.json  steps, wall time, rank consistency check
+gloo on CPU, NCCL on GPU). Only rank 0 writes anything; what it writes is
+described in :mod:`mode_policy.run_dir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-from .config import PRESETS, get_preset, parse_overrides
+from .config import PRESETS, TrainConfig, get_preset
 from .data.windows import EpisodeData, WindowSampler, dataset_cameras, load_episodes
 from .ema import EMA
-from .fileio import atomic_write_json, atomic_write_text
+from .errors import CheckpointError, ConfigError, DataError, DataNotFoundError, RunDirError
 from .policy import MoDEPolicy
+from .run_dir import TRAINING_STATE, RunDir
 
 EvalFn = Callable[[MoDEPolicy, int], dict[str, Any]]
-
-
-@dataclass
-class TrainConfig:
-    """Everything about a training run except the policy architecture (preset + overrides)."""
-
-    dataset: str = ""
-    """Path of a LeRobot-format dataset (v3.0 or v2.1)."""
-    output_dir: str = "runs/mode"
-    """Run directory (created; must be empty unless resuming)."""
-    preset: str = "cpu"
-    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain). An image preset (one with
-    ``image_keys``) uses the dataset's cameras; a state-only preset ignores them."""
-    overrides: list[str] = field(default_factory=list)
-    """Policy config overrides, ``key=value``."""
-    language: str = "minilm"
-    """Goal encoder: 'minilm' (offline sentence model), 'task' (learned embedding) or 'clip'."""
-    steps: int = 5000
-    batch_size: int = 256
-    """Global batch size (split across DDP ranks)."""
-    lr: float = 3e-4
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio."""
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    eval_every: int = 0
-    """Evaluate the EMA policy every N steps (0: only through the caller after training)."""
-    seed: int = 0
-    device: str = "auto"
-    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
-    amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
-    progress: bool = True
 
 
 # ------------------------------------------------------------------ helpers
@@ -129,22 +81,20 @@ def select_image_keys(cfg: TrainConfig, cameras: Sequence[str]) -> list[str]:
       dataset, in ``info.json`` order (the preset's own keys are placeholders).
     * a state-only preset: none (the videos are not decoded).
     """
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}: choose from {', '.join(PRESETS)}")
-    overrides = parse_overrides(cfg.overrides)
+    overrides = cfg.policy_overrides()
     cameras = list(cameras)
     if "image_keys" in overrides:
         keys = list(overrides["image_keys"])
         missing = [k for k in keys if k not in cameras]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"image_keys {missing} are not camera features of dataset {cfg.dataset} "
                 f"(it has: {', '.join(cameras) or 'no cameras'})"
             )
         return keys
     if PRESETS[cfg.preset].get("image_keys"):
         if not cameras:
-            raise ValueError(
+            raise DataError(
                 f"preset {cfg.preset!r} trains on camera images, but dataset {cfg.dataset} has no video or image "
                 "features (generate them with `mode-policy demos --cameras corner,gripperPOV`)"
             )
@@ -161,7 +111,7 @@ def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch
     from .encoders.language import make_language_encoder
 
     spec: dict[str, Any] = {"type": cfg.language}
-    overrides = parse_overrides(cfg.overrides)
+    overrides = cfg.policy_overrides()
     if cfg.language == "task":
         spec.update(tasks=data.tasks, dim=overrides.get("goal_dim", 64))
     image_keys = select_image_keys(cfg, list(data.camera_shapes))
@@ -169,12 +119,12 @@ def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch
     if image_keys:
         not_loaded = [k for k in image_keys if k not in data.images]
         if not_loaded:
-            raise ValueError(f"camera(s) {not_loaded} were not loaded: use load_episodes(root, image_keys=...)")
+            raise DataError(f"camera(s) {not_loaded} were not loaded: use load_episodes(root, image_keys=...)")
         sizes = {tuple(data.images[k].shape[1:3]) for k in image_keys}
         (height, width), *others = sorted(sizes)
         image_size = height if not others and height == width else 0  # 0: mixed or non-square cameras
         if overrides.get("image_size", image_size) != image_size:
-            raise ValueError(
+            raise DataError(
                 f"image_size={overrides['image_size']} does not match the dataset's camera images "
                 f"({', '.join(f'{h}x{w}' for h, w in sorted(sizes))})"
             )
@@ -202,41 +152,21 @@ def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch
 
 
 # --------------------------------------------------------------- checkpoints
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "LATEST"
-    if not pointer.is_file():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    if not (path / "training_state.pt").is_file():
-        raise ValueError(f"checkpoint {path} named by {pointer} is incomplete (no training_state.pt)")
-    return path
+def save_checkpoint(run: RunDir, step: int, policy: MoDEPolicy, state: dict[str, Any], keep: int) -> Path:
+    """Checkpoint ``step`` (policy + training state), written atomically; see :meth:`RunDir.save_checkpoint`."""
+
+    def write(folder: Path) -> None:
+        policy.save_pretrained(folder)
+        torch.save(state, folder / TRAINING_STATE)
+
+    return run.save_checkpoint(step, write, keep)
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: MoDEPolicy, state: dict[str, Any], keep: int) -> Path:
-    """Write ``checkpoints/step_N`` via a temporary folder and an atomic rename,
-    then point ``LATEST`` at it; older checkpoints beyond ``keep`` are removed."""
-    ckpt_root = run_dir / "checkpoints"
-    name = f"step_{step:08d}"
-    tmp = ckpt_root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    policy.save_pretrained(tmp)
-    torch.save(state, tmp / "training_state.pt")
-    final = ckpt_root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_text(ckpt_root / "LATEST", name + "\n")
-    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def _load_training_state(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+        return torch.load(path / TRAINING_STATE, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ValueError(f"checkpoint {path / 'training_state.pt'} is corrupt or truncated: {err}") from None
+        raise CheckpointError(f"checkpoint {path / TRAINING_STATE} is corrupt or truncated: {err}") from None
 
 
 # -------------------------------------------------------------------- train
@@ -244,20 +174,19 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     """Train a MoDE policy on ``cfg.dataset``; returns the run directory."""
     rank, local_rank, world = _distributed()
     device = _device(cfg.device, local_rank)
-    run_dir = Path(cfg.output_dir)
+    run = RunDir(cfg.output_dir)
     if not Path(cfg.dataset).exists():
-        raise FileNotFoundError(f"dataset folder not found: {cfg.dataset}")
+        raise DataNotFoundError(f"dataset folder not found: {cfg.dataset}")
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
-    latest = _latest_checkpoint(run_dir) if resume else None
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
+    latest = run.latest_checkpoint() if resume else None
     if resume and latest is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} is not empty (use --resume to continue it)")
+        raise RunDirError(f"--resume: no checkpoint in {run.checkpoints}")
+    if not resume and not run.is_empty():
+        raise RunDirError(f"run directory {run.root} is not empty (use --resume to continue it)")
     if latest is not None:  # the saved config wins, except the dataset location and step budget
-        saved = json.loads((run_dir / "config.json").read_text())["train"]
-        saved["betas"] = tuple(saved["betas"])
-        cfg = dataclasses.replace(TrainConfig(**saved), dataset=cfg.dataset, steps=cfg.steps, progress=cfg.progress)
+        saved = TrainConfig.from_run_dict(run.read_config(), str(run.config))
+        cfg = dataclasses.replace(saved, dataset=cfg.dataset, steps=cfg.steps, progress=cfg.progress)
 
     torch.manual_seed(cfg.seed + rank)
     image_keys = select_image_keys(cfg, list(dataset_cameras(cfg.dataset)))
@@ -268,9 +197,9 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         for field_name in ("state_dim", "action_dim", "goal_dim"):
             have, want = getattr(policy.config, field_name), getattr(saved_policy.config, field_name)
             if have != want:
-                raise ValueError(f"dataset {cfg.dataset} gives {field_name}={have}, checkpoint {latest} expects {want}")
+                raise DataError(f"dataset {cfg.dataset} gives {field_name}={have}, checkpoint {latest} expects {want}")
         if saved_policy.config != policy.config:
-            raise ValueError(f"checkpoint {latest} was trained with a different policy config than {cfg.dataset} gives")
+            raise DataError(f"checkpoint {latest} was trained with a different policy config than {cfg.dataset} gives")
         policy.load_state_dict(saved_policy.state_dict())
     policy.to(device).train()
     sampler = WindowSampler(data, policy.config.n_obs_steps, policy.config.horizon, goal_table)
@@ -286,7 +215,7 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     step = 0
     if latest is not None:
-        state = _load_checkpoint(latest)
+        state = _load_training_state(latest)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ema.load_state_dict(state["ema"])
@@ -296,15 +225,14 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
 
     writer = None
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {  # on resume: records the new step budget
-            "train": dataclasses.asdict(cfg), "policy": policy.config.to_dict(), "world_size": world,
-        })
+        run.root.mkdir(parents=True, exist_ok=True)
+        resolved = dataclasses.replace(cfg, policy=policy.config)  # with the fields the dataset gave
+        run.write_config(resolved.to_run_dict(world))  # on resume: records the new step budget
         if latest is None:
-            atomic_write_json(run_dir / "stats.json", data.stats())
+            run.write_stats(data.stats())
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if latest is not None else None)
+        writer = SummaryWriter(str(run.tensorboard), purge_step=step if latest is not None else None)
 
     def gather_rng() -> tuple[list, list]:
         """Every rank's data and torch RNG states (rank 0 saves them all)."""
@@ -318,7 +246,7 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     def checkpoint() -> None:
         data_rng, torch_rng = gather_rng()
         if rank == 0:
-            save_checkpoint(run_dir, step, policy, {
+            save_checkpoint(run, step, policy, {
                 "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict(), "data_rng": data_rng, "torch_rng": torch_rng,
             }, cfg.keep_checkpoints)
@@ -361,8 +289,7 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
                 record["expert_usage"] = info["expert_usage"].tolist()
             window_time, window_steps = now, 0
             if rank == 0:
-                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                run.append_metrics(record)
                 for k, v in record.items():
                     if isinstance(v, float):
                         writer.add_scalar(f"train/{k}", v, step)
@@ -374,8 +301,7 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             if rank == 0:
                 result = eval_fn(ema.model, step)
-                with open(run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": step, **result}) + "\n")
+                run.append_eval({"step": step, **result})
                 for k, v in result.items():
                     if isinstance(v, (int, float)):
                         writer.add_scalar(f"eval/{k}", v, step)
@@ -390,8 +316,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         checksums = [None] * world
         dist.all_gather_object(checksums, checksum)
     if rank == 0:
-        ema.model.save_pretrained(run_dir / "model")
-        atomic_write_json(run_dir / "train_summary.json", {
+        ema.model.save_pretrained(run.model)
+        run.write_summary({
             "steps": step, "world_size": world, "wall_s": time.perf_counter() - start_time,
             "weights_checksum_per_rank": checksums, "ranks_consistent": len(set(checksums)) == 1,
         })
@@ -400,4 +326,4 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         dist.barrier()
         if len(set(checksums)) != 1:
             raise RuntimeError(f"DDP ranks diverged: weight checksums {checksums}")
-    return run_dir
+    return run.root

@@ -14,7 +14,8 @@ from mode_policy.data.convert_calvin import (
     frame_path,
     read_language_windows,
 )
-from mode_policy.data.lerobot_format import LeRobotDataset
+from mode_policy.data.reader import DatasetReader
+from mode_policy.errors import DataNotFoundError
 
 os.environ.setdefault("SVT_LOG", "1")
 
@@ -71,7 +72,7 @@ def test_round_trip_windows_become_episodes(tmp_path: Path) -> None:
     split = tmp_path / "task_D_D" / "training"
     raw = write_calvin_split(split)
     out = convert_calvin(split, tmp_path / "ds", progress=False)
-    ds = LeRobotDataset(out)
+    ds = DatasetReader(out)
     assert ds.fps == 30
     assert ds.num_episodes == 3
     assert ds.episode_tasks == ANNS
@@ -100,7 +101,7 @@ def test_round_trip_windows_become_episodes(tmp_path: Path) -> None:
 def test_resize_and_max_episodes(tmp_path: Path) -> None:
     split = tmp_path / "validation"
     write_calvin_split(split)
-    ds = LeRobotDataset(convert_calvin(split, tmp_path / "ds", progress=False, static_size=96, gripper_size=64,
+    ds = DatasetReader(convert_calvin(split, tmp_path / "ds", progress=False, static_size=96, gripper_size=64,
                                        max_episodes=2))
     assert ds.num_episodes == 2
     assert ds.features[STATIC]["shape"] == [96, 96, 3]
@@ -119,7 +120,7 @@ def test_read_language_windows(tmp_path: Path) -> None:
 
 
 def test_missing_annotations(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"lang_annotations/auto_lang_ann\.npy: language annotations not found"):
+    with pytest.raises(DataNotFoundError, match=r"lang_annotations/auto_lang_ann\.npy: language annotations not found"):
         convert_calvin(tmp_path, tmp_path / "ds", progress=False)
 
 

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from mode_policy.data.convert_libero import (
-    IMAGE_KEYS,
     LiberoFormatError,
     convert_libero,
     instruction_from_filename,
-    libero_image_transform,
-    resize_images,
 )
-from mode_policy.data.lerobot_format import LeRobotDataset
+from mode_policy.data.reader import DatasetReader
+from mode_policy.errors import DataError
+from mode_policy.images import libero_image_transform, resize_images
 
 os.environ.setdefault("SVT_LOG", "1")
 
@@ -140,7 +139,7 @@ def test_round_trip_values_instructions_boundaries(tmp_path: Path) -> None:
     demos_b = write_libero_file(file_b, [7, 2], instruction='"Open the top drawer"', seed=100)
 
     out = convert_libero([file_a, file_b], tmp_path / "ds", progress=False)
-    ds = LeRobotDataset(out)
+    ds = DatasetReader(out)
     assert ds.num_episodes == 13
     assert ds.fps == 20
     expected = [(file_a, f"demo_{i}", demos_a[f"demo_{i}"], "turn on the stove") for i in range(11)]
@@ -173,7 +172,7 @@ def test_folder_input_sorted_and_resized(tmp_path: Path) -> None:
     write_libero_file(tmp_path / "raw" / "b_task_demo.hdf5", [3], seed=1)
     write_libero_file(tmp_path / "raw" / "sub" / "a_task_demo.hdf5", [4], seed=2)
     out = convert_libero(tmp_path / "raw", tmp_path / "ds", progress=False, image_size=16)
-    ds = LeRobotDataset(out)
+    ds = DatasetReader(out)
     assert ds.episode_tasks == ["b task", "a task"]  # sorted by path: raw/b_... < raw/sub/a_...
     assert ds.features[AGENT]["shape"] == [16, 16, 3]
     assert ds.episode(1)[WRIST].shape == (4, 16, 16, 3)
@@ -184,7 +183,7 @@ def test_problem_info_list_and_ee_states_fallback(tmp_path: Path) -> None:
     demos = write_libero_file(path, [3], instruction=["put", "the", "bowl", "away"])
     with h5py.File(path, "a") as f:  # some files only have ee_states
         del f["data/demo_0/obs/ee_pos"], f["data/demo_0/obs/ee_ori"]
-    ds = LeRobotDataset(convert_libero(path, tmp_path / "ds", progress=False))
+    ds = DatasetReader(convert_libero(path, tmp_path / "ds", progress=False))
     assert ds.episode_tasks == ["put the bowl away"]
     raw = demos["demo_0"]
     state = np.concatenate([raw["obs/ee_states"], raw["obs/gripper_states"]], axis=1)
@@ -275,7 +274,7 @@ def test_no_demos_and_mixed_sizes(tmp_path: Path) -> None:
         f["data/demo_0/obs/agentview_rgb"] = np.zeros((3, 16, 16, 3), np.uint8)
     with pytest.raises(LiberoFormatError, match=r"b_demo\.hdf5: 'data/demo_0' .* images are 16x16 .*image_size"):
         convert_libero([a, b], tmp_path / "ds", progress=False)
-    ds = LeRobotDataset(convert_libero([a, b], tmp_path / "ds", progress=False, image_size=24))
+    ds = DatasetReader(convert_libero([a, b], tmp_path / "ds", progress=False, image_size=24))
     assert ds.features[AGENT]["shape"] == [24, 24, 3]
 
 
@@ -292,7 +291,6 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "task_demo.hdf5"
     write_libero_file(path, [3])
     convert_libero(path, tmp_path / "ds", progress=False)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(DataError, match="pass overwrite=True"):
         convert_libero(path, tmp_path / "ds", progress=False)
-    assert LeRobotDataset(convert_libero(path, tmp_path / "ds", progress=False, overwrite=True)).num_episodes == 1
-    assert set(IMAGE_KEYS) == {AGENT, WRIST}
+    assert DatasetReader(convert_libero(path, tmp_path / "ds", progress=False, overwrite=True)).num_episodes == 1

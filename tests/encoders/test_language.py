@@ -23,6 +23,7 @@ from mode_policy.encoders.language import (
     make_language_encoder,
     minilm_model_dir,
 )
+from mode_policy.errors import DataError
 
 TASKS = ["pick up the red block", "open the drawer", "push the button", "close the door"]
 
@@ -311,7 +312,7 @@ def test_task_embedding_is_trainable_and_in_the_state_dict():
 
 def test_task_embedding_unknown_instruction_lists_known_ones():
     enc = TaskEmbeddingEncoder(TASKS, dim=6)
-    with pytest.raises(KeyError, match="unknown instruction 'fly away'.*'open the drawer'"):
+    with pytest.raises(DataError, match="unknown instruction 'fly away'.*'open the drawer'"):
         enc(["open the drawer", "fly away"])
 
 

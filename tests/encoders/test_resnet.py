@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from mode_policy.encoders.resnet import FiLMResNet, ImageEncoder, RandomShift
+from mode_policy.errors import DataError
 
 
 # ---------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_image_encoder_tokens_and_channel_last_uint8():
     assert tokens.shape == (2, 2, 16)
     torch.testing.assert_close(tokens[:, 0], top)
 
-    with pytest.raises(KeyError, match="wrist"):
+    with pytest.raises(DataError, match="wrist"):
         enc({"observation.images.top": images["observation.images.top"]}, cond)
 
 

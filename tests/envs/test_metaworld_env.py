@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mode_policy.envs.metaworld_env import (
+from mode_policy.errors import ConfigError
+
+from mode_policy.envs.rendering import setup_headless_rendering
+
+setup_headless_rendering()  # before the Meta-World wrapper below imports mujoco
+
+from mode_policy.envs.metaworld import (  # noqa: E402
     ALL_TASKS,
     DEMO_SEED_BASE,
     EVAL_SEED_BASE,
@@ -58,14 +64,14 @@ def test_resolve_task_lists():
 
 
 def test_resolve_unknown_task_lists_valid_names():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ConfigError) as err:
         resolve_tasks("reach-v3,fly-to-the-moon-v3")
     msg = str(err.value)
     assert "fly-to-the-moon-v3" in msg
     assert "mt10" in msg and "door-open-v3" in msg and "window-close-v3" in msg
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         resolve_tasks("reach-v2")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         resolve_tasks("")
 
 
@@ -89,9 +95,9 @@ def test_seed_ranges_are_disjoint():
     assert all(DEMO_SEED_BASE <= x < DEMO_SEED_BASE + SEED_SPAN and seed_split(x) == "demo" for x in d)
     assert all(EVAL_SEED_BASE <= x < EVAL_SEED_BASE + SEED_SPAN and seed_split(x) == "eval" for x in e)
     assert seed_split(3) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         demo_seed("reach-v3", -1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         demo_seed("nope-v3", 0)
 
 
@@ -155,7 +161,7 @@ def test_step_contract():
     assert env.steps == 0
     with pytest.raises(ValueError):
         MetaWorldEnv("reach-v3").reset()  # no seed yet
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         env.step(np.zeros(3))
 
 

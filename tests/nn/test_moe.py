@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from mode_policy.config import get_preset
-from mode_policy.diffusion import edm_scalings
 from mode_policy.nn.layers import swiglu
 from mode_policy.nn.moe import ExpertBank, MoELayer, balancing_loss, choose_experts
 from mode_policy.policy import MoDEPolicy
@@ -12,9 +11,7 @@ from mode_policy.policy import MoDEPolicy
 
 def chosen_experts(policy, sigma, cond, noisy):
     """Expert index per MoE layer (L, B, k) for a forward at noise level sigma (B,)."""
-    _, _, c_in, c_noise = edm_scalings(sigma, 0.5)
-    noise_emb = policy.transformer.embed_noise(c_noise)
-    _, routings = policy.transformer(noisy * c_in.view(-1, 1, 1), noise_emb, cond)
+    _, routings = policy.denoiser(noisy, sigma, cond)
     return torch.stack([r.index.sort(-1).values for r in routings])
 
 

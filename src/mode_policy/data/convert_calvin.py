@@ -44,8 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from .convert_libero import resize_images
-from .lerobot_format import LeRobotDatasetWriter
+from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
+from ..errors import ConfigError, DataError, DataNotFoundError
+from ..images import resize_images
+from .writer import DatasetWriter
 
 __all__ = [
     "CalvinFormatError",
@@ -61,14 +63,14 @@ __all__ = [
 
 #: CALVIN's control frequency (``control_freq=30`` in calvin_env).
 FPS = 30
-STATIC, GRIPPER = "observation.images.static", "observation.images.gripper"
+STATIC, GRIPPER = IMAGES_PREFIX + "static", IMAGES_PREFIX + "gripper"
 #: npz key -> (output feature, per-frame shape; None = image, size checked for consistency).
 FRAME_KEYS: dict[str, tuple[str, tuple[int, ...] | None]] = {
     "rgb_static": (STATIC, None),
     "rgb_gripper": (GRIPPER, None),
-    "robot_obs": ("observation.state", (15,)),
+    "robot_obs": (STATE_KEY, (15,)),
     "scene_obs": ("observation.environment_state", (24,)),
-    "rel_actions": ("action", (7,)),
+    "rel_actions": (ACTION_KEY, (7,)),
     "actions": ("absolute_action", (7,)),
 }
 ROBOT_OBS_NAMES = [
@@ -84,7 +86,7 @@ ACTION_NAMES = ["x", "y", "z", "euler_x", "euler_y", "euler_z", "gripper"]
 LANG_FILE = "auto_lang_ann.npy"
 
 
-class CalvinFormatError(ValueError):
+class CalvinFormatError(DataError):
     """A CALVIN file is missing, unreadable, or has unexpected keys or shapes."""
 
 
@@ -120,7 +122,7 @@ def read_language_windows(split_dir: str | Path, lang_folder: str = "lang_annota
     """The annotated windows of ``<split_dir>/<lang_folder>/auto_lang_ann.npy``, in file order."""
     path = Path(split_dir) / lang_folder / LANG_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{path}: language annotations not found; expected a CALVIN split folder "
             f"(e.g. task_D_D/training) containing {lang_folder}/{LANG_FILE}"
         )
@@ -201,9 +203,9 @@ def features_for(static_shape: tuple[int, int], gripper_shape: tuple[int, int]) 
     return {
         STATIC: video(static_shape),
         GRIPPER: video(gripper_shape),
-        "observation.state": {"dtype": "float32", "shape": [15], "names": list(ROBOT_OBS_NAMES)},
+        STATE_KEY: {"dtype": "float32", "shape": [15], "names": list(ROBOT_OBS_NAMES)},
         "observation.environment_state": {"dtype": "float32", "shape": [24], "names": list(SCENE_OBS_NAMES)},
-        "action": {"dtype": "float32", "shape": [7], "names": list(ACTION_NAMES)},
+        ACTION_KEY: {"dtype": "float32", "shape": [7], "names": list(ACTION_NAMES)},
         "absolute_action": {"dtype": "float32", "shape": [7], "names": list(ACTION_NAMES)},
     }
 
@@ -281,15 +283,15 @@ def convert_calvin(
 
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: CALVIN split folder not found")
+        raise DataNotFoundError(f"{split_dir}: CALVIN split folder not found")
     windows = read_language_windows(split_dir, lang_folder)
     if max_episodes is not None:
         if max_episodes < 1:
-            raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
+            raise ConfigError(f"max_episodes must be >= 1, got {max_episodes}")
         windows = windows[:max_episodes]
     for name, value in (("static_size", static_size), ("gripper_size", gripper_size)):
         if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise ConfigError(f"{name} must be positive, got {value}")
     # all frame files must exist before anything is written
     for k, window in enumerate(windows):
         for index in range(window.start, window.end + 1):
@@ -305,7 +307,7 @@ def convert_calvin(
 
     out_dir = Path(out_dir)
     cleanup = overwrite or not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir()))
-    writer = LeRobotDatasetWriter(
+    writer = DatasetWriter(
         out_dir, FPS, features_for(out_sizes[STATIC], out_sizes[GRIPPER]), robot_type="franka_panda",
         overwrite=overwrite,
     )

@@ -22,10 +22,11 @@ Output features (names follow LeRobot's LIBERO datasets where they make sense):
 
 Image orientation. robosuite renders with the OpenGL convention, so LIBERO's stored
 images (and the simulator's observations) are upside down. Both this converter and
-:mod:`mode_policy.envs.libero_env` pass every image through :func:`libero_image_transform`,
-which rotates it by 180 degrees (flips rows and columns), the convention of LeRobot's
-``HuggingFaceVLA/libero`` datasets, OpenVLA and openpi. Training data and evaluation
-observations therefore always match, also for policies trained on those public datasets.
+:mod:`mode_policy.envs.libero_env` pass every image through
+:func:`mode_policy.images.libero_image_transform`, which rotates it by 180 degrees (flips
+rows and columns), the convention of LeRobot's ``HuggingFaceVLA/libero`` datasets, OpenVLA
+and openpi. Training data and evaluation observations therefore always match, also for
+policies trained on those public datasets.
 
 The instruction of a file is ``problem_info["language_instruction"]`` when present,
 otherwise it is derived from the file name the way LIBERO derives it from task names
@@ -45,35 +46,30 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .lerobot_format import LeRobotDatasetWriter
+from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
+from ..errors import ConfigError, DataError, DataNotFoundError
+from ..images import libero_image_transform, resize_images
+from .writer import DatasetWriter
 
 __all__ = [
-    "ACTION_KEY",
     "FPS",
     "IMAGE_KEYS",
-    "STATE_KEY",
     "LiberoFormatError",
     "convert_libero",
     "demo_keys",
     "features_for",
     "find_hdf5_files",
     "instruction_from_filename",
-    "libero_image_transform",
     "read_instruction",
-    "resize_images",
 ]
 
 #: LIBERO's control frequency (robosuite ``control_freq=20``).
 FPS = 20
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
 #: Output feature -> HDF5 dataset under ``obs/``.
 IMAGE_KEYS: dict[str, str] = {
-    "observation.images.agentview": "agentview_rgb",
-    "observation.images.wrist": "eye_in_hand_rgb",
+    IMAGES_PREFIX + "agentview": "agentview_rgb",
+    IMAGES_PREFIX + "wrist": "eye_in_hand_rgb",
 }
 STATE_NAMES = ["x", "y", "z", "axis_angle_x", "axis_angle_y", "axis_angle_z", "gripper_left", "gripper_right"]
 ACTION_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
@@ -82,46 +78,8 @@ _DEMO_RE = re.compile(r"^demo_(\d+)$")
 _SCENE_RE = re.compile(r"SCENE\d+_")
 
 
-class LiberoFormatError(ValueError):
+class LiberoFormatError(DataError):
     """A LIBERO HDF5 file is missing a key, has a wrong shape, or is unreadable."""
-
-
-# --------------------------------------------------------------------------- images
-
-
-def libero_image_transform(images: np.ndarray, convention: str = "opengl") -> np.ndarray:
-    """LIBERO camera images (..., H, W, 3) -> the orientation used by our datasets and envs.
-
-    ``convention`` is robosuite's ``IMAGE_CONVENTION`` the images were produced under:
-    ``"opengl"`` images (LIBERO's default, upside down) are rotated by 180 degrees;
-    ``"opencv"`` images (already flipped vertically by robosuite) are mirrored left-right,
-    which gives the same final orientation."""
-    if convention == "opengl":
-        out = images[..., ::-1, ::-1, :]
-    elif convention == "opencv":
-        out = images[..., :, ::-1, :]
-    else:
-        raise ValueError(f"unknown image convention {convention!r} (expected 'opengl' or 'opencv')")
-    return np.ascontiguousarray(out)
-
-
-def resize_images(images: np.ndarray, size: int | tuple[int, int], chunk: int = 64) -> np.ndarray:
-    """Resize uint8 images (T, H, W, 3) to (T, h, w, 3) with antialiased bilinear filtering.
-
-    ``size`` is an int (square) or ``(h, w)``. Used identically by the converters and by the
-    evaluation envs, so that training and evaluation images are processed the same way."""
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected images (T, H, W, 3), got shape {images.shape}")
-    if images.shape[1:3] == (h, w):
-        return images
-    out = np.empty((images.shape[0], h, w, 3), dtype=np.uint8)
-    for start in range(0, images.shape[0], chunk):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).permute(0, 3, 1, 2).float()
-        y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)  # (t, 3, h, w)
-        out[start : start + chunk] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return out
 
 
 # --------------------------------------------------------------------------- file discovery and metadata
@@ -131,19 +89,19 @@ def find_hdf5_files(paths: Sequence[str | Path] | str | Path) -> list[Path]:
     """A file, a folder (searched recursively for ``*.hdf5``, sorted) or a list of them."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not items:
-        raise ValueError("no LIBERO HDF5 paths given")
+        raise ConfigError("no LIBERO HDF5 paths given")
     files: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*.hdf5") if p.is_file())
             if not found:
-                raise FileNotFoundError(f"{path}: folder contains no *.hdf5 files")
+                raise DataNotFoundError(f"{path}: folder contains no *.hdf5 files")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise DataNotFoundError(f"{path}: no such file or folder")
     return list(dict.fromkeys(files))
 
 
@@ -391,14 +349,14 @@ def convert_libero(
     files = find_hdf5_files(hdf5_paths)
     size = None if image_size is None else (int(image_size), int(image_size))
     if size is not None and min(size) <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+        raise ConfigError(f"image_size must be positive, got {image_size}")
     plan, out_size = _scan(files, size)
     total = sum(len(keys) for _, keys in plan)
 
     out_dir = Path(out_dir)
     # remove our partial output on failure, but never a folder that held something else
     cleanup = overwrite or not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir()))
-    writer = LeRobotDatasetWriter(
+    writer = DatasetWriter(
         out_dir, FPS, features_for(out_size), robot_type="panda", overwrite=overwrite
     )
     bar = tqdm(total=total, desc="LIBERO -> LeRobot", unit="demo", disable=not progress)

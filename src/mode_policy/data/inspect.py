@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .lerobot_format import INDEX_FEATURES, LeRobotDataset, numeric_dtype
+from .metadata import INDEX_FEATURES, numeric_dtype
+from .reader import DatasetReader
 
 _MAX_VALUES = 4  # vector entries shown per statistic in the text table
 _MAX_TASKS = 20
@@ -21,7 +22,7 @@ def inspect_dataset(root: str | Path) -> dict[str, Any]:
     columns left out) and ``stats`` is ``{name: {"mean", "min", "max"}}`` (lists of
     the feature's shape) for numeric features, computed from the data files rather
     than read from meta/stats.json."""
-    ds = LeRobotDataset(root)
+    ds = DatasetReader(root)
     features = {
         name: {"dtype": str(ft["dtype"]), "shape": list(ft["shape"])}
         for name, ft in ds.features.items()

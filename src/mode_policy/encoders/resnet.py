@@ -17,6 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, ConfigError, DataError
+
+
+class WeightsNotFoundError(CheckpointError, FileNotFoundError):
+    """A pretrained weights file (or model folder) named in the config does not exist."""
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -107,9 +113,9 @@ class FiLMResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth not in RESNET_LAYOUTS:
-            raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYOUTS)}")
+            raise ConfigError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYOUTS)}")
         if width < 1:
-            raise ValueError(f"width must be a positive integer, got {width}")
+            raise ConfigError(f"width must be a positive integer, got {width}")
         kind, blocks = RESNET_LAYOUTS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.depth, self.width, self.cond_dim, self.out_dim = depth, width, cond_dim, out_dim
@@ -162,7 +168,7 @@ class FiLMResNet(nn.Module):
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 [0, 255] or float [0, 1] (B, 3, H, W) -> ImageNet-normalised float."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+            raise DataError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
             images = images.float() / 255.0
         return (images - self.mean) / self.std
@@ -170,7 +176,7 @@ class FiLMResNet(nn.Module):
     def forward_features(self, images: Tensor, cond: Tensor) -> Tensor:
         """(B, 3, H, W), (B, cond_dim) -> pooled features (B, out_channels)."""
         if cond.ndim != 2 or cond.shape != (images.shape[0], self.cond_dim):
-            raise ValueError(f"expected cond of shape ({images.shape[0]}, {self.cond_dim}), got {tuple(cond.shape)}")
+            raise DataError(f"expected cond of shape ({images.shape[0]}, {self.cond_dim}), got {tuple(cond.shape)}")
         x = self.normalize(images)
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))  # (B, width, H/4, W/4)
         for stage, lin in zip(self.stages, self.film):
@@ -190,7 +196,7 @@ class FiLMResNet(nn.Module):
         self.load_backbone_state(read_state_dict(path), source=str(path))
 
     def load_backbone_state(self, state: Mapping[str, Tensor], source: str = "<state dict>") -> None:
-        """Validate ``state`` against this backbone, then copy it in. Raises ValueError naming
+        """Validate ``state`` against this backbone, then copy it in. Raises CheckpointError naming
         missing / unexpected keys and shape mismatches."""
         state = _clean_keys(state)
         own = self.backbone_state_dict()
@@ -215,7 +221,7 @@ class FiLMResNet(nn.Module):
                     lines += [f"    {item}" for item in items[:8]]
                     if len(items) > 8:
                         lines.append(f"    ... and {len(items) - 8} more")
-            raise ValueError("\n".join(lines))
+            raise CheckpointError("\n".join(lines))
         with torch.no_grad():
             for k, v in own.items():
                 if k in state:
@@ -227,7 +233,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     A checkpoint nesting it under ``"state_dict"`` or ``"model"`` is unwrapped."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ResNet weights file not found: {path}")
+        raise WeightsNotFoundError(f"ResNet weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -236,12 +242,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickled objects, ...
-        raise ValueError(f"could not read ResNet weights from {path}: {e}") from e
+        raise CheckpointError(f"could not read ResNet weights from {path}: {e}") from e
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
 
 
@@ -285,7 +291,7 @@ class RandomShift(nn.Module):
     def __init__(self, pad: int = 4) -> None:
         super().__init__()
         if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
+            raise ConfigError(f"pad must be >= 0, got {pad}")
         self.pad = pad
 
     def forward(self, images: Tensor) -> Tensor:
@@ -310,7 +316,7 @@ def _module_key(camera: str) -> str:
 def to_channels_first(images: Tensor) -> Tensor:
     """(B, H, W, 3) -> (B, 3, H, W); (B, 3, H, W) is returned unchanged."""
     if images.ndim != 4:
-        raise ValueError(f"expected a batch of images (B, 3, H, W) or (B, H, W, 3), got {tuple(images.shape)}")
+        raise DataError(f"expected a batch of images (B, 3, H, W) or (B, H, W, 3), got {tuple(images.shape)}")
     if images.shape[1] != 3 and images.shape[-1] == 3:
         images = images.permute(0, 3, 1, 2)
     return images
@@ -335,10 +341,10 @@ class ImageEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if not camera_keys:
-            raise ValueError("ImageEncoder needs at least one camera key")
+            raise ConfigError("ImageEncoder needs at least one camera key")
         names = [_module_key(k) for k in camera_keys]
         if len(set(names)) != len(names):
-            raise ValueError(f"camera keys collide after replacing '.' with '_': {list(camera_keys)}")
+            raise ConfigError(f"camera keys collide after replacing '.' with '_': {list(camera_keys)}")
         self.camera_keys = list(camera_keys)
         self.aug = RandomShift(shift_pad)
         self.cameras = nn.ModuleDict({n: FiLMResNet(depth, cond_dim, out_dim, width) for n in names})
@@ -351,7 +357,7 @@ class ImageEncoder(nn.Module):
         tokens = []
         for key in self.camera_keys:
             if key not in images:
-                raise KeyError(f"missing camera {key!r}; got {sorted(images)}, expected {self.camera_keys}")
+                raise DataError(f"missing camera {key!r}; got {sorted(images)}, expected {self.camera_keys}")
             x = self.aug(to_channels_first(images[key]))  # (B, 3, H, W)
             tokens.append(self.cameras[_module_key(key)](x, cond))  # (B, out_dim)
         return torch.stack(tokens, dim=1)  # (B, n_cameras, out_dim)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 from .layers import SwiGLU, swiglu
 
 
@@ -135,7 +137,7 @@ class MoELayer(nn.Module):
     ) -> None:
         super().__init__()
         if routing not in ("noise", "token"):
-            raise ValueError(f"MoELayer routing must be 'noise' or 'token', got {routing!r}")
+            raise ConfigError(f"MoELayer routing must be 'noise' or 'token', got {routing!r}")
         self.routing = routing
         self.top_k = top_k
         self.router = Router(dim, n_experts)
@@ -150,7 +152,8 @@ class MoELayer(nn.Module):
     def forward(
         self, x: Tensor, noise_emb: Tensor, fused: FusedExperts | None = None
     ) -> tuple[Tensor, Routing | None]:
-        """x: (B, T, d); noise_emb: (B, d) -> ((B, T, d), routing or None if fused)."""
+        """x: (B, T, d); noise_emb: (B, d) -> ((B, T, d), routing). With ``fused`` (cached
+        sampling) this step's experts run fused, without the router, and routing is None."""
         if fused is not None:
             y, routing = fused(x), None
         elif self.routing == "noise":

@@ -16,10 +16,11 @@ What this module provides:
 * A seed split: demonstrations use seeds in ``[DEMO_SEED_BASE, DEMO_SEED_BASE + SEED_SPAN)``
   (:func:`demo_seed`), evaluation uses the disjoint range starting at ``EVAL_SEED_BASE``
   (:func:`eval_seed`).
-* :func:`make_expert`: Meta-World's scripted expert for a task (``metaworld.policies``).
+* :class:`ScriptedExpert`: Meta-World's scripted expert for a task (``metaworld.policies``).
 * :class:`MetaWorldEnv`: one env with a small, explicit API (39-d float32 state, 4-d
   action in [-1, 1], success from ``info["success"]``, step limit 500, optional CPU
-  camera rendering).
+  camera rendering: headless only when :func:`~mode_policy.envs.rendering.setup_headless_rendering`
+  ran before this module was first imported, as mujoco reads ``MUJOCO_GL`` then).
 * :class:`MetaWorldBatch`: N envs stepped in-process with one ``(N, 4)`` action batch,
   for evaluation where the policy inference is what gets batched.
 """
@@ -27,50 +28,26 @@ What this module provides:
 from __future__ import annotations
 
 import atexit
-import os
-import sys
 import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
-# Headless rendering on the CPU: EGL works out of the box on Linux. Only set it when the
-# user has not chosen a backend, and before mujoco is imported (by metaworld below).
-if sys.platform.startswith("linux"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import metaworld  # noqa: F401  (registers envs; imports mujoco: set up rendering first, see .rendering)
+import mujoco
+from metaworld import env_dict as _mw_env_dict
+from metaworld.policies import ENV_POLICY_MAP as _ENV_POLICY_MAP
+from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
-import metaworld  # noqa: E402,F401  (registers envs; imports mujoco)
-import mujoco  # noqa: E402
-from metaworld import env_dict as _mw_env_dict  # noqa: E402
-from metaworld.policies import ENV_POLICY_MAP as _ENV_POLICY_MAP  # noqa: E402
-from metaworld.sawyer_xyz_env import SawyerXYZEnv  # noqa: E402
+from ..errors import ConfigError
 
 __all__ = [
-    "ACTION_DIM",
-    "ALL_TASKS",
-    "CAMERAS",
-    "DEMO_SEED_BASE",
-    "EVAL_SEED_BASE",
-    "EXPERT_POLICIES",
-    "FPS",
-    "INSTRUCTIONS",
-    "MAX_EPISODE_STEPS",
-    "OBS_DIM",
-    "SEED_SPAN",
-    "TASK_SETS",
-    "UPSIDE_DOWN_CAMERAS",
-    "MetaWorldBatch",
-    "MetaWorldEnv",
-    "ScriptedExpert",
-    "demo_seed",
-    "eval_seed",
-    "initial_condition",
-    "make_env",
-    "make_expert",
-    "resolve_tasks",
-    "seed_split",
+    "ACTION_DIM", "ALL_TASKS", "CAMERAS", "DEMO_SEED_BASE", "EVAL_SEED_BASE", "EXPERT_POLICIES", "FPS",
+    "INSTRUCTIONS", "MAX_EPISODE_STEPS", "OBS_DIM", "SEED_SPAN", "TASK_SETS", "UPSIDE_DOWN_CAMERAS",
+    "MetaWorldBatch", "MetaWorldEnv", "ScriptedExpert", "demo_seed", "eval_seed", "initial_condition",
+    "resolve_tasks", "seed_split",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -163,16 +140,16 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
         names = []
         for s in spec:
             if not isinstance(s, str):
-                raise TypeError(f"task names must be strings, got {s!r}")
+                raise ConfigError(f"task names must be strings, got {s!r}")
             if s.strip().lower() in TASK_SETS:
                 names.extend(TASK_SETS[s.strip().lower()])
             else:
                 names.append(s.strip())
     if not names:
-        raise ValueError("empty task specification")
+        raise ConfigError("empty task specification")
     unknown = [n for n in names if n not in EXPERT_POLICIES]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown Meta-World task(s) {unknown}. Use one of the task sets "
             f"{sorted(TASK_SETS)} or a comma-separated list of names from: {', '.join(ALL_TASKS)}"
         )
@@ -196,9 +173,9 @@ def _pack_seed(base: int, task: str, index: int, seed: int) -> int:
     if task not in EXPERT_POLICIES:
         resolve_tasks([task])  # raises with the list of valid names
     if not 0 <= index < _COUNTER_STRIDE:
-        raise ValueError(f"episode/attempt index must be in [0, {_COUNTER_STRIDE}), got {index}")
+        raise ConfigError(f"episode/attempt index must be in [0, {_COUNTER_STRIDE}), got {index}")
     if not 0 <= seed < _MAX_RUN_SEED:
-        raise ValueError(f"seed must be in [0, {_MAX_RUN_SEED}), got {seed}")
+        raise ConfigError(f"seed must be in [0, {_MAX_RUN_SEED}), got {seed}")
     return base + (seed * _TASK_STRIDE + ALL_TASKS.index(task)) * _COUNTER_STRIDE + index
 
 
@@ -247,10 +224,6 @@ class ScriptedExpert:
             warnings.simplefilter("ignore")
             action = self.policy.get_action(np.asarray(obs, dtype=np.float64))
         return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
-
-
-def make_expert(task: str) -> ScriptedExpert:
-    return ScriptedExpert(task)
 
 
 # --------------------------------------------------------------------------------------
@@ -302,7 +275,7 @@ class MetaWorldEnv:
             raise ValueError("MetaWorldEnv.reset needs a seed (no previous seed to reuse)")
         seed = int(seed)
         if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+            raise ConfigError(f"seed must be non-negative, got {seed}")
         env = self.env
         env.seed(seed)  # env.np_random <- seed
         env.seeded_rand_vec = True
@@ -324,7 +297,7 @@ class MetaWorldEnv:
             raise RuntimeError(f"episode is over ({self.max_steps} steps); call reset()")
         action = np.asarray(action, dtype=np.float32).reshape(-1)
         if action.shape != (ACTION_DIM,):
-            raise ValueError(f"expected a {ACTION_DIM}-d action, got shape {action.shape}")
+            raise ConfigError(f"expected a {ACTION_DIM}-d action, got shape {action.shape}")
         action = np.clip(action, -1.0, 1.0)
         obs, reward, _terminated, _truncated, info = self.env.step(action)
         self.steps += 1
@@ -407,11 +380,6 @@ def _track_renderer(env: "MetaWorldEnv") -> None:
         _ATEXIT_REGISTERED = True
 
 
-def make_env(task: str, seed: int | None = None, max_steps: int = MAX_EPISODE_STEPS) -> MetaWorldEnv:
-    """Create a :class:`MetaWorldEnv`, reset to ``seed`` when one is given."""
-    return MetaWorldEnv(task, seed=seed, max_steps=max_steps)
-
-
 _IC_ENVS: dict[str, MetaWorldEnv] = {}
 
 
@@ -483,7 +451,7 @@ class MetaWorldBatch:
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != (len(self.envs), ACTION_DIM):
-            raise ValueError(f"expected actions of shape {(len(self.envs), ACTION_DIM)}, got {actions.shape}")
+            raise ConfigError(f"expected actions of shape {(len(self.envs), ACTION_DIM)}, got {actions.shape}")
         for i, env in enumerate(self.envs):
             if self.done[i]:
                 continue

@@ -1,4 +1,4 @@
-"""LeRobotDataset format: our writer round trip, hand-built LeRobot v3.0 / v2.1 fixtures, errors, inspect."""
+"""Dataset I/O: DatasetWriter -> DatasetReader round trip, hand-built LeRobot v3.0 / v2.1 fixtures, errors, inspect."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mode_policy.data.inspect import format_inspection, inspect_dataset
-from mode_policy.data.lerobot_format import LeRobotDataset, LeRobotDatasetWriter
+from mode_policy.data.metadata import LeRobotFormatError
+from mode_policy.data.reader import DatasetReader
+from mode_policy.data.writer import DatasetWriter
+from mode_policy.errors import ConfigError, DataError, DataNotFoundError
 
 os.environ.setdefault("SVT_LOG", "1")  # keep SVT-AV1's banner out of the test output
 
@@ -77,7 +80,7 @@ def _codec(preferred: str) -> str:
 
 def _write(root: Path, max_frames: int = 100_000) -> list[dict[str, np.ndarray]]:
     episodes = [_episode(i, n) for i, n in enumerate(LENGTHS)]
-    with LeRobotDatasetWriter(root, FPS, FEATURES, robot_type="sawyer", data_file_max_frames=max_frames) as writer:
+    with DatasetWriter(root, FPS, FEATURES, robot_type="sawyer", data_file_max_frames=max_frames) as writer:
         for i, frames in enumerate(episodes):
             assert writer.add_episode(frames, TASKS[i], extra={"seed": 100 + i}) == i
     return episodes
@@ -98,7 +101,7 @@ def written(tmp_path_factory) -> tuple[Path, list[dict[str, np.ndarray]]]:
 
 def test_round_trip(written):
     root, episodes = written
-    ds = LeRobotDataset(root)
+    ds = DatasetReader(root)
     assert (ds.version, ds.fps, ds.num_episodes, ds.num_frames) == ("v3.0", FPS, 3, sum(LENGTHS))
     assert ds.tasks == ["pick up the cube", "open the drawer"]
     assert ds.episode_tasks == TASKS
@@ -120,6 +123,8 @@ def test_round_trip(written):
         assert _mae(got[CAM], frames[CAM]) < 3.0
     only = ds.episode(1, keys=["action"])
     assert list(only) == ["action"]
+    with pytest.raises(DataError, match="unknown feature.*'nope'"):
+        ds.episode(1, keys=["nope"])
 
 
 def test_layout_matches_lerobot(written):
@@ -160,7 +165,7 @@ def test_layout_matches_lerobot(written):
     assert stats["observation.state"]["count"] == [39]
     assert np.asarray(stats[CAM]["mean"]).shape == (3, 1, 1)
     assert 0.0 <= np.min(stats[CAM]["min"]) and np.max(stats[CAM]["max"]) <= 1.0
-    ds = LeRobotDataset(root)
+    ds = DatasetReader(root)
     all_action = np.concatenate([e["action"] for e in episodes])
     np.testing.assert_allclose(ds.stats["action"]["max"], all_action.max(0), rtol=1e-6)
 
@@ -170,7 +175,7 @@ def test_several_data_and_video_files(tmp_path):
     episodes = _write(root, max_frames=15)  # 7 | 12 | 20 frames: one file each
     assert len(list((root / "data").glob("*/*.parquet"))) == 3
     assert len(list((root / "videos" / CAM).glob("*/*.mp4"))) == 3
-    ds = LeRobotDataset(root)
+    ds = DatasetReader(root)
     all_action = np.concatenate([e["action"] for e in episodes]).astype(np.float32)
     np.testing.assert_array_equal(ds.column("action"), all_action)
     assert ds.episode_bounds.tolist() == [[0, 7], [7, 19], [19, 39]]
@@ -182,44 +187,46 @@ def test_several_data_and_video_files(tmp_path):
 
 def test_writer_validates_input(tmp_path):
     features = {k: v for k, v in FEATURES.items() if k != CAM}
-    writer = LeRobotDatasetWriter(tmp_path / "ds", FPS, features)
+    with pytest.raises(ConfigError, match="fps"):
+        DatasetWriter(tmp_path / "ds", 0, features)
+    writer = DatasetWriter(tmp_path / "ds", FPS, features)
     good = {k: v for k, v in _episode(0, 5).items() if k != CAM}
-    with pytest.raises(ValueError, match="observation.state"):
+    with pytest.raises(DataError, match="observation.state"):
         writer.add_episode({**good, "observation.state": np.zeros((5, 3), np.float32)}, "t")
-    with pytest.raises(ValueError, match="action.*NaN"):
+    with pytest.raises(DataError, match="action.*NaN"):
         writer.add_episode({**good, "action": np.full((5, 2), np.nan)}, "t")
-    with pytest.raises(ValueError, match="missing \\['action'\\]"):
+    with pytest.raises(DataError, match="missing \\['action'\\]"):
         writer.add_episode({"observation.state": good["observation.state"]}, "t")
-    with pytest.raises(ValueError, match="action.*cannot be stored as float32"):
+    with pytest.raises(DataError, match="action.*cannot be stored as float32"):
         writer.add_episode({**good, "action": np.zeros((5, 2), np.complex64)}, "t")
-    with pytest.raises(ValueError, match="task"):
+    with pytest.raises(DataError, match="task"):
         writer.add_episode(good, "")
-    with pytest.raises(ValueError, match="no episodes"):
+    with pytest.raises(DataError, match="no episodes"):
         writer.finalize()
     assert writer.add_episode(good, "t") == 0
     writer.finalize()
 
-    with pytest.raises(FileExistsError, match="not empty"):
-        LeRobotDatasetWriter(tmp_path / "ds", FPS, features)
-    with LeRobotDatasetWriter(tmp_path / "ds", FPS, features, overwrite=True) as w:
+    with pytest.raises(DataError, match="not empty; pass overwrite=True"):
+        DatasetWriter(tmp_path / "ds", FPS, features)
+    with DatasetWriter(tmp_path / "ds", FPS, features, overwrite=True) as w:
         w.add_episode(good, "again")
-    assert LeRobotDataset(tmp_path / "ds").tasks == ["again"]
+    assert DatasetReader(tmp_path / "ds").tasks == ["again"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="refusing"):
-        LeRobotDatasetWriter(tmp_path / "other", FPS, features, overwrite=True)
+    with pytest.raises(DataError, match="refusing"):
+        DatasetWriter(tmp_path / "other", FPS, features, overwrite=True)
 
-    video = LeRobotDatasetWriter(tmp_path / "v", FPS, FEATURES)
-    with pytest.raises(ValueError, match=f"{CAM}.*uint8"):
+    video = DatasetWriter(tmp_path / "v", FPS, FEATURES)
+    with pytest.raises(DataError, match=f"{CAM}.*uint8"):
         video.add_episode({**good, CAM: np.zeros((5, 32, 32, 3), np.float32)}, "t")
     video.close()
 
     with pytest.raises(RuntimeError, match="boom"):  # an exception inside `with` leaves no info.json
-        with LeRobotDatasetWriter(tmp_path / "crash", FPS, features) as w:
+        with DatasetWriter(tmp_path / "crash", FPS, features) as w:
             w.add_episode(good, "t")
             raise RuntimeError("boom")
-    with pytest.raises(FileNotFoundError, match="info.json"):
-        LeRobotDataset(tmp_path / "crash")
+    with pytest.raises(DataNotFoundError, match="info.json"):
+        DatasetReader(tmp_path / "crash")
 
 
 # --------------------------------------------------------------------------- hand-built LeRobot layouts
@@ -366,7 +373,7 @@ def _build_v3(root: Path, index_field: str = "task") -> tuple[list[dict], np.nda
 
 def test_reads_handbuilt_v3(tmp_path):
     frames, video = _build_v3(tmp_path)
-    ds = LeRobotDataset(tmp_path)
+    ds = DatasetReader(tmp_path)
     assert ds.tasks == ["pick up the cube", "open the drawer"]
     assert ds.episode_tasks == V3_TASK_OF_EPISODE
     assert ds.episode_bounds.tolist() == [[0, 6], [6, 15], [15, 20]]
@@ -389,7 +396,7 @@ def test_reads_handbuilt_v3(tmp_path):
 
 def test_reads_tasks_with_unnamed_pandas_index(tmp_path):
     _build_v3(tmp_path, index_field="__index_level_0__")
-    assert LeRobotDataset(tmp_path).tasks == ["pick up the cube", "open the drawer"]
+    assert DatasetReader(tmp_path).tasks == ["pick up the cube", "open the drawer"]
 
 
 def test_reads_handbuilt_v21(tmp_path):
@@ -454,7 +461,7 @@ def test_reads_handbuilt_v21(tmp_path):
         start += n
     (tmp_path / "meta/episodes_stats.jsonl").write_text("\n".join(stats_lines) + "\n")
 
-    ds = LeRobotDataset(tmp_path)
+    ds = DatasetReader(tmp_path)
     assert (ds.version, ds.num_episodes, ds.num_frames) == ("v2.1", 2, 13)
     assert ds.tasks == ["fold", "stack"] and ds.episode_tasks == ["fold", "stack"]
     assert ds.episode_bounds.tolist() == [[0, 5], [5, 13]]
@@ -473,48 +480,48 @@ def test_reads_handbuilt_v21(tmp_path):
 
 
 def test_missing_folder_and_info(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        LeRobotDataset(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="meta/info.json"):
-        LeRobotDataset(tmp_path)
+    with pytest.raises(DataNotFoundError, match="nowhere"):
+        DatasetReader(tmp_path / "nowhere")
+    with pytest.raises(DataNotFoundError, match="meta/info.json"):
+        DatasetReader(tmp_path)
 
 
 def test_unknown_version(tmp_path):
     _build_v3(tmp_path)
     info = json.loads((tmp_path / "meta/info.json").read_text())
     (tmp_path / "meta/info.json").write_text(json.dumps({**info, "codebase_version": "v1.6"}))
-    with pytest.raises(ValueError, match=r"info\.json.*'v1\.6'"):
-        LeRobotDataset(tmp_path)
+    with pytest.raises(LeRobotFormatError, match=r"info\.json.*'v1\.6'"):
+        DatasetReader(tmp_path)
 
 
 def test_truncated_parquet(tmp_path):
     _build_v3(tmp_path)
     path = tmp_path / "data/chunk-000/file-001.parquet"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match=r"file-001\.parquet.*truncated"):
-        LeRobotDataset(tmp_path)
+    with pytest.raises(LeRobotFormatError, match=r"file-001\.parquet.*truncated"):
+        DatasetReader(tmp_path)
 
 
 def test_missing_feature_column(tmp_path):
     _build_v3(tmp_path)
     path = tmp_path / "data/chunk-000/file-000.parquet"
     pq.write_table(pq.read_table(path).drop_columns(["action"]), path)
-    with pytest.raises(ValueError, match=r"file-000\.parquet.*missing column.*'action'"):
-        LeRobotDataset(tmp_path)
+    with pytest.raises(LeRobotFormatError, match=r"file-000\.parquet.*missing column.*'action'"):
+        DatasetReader(tmp_path)
 
 
 def test_missing_tasks_and_episodes(tmp_path):
     _build_v3(tmp_path)
     (tmp_path / "meta/tasks.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match=r"meta/tasks\.parquet"):
-        LeRobotDataset(tmp_path)
+    with pytest.raises(DataNotFoundError, match=r"meta/tasks\.parquet"):
+        DatasetReader(tmp_path)
 
 
 def test_corrupt_video(tmp_path):
     _build_v3(tmp_path)
     (tmp_path / f"videos/{TOP}/chunk-000/file-000.mp4").write_bytes(b"not a video")
-    ds = LeRobotDataset(tmp_path)  # numeric data stays readable
-    with pytest.raises(ValueError, match=r"file-000\.mp4"):
+    ds = DatasetReader(tmp_path)  # numeric data stays readable
+    with pytest.raises(LeRobotFormatError, match=r"file-000\.mp4"):
         ds.video_frames(TOP, 0)
 
 

@@ -1,41 +1,28 @@
-"""CALVIN long-horizon evaluation protocol (Mees et al. 2022), as in the official
+"""CALVIN (Mees et al. 2022): the evaluation chains, initial scenes, task oracle, instructions,
+and the simulator's observations and actions, as in the official
 ``calvin_models/calvin_agent/evaluation/evaluate_policy.py``.
 
-Protocol:
+* :func:`get_sequences`: the official 1000 chains of 5 instructions (same symbolic task
+  model, same seeds, same order), each starting from a symbolic initial scene that
+  :func:`get_env_state_for_initial_condition` turns into ``robot_obs`` / ``scene_obs`` (same
+  block placement and random yaw as the official code);
+* :data:`TASK_ORACLE_SPEC`: the official task definitions for ``calvin_env``'s task oracle;
+  :data:`VAL_INSTRUCTIONS`: the validation annotation given for each subtask
+  (``conf/annotations/new_playtable_validation.yaml``);
+* :func:`calvin_observation` / :func:`to_env_action`: observations named like
+  :mod:`mode_policy.data.convert_calvin` (``observation.state`` (1, 15) = ``robot_obs``,
+  ``observation.images.static`` / ``observation.images.gripper`` (1, 3, H, W) float32 in
+  [0, 1]; ``scene_obs`` is privileged and only given when asked for) and CALVIN's relative
+  actions with the gripper binarised to -1/1.
 
-* 1000 chains of 5 instructions (:func:`get_sequences`: the official chain list, same
-  symbolic task model, same seeds, same order), each starting from a symbolic initial
-  scene turned into ``robot_obs`` / ``scene_obs`` by :func:`get_env_state_for_initial_condition`
-  (same block placement and random yaw as the official code);
-* ``env.reset(robot_obs=..., scene_obs=...)`` once per chain; for each instruction the
-  policy is reset and gets at most :data:`EP_LEN` = 360 steps; after every step the task
-  oracle (``calvin_env.envs.tasks.Tasks`` with the official task definitions,
-  :data:`TASK_ORACLE_SPEC`) checks ``get_task_info_for_set(start_info, current_info,
-  {subtask})``; the next instruction is given only after a success, and a chain ends at its
-  first failure;
-* score: average number of completed instructions per chain (0..5, "avg. len"), plus the
-  fraction of chains completing at least 1, 2, ..., 5 instructions.
-
-The instruction given for each subtask is the official validation annotation
-(:data:`VAL_INSTRUCTIONS`, ``conf/annotations/new_playtable_validation.yaml``).
-
-Observations use the names of :mod:`mode_policy.data.convert_calvin`:
-``observation.state`` (1, 15) = ``robot_obs``, ``observation.images.static`` /
-``observation.images.gripper`` (1, 3, H, W) float32 in [0, 1] for the cameras the policy
-uses, and ``task``. ``scene_obs`` is privileged and not given unless asked for. Actions are
-CALVIN's relative actions (the dataset's ``rel_actions``); the gripper is binarised to -1/1
-as the env requires.
-
+The protocol loop and its scoring are :mod:`mode_policy.evaluation.calvin`.
 ``calvin_env`` (with pybullet) is not on the package registries; :func:`import_calvin_env`
-explains how to install it. Everything else here (chains, initial states, scoring) is
-pure Python and tested without it.
+explains how to install it. Everything else here is pure Python and tested without it.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
@@ -45,29 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import IMAGES_PREFIX, STATE_KEY, TASK_KEY
+from ..errors import ConfigError, SimulatorError
+from ..images import resize_images
+
 __all__ = [
-    "CALVIN_TASKS",
-    "CHAIN_LENGTH",
-    "EP_LEN",
-    "INSTALL_HINT",
-    "NUM_SEQUENCES",
-    "TASK_CATEGORIES",
-    "TASK_ORACLE_SPEC",
-    "VAL_INSTRUCTIONS",
-    "average_chain_length",
-    "calvin_observation",
-    "count_success",
-    "evaluate_calvin",
-    "fnv1_32",
-    "format_calvin_results",
-    "get_env_state_for_initial_condition",
-    "get_sequences",
-    "import_calvin_env",
-    "run_chains",
-    "valid_chain",
+    "CALVIN_TASKS", "CAMERAS", "CHAIN_LENGTH", "INSTALL_HINT", "NUM_SEQUENCES", "TASK_CATEGORIES",
+    "TASK_ORACLE_SPEC", "VAL_INSTRUCTIONS", "calvin_observation", "fnv1_32", "get_env_state_for_initial_condition",
+    "get_sequences", "import_calvin_env", "initial_conditions", "make_calvin_env", "to_env_action", "valid_chain",
 ]
 
-EP_LEN = 360
 NUM_SEQUENCES = 1000
 CHAIN_LENGTH = 5
 INSTALL_HINT = (
@@ -242,7 +216,7 @@ def get_sequences(num_sequences: int = NUM_SEQUENCES) -> list[tuple[dict[str, An
     rejection sampling is what it is: the full 1000-chain list takes about half a minute
     on one core (the official code spreads it over processes)."""
     if num_sequences < 1:
-        raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
+        raise ConfigError(f"num_sequences must be >= 1, got {num_sequences}")
     return [(dict(scene), chain) for scene, chain in _sequences(int(num_sequences))]
 
 
@@ -305,57 +279,6 @@ def get_env_state_for_initial_condition(condition: Mapping[str, Any]) -> tuple[n
 
 
 # --------------------------------------------------------------------------------------
-# Scoring and the chain protocol (independent of the simulator)
-# --------------------------------------------------------------------------------------
-
-
-def count_success(chain_lengths: Sequence[int]) -> list[float]:
-    """Fraction of chains that completed at least 1, 2, ..., 5 instructions."""
-    if not len(chain_lengths):
-        raise ValueError("no chains to score")
-    counts = Counter(int(n) for n in chain_lengths)
-    return [sum(counts[j] for j in range(i, CHAIN_LENGTH + 1)) / len(chain_lengths) for i in range(1, CHAIN_LENGTH + 1)]
-
-
-def average_chain_length(chain_lengths: Sequence[int]) -> float:
-    """CALVIN's score: the mean number of completed instructions per chain (0..5)."""
-    if not len(chain_lengths):
-        raise ValueError("no chains to score")
-    return float(np.mean(chain_lengths))
-
-
-def run_chains(
-    sequences: Sequence[tuple[Mapping[str, Any], Sequence[str]]],
-    reset: Callable[[int, Mapping[str, Any]], None],
-    attempt: Callable[[int, str], bool],
-    progress: bool = False,
-) -> list[int]:
-    """The chain protocol: for chain ``c``, ``reset(c, initial_condition)``, then
-    ``attempt(c, task)`` for its tasks in order until one returns False. Returns the number
-    of completed tasks per chain."""
-    from tqdm.auto import tqdm
-
-    lengths: list[int] = []
-    bar = tqdm(total=len(sequences), desc="CALVIN chains", unit="chain", disable=not progress)
-    try:
-        for c, (condition, chain) in enumerate(sequences):
-            reset(c, condition)
-            done = 0
-            for task in chain:
-                if not attempt(c, task):
-                    break
-                done += 1
-            lengths.append(done)
-            bar.update(1)
-            rates = count_success(lengths)
-            text = " ".join(f"{i + 1}:{r:.0%}" for i, r in enumerate(rates))
-            bar.set_postfix_str(f"{text} avg {np.mean(lengths):.2f}")
-    finally:
-        bar.close()
-    return lengths
-
-
-# --------------------------------------------------------------------------------------
 # Official task oracle and instructions
 # --------------------------------------------------------------------------------------
 
@@ -413,17 +336,17 @@ VAL_INSTRUCTIONS: dict[str, str] = {
 
 
 def import_calvin_env() -> SimpleNamespace:
-    """``get_env`` and ``Tasks`` from ``calvin_env``; ImportError with install steps if missing."""
+    """``get_env`` and ``Tasks`` from ``calvin_env``; SimulatorError with install steps if missing."""
     try:
         from calvin_env.envs.play_table_env import get_env
         from calvin_env.envs.tasks import Tasks
     except ImportError as e:
-        raise ImportError(f"cannot import calvin_env ({e}).\n{INSTALL_HINT}") from e
+        raise SimulatorError(f"cannot import calvin_env ({e}).\n{INSTALL_HINT}") from e
     return SimpleNamespace(get_env=get_env, Tasks=Tasks)
 
 
 #: Policy image key -> key of ``obs["rgb_obs"]``.
-CAMERAS: dict[str, str] = {"observation.images.static": "rgb_static", "observation.images.gripper": "rgb_gripper"}
+CAMERAS: dict[str, str] = {f"{IMAGES_PREFIX}static": "rgb_static", f"{IMAGES_PREFIX}gripper": "rgb_gripper"}
 
 
 def calvin_observation(
@@ -435,11 +358,9 @@ def calvin_observation(
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """A batch of one from a calvin_env observation, named like the converted datasets."""
-    from ..data.convert_libero import resize_images
-
     batch: dict[str, Any] = {
-        "observation.state": torch.as_tensor(np.asarray(obs["robot_obs"], np.float32)).reshape(1, -1).to(device),
-        "task": [instruction],
+        STATE_KEY: torch.as_tensor(np.asarray(obs["robot_obs"], np.float32)).reshape(1, -1).to(device),  # (1, 15)
+        TASK_KEY: [instruction],
     }
     if include_scene_obs:
         scene = torch.as_tensor(np.asarray(obs["scene_obs"], np.float32))
@@ -453,106 +374,21 @@ def calvin_observation(
     return batch
 
 
-def _to_env_action(action: Any) -> np.ndarray:
+def to_env_action(action: Any) -> np.ndarray:
     """(1, 7) or (7,) policy output -> a fresh float64 (7,) relative action, gripper -1/1."""
     a = np.asarray(action.detach().cpu().numpy() if torch.is_tensor(action) else action, dtype=np.float64).reshape(-1)
     if a.shape != (7,):
-        raise ValueError(f"policy returned an action of shape {a.shape}, expected (1, 7)")
+        raise ConfigError(f"the policy returned an action of shape {a.shape}, CALVIN needs (1, 7)")
     a[:6] = np.clip(a[:6], -1.0, 1.0)
     a[6] = 1.0 if a[6] > 0 else -1.0
     return a
 
 
-def evaluate_calvin(
-    policy: Any,
-    dataset_path: str | Path | None = None,
-    num_sequences: int = NUM_SEQUENCES,
-    ep_len: int = EP_LEN,
-    progress: bool = True,
-    seed: int = 0,
-    *,
-    env: Any = None,
-    image_keys: Sequence[str] | None = None,
-    image_sizes: Mapping[str, int] | None = None,
-    include_scene_obs: bool = False,
-) -> dict[str, Any]:
-    """Run the CALVIN long-horizon protocol; returns ``avg_len``, ``success_rates`` (at 1..5),
-    ``chain_lengths``, per-task attempts/successes, and the settings used.
-
-    ``env`` is a calvin_env ``PlayTableSimEnv``; without it one is made with
-    ``calvin_env.envs.play_table_env.get_env(<dataset_path>/validation, show_gui=False)``
-    (as the official script does). ``image_keys`` default to ``policy.config.image_keys``;
-    ``image_sizes`` optionally resize a camera (match the converter's static_size/gripper_size).
-    """
-    start_time = time.perf_counter()
-    if image_keys is None:
-        image_keys = getattr(getattr(policy, "config", None), "image_keys", None) or []
-    keys = list(image_keys)
-    unknown = [k for k in keys if k not in CAMERAS]
-    if unknown:
-        raise ValueError(f"unknown CALVIN camera key(s) {unknown}; available: {list(CAMERAS)}")
-    if ep_len < 1:
-        raise ValueError(f"ep_len must be >= 1, got {ep_len}")
+def make_calvin_env(dataset_path: str | Path) -> Any:
+    """A ``PlayTableSimEnv`` made as the official script makes it: ``get_env(<dataset>/validation,
+    show_gui=False)`` (the validation folder holds the env config)."""
     calvin = import_calvin_env()
-    if env is None:
-        if dataset_path is None:
-            raise ValueError("pass dataset_path (a CALVIN dataset with a validation/ folder) or env")
-        env = calvin.get_env(Path(dataset_path) / "validation", show_gui=False)
-    oracle = calvin.Tasks(TASK_ORACLE_SPEC)
-    sequences = get_sequences(num_sequences)
-    try:
-        device = next(policy.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        device = torch.device("cpu")
-    attempts: Counter[str] = Counter()
-    successes: Counter[str] = Counter()
-
-    def reset(c: int, condition: Mapping[str, Any]) -> None:
-        robot_obs, scene_obs = get_env_state_for_initial_condition(condition)
-        env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
-        torch.manual_seed(seed * 1_000_003 + c)
-
-    def attempt(c: int, task: str) -> bool:
-        attempts[task] += 1
-        obs = env.get_obs()
-        instruction = VAL_INSTRUCTIONS[task]
-        policy.reset()
-        start_info = env.get_info()
-        for _ in range(ep_len):
-            batch = calvin_observation(obs, instruction, keys, image_sizes, include_scene_obs, device)
-            obs, _, _, info = env.step(_to_env_action(policy.select_action(batch)))
-            if oracle.get_task_info_for_set(start_info, info, {task}):
-                successes[task] += 1
-                return True
-        return False
-
-    was_training = bool(getattr(policy, "training", False))
-    if isinstance(policy, torch.nn.Module):
-        policy.eval()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            lengths = run_chains(sequences, reset, attempt, progress)
-    finally:
-        if isinstance(policy, torch.nn.Module):
-            policy.train(was_training)
-    result = {
-        "avg_len": average_chain_length(lengths),
-        "success_rates": count_success(lengths),
-        "chain_lengths": lengths,
-        "n_chains": len(lengths),
-        "ep_len": ep_len,
-        "seed": seed,
-        "per_task": {t: {"attempts": attempts[t], "successes": successes[t]} for t in CALVIN_TASKS if attempts[t]},
-        "wall_time_s": time.perf_counter() - start_time,
-    }
-    return result
-
-
-def format_calvin_results(result: Mapping[str, Any]) -> str:
-    """Average length, success at 1..5 and per-task success of :func:`evaluate_calvin`."""
-    rates = " | ".join(f"{i + 1}: {r * 100:.1f}%" for i, r in enumerate(result["success_rates"]))
-    rows = [f"CALVIN: {result['n_chains']} chains, {result['ep_len']} steps/subtask",
-            f"avg. len {result['avg_len']:.3f}   success at {rates}"]
-    for task, r in result.get("per_task", {}).items():
-        rows.append(f"  {task:<26} {r['successes']:>4}/{r['attempts']:<4} {r['successes'] / r['attempts']:.2f}")
-    return "\n".join(rows)
+    validation = Path(dataset_path) / "validation"
+    if not validation.is_dir():
+        raise ConfigError(f"{validation} not found: pass a CALVIN dataset folder (it has a validation/ folder)")
+    return calvin.get_env(validation, show_gui=False)

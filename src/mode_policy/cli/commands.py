@@ -1,0 +1,224 @@
+"""Sub-commands that wrap one library function each: info, toy, demos, convert, inspect, report, bench."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..config import MoDEConfig, get_preset, preset_overrides
+from ..errors import ConfigError
+from .main import Command
+
+
+@dataclass
+class InfoOptions:
+    """Parameter counts of a policy configuration."""
+
+    preset: str = "cpu"
+    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain)."""
+    policy: MoDEConfig | None = None
+    """Policy config; default: the preset's (``--policy.FIELD=value`` changes one field)."""
+    json: bool = False
+    """Print JSON."""
+
+
+def run_info(opts: InfoOptions) -> int:
+    import torch
+
+    from ..policy import MoDEPolicy
+
+    cfg = opts.policy or get_preset(opts.preset)
+    with torch.device("meta"):  # count parameters without allocating them
+        policy = MoDEPolicy(cfg)
+    counts = policy.parameter_counts()
+    if opts.json:
+        print(json.dumps({"preset": opts.preset, **counts}, indent=2))
+    else:
+        t = counts["transformer"]
+        print(f"preset {opts.preset}: {cfg.n_layers} layers, d={cfg.d_model}, {cfg.n_heads} heads, "
+              f"routing={cfg.routing}, {cfg.num_experts} experts, top-{cfg.top_k}")
+        print(f"  policy       total {counts['total_params']:>14,}  active {counts['active_params']:>14,}")
+        print(f"  transformer  total {t['total']:>14,}  active {t['active']:>14,}")
+    return 0
+
+
+@dataclass
+class ToyOptions:
+    """Train on the bimodal toy task and check that both modes are kept."""
+
+    steps: int = 800
+    """Training steps."""
+    seed: int = 0
+    """Seed of the model and the data."""
+
+
+def run_toy(opts: ToyOptions) -> int:
+    from ..toy import train_toy
+
+    result = train_toy(steps=opts.steps, seed=opts.seed, progress=True)
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s (final loss {result.final_loss:.3f})")
+    for g, (plus, minus) in enumerate(result.mode_fractions):
+        print(f"  goal {g}: {plus:6.1%} of samples at mode +m, {minus:6.1%} at mode -m")
+    print(f"  in between the modes: {result.between_fraction:.1%}")
+    print("PASS: both modes kept, none averaged" if result.passed() else "FAIL: modes not separated")
+    return 0 if result.passed() else 1
+
+
+@dataclass
+class DemosOptions:
+    """Generate scripted Meta-World demonstrations as a LeRobot v3.0 dataset."""
+
+    tasks: str = "mt10"
+    """mt10, mt50, or comma-separated Meta-World task names."""
+    episodes: int = 50
+    """Successful expert episodes per task."""
+    out: str = "data/mt10"
+    """Dataset folder to write."""
+    seed: int = 0
+    """First demonstration seed (evaluation seeds never overlap these)."""
+    workers: int = 2
+    """Processes generating episodes in parallel."""
+    overwrite: bool = False
+    """Replace an existing dataset at ``out``."""
+    cameras: str = ""
+    """Comma-separated Meta-World cameras to record as videos, e.g. corner,gripperPOV
+    (corner, corner2, corner3, corner4, topview, behindGripper, gripperPOV)."""
+    image_size: int = 64
+    """Side of the square camera images in pixels."""
+
+
+def run_demos(opts: DemosOptions) -> int:
+    from ..demos import generate_demos
+    from ..envs.metaworld import resolve_tasks
+
+    tasks = resolve_tasks(opts.tasks)
+    cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()]
+    out = generate_demos(opts.out, tasks, opts.episodes, seed=opts.seed, workers=opts.workers,
+                         overwrite=opts.overwrite, progress=True, cameras=cameras, image_size=opts.image_size)
+    images = f" with {opts.image_size} px images from {', '.join(cameras)}" if cameras else ""
+    print(f"wrote {len(tasks)} tasks x {opts.episodes} successful expert episodes{images} to {out}")
+    return 0
+
+
+@dataclass
+class ConvertOptions:
+    """Convert LIBERO HDF5 or CALVIN npz data to a LeRobot v3.0 dataset."""
+
+    format: str = ""
+    """'libero' or 'calvin' (first positional argument)."""
+    source: str = ""
+    """LIBERO: an .hdf5 file or a folder of them; CALVIN: a split folder (second positional argument)."""
+    out: str = ""
+    """Dataset folder to write."""
+    image_size: int | None = None
+    """LIBERO: resize images to this side (default: keep their size)."""
+    overwrite: bool = False
+    """Replace an existing dataset at ``out``."""
+
+
+def run_convert(opts: ConvertOptions) -> int:
+    if opts.format not in ("libero", "calvin"):
+        raise ConfigError(f"convert: format {opts.format!r}: expected 'libero' or 'calvin'")
+    if not opts.source or not opts.out:
+        raise ConfigError("convert needs a source and --out, e.g. `mode-policy convert libero data.hdf5 --out ds`")
+    if opts.format == "libero":
+        from ..data.convert_libero import convert_libero
+
+        out = convert_libero(opts.source, opts.out, overwrite=opts.overwrite, image_size=opts.image_size)
+    else:
+        from ..data.convert_calvin import convert_calvin
+
+        out = convert_calvin(opts.source, opts.out, overwrite=opts.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+@dataclass
+class InspectOptions:
+    """Show what a LeRobot-format dataset holds."""
+
+    path: str = ""
+    """Dataset folder (first positional argument)."""
+    json: bool = False
+    """Print JSON."""
+
+
+def run_inspect(opts: InspectOptions) -> int:
+    from ..data.inspect import format_inspection, inspect_dataset
+
+    if not opts.path:
+        raise ConfigError("inspect needs a dataset folder: `mode-policy inspect PATH`")
+    info = inspect_dataset(opts.path)
+    print(json.dumps(info, indent=2) if opts.json else format_inspection(info))
+    return 0
+
+
+@dataclass
+class ReportOptions:
+    """Write a markdown report with pictures for a run directory."""
+
+    run_dir: str = ""
+    """Run directory (first positional argument)."""
+    out: str | None = None
+    """Output folder (default: RUN_DIR/report)."""
+
+
+def run_report(opts: ReportOptions) -> int:
+    from ..report import write_report
+
+    if not opts.run_dir:
+        raise ConfigError("report needs a run directory: `mode-policy report RUN_DIR`")
+    print(f"wrote {write_report(opts.run_dir, opts.out)}")
+    return 0
+
+
+@dataclass
+class BenchOptions:
+    """Inference benchmarks: ratios measured side by side in one process."""
+
+    what: str = "latency"
+    """Benchmark to run: 'latency' (first positional argument)."""
+    preset: str = "cpu"
+    """Policy preset."""
+    policy: MoDEConfig | None = None
+    """Policy config; default: the preset's."""
+    rounds_b1: int = 40
+    """Timed rounds at batch size 1."""
+    rounds_b64: int = 10
+    """Timed rounds at batch size 64."""
+    threads: int = 0
+    """Torch threads (0: torch's choice)."""
+    profile: bool = True
+    """Also profile the operators of one chunk."""
+    json: bool = False
+    """Print JSON."""
+
+
+def run_bench(opts: BenchOptions) -> int:
+    import torch
+
+    from ..bench import bench_latency, format_latency
+
+    if opts.what != "latency":
+        raise ConfigError(f"bench: unknown benchmark {opts.what!r} (available: latency)")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    overrides = preset_overrides(opts.preset, opts.policy) if opts.policy else {}
+    result = bench_latency(opts.preset, rounds_b1=opts.rounds_b1, rounds_b64=opts.rounds_b64, overrides=overrides,
+                           profile=opts.profile, progress=not opts.json)
+    print(json.dumps(result, indent=2) if opts.json else format_latency(result))
+    return 0
+
+
+COMMANDS = {
+    "info": Command(InfoOptions, run_info, "parameter counts of a preset"),
+    "demos": Command(DemosOptions, run_demos, "generate scripted Meta-World demonstrations (LeRobot format)"),
+    "convert": Command(ConvertOptions, run_convert, "convert LIBERO HDF5 or CALVIN npz data to a LeRobot dataset",
+                       positional=("format", "source")),
+    "inspect": Command(InspectOptions, run_inspect, "show what a LeRobot-format dataset holds", positional=("path",)),
+    "report": Command(ReportOptions, run_report, "markdown report with pictures for a run directory",
+                      positional=("run_dir",)),
+    "bench": Command(BenchOptions, run_bench, "inference benchmarks (ratios measured side by side)",
+                     positional=("what",)),
+    "toy": Command(ToyOptions, run_toy, "train on the bimodal toy task and check both modes are kept"),
+}

@@ -1,0 +1,235 @@
+"""Sub-commands of the training pipeline: train, eval, and quickstart (demos -> train -> eval -> report)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..errors import ConfigError, RunDirError
+from ..run_dir import RunDir
+from .main import Command
+
+
+# --------------------------------------------------------------------- train
+@dataclass
+class TrainOptions(TrainConfig):
+    """Train a MoDE policy on a LeRobot-format dataset (every TrainConfig and policy field is a flag)."""
+
+    resume: bool = False
+    """Continue the run in ``output_dir`` from its last checkpoint (its saved config wins,
+    except ``dataset`` and ``steps``)."""
+
+
+def _dataset_metaworld_tasks(dataset: str) -> list[str]:
+    """Meta-World env names recorded in a dataset made by ``mode-policy demos`` (empty otherwise)."""
+    from ..data.reader import DatasetReader
+
+    names = [extra.get("env_name") for extra in DatasetReader(dataset).episode_extra]
+    return sorted({n for n in names if n}) if all(names) else []
+
+
+def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
+    from ..evaluation.metaworld import evaluate_metaworld
+
+    def run(policy, step: int) -> dict[str, Any]:
+        result = evaluate_metaworld(policy, tasks, episodes, seed=seed, progress=False)
+        return {"success_rate": result.overall.success_rate,
+                "per_task": {t: r.success_rate for t, r in result.per_task.items()}}
+
+    return run
+
+
+def run_train(opts: TrainOptions) -> int:
+    from ..train import train
+
+    if not opts.dataset:
+        raise ConfigError("train needs --dataset=PATH (a LeRobot-format dataset folder)")
+    cfg = TrainConfig(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig)})
+    eval_fn = None
+    if cfg.eval_every:
+        tasks = _dataset_metaworld_tasks(cfg.dataset)
+        if not tasks:
+            raise ConfigError("--eval_every needs a Meta-World dataset made by `mode-policy demos`")
+        eval_fn = _periodic_metaworld_eval(tasks, cfg.eval_episodes, cfg.seed)
+    run_dir = train(cfg, resume=opts.resume, eval_fn=eval_fn)
+    print(f"training finished: {RunDir(run_dir).model}")
+    return 0
+
+
+# ---------------------------------------------------------------------- eval
+@dataclass
+class EvalOptions:
+    """Evaluate a trained policy in simulation, on episodes it never saw."""
+
+    path: str = ""
+    """A run directory or a saved model directory (first positional argument)."""
+    env: str = "metaworld"
+    """'metaworld', 'libero' or 'calvin'."""
+    tasks: str | None = None
+    """Meta-World: mt10, mt50 or comma-separated task names (default: the training data's tasks)."""
+    suite: str = "libero_10"
+    """LIBERO suite: libero_10, libero_90, libero_goal, libero_spatial or libero_object."""
+    calvin_dataset: str | None = None
+    """CALVIN: dataset root whose validation/ split gives the scene."""
+    episodes: int = 50
+    """Meta-World: held-out episodes per task; LIBERO: rollouts per task; CALVIN: instruction chains."""
+    seed: int = 0
+    """Evaluation seed (Meta-World seeds are disjoint from the demonstration seeds)."""
+    batch_size: int = 100
+    """Meta-World environments rolled out in parallel."""
+    steps: int = 0
+    """Sampling steps (0: the policy's own)."""
+    videos: int = 0
+    """Record this many episodes per task as mp4 (into a videos/ folder beside ``out``)."""
+    device: str = "cpu"
+    """Device of the policy."""
+    out: str | None = None
+    """Result file (default: RUN_DIR/eval_info.json for a run directory, else ./eval_info.json)."""
+
+
+LIBERO_SUITES = ("libero_10", "libero_90", "libero_goal", "libero_spatial", "libero_object")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before a long evaluation, not after it, when ``path`` cannot be written."""
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write {path}: {folder} is not writable")
+
+
+def run_eval(opts: EvalOptions) -> int:
+    from ..policy import MoDEPolicy
+
+    if not opts.path:
+        raise ConfigError("eval needs a run or model directory: `mode-policy eval RUN_DIR`")
+    if opts.env not in ("metaworld", "libero", "calvin"):
+        raise ConfigError(f"--env={opts.env!r}: expected metaworld, libero or calvin")
+    if opts.env == "libero" and opts.suite not in LIBERO_SUITES:
+        raise ConfigError(f"--suite={opts.suite!r}: expected one of {', '.join(LIBERO_SUITES)}")
+    model_dir = RunDir.model_dir(opts.path)
+    run = RunDir.of_model(model_dir)
+    out = Path(opts.out) if opts.out else (run.eval_info if run is not None else Path("eval_info.json"))
+    _check_writable(out)
+    video_dir = out.parent / "videos" if opts.videos else None
+    policy = MoDEPolicy.from_pretrained(model_dir, map_location=opts.device)
+    if opts.steps:
+        policy.config.num_inference_steps = opts.steps
+    start = time.perf_counter()
+    if opts.env == "libero":
+        from ..evaluation.libero import evaluate_libero
+
+        result = evaluate_libero(policy, opts.suite, n_rollouts_per_task=opts.episodes, seed=opts.seed,
+                                 video_dir=video_dir)
+    elif opts.env == "calvin":
+        from ..evaluation.calvin import evaluate_calvin
+
+        result = evaluate_calvin(policy, dataset_path=opts.calvin_dataset, num_sequences=opts.episodes,
+                                 seed=opts.seed)
+    else:
+        from ..evaluation.metaworld import evaluate_metaworld
+
+        tasks = opts.tasks
+        if tasks is None and run is not None:
+            tasks = _dataset_metaworld_tasks(TrainConfig.from_run_dict(run.read_config(), str(run.config)).dataset)
+        if not tasks:
+            raise ConfigError("say which tasks to evaluate with --tasks (e.g. mt10)")
+        result = evaluate_metaworld(policy, tasks, opts.episodes, seed=opts.seed, batch_size=opts.batch_size,
+                                    video_dir=video_dir, videos_per_task=opts.videos)
+    result.wall_s = time.perf_counter() - start
+    result.policy = str(model_dir)
+    result.save(out)
+    print(result.format_table())
+    print(f"wrote {out} ({result.wall_s:.0f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------- quickstart
+@dataclass
+class QuickstartOptions:
+    """The main job: demonstrations -> training -> held-out evaluation -> report, on this machine."""
+
+    out: str = "runs/quickstart"
+    """Folder for the dataset (out/data) and the run (out/run)."""
+    tasks: str = "mt10"
+    """mt10, mt50, or comma-separated Meta-World task names."""
+    episodes: int = 50
+    """Demonstrations per task."""
+    eval_episodes: int = 10
+    """Held-out evaluation episodes per task."""
+    workers: int = 2
+    """Processes generating demonstrations."""
+    overwrite: bool = False
+    """Replace an existing ``out`` folder."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training settings (``--train.steps=...``, ``--train.policy.d_model=...``); dataset and
+    output_dir are set by the quickstart."""
+
+
+QUICKSTART_TRAIN_DEFAULTS = {"steps": 2000, "lr": 5e-4, "batch_size": 256, "checkpoint_every": 500}
+
+
+def run_quickstart(opts: QuickstartOptions) -> int:
+    from ..demos import generate_demos
+    from ..envs.metaworld import resolve_tasks
+    from ..evaluation.metaworld import evaluate_metaworld
+    from ..policy import MoDEPolicy
+    from ..report import write_report
+    from ..train import train
+
+    out = Path(opts.out)
+    if opts.train.dataset or opts.train.output_dir != TrainConfig.output_dir:
+        raise ConfigError("quickstart sets --train.dataset and --train.output_dir itself (under --out)")
+    if not RunDir(out).is_empty() and not opts.overwrite:
+        raise RunDirError(f"{out} is not empty (pass --overwrite=true to replace it)")
+    if out.exists() and opts.overwrite:
+        shutil.rmtree(out)
+    tasks = resolve_tasks(opts.tasks)
+    timings = {}
+    start = time.perf_counter()
+    print(f"[1/4] {len(tasks)} tasks x {opts.episodes} scripted demonstrations")
+    generate_demos(out / "data", tasks, opts.episodes, seed=opts.train.seed, workers=opts.workers)
+    timings["demos_s"] = time.perf_counter() - start
+
+    cfg = dataclasses.replace(opts.train, dataset=str(out / "data"), output_dir=str(out / "run"))
+    print(f"[2/4] training the {cfg.preset} preset for {cfg.steps} steps")
+    t = time.perf_counter()
+    run = RunDir(train(cfg))
+    timings["train_s"] = time.perf_counter() - t
+
+    print(f"[3/4] evaluating on {opts.eval_episodes} held-out episodes per task")
+    t = time.perf_counter()
+    result = evaluate_metaworld(MoDEPolicy.from_pretrained(run.model), tasks, opts.eval_episodes, seed=cfg.seed)
+    timings["eval_s"] = time.perf_counter() - t
+    result.wall_s = timings["eval_s"]
+    result.policy = str(run.model)
+    result.save(run.eval_info)
+
+    print("[4/4] writing the report")
+    report = write_report(run.root)
+    timings["total_s"] = time.perf_counter() - start
+    print()
+    print(result.format_table())
+    print()
+    print("time: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in timings.items()))
+    print(f"report: {report}")
+    return 0
+
+
+COMMANDS = {
+    "train": Command(TrainOptions, run_train, "train a MoDE policy on a LeRobot-format dataset",
+                     aliases={"out": "output_dir"}),
+    "eval": Command(EvalOptions, run_eval, "evaluate a trained policy in simulation", positional=("path",)),
+    "quickstart": Command(QuickstartOptions, run_quickstart,
+                          "the main job: demos, training, evaluation and report on MT10",
+                          defaults={"train": QUICKSTART_TRAIN_DEFAULTS}),
+}

@@ -1,0 +1,166 @@
+"""The EDM denoiser (Karras et al. 2022): preconditioning around the MoDE transformer.
+
+::
+
+    D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, phi(c_noise(sigma)), cond)
+
+:class:`EDMDenoiser` is the one place that turns a noise level into the
+scalings and the noise embedding ``phi``, builds the sampling plan (schedule,
+per-evaluation constants, expert cache), computes the training loss and
+samples. The pure maths (scalings, sigma distribution, schedules, samplers)
+lives in :mod:`mode_policy.diffusion`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import MoDEConfig
+from .denoiser import MoDETransformer
+from .diffusion import Sampler, edm_scalings, make_sampler, make_schedule, sample_log_logistic_sigma, training_target
+from .nn.expert_cache import build_layer_cache, weights_version
+from .nn.moe import FusedExperts, Routing
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """What the network needs about the noise level of a call: the scalings
+    (tensors of shape (B, 1, 1), or host floats for one planned level), the
+    noise embedding phi (B, d) or (d,), and the fused experts per MoE layer
+    when the expert cache serves this level."""
+
+    c_skip: Tensor | float
+    c_out: Tensor | float
+    c_in: Tensor | float
+    noise_emb: Tensor
+    fused: list[FusedExperts] | None = None
+
+
+@dataclass
+class SamplingPlan:
+    """Everything about a sampling run that does not depend on the data. Built
+    once, reused until its key (settings, mode, device, weights) changes."""
+
+    key: tuple
+    sampler: Sampler
+    sigmas: Tensor  # (n+1,) schedule ending in 0, on the CPU (samplers read it as host floats)
+    eval_sigmas: Tensor  # (M,) where the sampler evaluates the network, high noise first
+    noise_emb: Tensor  # (M, d) phi at every evaluation
+    levels: list[NoiseLevel]  # one per evaluation
+    cache_bytes: int  # what the expert cache owns (0 without it)
+
+    @property
+    def cached(self) -> bool:
+        return self.levels[0].fused is not None
+
+
+class EDMDenoiser(nn.Module):
+    """``D(x, sigma, cond)`` around the MoDE transformer ``net`` (the raw network F).
+
+    Reads sigma_data, the training noise distribution and the sampler settings
+    from ``config`` (shared with the policy, so edits to it take effect).
+    ``use_expert_cache`` (default True) lets noise-routed sampling in eval mode
+    run each step's experts fused, without routers; results are exact.
+    """
+
+    def __init__(self, config: MoDEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.net = MoDETransformer(config)
+        self.use_expert_cache = True
+        self._plan: SamplingPlan | None = None
+
+    @property
+    def sigma_data(self) -> float:
+        return self.config.sigma_data
+
+    # ------------------------------------------------------------ noise level
+    def embed(self, c_noise: Tensor) -> Tensor:
+        """phi: c_noise (B,) -> noise embedding (B, d); float32 c_noise rounds once to the weights' dtype."""
+        weight = self.net.sigma_embed.weight
+        return self.net.sigma_embed(c_noise.float().to(weight.device).unsqueeze(-1).to(weight.dtype))
+
+    def noise_level(self, sigma: Tensor) -> NoiseLevel:
+        """Scalings (B, 1, 1) and embedding (B, d) of the noise levels ``sigma`` (B,)."""
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
+        shape = (-1, 1, 1)
+        return NoiseLevel(c_skip.view(shape), c_out.view(shape), c_in.view(shape), self.embed(c_noise))
+
+    def raw(self, x: Tensor, level: NoiseLevel, cond: Tensor) -> tuple[Tensor, list[Routing]]:
+        """The network output F (B, H, A) for noisy actions ``x`` (B, H, A) and condition tokens (B, n, d)."""
+        noise_emb = level.noise_emb.expand(x.shape[0], -1)  # (B, d)
+        return self.net(x * level.c_in, noise_emb, cond, level.fused)
+
+    def forward(self, x: Tensor, sigma: Tensor | NoiseLevel, cond: Tensor) -> tuple[Tensor, list[Routing]]:
+        """Denoised estimate D (B, H, A) of ``x`` (B, H, A) at noise level ``sigma``
+        (B,) (or a planned :class:`NoiseLevel`), and the MoE layers' routings
+        (empty for the dense variant and for cached sampling)."""
+        level = sigma if isinstance(sigma, NoiseLevel) else self.noise_level(sigma)
+        out, routings = self.raw(x, level, cond)
+        return x * level.c_skip + out * level.c_out, routings
+
+    # --------------------------------------------------------------- training
+    def loss(self, x0: Tensor, cond: Tensor) -> tuple[Tensor, list[Routing]]:
+        """Per-token squared error (B, H) of F against its EDM target at noise
+        levels drawn from the training distribution, and the routings.
+
+        The error is taken on F, not on D: ``||F - (x0 - c_skip x) / c_out||^2``
+        equals the EDM-weighted ``||D - x0||^2 / c_out^2`` without its cancellation.
+        """
+        cfg = self.config
+        b = x0.shape[0]
+        sigma = sample_log_logistic_sigma(
+            b, cfg.train_sigma_loc, cfg.train_sigma_scale, cfg.sigma_min, cfg.sigma_max, x0.device
+        )  # (B,)
+        noisy = x0 + torch.randn_like(x0) * sigma.view(b, 1, 1)
+        out, routings = self.raw(noisy, self.noise_level(sigma), cond)
+        target = training_target(x0, noisy, sigma.view(b, 1, 1), self.sigma_data)
+        return (out.float() - target.float()).pow(2).mean(-1), routings
+
+    # --------------------------------------------------------------- sampling
+    def sampling_plan(self) -> SamplingPlan:
+        """The (cached) plan for the configured sampler and schedule; rebuilt
+        when the schedule, the step count, the mode or the weights change."""
+        cfg = self.config
+        net = self.net
+        cached = self.use_expert_cache and cfg.routing == "noise" and not self.training
+        device = net.sigma_embed.weight.device
+        key = (
+            cfg.sampler, cfg.schedule, cfg.num_inference_steps, cfg.sigma_min, cfg.sigma_max,
+            cfg.karras_rho, cfg.sigma_data, cached, device,
+            weights_version([net.sigma_embed, *net.moe_layers()]),
+        )
+        if self._plan is not None and self._plan.key == key:
+            return self._plan
+        sampler = make_sampler(cfg.sampler)
+        sigmas = make_schedule(cfg.schedule, cfg.num_inference_steps, cfg.sigma_min, cfg.sigma_max, cfg.karras_rho)
+        eval_sigmas = sampler.eval_sigmas(sigmas)  # (M,)
+        c_skip, c_out, c_in, c_noise = edm_scalings(eval_sigmas.double(), cfg.sigma_data)  # each (M,)
+        with torch.no_grad():
+            noise_emb = self.embed(c_noise)  # (M, d)
+            fused: list[list[FusedExperts] | None] = [None] * len(eval_sigmas)
+            cache_bytes = 0
+            if cached:
+                per_layer = [build_layer_cache(layer, noise_emb) for layer in net.moe_layers()]
+                fused = [list(step) for step in zip(*(steps for steps, _ in per_layer))]
+                cache_bytes = sum(owned for _, owned in per_layer)
+        levels = [  # host-float scalings: one multiply per step, no device tensors to broadcast
+            NoiseLevel(skip, out, scale_in, noise_emb[j], fused[j])
+            for j, (skip, out, scale_in) in enumerate(zip(c_skip.tolist(), c_out.tolist(), c_in.tolist()))
+        ]
+        self._plan = SamplingPlan(key, sampler, sigmas, eval_sigmas, noise_emb, levels, cache_bytes)
+        return self._plan
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Normalised action chunk (B, H, A) for condition tokens (B, n, d); ``noise``
+        (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here)."""
+        cfg = self.config
+        plan = self.sampling_plan()
+        if noise is None:
+            noise = torch.randn(cond.shape[0], cfg.horizon, cfg.action_dim, device=cond.device, dtype=cond.dtype)
+        x = noise * cfg.sigma_max
+        return plan.sampler.run(lambda x, j: self(x, plan.levels[j], cond)[0], x, plan.sigmas)

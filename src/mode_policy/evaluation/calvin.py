@@ -1,0 +1,172 @@
+"""CALVIN long-horizon evaluation (Mees et al. 2022), the official protocol:
+
+* the chains of :func:`~mode_policy.envs.calvin.get_sequences` (1000 of 5 instructions);
+* ``env.reset(robot_obs=..., scene_obs=...)`` once per chain, from its initial scene; for
+  each instruction the policy is reset and gets at most :data:`EP_LEN` = 360 steps; after
+  every step the task oracle (``calvin_env.envs.tasks.Tasks`` with
+  :data:`~mode_policy.envs.calvin.TASK_ORACLE_SPEC`) checks ``get_task_info_for_set(start_info,
+  current_info, {subtask})``; the next instruction is given only after a success, and a
+  chain ends at its first failure;
+* score: the average number of completed instructions per chain (0..5, "avg. len"), and
+  the fraction of chains completing at least 1, 2, ..., 5 instructions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..envs.calvin import (
+    CALVIN_TASKS, CAMERAS, CHAIN_LENGTH, NUM_SEQUENCES, TASK_ORACLE_SPEC, VAL_INSTRUCTIONS, calvin_observation,
+    get_env_state_for_initial_condition, get_sequences, import_calvin_env, make_calvin_env, to_env_action,
+)
+from ..errors import ConfigError
+from .protocol import Policy, eval_mode, policy_device
+from .result import EvalResult, TaskResult
+
+EP_LEN = 360
+"""Policy steps per instruction."""
+
+
+def count_success(chain_lengths: Sequence[int]) -> list[float]:
+    """Fraction of chains that completed at least 1, 2, ..., 5 instructions."""
+    if not len(chain_lengths):
+        raise ValueError("no chains to score")
+    counts = Counter(int(n) for n in chain_lengths)
+    return [sum(counts[j] for j in range(i, CHAIN_LENGTH + 1)) / len(chain_lengths) for i in range(1, CHAIN_LENGTH + 1)]
+
+
+def average_chain_length(chain_lengths: Sequence[int]) -> float:
+    """CALVIN's score: the mean number of completed instructions per chain (0..5)."""
+    if not len(chain_lengths):
+        raise ValueError("no chains to score")
+    return float(np.mean(chain_lengths))
+
+
+def run_chains(
+    sequences: Sequence[tuple[Mapping[str, Any], Sequence[str]]],
+    reset: Callable[[int, Mapping[str, Any]], None],
+    attempt: Callable[[int, str], bool],
+    progress: bool = False,
+) -> list[int]:
+    """The chain protocol: for chain ``c``, ``reset(c, initial_condition)``, then
+    ``attempt(c, task)`` for its tasks in order until one returns False. Returns the number
+    of completed tasks per chain."""
+    from tqdm.auto import tqdm
+
+    lengths: list[int] = []
+    bar = tqdm(total=len(sequences), desc="CALVIN chains", unit="chain", disable=not progress)
+    try:
+        for c, (condition, chain) in enumerate(sequences):
+            reset(c, condition)
+            done = 0
+            for task in chain:
+                if not attempt(c, task):
+                    break
+                done += 1
+            lengths.append(done)
+            bar.update(1)
+            rates = count_success(lengths)
+            text = " ".join(f"{i + 1}:{r:.0%}" for i, r in enumerate(rates))
+            bar.set_postfix_str(f"{text} avg {np.mean(lengths):.2f}")
+    finally:
+        bar.close()
+    return lengths
+
+
+def evaluate_calvin(
+    policy: Policy,
+    dataset_path: str | Path | None = None,
+    num_sequences: int = NUM_SEQUENCES,
+    ep_len: int = EP_LEN,
+    progress: bool = True,
+    seed: int = 0,
+    *,
+    env: Any = None,
+    image_keys: Sequence[str] | None = None,
+    image_sizes: Mapping[str, int] | None = None,
+    include_scene_obs: bool = False,
+) -> EvalResult:
+    """Run the CALVIN long-horizon protocol.
+
+    ``env`` is a calvin_env ``PlayTableSimEnv``; without it one is made from ``dataset_path``
+    (:func:`~mode_policy.envs.calvin.make_calvin_env`). ``image_keys`` default to
+    ``policy.config.image_keys``; ``image_sizes`` optionally resize a camera (match the
+    converter's static_size/gripper_size).
+
+    ``per_task`` holds the subtasks that were attempted (in CALVIN's task order): successes
+    out of attempts, and the time spent in their attempts as ``wall_s`` (chain resets count
+    only in the overall ``wall_s``). ``metrics``: ``avg_len``, ``chain_success`` (fraction of
+    chains completing at least 1..5 instructions) and ``chain_length_counts`` (chains that
+    completed 0, 1, ..., 5 instructions)."""
+    start_time = time.perf_counter()
+    keys = list(policy.config.image_keys if image_keys is None else image_keys)
+    unknown = [k for k in keys if k not in CAMERAS]
+    if unknown:
+        raise ConfigError(f"unknown CALVIN camera key(s) {unknown}; available: {list(CAMERAS)}")
+    if ep_len < 1:
+        raise ConfigError(f"ep_len must be >= 1, got {ep_len}")
+    calvin = import_calvin_env()
+    if env is None:
+        if dataset_path is None:
+            raise ConfigError("pass dataset_path (a CALVIN dataset with a validation/ folder) or env")
+        env = make_calvin_env(dataset_path)
+    oracle = calvin.Tasks(TASK_ORACLE_SPEC)
+    sequences = get_sequences(num_sequences)
+    device = policy_device(policy)
+    attempts: Counter[str] = Counter()
+    successes: Counter[str] = Counter()
+    wall: Counter[str] = Counter()
+
+    def reset(c: int, condition: Mapping[str, Any]) -> None:
+        robot_obs, scene_obs = get_env_state_for_initial_condition(condition)
+        env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
+        torch.manual_seed(seed * 1_000_003 + c)
+
+    def attempt(c: int, task: str) -> bool:
+        t0 = time.perf_counter()
+        try:
+            return solve(task)
+        finally:
+            wall[task] += time.perf_counter() - t0
+
+    def solve(task: str) -> bool:
+        attempts[task] += 1
+        obs = env.get_obs()
+        instruction = VAL_INSTRUCTIONS[task]
+        policy.reset()
+        start_info = env.get_info()
+        for _ in range(ep_len):
+            batch = calvin_observation(obs, instruction, keys, image_sizes, include_scene_obs, device)
+            obs, _, _, info = env.step(to_env_action(policy.select_action(batch)))
+            if oracle.get_task_info_for_set(start_info, info, {task}):
+                successes[task] += 1
+                return True
+        return False
+
+    with eval_mode(policy), torch.random.fork_rng(devices=[]):
+        lengths = run_chains(sequences, reset, attempt, progress)
+    per_task = {
+        t: TaskResult(successes[t], attempts[t], wall[t], VAL_INSTRUCTIONS[t]) for t in CALVIN_TASKS if attempts[t]
+    }
+    counts = Counter(lengths)
+    metrics = {
+        "avg_len": average_chain_length(lengths),
+        "chain_success": count_success(lengths),
+        "chain_length_counts": [counts[n] for n in range(CHAIN_LENGTH + 1)],
+    }
+    settings = {"num_sequences": num_sequences, "ep_len": ep_len, "image_keys": keys,
+                "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs}
+    return EvalResult("calvin", per_task, time.perf_counter() - start_time, seed, settings=settings, metrics=metrics)
+
+
+def format_chain_success(result: EvalResult) -> str:
+    """CALVIN's headline line: ``avg. len 2.100   success at 1: 83.3% | ... | 5: 33.3%``."""
+    rates = " | ".join(f"{i + 1}: {r * 100:.1f}%" for i, r in enumerate(result.metrics["chain_success"]))
+    return f"avg. len {result.metrics['avg_len']:.3f}   success at {rates}"

@@ -1,0 +1,218 @@
+"""The run directory: every file a training run (and its evaluation and report) holds.
+
+::
+
+    config.json         the run's configuration: {"train": TrainConfig, "policy": MoDEConfig, "world_size"}
+    stats.json          normalisation statistics of the dataset
+    metrics.jsonl       one JSON object per logged training step
+    evals.jsonl         periodic evaluations during training (``--eval_every``)
+    tb/                 TensorBoard events
+    checkpoints/        step_XXXXXXXX/ folders (policy + training_state.pt) and LATEST
+    model/              the final EMA policy (``MoDEPolicy.from_pretrained``)
+    train_summary.json  steps, wall time, DDP rank consistency
+    eval_info.json      the last evaluation (:class:`mode_policy.evaluation.EvalResult`)
+    videos/             evaluation videos
+    report/             ``mode-policy report`` output
+
+Nothing else in the package spells these names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import CheckpointError, DataError, RunDirError
+from .fileio import atomic_write_json, atomic_write_text
+
+CHECKPOINT_PREFIX = "step_"
+TRAINING_STATE = "training_state.pt"
+MODEL_CONFIG = "config.json"  # inside a saved model folder, next to model.safetensors
+
+
+def _read_json(path: Path) -> Any | None:
+    """Parsed JSON, or None if the file is missing (a corrupt file is an error naming it)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file (empty if missing); a torn last line (a kill mid-write) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                continue
+            raise DataError(f"{path}, line {i + 1}: not valid JSON ({err})") from None
+    return records
+
+
+class RunDir:
+    """Paths and reads/writes of one run directory (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    # ------------------------------------------------------------- paths
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "evals.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest_pointer(self) -> Path:
+        return self.checkpoints / "LATEST"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "train_summary.json"
+
+    @property
+    def eval_info(self) -> Path:
+        return self.root / "eval_info.json"
+
+    @property
+    def videos(self) -> Path:
+        return self.root / "videos"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    # ------------------------------------------------------------ states
+    def is_empty(self) -> bool:
+        return not self.root.exists() or not any(self.root.iterdir())
+
+    @staticmethod
+    def model_dir(path: str | os.PathLike) -> Path:
+        """The saved-model folder of ``path``: ``path/model`` for a run directory, else ``path``."""
+        path = Path(path)
+        inner = RunDir(path).model
+        return inner if (inner / MODEL_CONFIG).is_file() else path
+
+    @staticmethod
+    def of_model(model_dir: str | os.PathLike) -> "RunDir | None":
+        """The run directory a saved model folder belongs to (None for a stand-alone model)."""
+        parent = RunDir(Path(model_dir).parent)
+        return parent if parent.config.is_file() and parent.model == Path(model_dir) else None
+
+    # ------------------------------------------------------------- reads
+    def read_config(self) -> dict[str, Any] | None:
+        return _read_json(self.config)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return _read_json(self.summary)
+
+    def read_stats(self) -> dict[str, Any] | None:
+        return _read_json(self.stats)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.metrics)
+
+    def read_evals(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.evals)
+
+    def read_eval_info(self):
+        """The :class:`~mode_policy.evaluation.EvalResult` in ``eval_info.json``, or None."""
+        from .evaluation.result import EvalResult
+
+        return EvalResult.load(self.eval_info) if self.eval_info.is_file() else None
+
+    # ------------------------------------------------------------ writes
+    def write_config(self, data: dict[str, Any]) -> Path:
+        return atomic_write_json(self.config, data)
+
+    def write_stats(self, data: dict[str, Any]) -> Path:
+        return atomic_write_json(self.stats, data)
+
+    def write_summary(self, data: dict[str, Any]) -> Path:
+        return atomic_write_json(self.summary, data)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        _append_jsonl(self.metrics, record)
+
+    def append_eval(self, record: dict[str, Any]) -> None:
+        _append_jsonl(self.evals, record)
+
+    # ------------------------------------------------------- checkpoints
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint ``LATEST`` names (None if there is none); CheckpointError if it is incomplete."""
+        if not self.latest_pointer.is_file():
+            return None
+        path = self.checkpoints / self.latest_pointer.read_text().strip()
+        if not (path / TRAINING_STATE).is_file():
+            raise CheckpointError(
+                f"checkpoint {path} named by {self.latest_pointer} is incomplete (no {TRAINING_STATE})"
+            )
+        return path
+
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int) -> Path:
+        """Write checkpoint ``step`` through ``write(folder)`` into a temporary folder,
+        rename it into place, then point ``LATEST`` at it; only the newest ``keep`` stay."""
+        if keep < 1:
+            raise RunDirError(f"keep_checkpoints={keep}: at least one checkpoint must be kept")
+        final = self.checkpoint(step)
+        tmp = final.with_name(f".{final.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(self.latest_pointer, final.name + "\n")
+        for old in sorted(p for p in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
