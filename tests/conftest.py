@@ -4,6 +4,10 @@ the 2-core machines are shared), fixed seeds."""
 import pytest
 import torch
 
+from mode_policy.envs.rendering import setup_headless_rendering
+
+setup_headless_rendering()  # before any test module imports a simulator (mujoco reads MUJOCO_GL once)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():

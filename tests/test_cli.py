@@ -174,7 +174,7 @@ def test_quickstart_leaves_data_run_eval_and_report(quickstart):
 def test_inspect_eval_report_on_the_quickstart_output(quickstart, capsys, tmp_path):
     assert cli(["inspect", str(quickstart / "data"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["total_episodes"] == 2
+    assert info["episodes"] == 2 and info["tasks"] == ["reach the goal position"]
     out = tmp_path / "e.json"
     assert cli(["eval", str(quickstart / "run"), "--episodes=1", f"--out={out}", "--steps=3"]) == 0
     assert json.loads(out.read_text())["per_task"]["reach-v3"]["episodes"] == 1
@@ -196,7 +196,9 @@ def test_info_toy_demos_bench_convert_run(tmp_path, capsys):
     assert "FAIL" in capsys.readouterr().out
     assert cli(["demos", "--tasks=reach-v3", "--episodes=1", f"--out={tmp_path / 'd'}", "--workers=1"]) == 0
     assert (tmp_path / "d" / "meta" / "info.json").is_file()
-    assert cli(["bench", "latency", "--preset=tiny", "--rounds_b1=1", "--rounds_b64=1", "--profile=false",
+    assert cli(["bench", "latency", "--preset=tiny", "--rounds_b1=1"]) == 2
+    assert "need at least 2 timed rounds" in capsys.readouterr().err
+    assert cli(["bench", "latency", "--preset=tiny", "--rounds_b1=2", "--rounds_b64=2", "--profile=false",
                 "--json"]) == 0
     bench = json.loads(capsys.readouterr().out)
     assert bench["preset"] == "tiny" and bench["exact_max_abs_diff"] < 1e-5

@@ -128,3 +128,59 @@ def test_unknown_sampler_and_schedule():
         make_sampler("nope")
     with pytest.raises(ValueError, match="unknown sigma schedule"):
         make_schedule("nope", 10, 0.001, 80)
+
+
+# --- the EDM denoiser module ---------------------------------------------------
+def tiny_denoiser(**kw):
+    from mode_policy.config import get_preset
+    from mode_policy.edm import EDMDenoiser
+
+    denoiser = EDMDenoiser(get_preset("tiny", state_dim=5, action_dim=3, goal_dim=8, **kw))
+    with torch.no_grad():  # non-trivial weights (the output head starts at zero)
+        for p in denoiser.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return denoiser
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_planned_noise_levels_give_the_same_denoiser(cached):
+    """Sampling's precomputed levels (host floats, fused experts) = D at those sigmas."""
+    denoiser = tiny_denoiser(sampler="heun", schedule="karras", num_inference_steps=4).eval()
+    denoiser.use_expert_cache = cached
+    plan = denoiser.sampling_plan()
+    assert plan.cached == cached and len(plan.levels) == len(plan.eval_sigmas) == 7
+    x, cond = torch.randn(3, 4, 3), torch.randn(3, 2, 64)
+    with torch.no_grad():
+        for level, sigma in zip(plan.levels, plan.eval_sigmas.tolist()):
+            planned, _ = denoiser(x * sigma, level, cond)
+            direct, routings = denoiser(x * sigma, torch.full((3,), sigma), cond)
+            assert len(routings) == 2
+            assert torch.allclose(planned, direct, atol=1e-5)
+
+
+def test_denoiser_is_the_edm_preconditioned_network():
+    denoiser = tiny_denoiser().eval()
+    sigma = torch.tensor([0.01, 0.5, 20.0])
+    x, cond = torch.randn(3, 4, 3) * sigma.view(3, 1, 1), torch.randn(3, 2, 64)
+    c_skip, c_out, c_in, c_noise = (c.view(3, 1, 1) for c in edm_scalings(sigma, 0.5))
+    with torch.no_grad():
+        d, _ = denoiser(x, sigma, cond)
+        f, _ = denoiser.net(x * c_in, denoiser.net.sigma_embed(c_noise.view(3, 1)), cond)
+    assert torch.allclose(d, c_skip * x + c_out * f, atol=1e-6)
+
+
+def test_training_loss_is_the_weighted_denoising_error():
+    """loss = ||D(x0 + sigma n) - x0||^2 / c_out^2 with sigma from the training distribution."""
+    denoiser = tiny_denoiser(routing="dense")
+    cfg = denoiser.config
+    x0, cond = torch.rand(5, 4, 3) * 2 - 1, torch.randn(5, 2, 64)
+    torch.manual_seed(4)
+    err, routings = denoiser.loss(x0, cond)
+    assert err.shape == (5, 4) and routings == []
+    torch.manual_seed(4)
+    sigma = sample_log_logistic_sigma(5, cfg.train_sigma_loc, cfg.train_sigma_scale, cfg.sigma_min, cfg.sigma_max)
+    noisy = x0 + torch.randn_like(x0) * sigma.view(5, 1, 1)
+    d, _ = denoiser(noisy, sigma, cond)
+    c_out = edm_scalings(sigma, cfg.sigma_data)[1].view(5, 1, 1)
+    expected = ((d - x0) / c_out).pow(2).mean(-1)
+    assert torch.allclose(err, expected, rtol=1e-3, atol=1e-5)

@@ -4,17 +4,22 @@ in-memory camera tensors and windows -> a tiny image policy trains -> evaluation
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mode_policy.cli import build_parser
-from mode_policy.data.lerobot_format import LeRobotDataset
-from mode_policy.data.windows import WindowSampler, dataset_cameras, load_episodes
-from mode_policy.demos import DEMO_FEATURES, demo_features, generate_demos, run_expert_episode
-from mode_policy.envs.metaworld_env import MetaWorldEnv, demo_seed
+from mode_policy.envs.rendering import setup_headless_rendering
+
+setup_headless_rendering()  # before the Meta-World wrapper (via demos) imports mujoco
+
+from mode_policy.config import get_preset  # noqa: E402
+from mode_policy.data.reader import DatasetReader  # noqa: E402
+from mode_policy.data.windows import WindowSampler, dataset_cameras, load_episodes  # noqa: E402
+from mode_policy.demos import DEMO_FEATURES, demo_features, generate_demos, run_expert_episode  # noqa: E402
+from mode_policy.envs.metaworld import MetaWorldEnv, demo_seed  # noqa: E402
 
 TASK = "reach-v3"
 SIZE = 32
@@ -41,7 +46,7 @@ def image_dataset(tmp_path_factory) -> Path:
 
 
 def test_demo_videos_match_the_rendered_observations(image_dataset):
-    ds = LeRobotDataset(image_dataset)
+    ds = DatasetReader(image_dataset)
     assert ds.video_keys == [KEY]
     assert ds.features[KEY]["dtype"] == "video" and ds.features[KEY]["shape"] == [SIZE, SIZE, 3]
     assert ds.num_episodes == 2
@@ -60,7 +65,7 @@ def test_demo_videos_match_the_rendered_observations(image_dataset):
 
 
 def test_cameras_do_not_change_the_state_data(image_dataset):
-    ds = LeRobotDataset(image_dataset)
+    ds = DatasetReader(image_dataset)
     seed = ds.episode_extra[0]["seed"]
     plain = run_expert_episode(TASK, seed, max_steps=150)
     pictured = run_expert_episode(TASK, seed, max_steps=150, cameras=["corner"], image_size=SIZE)
@@ -71,8 +76,6 @@ def test_cameras_do_not_change_the_state_data(image_dataset):
     assert pictured.frames[KEY].shape == (hi - lo, SIZE, SIZE, 3)
     with pytest.raises(ValueError, match="unknown Meta-World camera"):
         demo_features(["nope"])
-    args = build_parser().parse_args(["demos", "--cameras", "corner,gripperPOV", "--image-size", "48"])
-    assert (args.cameras, args.image_size) == ("corner,gripperPOV", 48)
 
 
 def test_loader_decodes_once_and_windows_index_history(image_dataset):
@@ -82,7 +85,7 @@ def test_loader_decodes_once_and_windows_index_history(image_dataset):
     data = load_episodes(image_dataset, image_keys=[KEY], progress=False)
     images = data.images[KEY]
     assert images.shape == (data.num_frames, SIZE, SIZE, 3) and images.dtype == torch.uint8
-    ds = LeRobotDataset(image_dataset)
+    ds = DatasetReader(image_dataset)
     lo, hi = ds.episode_bounds[1]
     np.testing.assert_array_equal(images[lo:hi].numpy(), ds.video_frames(KEY, 1))
     with pytest.raises(ValueError, match="no camera feature"):
@@ -100,14 +103,15 @@ def test_loader_decodes_once_and_windows_index_history(image_dataset):
 
 
 def test_tiny_image_policy_trains_and_evaluates_with_rendering(image_dataset, tmp_path, monkeypatch):
-    from mode_policy import evaluate
+    from mode_policy.evaluation.metaworld import evaluate_metaworld
+    from mode_policy.config import TrainConfig
     from mode_policy.policy import MoDEPolicy
-    from mode_policy.train import TrainConfig, train
+    from mode_policy.train import train
 
     cfg = TrainConfig(
         dataset=str(image_dataset), output_dir=str(tmp_path / "run"), preset="tiny", steps=2, batch_size=8,
         log_every=1, checkpoint_every=2, warmup_steps=1, progress=False, language="task",
-        overrides=["goal_dim=16", f"image_keys={KEY}", "vision_width=8", "n_obs_steps=2"],
+        policy=get_preset("tiny", goal_dim=16, image_keys=[KEY], vision_width=8, n_obs_steps=2),
     )
     run = train(cfg)
     policy = MoDEPolicy.from_pretrained(run / "model")
@@ -130,8 +134,8 @@ def test_tiny_image_policy_trains_and_evaluates_with_rendering(image_dataset, tm
 
     monkeypatch.setattr(MetaWorldEnv, "render", render)
     monkeypatch.setattr(policy, "predict_action_chunk", predict)
-    result = evaluate.evaluate_metaworld(policy, [TASK], episodes_per_task=1, max_steps=12, progress=False)
-    assert result["overall"]["episodes"] == 1
+    result = evaluate_metaworld(policy, [TASK], episodes_per_task=1, max_steps=12, progress=False)
+    assert result.overall.episodes == 1
     # chunks of 4 with a 2-step history: the initial image, then steps 3, 4, 7, 8 (not 11: no re-plan at 12)
     assert calls == [("corner", SIZE)] * 5
     assert len(seen_batches) == 3
@@ -142,36 +146,36 @@ def test_tiny_image_policy_trains_and_evaluates_with_rendering(image_dataset, tm
 
     # a state-only policy never renders
     calls.clear()
-    state_run = train(TrainConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "state"),
-                                     "overrides": ["goal_dim=16"]}))
+    state_run = train(replace(cfg, output_dir=str(tmp_path / "state"), policy=get_preset("tiny", goal_dim=16)))
     state_policy = MoDEPolicy.from_pretrained(state_run / "model")
     assert state_policy.config.image_keys == []
-    evaluate.evaluate_metaworld(state_policy, [TASK], episodes_per_task=1, max_steps=8, progress=False)
+    evaluate_metaworld(state_policy, [TASK], episodes_per_task=1, max_steps=8, progress=False)
     assert calls == []
 
 
 def test_image_preset_needs_cameras_and_uses_the_datasets(image_dataset):
-    from mode_policy.config import get_preset
-    from mode_policy.data.windows import EpisodeData
-    from mode_policy.train import TrainConfig, build_policy, select_image_keys
+    from mode_policy.config import TrainConfig
+    from mode_policy.train import build_policy, select_image_keys
 
-    cfg = TrainConfig(dataset=str(image_dataset), preset="cpu-image", language="task", overrides=["goal_dim=16"])
+    cfg = TrainConfig(dataset=str(image_dataset), preset="cpu-image", language="task",
+                      policy=get_preset("cpu-image", goal_dim=16))
     assert select_image_keys(cfg, [KEY]) == [KEY]  # the preset's placeholder cameras are replaced
     assert get_preset("cpu-image").image_keys  # an image preset
     with pytest.raises(ValueError, match="no video or image features"):
         select_image_keys(cfg, [])
     with pytest.raises(ValueError, match="not camera features"):
-        select_image_keys(TrainConfig(dataset="d", overrides=["image_keys=observation.images.topview"]), [KEY])
+        select_image_keys(TrainConfig(dataset="d", policy=get_preset("cpu", image_keys=["observation.images.topview"])),
+                          [KEY])
     assert select_image_keys(TrainConfig(dataset="d", preset="cpu"), [KEY]) == []
 
     data = load_episodes(image_dataset, image_keys=[KEY], progress=False)
     policy, _ = build_policy(cfg, data)
     assert policy.config.image_keys == [KEY] and policy.config.image_size == SIZE
     assert policy.config.vision_width == 16
-    bad = TrainConfig(**{**cfg.__dict__, "overrides": ["goal_dim=16", "image_size=64"]})
+    bad = replace(cfg, policy=get_preset("cpu-image", goal_dim=16, image_size=48))
     with pytest.raises(ValueError, match="does not match"):
         build_policy(bad, data)
-    not_loaded = EpisodeData(**{**data.__dict__, "images": {}})
+    not_loaded = replace(data, images={})
     with pytest.raises(ValueError, match="not loaded"):
         build_policy(cfg, not_loaded)
 
@@ -179,8 +183,8 @@ def test_image_preset_needs_cameras_and_uses_the_datasets(image_dataset):
 @pytest.mark.slow
 def test_worker_count_does_not_change_image_datasets(image_dataset, tmp_path):
     kw = dict(tasks=[TASK], episodes_per_task=2, max_steps=150, progress=False, cameras=["corner"], image_size=SIZE)
-    two = LeRobotDataset(generate_demos(tmp_path / "w2", workers=2, **kw))
-    one = LeRobotDataset(image_dataset)
+    two = DatasetReader(generate_demos(tmp_path / "w2", workers=2, **kw))
+    one = DatasetReader(image_dataset)
     assert two.episode_extra == one.episode_extra
     np.testing.assert_array_equal(two.column("observation.state"), one.column("observation.state"))
     for i in range(one.num_episodes):

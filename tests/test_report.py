@@ -1,5 +1,5 @@
-"""report.py: expert routing numbers, figures and the markdown report of a run
-directory built in tmp_path (a real saved policy, synthetic metrics and eval)."""
+"""The report package: expert routing numbers, figures and the markdown report of a
+run directory built in tmp_path (a real saved policy, synthetic metrics and eval)."""
 
 import json
 import math
@@ -9,16 +9,10 @@ import pytest
 import torch
 
 from mode_policy.config import get_preset
-from mode_policy.policy import CheckpointError, MoDEPolicy
-from mode_policy.report import (
-    EXPERTS_PNG,
-    LOSS_PNG,
-    SUCCESS_PNG,
-    expert_routing,
-    read_metrics,
-    success_rows,
-    write_report,
-)
+from mode_policy.errors import CheckpointError, RunDirError
+from mode_policy.evaluation.result import EvalResult, TaskResult
+from mode_policy.policy import MoDEPolicy
+from mode_policy.report import EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG, expert_routing, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TASKS = {"reach-v3": 0.9, "push-v3": 0.42, "pick-place-v3": 0.16}
@@ -28,7 +22,7 @@ def tiny_policy(**kw):
     return MoDEPolicy(get_preset("tiny", state_dim=5, action_dim=3, goal_dim=8, **kw))
 
 
-def make_run(root, policy, eval_info=True, n_records=20):
+def make_run(root, policy, eval_info=True, n_records=20, metrics=None):
     """A run directory as train.py and the CLI leave it, without training."""
     run = root / "run"
     policy.save_pretrained(run / "model")
@@ -49,19 +43,13 @@ def make_run(root, policy, eval_info=True, n_records=20):
             }) + "\n")
     (run / "train_summary.json").write_text(json.dumps({"steps": 50 * n_records, "wall_s": 200.0, "world_size": 1}))
     if eval_info:
-        per_task = {}
-        for task, rate in TASKS.items():
-            per_task[task] = {
-                "instruction": f"{task.removesuffix('-v3').replace('-', ' ')} the object", "success_rate": rate,
-                "successes": round(rate * 50), "episodes": 50, "ci95": [max(0.0, rate - 0.13), min(1.0, rate + 0.11)],
-                "mean_steps": 210.0,
-            }
-        total = sum(r["successes"] for r in per_task.values())
-        (run / "eval_info.json").write_text(json.dumps({
-            "env": "metaworld", "seed": 0, "episodes_per_task": 50, "per_task": per_task,
-            "overall": {"success_rate": total / 150, "successes": total, "episodes": 150, "ci95": [0.4, 0.55]},
-            "wall_s": 12.5,
-        }))
+        per_task = {
+            task: TaskResult(round(rate * 50), 50, 4.0, f"{task.removesuffix('-v3').replace('-', ' ')} the object",
+                             {"mean_steps": 210.0})
+            for task, rate in TASKS.items()
+        }
+        EvalResult("metaworld", per_task, wall_s=12.5, seed=0, settings={"episodes_per_task": 50},
+                   metrics=metrics or {}).save(run / "eval_info.json")
     return run
 
 
@@ -106,19 +94,19 @@ def test_expert_routing_matches_the_sampling_plan_cache():
     """The figure shows exactly the experts the expert cache fuses for sampling."""
     policy = tiny_policy()
     with torch.no_grad():  # give the routers some structure so the choice varies with sigma
-        for layer in policy.transformer.moe_layers():
+        for layer in policy.denoiser.net.moe_layers():
             layer.router.net[2].weight.mul_(50)
     was_training = policy.training
     routing = expert_routing(policy)
     assert policy.training == was_training  # no mode change
     policy.eval()
-    plan = policy.sampling_plan()
-    assert routing["sigmas"] == pytest.approx(policy.sampler.eval_sigmas(plan.sigmas).tolist())
+    plan = policy.denoiser.sampling_plan()
+    assert routing["sigmas"] == pytest.approx(plan.sampler.eval_sigmas(plan.sigmas).tolist())
     assert len({tuple(sorted(c)) for layer in routing["layers"] for c in layer["chosen"]}) > 1
     for l, layer in enumerate(routing["layers"]):
         for m, (chosen, weights) in enumerate(zip(layer["chosen"], layer["weights"])):
             order = sorted(range(len(chosen)), key=lambda i: chosen[i])  # the cache stores ascending experts
-            mix = plan.fused[m][l].mix.flatten().tolist()
+            mix = plan.levels[m].fused[l].mix.flatten().tolist()
             assert mix == pytest.approx([weights[i] for i in order], abs=1e-6)
 
 
@@ -132,7 +120,7 @@ def test_expert_routing_without_noise_routing(routing_mode):
 
 # ------------------------------------------------------------------ report
 def test_write_report_with_all_inputs(tmp_path):
-    run = make_run(tmp_path, tiny_policy())
+    run = make_run(tmp_path, tiny_policy(), metrics={"avg_len": 2.345, "chain_success": [0.9, 0.6]})
     path = write_report(run)
     assert path == run / "report" / "report.md"
     text = path.read_text()
@@ -150,6 +138,8 @@ def test_write_report_with_all_inputs(tmp_path):
         row = next(line for line in text.splitlines() if line.startswith(f"| {task} |"))
         assert f"| {rate:.2f} |" in row and "| 50 |" in row
     assert re.search(r"\| \*\*overall\*\* \| .*\| 150 \|", text)
+    assert "environment: metaworld; seed 0; wall time 12.5 s; episodes_per_task 50." in text
+    assert "| avg_len | 2.345 |" in text and "| chain_success | [0.9, 0.6] |" in text
     assert "Experts per noise level" in text and "No evaluation" not in text
 
 
@@ -167,7 +157,7 @@ def test_report_without_eval_info_or_moe_says_so(tmp_path):
 
 
 def test_missing_run_or_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run directory not found"):
+    with pytest.raises(RunDirError, match="run directory not found"):
         write_report(tmp_path / "nope")
     run = make_run(tmp_path, tiny_policy())
     (run / "model" / "model.safetensors").unlink()
@@ -176,32 +166,5 @@ def test_missing_run_or_model_is_a_clear_error(tmp_path):
     for f in (run / "model").iterdir():
         f.unlink()
     (run / "model").rmdir()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(run / "model"))):
+    with pytest.raises(RunDirError, match=re.escape(str(run / "model"))):
         write_report(run)
-
-
-# ------------------------------------------------------------------ inputs
-def test_read_metrics_skips_a_torn_last_line(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
-    assert [r["step"] for r in read_metrics(path)] == [1, 2]
-    path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 0.5}\n')
-    with pytest.raises(ValueError, match="line 1"):
-        read_metrics(path)
-    assert read_metrics(tmp_path / "missing.jsonl") == []
-
-
-def test_success_rows_reads_libero_results():
-    info = {
-        "suite": "libero_10", "success_rate": 0.5, "n_successes": 20, "n_rollouts": 40,
-        "per_task": [
-            {"task_id": 0, "name": "put_the_bowl", "instruction": "put the bowl", "successes": 15,
-             "n_rollouts": 20, "success_rate": 0.75},
-            {"task_id": 1, "name": "open_the_drawer", "instruction": "open the drawer", "successes": 5,
-             "n_rollouts": 20, "success_rate": 0.25},
-        ],
-    }
-    rows, overall = success_rows(info)
-    assert [r["task"] for r in rows] == ["put_the_bowl", "open_the_drawer"]
-    assert rows[0]["episodes"] == 20 and rows[0]["ci95"][0] < 0.75 < rows[0]["ci95"][1]
-    assert overall["success_rate"] == 0.5 and overall["episodes"] == 40

@@ -145,6 +145,9 @@ def bench_latency(
     base = get_preset(preset, **{"state_dim": 39, "action_dim": 4, **(overrides or {})})
     if base.routing != "noise":
         raise ConfigError("bench latency compares noise-routed MoDE with dense baselines: use routing=noise")
+    if min(rounds_b1, rounds_b64) < 2:
+        raise ConfigError(f"rounds_b1={rounds_b1}, rounds_b64={rounds_b64}: need at least 2 timed rounds each "
+                          "(the spread is an interquartile range)")
     log = print if progress else (lambda *a, **k: None)
     variants = build_variants(base)
     b1, b64 = make_batch(base, 1), make_batch(base, 64)

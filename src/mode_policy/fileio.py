@@ -43,5 +43,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | os.PathLike, data: Any, sort_keys: bool = True) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")

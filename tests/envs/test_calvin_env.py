@@ -1,7 +1,6 @@
-"""CALVIN protocol logic that needs no simulator: chain generation (the official list),
-initial scene states, the chain protocol with a scripted policy outcome, and scoring.
-No environment is faked: the calvin_env rollout itself is only tested for its clear
-ImportError when calvin_env is missing."""
+"""CALVIN wrapper logic that needs no simulator: task tables, chain generation (the official
+list), initial scene states, observation and action mapping, the missing-simulator error.
+The protocol loop and scoring are tested in tests/evaluation/test_eval_calvin.py."""
 
 from __future__ import annotations
 
@@ -13,27 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from mode_policy.envs.calvin_env import (
+from mode_policy.envs.calvin import (
     CALVIN_TASKS,
-    EP_LEN,
     NUM_SEQUENCES,
     TASK_CATEGORIES,
     TASK_ORACLE_SPEC,
     VAL_INSTRUCTIONS,
-    _to_env_action,
-    average_chain_length,
     calvin_observation,
-    count_success,
-    evaluate_calvin,
     fnv1_32,
-    format_calvin_results,
     get_env_state_for_initial_condition,
     get_sequences,
     import_calvin_env,
     initial_conditions,
-    run_chains,
+    to_env_action,
     valid_chain,
 )
+from mode_policy.errors import ConfigError, SimulatorError
 
 # The official calvin_agent get_sequences(10), computed with the official algorithm.
 # (red, blue, pink block placement, tasks); led/lightbulb 0, slider right, drawer closed for all ten.
@@ -81,7 +75,7 @@ def test_task_tables() -> None:
     assert TASK_ORACLE_SPEC["push_blue_block_left"] == ["push_object", "block_blue", -0.1, 0]
     assert TASK_ORACLE_SPEC["lift_red_block_slider"] == ["lift_object", "block_red", 0.03, "table", "plank_link"]
     assert TASK_ORACLE_SPEC["rotate_pink_block_right"] == ["rotate_object", "block_pink", -60]
-    assert (EP_LEN, NUM_SEQUENCES) == (360, 1000)
+    assert NUM_SEQUENCES == 1000
 
 
 def test_initial_conditions() -> None:
@@ -124,7 +118,7 @@ def test_sequences_match_official_and_are_reproducible() -> None:
         assert len({TASK_CATEGORIES[t] for t in tasks}) == 5
     chains[0][0]["led"] = 1  # callers get copies
     assert get_sequences(10)[0][0]["led"] == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         get_sequences(0)
 
 
@@ -170,42 +164,6 @@ def test_env_state_for_initial_condition() -> None:
     assert (closed[0], closed[1], closed[3], closed[4]) == (0.0, 0.0, 0.0, 0.0)
 
 
-# ---------------------------------------------------------------------------------- protocol and scoring
-
-
-def test_scoring() -> None:
-    lengths = [0, 1, 2, 5, 5, 3]
-    assert count_success(lengths) == pytest.approx([5 / 6, 4 / 6, 3 / 6, 2 / 6, 2 / 6])
-    assert average_chain_length(lengths) == pytest.approx(16 / 6)
-    assert count_success([5] * 4) == [1.0] * 5 and average_chain_length([0, 0]) == 0.0
-    with pytest.raises(ValueError):
-        count_success([])
-
-
-def test_chain_protocol_with_scripted_outcomes() -> None:
-    """Chain c's policy solves its first (c % 6) tasks: the next instruction comes only after
-    a success, a chain stops at its first failure, and every chain starts with a reset."""
-    sequences = get_sequences(10)
-    resets, attempts = [], []
-
-    def reset(c, condition):
-        resets.append((c, dict(condition)))
-
-    def attempt(c, task):
-        attempts.append((c, task))
-        return sequences[c][1].index(task) < c % 6
-
-    lengths = run_chains(sequences, reset, attempt)
-    assert lengths == [min(c % 6, 5) for c in range(10)]
-    assert resets == [(c, sequences[c][0]) for c in range(10)]
-    expected = [(c, sequences[c][1][k]) for c in range(10) for k in range(min(c % 6 + 1, 5))]
-    assert attempts == expected
-    assert average_chain_length(lengths) == pytest.approx(np.mean([0, 1, 2, 3, 4, 5, 0, 1, 2, 3]))
-    result = {"n_chains": 10, "ep_len": 360, "avg_len": average_chain_length(lengths),
-              "success_rates": count_success(lengths), "per_task": {}}
-    assert "avg. len 2.100" in format_calvin_results(result)
-
-
 # ---------------------------------------------------------------------------------- env side (no simulator)
 
 
@@ -227,16 +185,14 @@ def test_observation_and_action_mapping() -> None:
     gripper = batch["observation.images.gripper"]
     np.testing.assert_allclose(gripper[0].permute(1, 2, 0).numpy() * 255, obs["rgb_obs"]["rgb_gripper"], atol=1e-3)
 
-    action = _to_env_action(torch.tensor([[0.5, -2.0, 0.0, 0.1, 0.2, 0.3, 0.2]]))
+    action = to_env_action(torch.tensor([[0.5, -2.0, 0.0, 0.1, 0.2, 0.3, 0.2]]))
     np.testing.assert_allclose(action, [0.5, -1.0, 0.0, 0.1, 0.2, 0.3, 1.0])
-    assert _to_env_action(np.array([0, 0, 0, 0, 0, 0, 0.0]))[6] == -1.0
-    with pytest.raises(ValueError):
-        _to_env_action(np.zeros(6))
+    assert to_env_action(np.array([0, 0, 0, 0, 0, 0, 0.0]))[6] == -1.0
+    with pytest.raises(ConfigError):
+        to_env_action(np.zeros(6))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("calvin_env") is not None, reason="calvin_env is installed")
 def test_missing_calvin_env_gives_install_steps() -> None:
-    with pytest.raises(ImportError, match=r"git clone --recursive https://github.com/mees/calvin_env\.git"):
+    with pytest.raises(SimulatorError, match=r"git clone --recursive https://github.com/mees/calvin_env\.git"):
         import_calvin_env()
-    with pytest.raises(ImportError, match="calvin_env"):
-        evaluate_calvin(object(), "/nonexistent/dataset", num_sequences=1, progress=False)

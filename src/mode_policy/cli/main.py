@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..envs.rendering import setup_headless_rendering
 from ..errors import ModePolicyError
 from .parsing import parse_command
 
@@ -48,6 +49,7 @@ def _usage(commands: dict[str, Command]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    setup_headless_rendering()  # before any command imports a simulator (mujoco reads MUJOCO_GL once)
     commands = _commands()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(commands))

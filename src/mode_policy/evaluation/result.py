@@ -117,8 +117,8 @@ class EvalResult:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write ``to_dict()`` as JSON, atomically."""
-        return atomic_write_json(path, self.to_dict())
+        """Write ``to_dict()`` as JSON, atomically, tasks in evaluation order."""
+        return atomic_write_json(path, self.to_dict(), sort_keys=False)
 
     @classmethod
     def load(cls, path: str | Path) -> "EvalResult":
