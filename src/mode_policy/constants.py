@@ -2,6 +2,8 @@
 
 STATE_KEY = "observation.state"
 """Proprioceptive state feature, (B, [n_obs,] state_dim)."""
+ENV_STATE_KEY = "observation.environment_state"
+"""Simulator state beside the robot's (CALVIN's ``scene_obs``), LeRobot's name for it."""
 IMAGES_PREFIX = "observation.images."
 """Prefix of camera features: ``observation.images.<camera>``."""
 ACTION_KEY = "action"

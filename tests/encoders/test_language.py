@@ -286,7 +286,7 @@ def test_clip_never_downloads_unless_asked():
 
 
 def _hub_cached(name: str) -> bool:
-    from mode_policy.encoders.language import _in_hf_cache
+    from mode_policy.encoders.language.clip import _in_hf_cache
 
     return _in_hf_cache(name)
 

@@ -78,3 +78,14 @@ def test_every_evaluator_writes_the_same_schema(metaworld_result, libero_result,
         assert EvalResult.load(result.save(tmp_path / f"{env}.json")) == result
         assert result.overall.episodes == sum(r.episodes for r in result.per_task.values())
         assert result.format_table().splitlines()[-1 - len(result.metrics)].startswith("overall")
+
+
+def test_saved_result_keeps_the_evaluation_order_and_formats_metric_lists(tmp_path):
+    from mode_policy.evaluation.result import EvalResult, TaskResult
+
+    result = EvalResult("calvin", {"zeta": TaskResult(1, 2), "alpha": TaskResult(2, 2)},
+                        metrics={"avg_len": 1.23456, "chain_success": [0.5, 0.25]})
+    loaded = EvalResult.load(result.save(tmp_path / "eval_info.json"))
+    assert list(loaded.per_task) == ["zeta", "alpha"]
+    table = loaded.format_table()
+    assert "avg_len: 1.235" in table and "chain_success: [0.500, 0.250]" in table

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
+from ..constants import ACTION_KEY, ENV_STATE_KEY, IMAGES_PREFIX, STATE_KEY
 from ..errors import ConfigError, DataError, DataNotFoundError
 from ..images import resize_images
 from .writer import DatasetWriter
@@ -69,7 +69,7 @@ FRAME_KEYS: dict[str, tuple[str, tuple[int, ...] | None]] = {
     "rgb_static": (STATIC, None),
     "rgb_gripper": (GRIPPER, None),
     "robot_obs": (STATE_KEY, (15,)),
-    "scene_obs": ("observation.environment_state", (24,)),
+    "scene_obs": (ENV_STATE_KEY, (24,)),
     "rel_actions": (ACTION_KEY, (7,)),
     "actions": ("absolute_action", (7,)),
 }
@@ -204,7 +204,7 @@ def features_for(static_shape: tuple[int, int], gripper_shape: tuple[int, int]) 
         STATIC: video(static_shape),
         GRIPPER: video(gripper_shape),
         STATE_KEY: {"dtype": "float32", "shape": [15], "names": list(ROBOT_OBS_NAMES)},
-        "observation.environment_state": {"dtype": "float32", "shape": [24], "names": list(SCENE_OBS_NAMES)},
+        ENV_STATE_KEY: {"dtype": "float32", "shape": [24], "names": list(SCENE_OBS_NAMES)},
         ACTION_KEY: {"dtype": "float32", "shape": [7], "names": list(ACTION_NAMES)},
         "absolute_action": {"dtype": "float32", "shape": [7], "names": list(ACTION_NAMES)},
     }

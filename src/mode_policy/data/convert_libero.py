@@ -22,7 +22,7 @@ Output features (names follow LeRobot's LIBERO datasets where they make sense):
 
 Image orientation. robosuite renders with the OpenGL convention, so LIBERO's stored
 images (and the simulator's observations) are upside down. Both this converter and
-:mod:`mode_policy.envs.libero_env` pass every image through
+:mod:`mode_policy.envs.libero` pass every image through
 :func:`mode_policy.images.libero_image_transform`, which rotates it by 180 degrees (flips
 rows and columns), the convention of LeRobot's ``HuggingFaceVLA/libero`` datasets, OpenVLA
 and openpi. Training data and evaluation observations therefore always match, also for

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..constants import IMAGES_PREFIX, STATE_KEY, TASK_KEY
+from ..constants import ENV_STATE_KEY, IMAGES_PREFIX, STATE_KEY, TASK_KEY
 from ..errors import ConfigError, SimulatorError
 from ..images import resize_images
 
@@ -364,7 +364,7 @@ def calvin_observation(
     }
     if include_scene_obs:
         scene = torch.as_tensor(np.asarray(obs["scene_obs"], np.float32))
-        batch["observation.environment_state"] = scene.reshape(1, -1).to(device)  # (1, 24)
+        batch[ENV_STATE_KEY] = scene.reshape(1, -1).to(device)  # (1, 24)
     for key in image_keys:
         image = np.asarray(obs["rgb_obs"][CAMERAS[key]])[None]  # (1, H, W, 3) uint8
         size = (image_sizes or {}).get(key)

@@ -141,6 +141,14 @@ class EvalResult:
         lo, hi = o.ci95
         rows.append(f"{'overall':<{width}} {o.success_rate:>8.3f} [{lo:.2f}, {hi:.2f}]  {o.episodes:>8}")
         for key, value in self.metrics.items():
-            text = f"{value:.3f}" if isinstance(value, float) else str(value)
-            rows.append(f"{key}: {text}")
+            rows.append(f"{key}: {_format_number(value)}")
         return "\n".join(rows)
+
+
+def _format_number(value: Any) -> str:
+    """Floats to 3 decimals, also inside lists (e.g. CALVIN's chain success rates)."""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format_number(v) for v in value) + "]"
+    return str(value)
