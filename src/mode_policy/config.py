@@ -14,11 +14,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .constants import IMAGES_PREFIX
 from .errors import ConfigError
+from .validation import check_choice, check_field_types, check_range
 
 ROUTING_MODES = ("noise", "token", "dense")
 SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
 SCHEDULES = ("exponential", "karras")
+VISION_DEPTHS = (18, 34, 50)
 
 
 @dataclass
@@ -120,13 +123,23 @@ class MoDEConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first inconsistent field."""
-        if self.routing not in ROUTING_MODES:
-            raise ConfigError(f"routing={self.routing!r}: expected one of {ROUTING_MODES}")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler={self.sampler!r}: expected one of {SAMPLERS}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule={self.schedule!r}: expected one of {SCHEDULES}")
+        """Raise ConfigError naming the first field of the wrong type, out of range, or inconsistent."""
+        check_field_types(self)
+        for name in ("action_dim", "goal_dim", "n_obs_steps", "horizon", "vision_width", "n_layers", "d_model",
+                     "n_heads", "num_experts", "mlp_ratio", "dense_mlp_ratio", "state_encoder_hidden",
+                     "num_inference_steps"):
+            check_range(self, name, 1)
+        for name in ("state_dim", "image_size", "image_shift_pad", "balance_loss_weight"):
+            check_range(self, name, 0)
+        for name in ("attn_dropout", "resid_dropout", "goal_dropout"):
+            check_range(self, name, 0, 1, high_open=True)
+        for name in ("init_std", "sigma_data", "train_sigma_scale", "karras_rho"):
+            check_range(self, name, 0, low_open=True)
+        check_choice(self, "routing", ROUTING_MODES)
+        check_choice(self, "sampler", SAMPLERS)
+        check_choice(self, "schedule", SCHEDULES)
+        if self.vision_depth not in VISION_DEPTHS:
+            raise ConfigError(f"vision_depth={self.vision_depth}: expected one of {VISION_DEPTHS}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.routing != "dense" and not 1 <= self.top_k <= self.num_experts:
@@ -135,10 +148,13 @@ class MoDEConfig:
             raise ConfigError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"need 0 < sigma_min ({self.sigma_min}) < sigma_max ({self.sigma_max})")
-        if self.num_inference_steps < 1:
-            raise ConfigError("num_inference_steps must be >= 1")
         if self.goal_encoder and "type" not in self.goal_encoder:
             raise ConfigError("goal_encoder must name its 'type' (minilm, clip or task)")
+        bad_keys = [k for k in self.image_keys if not k.startswith(IMAGES_PREFIX) or k == IMAGES_PREFIX]
+        if bad_keys:
+            raise ConfigError(f"image_keys {bad_keys}: camera keys look like {IMAGES_PREFIX}<camera>")
+        if len(set(self.image_keys)) != len(self.image_keys):
+            raise ConfigError(f"image_keys {self.image_keys} names a camera twice")
         if self.state_dim <= 0 and not self.image_keys:
             raise ConfigError("the policy needs observations: state_dim > 0 or image_keys")
 
@@ -273,8 +289,23 @@ class TrainConfig:
             raise ConfigError(f"unknown preset {self.preset!r}: choose from {', '.join(PRESETS)}")
         if self.policy is None:
             self.policy = get_preset(self.preset)
-        if self.language not in LANGUAGE_ENCODERS:
-            raise ConfigError(f"language={self.language!r}: expected one of {LANGUAGE_ENCODERS}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field of the wrong type or out of range."""
+        check_field_types(self)
+        self.policy.validate()
+        check_choice(self, "language", LANGUAGE_ENCODERS)
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "eval_episodes"):
+            check_range(self, name, 1)
+        for name in ("warmup_steps", "eval_every", "seed", "weight_decay"):
+            check_range(self, name, 0)
+        check_range(self, "lr", 0, low_open=True)
+        check_range(self, "grad_clip", 0, low_open=True)
+        check_range(self, "min_lr_ratio", 0, 1)
+        check_range(self, "ema_decay", 0, 1, high_open=True)
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas={self.betas}: each must be in [0, 1)")
 
     def policy_overrides(self) -> dict[str, Any]:
         """The policy fields whose value differs from the preset's (what the user chose)."""

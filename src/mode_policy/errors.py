@@ -36,3 +36,7 @@ class RunDirError(ModePolicyError, ValueError):
 
 class SimulatorError(ModePolicyError, RuntimeError):
     """A simulator (Meta-World, LIBERO, CALVIN) is missing, misconfigured or failed."""
+
+
+class TrainingError(ModePolicyError, RuntimeError):
+    """Training cannot go on: the loss or the weights became non-finite (lower the lr, check the data)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -45,3 +47,50 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any, sort_keys: bool = True) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before a long job, not after it, when ``path`` (a file or folder to create) cannot be written."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if path.exists() and not path.is_dir() and not os.access(path, os.W_OK):
+        raise ConfigError(f"cannot write {path}: it is read-only")
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write {path}: {folder} is not writable")
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Build a new ``path`` (a folder) in the ``with`` block without losing the old one first.
+
+    An existing, non-empty ``path`` is refused unless ``overwrite``; then it is renamed aside
+    (``.NAME.old``), and removed only once the block has succeeded. If the block fails, the
+    partial new output is removed and the old folder is put back; if the process is killed,
+    the old folder survives as ``.NAME.old`` beside it (and is restored by the next call)."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    aside = path.with_name(f".{path.name}.old")
+    if aside.exists() and not path.exists():  # a killed earlier replacement: bring the old output back
+        os.replace(aside, path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"{path} exists and is not empty (pass --overwrite to replace it)")
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(path, aside)
+    try:
+        yield path
+    except BaseException:
+        if aside.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(aside, path)
+        raise
+    if aside.exists():
+        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()

@@ -14,6 +14,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -190,9 +191,42 @@ class MoDEPolicy(nn.Module):
 
         ``noise`` (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here).
         """
+        batch = self.check_inputs(batch)
         cond = self.encode_condition(batch)  # encoders run once per chunk
         actions = self.denoiser.sample(cond, noise)  # (B, H, A), normalised
         return self.normalizer.unnormalize_action(actions.clamp(-1.0, 1.0))
+
+    def check_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The observation ``batch`` with numpy arrays as tensors; DataError naming the key for a
+        non-numeric or non-finite value, a batch size that differs between keys, or a task list
+        that does not match the batch."""
+        out = dict(batch)
+        sizes: dict[str, int] = {}
+        for key in (STATE_KEY, GOAL_KEY, *self.config.image_keys):
+            if key not in out:
+                continue
+            value = out[key]
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(np.ascontiguousarray(value))
+            if not torch.is_tensor(value):
+                raise DataError(f"{key} must be a tensor or numpy array, got {type(value).__name__}")
+            if value.dtype == torch.bool or value.is_complex():
+                raise DataError(f"{key} has dtype {value.dtype}; expected real numbers")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                rows = torch.nonzero(~torch.isfinite(value.reshape(value.shape[0], -1)).all(-1)).flatten().tolist()
+                raise DataError(f"{key} holds NaN or inf values (batch rows {rows[:8]})")
+            if value.dim() == 0:
+                raise DataError(f"{key} is a scalar; expected a batch (B, ...)")
+            sizes[key] = value.shape[0]
+            out[key] = value
+        if TASK_KEY in out:
+            tasks = out[TASK_KEY]
+            if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
+                raise DataError(f"{TASK_KEY} must be a list of instruction strings, one per batch row")
+            sizes[TASK_KEY] = len(tasks)
+        if len(set(sizes.values())) > 1:
+            raise DataError("batch sizes differ between inputs: " + ", ".join(f"{k}: {v}" for k, v in sizes.items()))
+        return out
 
     def reset(self) -> None:
         """Clear the action queue and observation history (call at episode start)."""
@@ -203,7 +237,12 @@ class MoDEPolicy(nn.Module):
     def select_action(self, observation: Mapping[str, Any]) -> Tensor:
         """One action (B, A) per call from one observation frame (state (B, S),
         images (B, H, W, 3)); re-plans a chunk when the queue is empty."""
-        frame = {k: v for k, v in observation.items()}
+        frame = self.check_inputs(observation)
+        if self._obs_history:
+            size = {k: v.shape[0] for k, v in frame.items() if torch.is_tensor(v)}
+            before = {k: v.shape[0] for k, v in self._obs_history[-1].items() if torch.is_tensor(v)}
+            if any(before.get(k, n) != n for k, n in size.items()):
+                raise DataError(f"select_action: the batch size changed ({before} -> {size}) without reset()")
         if not self._obs_history:
             self._obs_history.extend([frame] * self.config.n_obs_steps)
         else:
@@ -285,6 +324,10 @@ class MoDEPolicy(nn.Module):
             problems.append("shape mismatch: " + "; ".join(mismatched[:8]))
         if problems:
             raise CheckpointError(f"{source} does not fit the model config: " + " | ".join(problems))
+        broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise CheckpointError(f"{source} holds NaN or inf weights in {', '.join(broken[:8])}"
+                                  + (" ..." if len(broken) > 8 else "") + " (training diverged?)")
         self.load_state_dict(tensors, strict=True)
 
 

@@ -126,6 +126,34 @@ class RunDir:
     def is_empty(self) -> bool:
         return not self.root.exists() or not any(self.root.iterdir())
 
+    def is_stub(self) -> bool:
+        """True for what a run that failed before its first checkpoint leaves: only run files
+        (config, stats, metrics, TensorBoard), no checkpoint and no model. Safe to start over."""
+        if self.is_empty() or self.latest_pointer.exists() or self.model.exists():
+            return False
+        stub_files = {p.name for p in (self.config, self.stats, self.metrics, self.evals, self.tensorboard,
+                                       self.summary, self.checkpoints)}
+        return all(p.name in stub_files for p in self.root.iterdir()) and not any(
+            p for p in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
+        )
+
+    def clear_stub(self) -> None:
+        """Remove what :meth:`is_stub` describes (nothing else)."""
+        if not self.is_stub():
+            raise RunDirError(f"{self.root} is not the stub of a failed run; refusing to clear it")
+        for path in self.root.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def prepare_resume(self, step: int) -> None:
+        """Before continuing from checkpoint ``step``: drop half-written checkpoint folders and
+        the metrics / eval records of steps after it (they will be logged again)."""
+        for tmp in self.checkpoints.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        for path, records in ((self.metrics, self.read_metrics()), (self.evals, self.read_evals())):
+            if path.is_file():
+                kept = [r for r in records if r.get("step", 0) <= step]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
     @staticmethod
     def model_dir(path: str | os.PathLike) -> Path:
         """The saved-model folder of ``path``: ``path/model`` for a run directory, else ``path``."""

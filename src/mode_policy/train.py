@@ -21,7 +21,7 @@ import torch.distributed as dist
 from .config import PRESETS, TrainConfig, get_preset
 from .data.windows import EpisodeData, WindowSampler, dataset_cameras, load_episodes
 from .ema import EMA
-from .errors import CheckpointError, ConfigError, DataError, DataNotFoundError, RunDirError
+from .errors import CheckpointError, ConfigError, DataError, DataNotFoundError, RunDirError, TrainingError
 from .policy import MoDEPolicy
 from .run_dir import TRAINING_STATE, RunDir
 
@@ -40,13 +40,51 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def _device(spec: str, local_rank: int) -> torch.device:
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'; ConfigError for anything this machine lacks."""
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device={spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={spec!r}: this machine has no CUDA device (use device=cpu or auto)")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={spec!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise ConfigError(f"device={spec!r}: expected auto, cpu, cuda or cuda:N")
     return device
+
+
+#: TrainConfig fields a resumed run may change: they do not alter what is being optimised.
+RESUMABLE_CHANGES = ("steps", "dataset", "progress", "device", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "eval_every", "eval_episodes")
+
+
+def resumed_config(saved: TrainConfig, given: TrainConfig, where: str) -> tuple[TrainConfig, list[str]]:
+    """The config to continue a run with: ``saved``, with the fields of ``given`` that
+    :data:`RESUMABLE_CHANGES` allows. RunDirError listing every other difference (a resumed run
+    must optimise the same thing); also returns the changes, as lines to tell the user."""
+    conflicts = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in RESUMABLE_CHANGES or f.name in ("policy", "output_dir"):
+            continue
+        if getattr(given, f.name) != getattr(saved, f.name):
+            conflicts.append(f"{f.name}: the run has {getattr(saved, f.name)!r}, given {getattr(given, f.name)!r}")
+    saved_policy = saved.policy.to_dict()
+    for key, value in given.policy_overrides().items():
+        if saved_policy[key] != value and key not in ("goal_encoder",):
+            conflicts.append(f"policy.{key}: the run has {saved_policy[key]!r}, given {value!r}")
+    if conflicts:
+        raise RunDirError(f"--resume of {where} with a different configuration (start a new run instead): "
+                          + "; ".join(conflicts))
+    changes = {name: getattr(given, name) for name in RESUMABLE_CHANGES if getattr(given, name) != getattr(saved, name)}
+    notes = [f"{name}: {getattr(saved, name)!r} -> {value!r}" for name, value in changes.items() if name != "progress"]
+    return dataclasses.replace(saved, **changes), notes
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -173,20 +211,27 @@ def _load_training_state(path: Path) -> dict[str, Any]:
 def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None) -> Path:
     """Train a MoDE policy on ``cfg.dataset``; returns the run directory."""
     rank, local_rank, world = _distributed()
-    device = _device(cfg.device, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     run = RunDir(cfg.output_dir)
     if not Path(cfg.dataset).exists():
         raise DataNotFoundError(f"dataset folder not found: {cfg.dataset}")
+    if run.root.exists() and not run.root.is_dir():
+        raise RunDirError(f"output_dir {run.root} is a file, not a run directory")
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
     latest = run.latest_checkpoint() if resume else None
     if resume and latest is None:
-        raise RunDirError(f"--resume: no checkpoint in {run.checkpoints}")
+        hint = " (the run stopped before its first checkpoint: start it again without --resume)" if run.is_stub() else ""
+        raise RunDirError(f"--resume: no checkpoint in {run.checkpoints}{hint}")
     if not resume and not run.is_empty():
-        raise RunDirError(f"run directory {run.root} is not empty (use --resume to continue it)")
-    if latest is not None:  # the saved config wins, except the dataset location and step budget
+        if not run.is_stub():
+            raise RunDirError(f"run directory {run.root} is not empty (use --resume to continue it)")
+        if rank == 0:
+            run.clear_stub()  # a run that failed before its first checkpoint left only its run files
+    resume_notes: list[str] = []
+    if latest is not None:
         saved = TrainConfig.from_run_dict(run.read_config(), str(run.config))
-        cfg = dataclasses.replace(saved, dataset=cfg.dataset, steps=cfg.steps, progress=cfg.progress)
+        cfg, resume_notes = resumed_config(saved, cfg, str(run.root))
 
     torch.manual_seed(cfg.seed + rank)
     image_keys = select_image_keys(cfg, list(dataset_cameras(cfg.dataset)))
@@ -222,6 +267,14 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         data_gen.set_state(state["data_rng"][rank] if rank < len(state["data_rng"]) else state["data_rng"][0])
         torch.set_rng_state(state["torch_rng"][rank] if rank < len(state["torch_rng"]) else state["torch_rng"][0])
         step = state["step"]
+        if step >= cfg.steps:
+            raise RunDirError(f"--resume: {run.root} is already at step {step}; give a larger steps (now {cfg.steps})")
+        if data.stats() != run.read_stats():
+            raise RunDirError(f"--resume: dataset {cfg.dataset} has other normalisation statistics than "
+                              f"{run.stats} (a different dataset): start a new run instead")
+        if rank == 0:
+            run.prepare_resume(step)
+            print(f"resuming {run.root} at step {step}" + (": " + "; ".join(resume_notes) if resume_notes else ""))
 
     writer = None
     if rank == 0:
@@ -263,10 +316,17 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         frames = torch.randint(0, len(sampler), (per_rank,), generator=data_gen)
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in sampler.batch(frames).items()}
-        with autocast:
-            loss, info = model(batch)
+        try:
+            with autocast:
+                loss, info = model(batch)
+        except RuntimeError as err:  # e.g. the routers' sampling refuses non-finite probabilities
+            diverged = "nan" in str(err).lower() or "inf" in str(err).lower()
+            if not diverged and all(torch.isfinite(p).all() for p in policy.parameters()):
+                raise
+            raise TrainingError(f"training diverged before step {step + 1} (non-finite values with lr={cfg.lr:g}); "
+                                "lower the lr or check the data") from err
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the lr or check the data")
+            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower the lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)

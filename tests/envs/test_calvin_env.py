@@ -1,5 +1,6 @@
-"""CALVIN wrapper logic that needs no simulator: task tables, chain generation (the official
-list), initial scene states, observation and action mapping, the missing-simulator error.
+"""CALVIN wrapper logic that needs no simulator: task tables, the published validation
+instructions, chain generation (the official list), initial scene states, observation and
+action mapping, the missing-simulator error.
 The protocol loop and scoring are tested in tests/evaluation/test_eval_calvin.py."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,12 +24,14 @@ from mode_policy.envs.calvin import (
     fnv1_32,
     get_env_state_for_initial_condition,
     get_sequences,
-    import_calvin_env,
     initial_conditions,
     to_env_action,
     valid_chain,
 )
+from mode_policy.envs.calvin_sim import import_calvin_env
 from mode_policy.errors import ConfigError, SimulatorError
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "calvin"
 
 # The official calvin_agent get_sequences(10), computed with the official algorithm.
 # (red, blue, pink block placement, tasks); led/lightbulb 0, slider right, drawer closed for all ten.
@@ -67,11 +71,6 @@ def test_task_tables() -> None:
     ]
     for table in (TASK_CATEGORIES, TASK_ORACLE_SPEC, VAL_INSTRUCTIONS):
         assert set(table) == set(CALVIN_TASKS)
-    assert VAL_INSTRUCTIONS["rotate_red_block_right"] == "rotate the red block to the right"
-    assert VAL_INSTRUCTIONS["move_slider_left"] == "slide the door to the left"
-    assert VAL_INSTRUCTIONS["lift_blue_block_drawer"] == "grasp the blue block in the drawer"
-    assert VAL_INSTRUCTIONS["lift_pink_block_slider"] == "pick up the pink block in the sliding cabinet"
-    assert VAL_INSTRUCTIONS["turn_on_led"] == "turn on the led light"
     assert TASK_ORACLE_SPEC["push_blue_block_left"] == ["push_object", "block_blue", -0.1, 0]
     assert TASK_ORACLE_SPEC["lift_red_block_slider"] == ["lift_object", "block_red", 0.03, "table", "plank_link"]
     assert TASK_ORACLE_SPEC["rotate_pink_block_right"] == ["rotate_object", "block_pink", -60]
@@ -100,6 +99,25 @@ def test_valid_chain_rules() -> None:
     assert valid_chain(scene, ["lift_pink_block_slider"])  # pink sits in the left spot, slider is right
     assert not valid_chain(scene, ["move_slider_left", "lift_pink_block_slider"])  # now covered by the door
     assert not valid_chain(scene, ["open_drawer", "push_into_drawer"])  # two blocks on the table: ambiguous
+
+
+def test_instructions_are_the_published_validation_annotations() -> None:
+    """Each instruction equals the first (only) annotation of its task in mees/calvin's
+    new_playtable_validation.yaml, as stored in tests/fixtures/calvin/annotations.json (with the
+    commit and the blob id git lists for the file), none is a training annotation."""
+    fixture = json.loads((FIXTURES / "annotations.json").read_text())
+    assert fixture["repository"] == "mees/calvin"
+    assert fixture["commit"] == "fa03f01f19c65920e18cf37398a9ce859274af76"
+    validation, training = fixture["files"]["validation"], fixture["files"]["training"]
+    assert validation["path"] == "calvin_models/conf/annotations/new_playtable_validation.yaml"
+    assert validation["blob"] == "31d8285a8ebc3702026ddcc09dd666f063122a5f"
+    published = validation["annotations"]
+    assert list(published) == CALVIN_TASKS  # the file lists the tasks in the official order
+    assert all(len(texts) == 1 for texts in published.values())
+    assert VAL_INSTRUCTIONS == {task: texts[0] for task, texts in published.items()}
+    assert VAL_INSTRUCTIONS["lift_red_block_drawer"] == "Take the red block from the drawer"
+    for task, text in VAL_INSTRUCTIONS.items():
+        assert text not in training["annotations"][task]
 
 
 # ---------------------------------------------------------------------------------- chains
@@ -194,5 +212,5 @@ def test_observation_and_action_mapping() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("calvin_env") is not None, reason="calvin_env is installed")
 def test_missing_calvin_env_gives_install_steps() -> None:
-    with pytest.raises(SimulatorError, match=r"git clone --recursive https://github.com/mees/calvin_env\.git"):
+    with pytest.raises(SimulatorError, match=r"scripts/install_calvin\.sh"):
         import_calvin_env()

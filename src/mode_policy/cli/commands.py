@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from ..config import MoDEConfig, get_preset, preset_overrides
 from ..errors import ConfigError
+from ..fileio import check_writable, replacing
+from ..validation import check_range
 from .main import Command
 
 
@@ -86,15 +88,22 @@ class DemosOptions:
     image_size: int = 64
     """Side of the square camera images in pixels."""
 
+    def __post_init__(self) -> None:
+        for name in ("episodes", "workers", "image_size"):
+            check_range(self, name, 1)
+        check_range(self, "seed", 0)
+
 
 def run_demos(opts: DemosOptions) -> int:
     from ..demos import generate_demos
     from ..envs.metaworld import resolve_tasks
 
+    check_writable(opts.out)
     tasks = resolve_tasks(opts.tasks)
     cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()]
-    out = generate_demos(opts.out, tasks, opts.episodes, seed=opts.seed, workers=opts.workers,
-                         overwrite=opts.overwrite, progress=True, cameras=cameras, image_size=opts.image_size)
+    with replacing(opts.out, opts.overwrite) as target:
+        out = generate_demos(target, tasks, opts.episodes, seed=opts.seed, workers=opts.workers,
+                             overwrite=True, progress=True, cameras=cameras, image_size=opts.image_size)
     images = f" with {opts.image_size} px images from {', '.join(cameras)}" if cameras else ""
     print(f"wrote {len(tasks)} tasks x {opts.episodes} successful expert episodes{images} to {out}")
     return 0
@@ -121,14 +130,16 @@ def run_convert(opts: ConvertOptions) -> int:
         raise ConfigError(f"convert: format {opts.format!r}: expected 'libero' or 'calvin'")
     if not opts.source or not opts.out:
         raise ConfigError("convert needs a source and --out, e.g. `mode-policy convert libero data.hdf5 --out ds`")
-    if opts.format == "libero":
-        from ..data.convert_libero import convert_libero
+    check_writable(opts.out)
+    with replacing(opts.out, opts.overwrite) as target:
+        if opts.format == "libero":
+            from ..data.convert_libero import convert_libero
 
-        out = convert_libero(opts.source, opts.out, overwrite=opts.overwrite, image_size=opts.image_size)
-    else:
-        from ..data.convert_calvin import convert_calvin
+            out = convert_libero(opts.source, target, overwrite=True, image_size=opts.image_size)
+        else:
+            from ..data.convert_calvin import convert_calvin
 
-        out = convert_calvin(opts.source, opts.out, overwrite=opts.overwrite)
+            out = convert_calvin(opts.source, target, overwrite=True)
     print(f"wrote {out}")
     return 0
 
@@ -199,6 +210,7 @@ def run_bench(opts: BenchOptions) -> int:
 
     from ..bench import bench_latency, format_latency
 
+    check_range(opts, "threads", 0)
     if opts.what != "latency":
         raise ConfigError(f"bench: unknown benchmark {opts.what!r} (available: latency)")
     if opts.threads:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError
+from ..fileio import check_writable, replacing
 from ..run_dir import RunDir
+from ..validation import check_range
 from .main import Command
 
 
@@ -45,12 +45,29 @@ def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
     return run
 
 
+def _saved_with_given_flags(cfg: TrainConfig) -> TrainConfig:
+    """For ``--resume``: the run's saved config with only the flags the user gave (those that differ
+    from the defaults) applied; :func:`mode_policy.train.resumed_config` then refuses the ones a
+    resumed run may not change."""
+    run = RunDir(cfg.output_dir)
+    saved = TrainConfig.from_run_dict(run.read_config(), str(run.config))
+    defaults = TrainConfig(preset=cfg.preset)
+    given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name not in ("policy", "preset") and getattr(cfg, f.name) != getattr(defaults, f.name)}
+    if cfg.preset != TrainConfig.preset:
+        given["preset"] = cfg.preset
+    policy = dataclasses.replace(saved.policy, **cfg.policy_overrides())
+    return dataclasses.replace(saved, **given, policy=policy)
+
+
 def run_train(opts: TrainOptions) -> int:
     from ..train import train
 
     if not opts.dataset:
         raise ConfigError("train needs --dataset=PATH (a LeRobot-format dataset folder)")
     cfg = TrainConfig(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig)})
+    if opts.resume and RunDir(cfg.output_dir).config.is_file():
+        cfg = _saved_with_given_flags(cfg)
     eval_fn = None
     if cfg.eval_every:
         tasks = _dataset_metaworld_tasks(cfg.dataset)
@@ -92,19 +109,14 @@ class EvalOptions:
     out: str | None = None
     """Result file (default: RUN_DIR/eval_info.json for a run directory, else ./eval_info.json)."""
 
+    def __post_init__(self) -> None:
+        for name in ("episodes", "batch_size"):
+            check_range(self, name, 1)
+        for name in ("steps", "videos", "seed"):
+            check_range(self, name, 0)
+
 
 LIBERO_SUITES = ("libero_10", "libero_90", "libero_goal", "libero_spatial", "libero_object")
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before a long evaluation, not after it, when ``path`` cannot be written."""
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ConfigError(f"cannot write {path}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"cannot write {path}: {folder} is not writable")
 
 
 def run_eval(opts: EvalOptions) -> int:
@@ -119,9 +131,11 @@ def run_eval(opts: EvalOptions) -> int:
     model_dir = RunDir.model_dir(opts.path)
     run = RunDir.of_model(model_dir)
     out = Path(opts.out) if opts.out else (run.eval_info if run is not None else Path("eval_info.json"))
-    _check_writable(out)
+    check_writable(out)
     video_dir = out.parent / "videos" if opts.videos else None
-    policy = MoDEPolicy.from_pretrained(model_dir, map_location=opts.device)
+    from ..train import resolve_device
+
+    policy = MoDEPolicy.from_pretrained(model_dir, map_location=resolve_device(opts.device))
     if opts.steps:
         policy.config.num_inference_steps = opts.steps
     headline = ""
@@ -149,8 +163,8 @@ def run_eval(opts: EvalOptions) -> int:
         result = evaluate_metaworld(policy, tasks, opts.episodes, seed=opts.seed, batch_size=opts.batch_size,
                                     video_dir=video_dir, videos_per_task=opts.videos)
     result.policy = str(model_dir)
+    print(headline + result.format_table())  # printed first: a failed write does not lose the results
     result.save(out)
-    print(headline + result.format_table())
     print(f"wrote {out} ({result.wall_s:.0f} s)")
     return 0
 
@@ -176,11 +190,24 @@ class QuickstartOptions:
     """Training settings (``--train.steps=...``, ``--train.policy.d_model=...``); dataset and
     output_dir are set by the quickstart."""
 
+    def __post_init__(self) -> None:
+        for name in ("episodes", "eval_episodes", "workers"):
+            check_range(self, name, 1)
+
 
 QUICKSTART_TRAIN_DEFAULTS = {"steps": 2000, "lr": 5e-4, "batch_size": 256, "checkpoint_every": 500}
 
 
 def run_quickstart(opts: QuickstartOptions) -> int:
+    out = Path(opts.out)
+    check_writable(out)
+    if opts.train.dataset or opts.train.output_dir != TrainConfig.output_dir:
+        raise ConfigError("quickstart sets --train.dataset and --train.output_dir itself (under --out)")
+    with replacing(out, opts.overwrite):
+        return _quickstart(opts, out)
+
+
+def _quickstart(opts: QuickstartOptions, out: Path) -> int:
     from ..demos import generate_demos
     from ..envs.metaworld import resolve_tasks
     from ..evaluation.metaworld import evaluate_metaworld
@@ -188,13 +215,6 @@ def run_quickstart(opts: QuickstartOptions) -> int:
     from ..report import write_report
     from ..train import train
 
-    out = Path(opts.out)
-    if opts.train.dataset or opts.train.output_dir != TrainConfig.output_dir:
-        raise ConfigError("quickstart sets --train.dataset and --train.output_dir itself (under --out)")
-    if not RunDir(out).is_empty() and not opts.overwrite:
-        raise RunDirError(f"{out} is not empty (pass --overwrite=true to replace it)")
-    if out.exists() and opts.overwrite:
-        shutil.rmtree(out)
     tasks = resolve_tasks(opts.tasks)
     timings = {}
     start = time.perf_counter()

@@ -1,4 +1,22 @@
-"""Feature statistics of a LeRobotDataset: per episode, aggregated, and meta/stats.json."""
+"""Feature statistics of a LeRobotDataset: per episode, aggregated, and meta/stats.json.
+
+Names, shapes and estimators follow LeRobot 0.6.1 (``lerobot/datasets/compute_stats.py``),
+so that LeRobot can append episodes to our datasets and read them back:
+
+- per episode and feature: ``min, max, mean, std, count, q01, q10, q50, q90, q99``;
+- quantiles come from a 5000-bin histogram per dimension over the episode's
+  ``[min - 1e-10, max + 1e-10]``, reading off where the cumulative count, linear inside
+  the bin, reaches ``q * count`` (a target in the first bin gives that bin's left edge).
+  Such a value lies in the same bin as the sample quantile
+  ``np.quantile(x, q, method="inverted_cdf")``, so the two differ by at most one bin
+  width, ``(max - min + 2e-10) / 5000``;
+- episodes of one frame get ``q* = mean``;
+- aggregated quantiles are the count-weighted mean of the episodes' quantiles (as LeRobot
+  aggregates them; not the quantiles of the pooled frames), kept only when every episode has them;
+- cameras: per-channel statistics of shape (3, 1, 1) in [0, 1], from evenly spaced frames
+  (100 per episode, ``int(T ** 0.75)`` beyond 464 frames, at most 10,000); ``count`` is the
+  number of frames used. Frames of 300 px or more are subsampled with a stride, as LeRobot does.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +36,78 @@ from .metadata import (
 )
 
 Stats = dict[str, dict[str, np.ndarray]]
-"""``{feature: {"min", "max", "mean", "std", "count", ...}: array}``."""
+"""``{feature: {"min", "max", "mean", "std", "count", "q01", ..., "q99"}: array}``."""
 
-_IMAGE_SAMPLES = 100  # frames per episode sampled for image statistics (as LeRobot)
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+QUANTILE_NAMES = tuple(f"q{round(q * 100):02d}" for q in QUANTILES)  # q01 q10 q50 q90 q99
+QUANTILE_BINS = 5000
+_EDGE_PAD = 1e-10  # histogram range padding beyond the episode's min and max
 _STAT_NAMES = ("min", "max", "mean", "std", "count")
+_IMAGE_MIN_SAMPLES, _IMAGE_MAX_SAMPLES, _IMAGE_SAMPLE_POWER = 100, 10_000, 0.75
+_IMAGE_DOWNSAMPLE_FROM, _IMAGE_DOWNSAMPLE_TARGET = 300, 150  # px
+
+
+def histogram_quantiles(data: np.ndarray) -> np.ndarray:
+    """Quantiles ``QUANTILES`` of each column of ``data`` (N, D), N >= 1 -> (len(QUANTILES), D).
+
+    The histogram estimator described in the module docstring."""
+    n, dims = data.shape
+    targets = np.asarray(QUANTILES) * n  # (Q,)
+    out = np.empty((len(QUANTILES), dims))
+    for j in range(dims):
+        col = data[:, j]
+        lo, hi = float(col.min()) - _EDGE_PAD, float(col.max()) + _EDGE_PAD
+        counts, edges = np.histogram(col, bins=QUANTILE_BINS, range=(lo, hi))  # (bins,), (bins + 1,)
+        cum = np.cumsum(counts)
+        idx = np.minimum(np.searchsorted(cum, targets), QUANTILE_BINS - 1)  # first bin reaching the target
+        before = np.where(idx > 0, cum[idx - 1], 0)
+        in_bin = np.maximum(cum[idx] - before, 1)  # > 0 whenever idx > 0
+        value = edges[idx] + (targets - before) / in_bin * (edges[idx + 1] - edges[idx])
+        out[:, j] = np.where(idx == 0, edges[0], value)
+    return out
+
+
+def _vector_stats(data: np.ndarray, shape: Sequence[int], count: int) -> dict[str, np.ndarray]:
+    """min/max/mean/std/count/q* of ``data`` (N, D), each reshaped to ``shape`` (count: (1,))."""
+    mean = data.mean(axis=0)
+    stats = {
+        "min": data.min(axis=0).reshape(shape),
+        "max": data.max(axis=0).reshape(shape),
+        "mean": mean.reshape(shape),
+        "std": data.std(axis=0).reshape(shape),
+        "count": np.array([count]),
+    }
+    quantiles = histogram_quantiles(data) if len(data) >= 2 else np.broadcast_to(mean, (len(QUANTILES), len(mean)))
+    for name, q in zip(QUANTILE_NAMES, quantiles):
+        stats[name] = np.array(q).reshape(shape)
+    return stats
+
+
+def image_sample_indices(length: int) -> np.ndarray:
+    """Evenly spaced frame indices used for a camera's episode statistics (LeRobot's rule)."""
+    wanted = max(min(length, _IMAGE_MIN_SAMPLES), min(int(length**_IMAGE_SAMPLE_POWER), _IMAGE_MAX_SAMPLES))
+    return np.round(np.linspace(0, length - 1, wanted)).astype(int)
+
+
+def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel stats (3, 1, 1) in [0, 1] of uint8 frames (T, H, W, 3)."""
+    pick = image_sample_indices(len(frames))
+    images = frames[pick]  # (K, H, W, 3)
+    height, width = images.shape[1:3]
+    if max(height, width) >= _IMAGE_DOWNSAMPLE_FROM:
+        step = int(max(height, width) / _IMAGE_DOWNSAMPLE_TARGET)
+        images = images[:, ::step, ::step]
+    pixels = images.reshape(-1, 3).astype(np.float64)  # (K * H * W, 3) in 0..255
+    stats = _vector_stats(pixels, (3, 1, 1), len(pick))
+    return {k: v if k == "count" else v / 255.0 for k, v in stats.items()}
 
 
 def compute_stats(frames: Mapping[str, np.ndarray], features: Mapping[str, Mapping[str, Any]]) -> Stats:
-    """LeRobot-style statistics of one episode: ``{feature: {min, max, mean, std, count}}``.
+    """Statistics of one episode: ``{feature: {min, max, mean, std, count, q01..q99}}``.
 
-    Numeric features (T, *shape) give stats of shape ``shape``; video/image
-    features (T, H, W, 3) uint8 give per-channel stats of shape (3, 1, 1) with
-    values in [0, 1], from at most 100 evenly sampled frames (like LeRobot).
-    Keys not in ``features`` (or of string dtype) are skipped."""
+    Numeric features (T, *shape) give stats of shape ``shape``; video/image features
+    (T, H, W, 3) uint8 give per-channel stats (3, 1, 1). Keys not in ``features``
+    (or of string dtype) are skipped."""
     stats: Stats = {}
     for key, values in frames.items():
         ft = features.get(key)
@@ -38,29 +115,17 @@ def compute_stats(frames: Mapping[str, np.ndarray], features: Mapping[str, Mappi
             continue
         values = np.asarray(values)
         if ft.get("dtype") in ("video", "image"):
-            pick = np.unique(np.round(np.linspace(0, len(values) - 1, min(len(values), _IMAGE_SAMPLES))).astype(int))
-            data = values[pick].astype(np.float64) / 255.0  # (K, H, W, 3)
-            stats[key] = {
-                "min": data.min(axis=(0, 1, 2)).reshape(3, 1, 1),
-                "max": data.max(axis=(0, 1, 2)).reshape(3, 1, 1),
-                "mean": data.mean(axis=(0, 1, 2)).reshape(3, 1, 1),
-                "std": data.std(axis=(0, 1, 2)).reshape(3, 1, 1),
-                "count": np.array([len(pick)]),
-            }
+            stats[key] = _image_stats(values)
         elif numeric_dtype(ft) is not None:
-            data = values.reshape(len(values), *[int(s) for s in ft["shape"]]).astype(np.float64)  # (T, *shape)
-            stats[key] = {
-                "min": data.min(axis=0),
-                "max": data.max(axis=0),
-                "mean": data.mean(axis=0),
-                "std": data.std(axis=0),
-                "count": np.array([len(data)]),
-            }
+            shape = [int(s) for s in ft["shape"]]
+            data = values.reshape(len(values), -1).astype(np.float64)  # (T, prod(shape))
+            stats[key] = _vector_stats(data, shape, len(data))
     return stats
 
 
 def aggregate_stats(stats_list: Sequence[Mapping[str, Mapping[str, np.ndarray]]]) -> Stats:
-    """Combine per-episode statistics (count-weighted mean, pooled std, global min/max)."""
+    """Combine per-episode statistics: count-weighted mean, pooled std, global min/max,
+    count-weighted mean of each quantile present in every part."""
     out: Stats = {}
     keys = dict.fromkeys(k for stats in stats_list for k in stats)
     for key in keys:
@@ -81,6 +146,10 @@ def aggregate_stats(stats_list: Sequence[Mapping[str, Mapping[str, np.ndarray]]]
             "std": np.sqrt(var),
             "count": np.array([int(total)]),
         }
+        for name in QUANTILE_NAMES:
+            if all(name in p for p in parts):
+                values = np.stack([np.asarray(p[name], dtype=np.float64) for p in parts])  # (P, *shape)
+                out[key][name] = (values * w).sum(axis=0) / total
     return out
 
 

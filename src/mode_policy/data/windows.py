@@ -94,17 +94,37 @@ def load_episodes(
         if not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).any(-1).nonzero()[0])
             raise DataError(f"dataset {root}: {name} contains NaN/inf (first at frame {bad})")
-    tasks = sorted(set(ds.episode_tasks))
-    task_of = {t: i for i, t in enumerate(tasks)}
     bounds = np.asarray(ds.episode_bounds, dtype=np.int64)
+    episode_tasks = _episode_instructions(ds, bounds, root)
+    tasks = sorted(set(episode_tasks))
+    task_of = {t: i for i, t in enumerate(tasks)}
     start = torch.empty(ds.num_frames, dtype=torch.long)
     end = torch.empty(ds.num_frames, dtype=torch.long)
     task_index = torch.empty(ds.num_frames, dtype=torch.long)
-    for (lo, hi), task in zip(bounds.tolist(), ds.episode_tasks):
+    for (lo, hi), task in zip(bounds.tolist(), episode_tasks):
         start[lo:hi], end[lo:hi], task_index[lo:hi] = lo, hi, task_of[task]
     cameras = {k: tuple(ft["shape"]) for k, ft in ds.features.items() if ft["dtype"] in PICTURE_DTYPES}
     images = _decode_cameras(ds, list(dict.fromkeys(image_keys or [])), cameras, progress)
     return EpisodeData(state, action, start, end, task_index, tasks, bounds, images, cameras)
+
+
+def _episode_instructions(ds: DatasetReader, bounds: np.ndarray, root: str | Path) -> list[str]:
+    """Each episode's instruction: from the episode metadata, else from its frames' ``task_index``
+    (LeRobot's two places for it); DataError when an episode has neither, rather than training
+    it under an empty instruction."""
+    tasks = list(ds.episode_tasks)
+    missing = [i for i, t in enumerate(tasks) if not t.strip()]
+    if missing and "task_index" in ds.features and ds.tasks:
+        frame_tasks = ds.column("task_index").reshape(-1)
+        for i in missing:
+            index = int(frame_tasks[bounds[i][0]])
+            if 0 <= index < len(ds.tasks):
+                tasks[i] = ds.tasks[index]
+        missing = [i for i, t in enumerate(tasks) if not t.strip()]
+    if missing:
+        raise DataError(f"dataset {root}: episode(s) {missing[:8]} have no task instruction (neither in the "
+                        "episode metadata nor through task_index); MoDE is conditioned on it")
+    return tasks
 
 
 def _decode_cameras(

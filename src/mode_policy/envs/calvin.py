@@ -15,43 +15,32 @@ and the simulator's observations and actions, as in the official
   [0, 1]; ``scene_obs`` is privileged and only given when asked for) and CALVIN's relative
   actions with the gripper binarised to -1/1.
 
-The protocol loop and its scoring are :mod:`mode_policy.evaluation.calvin`.
-``calvin_env`` (with pybullet) is not on the package registries; :func:`import_calvin_env`
-explains how to install it. Everything else here is pure Python and tested without it.
-"""
+Pure Python, tested without the simulator. Building ``calvin_env``'s environment is
+:mod:`mode_policy.envs.calvin_sim`; the protocol loop and its scoring are
+:mod:`mode_policy.evaluation.calvin`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from itertools import product
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..constants import ENV_STATE_KEY, IMAGES_PREFIX, STATE_KEY, TASK_KEY
-from ..errors import ConfigError, SimulatorError
+from ..errors import ConfigError
 from ..images import resize_images
 
 __all__ = [
-    "CALVIN_TASKS", "CAMERAS", "CHAIN_LENGTH", "INSTALL_HINT", "NUM_SEQUENCES", "TASK_CATEGORIES",
-    "TASK_ORACLE_SPEC", "VAL_INSTRUCTIONS", "calvin_observation", "fnv1_32", "get_env_state_for_initial_condition",
-    "get_sequences", "import_calvin_env", "initial_conditions", "make_calvin_env", "to_env_action", "valid_chain",
+    "CALVIN_TASKS", "CAMERAS", "CHAIN_LENGTH", "NUM_SEQUENCES", "TASK_CATEGORIES", "TASK_ORACLE_SPEC",
+    "VAL_INSTRUCTIONS", "calvin_observation", "fnv1_32", "get_env_state_for_initial_condition", "get_sequences",
+    "initial_conditions", "to_env_action", "valid_chain",
 ]
 
 NUM_SEQUENCES = 1000
 CHAIN_LENGTH = 5
-INSTALL_HINT = (
-    "calvin_env is not on PyPI. Install it from source (Python 3.8-3.10 recommended by its authors):\n"
-    "  git clone --recursive https://github.com/mees/calvin_env.git\n"
-    "  pip install -e calvin_env/tacto && pip install -e calvin_env\n"
-    "and download a CALVIN dataset (its validation/ folder holds the env config, .hydra/merged_config.yaml): "
-    "see https://github.com/mees/calvin/tree/main/dataset"
-)
-
 # --------------------------------------------------------------------------------------
 # Symbolic task model (for chain generation), in the official task order
 # --------------------------------------------------------------------------------------
@@ -307,42 +296,35 @@ TASK_ORACLE_SPEC: dict[str, list[Any]] = {
                          "table", "drawer_link"],
 }
 
-#: The instruction given for each task (``conf/annotations/new_playtable_validation.yaml``).
+#: The instruction given for each task in evaluation: the (only) validation annotation of
+#: ``calvin_models/conf/annotations/new_playtable_validation.yaml`` in ``mees/calvin``
+#: (commit fa03f01f), as the official evaluation gives it; verbatim, capital letters included.
 VAL_INSTRUCTIONS: dict[str, str] = {
-    **{f"{v}_{b}_block_{s}": f"{v} the {b} block to the {s}" for v in ("rotate", "push") for b in _BLOCKS
+    **{f"rotate_{b}_block_{s}": f"take the {b} block and rotate it to the {s}" for b in _BLOCKS
        for s in ("right", "left")},
-    "move_slider_left": "slide the door to the left",
-    "move_slider_right": "slide the door to the right",
-    "open_drawer": "open the drawer",
-    "close_drawer": "close the drawer",
-    **{f"lift_{b}_block_table": f"pick up the {b} block" for b in _BLOCKS},
-    **{f"lift_{b}_block_slider": f"pick up the {b} block in the sliding cabinet" for b in _BLOCKS},
-    **{f"lift_{b}_block_drawer": f"grasp the {b} block in the drawer" for b in _BLOCKS},
-    "place_in_slider": "put the block in the sliding cabinet",
-    "place_in_drawer": "put the block in the drawer",
-    "push_into_drawer": "push the block into the drawer",
-    "stack_block": "stack the blocks",
-    "unstack_block": "unstack the blocks",
-    "turn_on_lightbulb": "turn on the light bulb",
-    "turn_off_lightbulb": "turn off the light bulb",
-    "turn_on_led": "turn on the led light",
-    "turn_off_led": "turn off the led light",
+    **{f"push_{b}_block_{s}": f"go push the {b} block {s}" for b in _BLOCKS for s in ("right", "left")},
+    "move_slider_left": "push the sliding door to the left side",
+    "move_slider_right": "push the sliding door to the right side",
+    "open_drawer": "pull the handle to open the drawer",
+    "close_drawer": "push the handle to close the drawer",
+    **{f"lift_{b}_block_table": f"grasp and lift the {b} block" for b in _BLOCKS},
+    **{f"lift_{b}_block_slider": f"lift the {b} block from the sliding cabinet" for b in _BLOCKS},
+    **{f"lift_{b}_block_drawer": f"Take the {b} block from the drawer" for b in _BLOCKS},
+    "place_in_slider": "store the grasped block in the sliding cabinet",
+    "place_in_drawer": "store the grasped block in the drawer",
+    "push_into_drawer": "slide the block that it falls into the drawer",
+    "stack_block": "stack the grasped block",
+    "unstack_block": "remove the stacked block",
+    "turn_on_lightbulb": "use the switch to turn on the light bulb",
+    "turn_off_lightbulb": "use the switch to turn off the light bulb",
+    "turn_on_led": "press the button to turn on the led light",
+    "turn_off_led": "press the button to turn off the led light",
 }
 
 
 # --------------------------------------------------------------------------------------
-# The simulator (calvin_env, import-guarded)
+# Observations and actions
 # --------------------------------------------------------------------------------------
-
-
-def import_calvin_env() -> SimpleNamespace:
-    """``get_env`` and ``Tasks`` from ``calvin_env``; SimulatorError with install steps if missing."""
-    try:
-        from calvin_env.envs.play_table_env import get_env
-        from calvin_env.envs.tasks import Tasks
-    except ImportError as e:
-        raise SimulatorError(f"cannot import calvin_env ({e}).\n{INSTALL_HINT}") from e
-    return SimpleNamespace(get_env=get_env, Tasks=Tasks)
 
 
 #: Policy image key -> key of ``obs["rgb_obs"]``.
@@ -382,13 +364,3 @@ def to_env_action(action: Any) -> np.ndarray:
     a[:6] = np.clip(a[:6], -1.0, 1.0)
     a[6] = 1.0 if a[6] > 0 else -1.0
     return a
-
-
-def make_calvin_env(dataset_path: str | Path) -> Any:
-    """A ``PlayTableSimEnv`` made as the official script makes it: ``get_env(<dataset>/validation,
-    show_gui=False)`` (the validation folder holds the env config)."""
-    calvin = import_calvin_env()
-    validation = Path(dataset_path) / "validation"
-    if not validation.is_dir():
-        raise ConfigError(f"{validation} not found: pass a CALVIN dataset folder (it has a validation/ folder)")
-    return calvin.get_env(validation, show_gui=False)

@@ -9,6 +9,10 @@
   chain ends at its first failure;
 * score: the average number of completed instructions per chain (0..5, "avg. len"), and
   the fraction of chains completing at least 1, 2, ..., 5 instructions.
+
+:data:`CALVIN_OFFICIAL` holds the official settings (1000 chains, 360 steps per instruction,
+5 sampling steps with sigma_min = 1.0, from the MoDE repository's ``conf/mode_evaluate.yaml``);
+they are :func:`evaluate_calvin`'s defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +29,34 @@ import torch
 
 from ..envs.calvin import (
     CALVIN_TASKS, CAMERAS, CHAIN_LENGTH, NUM_SEQUENCES, TASK_ORACLE_SPEC, VAL_INSTRUCTIONS, calvin_observation,
-    get_env_state_for_initial_condition, get_sequences, import_calvin_env, make_calvin_env, to_env_action,
+    get_env_state_for_initial_condition, get_sequences, to_env_action,
 )
+from ..envs.calvin_sim import import_calvin_env, make_calvin_env
 from ..errors import ConfigError
 from .protocol import Policy, eval_mode, policy_device
 from .result import EvalResult, TaskResult
+from .sampling import sampling_overrides
 
 EP_LEN = 360
 """Policy steps per instruction."""
+
+
+@dataclass(frozen=True)
+class CalvinSettings:
+    """The settings of a CALVIN evaluation that decide its score."""
+
+    num_sequences: int = NUM_SEQUENCES
+    """Instruction chains (the first ``num_sequences`` of the official list)."""
+    ep_len: int = EP_LEN
+    """Policy steps per instruction."""
+    num_inference_steps: int | None = 5
+    """Diffusion sampling steps (None: the policy's own)."""
+    sigma_min: float | None = 1.0
+    """Smallest noise level of the sampling schedule (None: the policy's own)."""
+
+
+CALVIN_OFFICIAL = CalvinSettings()
+"""The official protocol: 1000 chains, 360 steps each, 5 sampling steps, sigma_min = 1.0."""
 
 
 def count_success(chain_lengths: Sequence[int]) -> list[float]:
@@ -83,22 +108,29 @@ def run_chains(
 def evaluate_calvin(
     policy: Policy,
     dataset_path: str | Path | None = None,
-    num_sequences: int = NUM_SEQUENCES,
-    ep_len: int = EP_LEN,
+    num_sequences: int = CALVIN_OFFICIAL.num_sequences,
+    ep_len: int = CALVIN_OFFICIAL.ep_len,
     progress: bool = True,
     seed: int = 0,
     *,
+    scene: str = "D",
+    renderer: str = "egl",
     env: Any = None,
     image_keys: Sequence[str] | None = None,
     image_sizes: Mapping[str, int] | None = None,
     include_scene_obs: bool = False,
+    num_inference_steps: int | None = CALVIN_OFFICIAL.num_inference_steps,
+    sigma_min: float | None = CALVIN_OFFICIAL.sigma_min,
 ) -> EvalResult:
-    """Run the CALVIN long-horizon protocol.
+    """Run the CALVIN long-horizon protocol (defaults: :data:`CALVIN_OFFICIAL`).
 
-    ``env`` is a calvin_env ``PlayTableSimEnv``; without it one is made from ``dataset_path``
-    (:func:`~mode_policy.envs.calvin.make_calvin_env`). ``image_keys`` default to
-    ``policy.config.image_keys``; ``image_sizes`` optionally resize a camera (match the
-    converter's static_size/gripper_size).
+    ``env`` is a calvin_env ``PlayTableSimEnv``; without it one is built by
+    :func:`~mode_policy.envs.calvin_sim.make_calvin_env` with the cameras of ``image_keys``
+    only: from calvin_env's own configs for ``scene`` (A-D), or from ``dataset_path`` (a
+    CALVIN dataset or its validation folder) when given; ``renderer`` is "egl" or "tiny".
+    ``image_keys`` default to ``policy.config.image_keys``; ``image_sizes`` optionally resize
+    a camera (match the converter's static_size/gripper_size). ``num_inference_steps`` and
+    ``sigma_min`` replace the policy's sampling settings during the run (None: keep them).
 
     ``per_task`` holds the subtasks that were attempted (in CALVIN's task order): successes
     out of attempts, and the time spent in their attempts as ``wall_s`` (chain resets count
@@ -113,10 +145,10 @@ def evaluate_calvin(
     if ep_len < 1:
         raise ConfigError(f"ep_len must be >= 1, got {ep_len}")
     calvin = import_calvin_env()
+    env_source = "given"
     if env is None:
-        if dataset_path is None:
-            raise ConfigError("pass dataset_path (a CALVIN dataset with a validation/ folder) or env")
-        env = make_calvin_env(dataset_path)
+        env_source = f"dataset {dataset_path}" if dataset_path is not None else f"calvin_env scene {scene}"
+        env = make_calvin_env(keys, scene=scene, dataset_path=dataset_path, renderer=renderer)
     oracle = calvin.Tasks(TASK_ORACLE_SPEC)
     sequences = get_sequences(num_sequences)
     device = policy_device(policy)
@@ -150,7 +182,8 @@ def evaluate_calvin(
                 return True
         return False
 
-    with eval_mode(policy), torch.random.fork_rng(devices=[]):
+    with eval_mode(policy), torch.random.fork_rng(devices=[]), \
+            sampling_overrides(policy, num_inference_steps=num_inference_steps, sigma_min=sigma_min) as sampling:
         lengths = run_chains(sequences, reset, attempt, progress)
     per_task = {
         t: TaskResult(successes[t], attempts[t], wall[t], VAL_INSTRUCTIONS[t]) for t in CALVIN_TASKS if attempts[t]
@@ -162,7 +195,8 @@ def evaluate_calvin(
         "chain_length_counts": [counts[n] for n in range(CHAIN_LENGTH + 1)],
     }
     settings = {"num_sequences": num_sequences, "ep_len": ep_len, "image_keys": keys,
-                "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs}
+                "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs, "sampling": sampling,
+                "env": env_source}
     return EvalResult("calvin", per_task, time.perf_counter() - start_time, seed, settings=settings, metrics=metrics)
 
 

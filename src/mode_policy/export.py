@@ -1,0 +1,182 @@
+"""Export the cached sampler as one stand-alone artefact (``mode-policy export``).
+
+The artefact is the whole eval path of a chunk for a fixed batch size and
+step count: state normalisation, the condition encoders, every sampling step
+with that step's fused experts (the expert cache, see
+:mod:`mode_policy.nn.expert_cache`) and the un-normalisation of the actions.
+The sampler's loop is unrolled at export time (the plan's step constants are
+host floats), so the graph has no control flow.
+
+Inputs (all float32): ``observation.state`` (B, n_obs, S) in the robot's units
+(when the policy has a state), ``goal`` (B, goal_dim) and ``noise`` (B, H, A),
+a standard-normal draw. Output: ``action`` (B, H, A) in the original units.
+
+Formats: ``onnx`` (runs with ONNX Runtime alone) and ``torch_export`` (a
+``torch.export`` program, ``torch.export.load(path).module()(...)``). Next to
+the artefact, ``<name>.json`` describes the inputs and, for known
+instructions, their goal vectors, so a robot without this library can build
+the ``goal`` input from an instruction.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .constants import ACTION_KEY, GOAL_KEY, STATE_KEY
+from .errors import ConfigError
+from .fileio import atomic_write, atomic_write_json
+from .policy import MoDEPolicy
+
+FORMATS = ("onnx", "torch_export")
+NOISE_NAME = "noise"
+ONNX_OPSET = 18
+
+
+class CachedSampler(nn.Module):
+    """``(state, goal, noise) -> actions``: the policy's cached ``predict_action_chunk``
+    with the initial noise as an input (eval mode, expert cache on)."""
+
+    def __init__(self, policy: MoDEPolicy) -> None:
+        super().__init__()
+        cfg = policy.config
+        if cfg.image_keys:
+            raise ConfigError(f"export supports state-only policies; this one has cameras {list(cfg.image_keys)}")
+        if cfg.routing != "noise":
+            raise ConfigError(f"export runs the expert cache, which needs routing=noise (not {cfg.routing!r})")
+        self.policy = policy.eval()
+        self.policy.denoiser.use_expert_cache = True
+        self.plan = policy.denoiser.sampling_plan()  # built now: export cannot fingerprint weights
+        # The samplers read the schedule as host floats (``tolist``); under export's fake
+        # tensors that read would be data-dependent, so they get a numpy copy (same values).
+        self.sigmas = self.plan.sigmas.numpy()
+        self.has_state = cfg.state_dim > 0
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        """inputs: [state (B, n_obs, S),] goal (B, goal_dim), noise (B, H, A) -> actions (B, H, A)."""
+        if self.has_state:
+            state, goal, noise = inputs
+            batch = {STATE_KEY: state, GOAL_KEY: goal}
+        else:
+            goal, noise = inputs
+            batch = {GOAL_KEY: goal}
+        # MoDEPolicy.predict_action_chunk / EDMDenoiser.sample, with the plan fixed
+        policy, plan = self.policy, self.plan
+        cond = policy.encode_condition(batch)  # (B, n, d)
+        x = noise * policy.config.sigma_max
+        x = plan.sampler.run(lambda x, j: policy.denoiser(x, plan.levels[j], cond)[0], x, self.sigmas)
+        return policy.normalizer.unnormalize_action(x.clamp(-1.0, 1.0))
+
+
+def input_shapes(policy: MoDEPolicy, batch_size: int) -> dict[str, list[int]]:
+    """Name -> fixed shape of each input of the exported sampler, in call order."""
+    cfg = policy.config
+    shapes: dict[str, list[int]] = {}
+    if cfg.state_dim > 0:
+        shapes[STATE_KEY] = [batch_size, cfg.n_obs_steps, cfg.state_dim]
+    shapes[GOAL_KEY] = [batch_size, cfg.goal_dim]
+    shapes[NOISE_NAME] = [batch_size, cfg.horizon, cfg.action_dim]
+    return shapes
+
+
+def example_inputs(policy: MoDEPolicy, batch_size: int, seed: int = 0) -> dict[str, Tensor]:
+    """Random float32 inputs of the exported shapes (for tracing and parity checks)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(*shape, generator=gen) for name, shape in input_shapes(policy, batch_size).items()}
+
+
+def known_goals(policy: MoDEPolicy, tasks: Sequence[str] = ()) -> dict[str, list[float]]:
+    """Goal vectors of ``tasks`` and of a learned task encoder's own instructions."""
+    encoder = policy.goal_encoder
+    if encoder is None:
+        if tasks:
+            raise ConfigError("--tasks needs a policy with a goal encoder (this one takes goal vectors)")
+        return {}
+    names = list(dict.fromkeys([*getattr(encoder, "tasks", []), *tasks]))
+    if not names:
+        return {}
+    with torch.no_grad():
+        vectors = encoder(names)  # (n, goal_dim)
+    return {name: [float(v) for v in row] for name, row in zip(names, vectors.float().cpu())}
+
+
+def export_sampler(
+    policy: MoDEPolicy,
+    path: str | Path,
+    fmt: str = "onnx",
+    batch_size: int = 1,
+    tasks: Sequence[str] = (),
+) -> Path:
+    """Write the cached sampler of ``policy`` for ``batch_size`` to ``path`` (atomically),
+    and its description to ``path`` with suffix ``.json``. Returns ``path``."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r}: expected one of {FORMATS}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    path = Path(path)
+    sampler = CachedSampler(policy.cpu())
+    inputs = example_inputs(policy, batch_size)
+    args = tuple(inputs.values())
+    if fmt == "onnx":
+        program = torch.onnx.export(
+            sampler, args, dynamo=True, input_names=list(inputs), output_names=[ACTION_KEY],
+            opset_version=ONNX_OPSET, optimize=True, verbose=False,
+        )
+        atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
+    else:
+        program = torch.export.export(sampler, args, strict=False)
+        atomic_write(path, lambda tmp: torch.export.save(program, tmp))
+    cfg = policy.config
+    atomic_write_json(path.with_suffix(".json"), {
+        "format": fmt,
+        "inputs": input_shapes(policy, batch_size),
+        "outputs": {ACTION_KEY: [batch_size, cfg.horizon, cfg.action_dim]},
+        "dtype": "float32",
+        "noise": "standard normal (the sampler scales it by sigma_max)",
+        "sampler": cfg.sampler, "schedule": cfg.schedule, "num_inference_steps": cfg.num_inference_steps,
+        "n_action_steps": cfg.n_action_steps,
+        "goals": known_goals(policy, tasks),
+    })
+    return path
+
+
+class OrtChunk:
+    """An exported ONNX sampler behind the policy's ``predict_action_chunk`` call
+    (for side-by-side benchmarks and parity checks); ``threads`` 0 = ONNX Runtime's choice."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("onnxruntime is not installed (pip install onnxruntime)") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.noise_shape = next(i.shape for i in self.session.get_inputs() if i.name == NOISE_NAME)
+
+    def predict_action_chunk(self, batch: dict[str, Any], noise: Tensor | None = None) -> Tensor:
+        if noise is None:
+            noise = torch.randn(*self.noise_shape)
+        feeds = {name: _as_numpy(batch[name]) for name in self.input_names if name != NOISE_NAME}
+        feeds[NOISE_NAME] = _as_numpy(noise)
+        if STATE_KEY in feeds and feeds[STATE_KEY].ndim == 2:
+            feeds[STATE_KEY] = feeds[STATE_KEY][:, None]  # (B, S) -> (B, 1, S)
+        return torch.from_numpy(self.session.run([ACTION_KEY], feeds)[0])
+
+
+def _as_numpy(value: Any):
+    return value.detach().float().cpu().numpy() if isinstance(value, Tensor) else value
+
+
+def export_seconds(policy: MoDEPolicy, path: str | Path, fmt: str = "onnx", batch_size: int = 1) -> float:
+    """Wall time of one :func:`export_sampler` call (the benchmark reports it)."""
+    start = time.perf_counter()
+    export_sampler(policy, path, fmt, batch_size)
+    return time.perf_counter() - start
