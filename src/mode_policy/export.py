@@ -20,13 +20,15 @@ the ``goal`` input from an instruction.
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .edm import NoiseLevel
+from .nn.moe import FusedExperts, MoELayer
 from .constants import ACTION_KEY, GOAL_KEY, STATE_KEY
 from .errors import ConfigError
 from .fileio import atomic_write, atomic_write_json
@@ -55,6 +57,18 @@ class CachedSampler(nn.Module):
         # tensors that read would be data-dependent, so they get a numpy copy (same values).
         self.sigmas = self.plan.sigmas.numpy()
         self.has_state = cfg.state_dim > 0
+        layers = policy.denoiser.net.moe_layers()
+        self.selections = [[_bank_slice(f, layer) for f, layer in zip(level.fused, layers)] for level in self.plan.levels]
+
+    def _level(self, j: int) -> NoiseLevel:
+        """Plan level ``j`` with its fused experts sliced from the expert banks inside the
+        graph, so the artefact holds each expert weight once (not once per step)."""
+        level = self.plan.levels[j]
+        fused = []
+        for f, layer, sl in zip(level.fused, self.policy.denoiser.net.moe_layers(), self.selections[j]):
+            bank = layer.experts
+            fused.append(f if sl is None else FusedExperts(bank.w13[sl], bank.w2[sl], f.mix))
+        return dataclasses.replace(level, fused=fused)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """inputs: [state (B, n_obs, S),] goal (B, goal_dim), noise (B, H, A) -> actions (B, H, A)."""
@@ -65,11 +79,22 @@ class CachedSampler(nn.Module):
             goal, noise = inputs
             batch = {GOAL_KEY: goal}
         # MoDEPolicy.predict_action_chunk / EDMDenoiser.sample, with the plan fixed
-        policy, plan = self.policy, self.plan
+        policy = self.policy
         cond = policy.encode_condition(batch)  # (B, n, d)
         x = noise * policy.config.sigma_max
-        x = plan.sampler.run(lambda x, j: policy.denoiser(x, plan.levels[j], cond)[0], x, self.sigmas)
+        x = self.plan.sampler.run(lambda x, j: policy.denoiser(x, self._level(j), cond)[0], x, self.sigmas)
         return policy.normalizer.unnormalize_action(x.clamp(-1.0, 1.0))
+
+
+def _bank_slice(fused: FusedExperts, layer: MoELayer) -> slice | None:
+    """The slice of ``layer``'s expert bank that ``fused`` views (None for a copy, k >= 3)."""
+    bank = layer.experts.w13
+    if fused.w13.untyped_storage().data_ptr() != bank.untyped_storage().data_ptr():
+        return None
+    start, step = divmod(fused.w13.storage_offset() - bank.storage_offset(), bank.stride(0))[0], 1
+    if fused.w13.shape[0] > 1:
+        step = fused.w13.stride(0) // bank.stride(0)
+    return slice(start, start + step * (fused.w13.shape[0] - 1) + 1, step)
 
 
 def input_shapes(policy: MoDEPolicy, batch_size: int) -> dict[str, list[int]]:
@@ -124,7 +149,7 @@ def export_sampler(
     if fmt == "onnx":
         program = torch.onnx.export(
             sampler, args, dynamo=True, input_names=list(inputs), output_names=[ACTION_KEY],
-            opset_version=ONNX_OPSET, optimize=True, verbose=False,
+            opset_version=ONNX_OPSET, optimize=False, verbose=False,  # ORT optimises at load; onnxscript's pass takes minutes
         )
         atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
     else:
@@ -173,10 +198,3 @@ class OrtChunk:
 
 def _as_numpy(value: Any):
     return value.detach().float().cpu().numpy() if isinstance(value, Tensor) else value
-
-
-def export_seconds(policy: MoDEPolicy, path: str | Path, fmt: str = "onnx", batch_size: int = 1) -> float:
-    """Wall time of one :func:`export_sampler` call (the benchmark reports it)."""
-    start = time.perf_counter()
-    export_sampler(policy, path, fmt, batch_size)
-    return time.perf_counter() - start

@@ -65,25 +65,61 @@ def check_writable(path: str | os.PathLike) -> None:
         raise ConfigError(f"cannot write {path}: {folder} is not writable")
 
 
-@contextlib.contextmanager
-def replacing(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Build a new ``path`` (a folder) in the ``with`` block without losing the old one first.
+def _restore_interrupted(path: Path, aside: Path) -> None:
+    """A replacement killed between its two renames left only the old output aside: put it back."""
+    if aside.exists() and not path.exists():
+        os.replace(aside, path)
 
-    An existing, non-empty ``path`` is refused unless ``overwrite``; then it is renamed aside
-    (``.NAME.old``), and removed only once the block has succeeded. If the block fails, the
-    partial new output is removed and the old folder is put back; if the process is killed,
-    the old folder survives as ``.NAME.old`` beside it (and is restored by the next call)."""
+
+def _refuse_unless_overwrite(path: Path, overwrite: bool) -> None:
     from .errors import ConfigError
 
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise ConfigError(f"{path} exists and is not empty (pass --overwrite to replace it)")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Build a new folder for ``path`` beside it (``.NAME.new``, yielded) and swap it in when the
+    ``with`` block succeeds. The old ``path`` stays untouched until then; a failed or killed build
+    leaves it as it was. An existing, non-empty ``path`` is refused unless ``overwrite``.
+    For outputs that do not record their own location (datasets)."""
+    path = Path(path)
+    new, aside = path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
+    _restore_interrupted(path, aside)
+    _refuse_unless_overwrite(path, overwrite)
+    _remove(new)
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if path.exists():
+        _remove(aside)
+        os.replace(path, aside)
+    os.replace(new, path)
+    _remove(aside)
+
+
+@contextlib.contextmanager
+def moved_aside(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Build a new ``path`` in place, keeping the old one renamed aside (``.NAME.old``) until the
+    ``with`` block succeeds; on failure the partial output is removed and the old one restored.
+    For outputs that record their own location (a quickstart's run names its dataset's path).
+    A killed build leaves the old output at ``.NAME.old``; the next call restores it if ``path`` is gone."""
     path = Path(path)
     aside = path.with_name(f".{path.name}.old")
-    if aside.exists() and not path.exists():  # a killed earlier replacement: bring the old output back
-        os.replace(aside, path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not overwrite:
-            raise ConfigError(f"{path} exists and is not empty (pass --overwrite to replace it)")
-        if aside.exists():
-            shutil.rmtree(aside)
+    _restore_interrupted(path, aside)
+    _refuse_unless_overwrite(path, overwrite)
+    if path.exists():
+        _remove(aside)
         os.replace(path, aside)
     try:
         yield path
@@ -92,5 +128,4 @@ def replacing(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
             os.replace(aside, path)
         raise
-    if aside.exists():
-        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+    _remove(aside)

@@ -17,7 +17,7 @@ from mode_policy.evaluation.metaworld import evaluate_metaworld
 
 @pytest.fixture
 def fake_calvin(monkeypatch: pytest.MonkeyPatch) -> FakeCalvinEnv:
-    monkeypatch.setattr(calvin_eval, "import_calvin_env", lambda: SimpleNamespace(get_env=None, Tasks=FakeTasks))
+    monkeypatch.setattr(calvin_eval, "import_calvin_env", lambda: SimpleNamespace(Tasks=FakeTasks))
     return FakeCalvinEnv()
 
 

@@ -3,16 +3,19 @@ whose oracle solves a known set of subtasks."""
 
 from __future__ import annotations
 
-import importlib.util
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from fakes import SOLVABLE, STEPS_TO_SOLVE, ScriptedPolicy
 
 from mode_policy.envs.calvin import VAL_INSTRUCTIONS, get_env_state_for_initial_condition, get_sequences
 from mode_policy.errors import ConfigError, SimulatorError
+from mode_policy.evaluation import calvin as calvin_eval
 from mode_policy.evaluation.calvin import (
-    average_chain_length, count_success, evaluate_calvin, format_chain_success, run_chains,
+    CALVIN_OFFICIAL, average_chain_length, count_success, evaluate_calvin, format_chain_success, run_chains,
 )
 
 
@@ -76,18 +79,86 @@ def test_evaluate_calvin_on_a_fake_simulator(calvin_result, fake_calvin) -> None
     assert format_chain_success(result).startswith(f"avg. len {np.mean(lengths):.3f}   success at 1: ")
 
 
+def test_official_settings_preset() -> None:
+    """1000 chains, 360 steps per instruction, 5 sampling steps, sigma_min 1.0 (MoDE's
+    conf/mode_evaluate.yaml), and they are evaluate_calvin's defaults."""
+    assert (CALVIN_OFFICIAL.num_sequences, CALVIN_OFFICIAL.ep_len) == (1000, 360)
+    assert (CALVIN_OFFICIAL.num_inference_steps, CALVIN_OFFICIAL.sigma_min) == (5, 1.0)
+    defaults = evaluate_calvin.__defaults__ + tuple(evaluate_calvin.__kwdefaults__.values())
+    assert {1000, 360, 5, 1.0} <= set(defaults)
+
+
+class SamplingConfig(SimpleNamespace):
+    def validate(self) -> None:
+        if not self.sigma_min < 80.0:
+            raise ConfigError("sigma_min too large")
+
+
+def test_sampling_settings_apply_during_the_run_only(fake_calvin) -> None:
+    policy = ScriptedPolicy(np.zeros(7), state_dim=15)
+    policy.config = SamplingConfig(**vars(policy.config), num_inference_steps=10, sigma_min=0.001)
+    seen = []
+    policy.select_action = lambda batch: seen.append((policy.config.num_inference_steps,
+                                                      policy.config.sigma_min)) or torch.zeros(1, 7)
+    result = evaluate_calvin(policy, num_sequences=1, ep_len=2, progress=False, env=fake_calvin)
+    assert set(seen) == {(5, 1.0)} and result.settings["sampling"] == {"num_inference_steps": 5, "sigma_min": 1.0}
+    assert (policy.config.num_inference_steps, policy.config.sigma_min) == (10, 0.001)  # restored
+    evaluate_calvin(policy, num_sequences=1, ep_len=2, progress=False, env=fake_calvin, num_inference_steps=None,
+                    sigma_min=None)
+    assert seen[-1] == (10, 0.001)  # None keeps the policy's own
+    with pytest.raises(ConfigError, match="sigma_min too large"):
+        evaluate_calvin(policy, num_sequences=1, progress=False, env=fake_calvin, sigma_min=100.0)
+    assert policy.config.sigma_min == 0.001
+    plain = ScriptedPolicy(np.zeros(7), state_dim=15)  # no sampling fields: nothing to apply
+    assert evaluate_calvin(plain, num_sequences=1, ep_len=1, progress=False, env=fake_calvin).settings["sampling"] == {}
+
+
+def test_env_is_built_with_the_policys_cameras(fake_calvin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``env``: one env from calvin_env's configs (or the dataset's), with only the
+    cameras the policy reads."""
+    calls = []
+    monkeypatch.setattr(calvin_eval, "make_calvin_env", lambda *a, **k: calls.append((a, k)) or fake_calvin)
+    policy = ScriptedPolicy(np.zeros(7), state_dim=15, image_keys=("observation.images.gripper",))
+    policy.select_action = lambda batch: torch.zeros(1, 7)
+    fake_calvin.get_obs = lambda: {"robot_obs": np.zeros(15), "scene_obs": np.zeros(24),
+                                   "rgb_obs": {"rgb_gripper": np.zeros((84, 84, 3), np.uint8)}}
+    result = evaluate_calvin(policy, num_sequences=1, ep_len=1, progress=False, scene="A")
+    evaluate_calvin(policy, "/data/task_D_D", num_sequences=1, ep_len=1, progress=False, renderer="tiny")
+    assert calls == [
+        ((["observation.images.gripper"],), {"scene": "A", "dataset_path": None, "renderer": "egl"}),
+        ((["observation.images.gripper"],), {"scene": "D", "dataset_path": "/data/task_D_D", "renderer": "tiny"}),
+    ]
+    assert result.settings["env"] == "calvin_env scene A"
+
+
+def test_chain_subsets_play_as_in_the_full_run(fake_calvin) -> None:
+    """Chains 7 and 2 alone give the lengths they have in the whole list, with the seeds of
+    their official index (what sharding a run needs)."""
+    seeds = []
+    policy = ScriptedPolicy(np.zeros(7), state_dim=15)
+    policy.reset = lambda: seeds.append(torch.initial_seed())
+    full = evaluate_calvin(policy, num_sequences=10, ep_len=5, progress=False, env=fake_calvin)
+    full_seeds, seeds[:] = list(seeds), []
+    part = evaluate_calvin(policy, num_sequences=10, ep_len=5, progress=False, env=fake_calvin, chain_ids=[7, 2])
+    sequences = get_sequences(10)
+    lengths = {c: next((k for k, t in enumerate(sequences[c][1]) if t not in SOLVABLE), 5) for c in (2, 7)}
+    assert part.metrics["chain_length_counts"] == [list(lengths.values()).count(n) for n in range(6)]
+    assert part.settings["chain_ids"] == [7, 2] and full.settings["chain_ids"] is None
+    assert set(seeds) <= set(full_seeds) and len(set(seeds)) == 2
+    with pytest.raises(ConfigError, match="chain_ids"):
+        evaluate_calvin(policy, num_sequences=10, progress=False, env=fake_calvin, chain_ids=[10])
+
+
 def test_argument_errors(fake_calvin) -> None:
     policy = ScriptedPolicy(np.zeros(7), state_dim=15)
     with pytest.raises(ConfigError, match="unknown CALVIN camera key"):
         evaluate_calvin(policy, env=fake_calvin, image_keys=["observation.images.top"])
-    with pytest.raises(ConfigError, match="pass dataset_path"):
-        evaluate_calvin(policy, progress=False)
     bad = ScriptedPolicy(np.zeros(6), state_dim=15)
     with pytest.raises(ConfigError, match="CALVIN needs"):
         evaluate_calvin(bad, num_sequences=1, progress=False, env=fake_calvin)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("calvin_env") is not None, reason="calvin_env is installed")
-def test_missing_calvin_env_is_a_simulator_error() -> None:
-    with pytest.raises(SimulatorError, match="calvin_env"):
-        evaluate_calvin(ScriptedPolicy(np.zeros(7)), "/nonexistent/dataset", num_sequences=1, progress=False)
+def test_missing_calvin_env_is_a_simulator_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "calvin_env", None)
+    with pytest.raises(SimulatorError, match="install_calvin.sh"):
+        evaluate_calvin(ScriptedPolicy(np.zeros(7)), num_sequences=1, progress=False)

@@ -102,8 +102,9 @@ def run_demos(opts: DemosOptions) -> int:
     tasks = resolve_tasks(opts.tasks)
     cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()]
     with replacing(opts.out, opts.overwrite) as target:
-        out = generate_demos(target, tasks, opts.episodes, seed=opts.seed, workers=opts.workers,
-                             overwrite=True, progress=True, cameras=cameras, image_size=opts.image_size)
+        generate_demos(target, tasks, opts.episodes, seed=opts.seed, workers=opts.workers,
+                       overwrite=True, progress=True, cameras=cameras, image_size=opts.image_size)
+    out = opts.out
     images = f" with {opts.image_size} px images from {', '.join(cameras)}" if cameras else ""
     print(f"wrote {len(tasks)} tasks x {opts.episodes} successful expert episodes{images} to {out}")
     return 0
@@ -135,12 +136,12 @@ def run_convert(opts: ConvertOptions) -> int:
         if opts.format == "libero":
             from ..data.convert_libero import convert_libero
 
-            out = convert_libero(opts.source, target, overwrite=True, image_size=opts.image_size)
+            convert_libero(opts.source, target, overwrite=True, image_size=opts.image_size)
         else:
             from ..data.convert_calvin import convert_calvin
 
-            out = convert_calvin(opts.source, target, overwrite=True)
-    print(f"wrote {out}")
+            convert_calvin(opts.source, target, overwrite=True)
+    print(f"wrote {opts.out}")
     return 0
 
 

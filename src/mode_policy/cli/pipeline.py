@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..fileio import check_writable, replacing
+from ..fileio import check_writable, moved_aside
 from ..run_dir import RunDir
 from ..validation import check_range
 from .main import Command
@@ -203,7 +203,7 @@ def run_quickstart(opts: QuickstartOptions) -> int:
     check_writable(out)
     if opts.train.dataset or opts.train.output_dir != TrainConfig.output_dir:
         raise ConfigError("quickstart sets --train.dataset and --train.output_dir itself (under --out)")
-    with replacing(out, opts.overwrite):
+    with moved_aside(out, opts.overwrite):
         return _quickstart(opts, out)
 
 

@@ -10,6 +10,10 @@ so that LeRobot can append episodes to our datasets and read them back:
   Such a value lies in the same bin as the sample quantile
   ``np.quantile(x, q, method="inverted_cdf")``, so the two differ by at most one bin
   width, ``(max - min + 2e-10) / 5000``;
+- the bin edges are computed in LeRobot's working dtype (float32 for float32, bool and small
+  integer data), so values on an edge land in the same bin as in LeRobot;
+- mean and std are exact (float64, two-pass). LeRobot's are float32 and one-pass
+  (``E[x^2] - E[x]^2``), which is off by up to ~1e-3 on near-constant dimensions;
 - episodes of one frame get ``q* = mean``;
 - aggregated quantiles are the count-weighted mean of the episodes' quantiles (as LeRobot
   aggregates them; not the quantiles of the pooled frames), kept only when every episode has them;
@@ -50,25 +54,31 @@ _IMAGE_DOWNSAMPLE_FROM, _IMAGE_DOWNSAMPLE_TARGET = 300, 150  # px
 def histogram_quantiles(data: np.ndarray) -> np.ndarray:
     """Quantiles ``QUANTILES`` of each column of ``data`` (N, D), N >= 1 -> (len(QUANTILES), D).
 
-    The histogram estimator described in the module docstring."""
+    The histogram estimator described in the module docstring. The bin edges are computed
+    in the dtype of ``data`` (float32 for float32 features, as LeRobot does), so frames that
+    sit exactly on an edge fall into the same bin as in LeRobot."""
     n, dims = data.shape
     targets = np.asarray(QUANTILES) * n  # (Q,)
     out = np.empty((len(QUANTILES), dims))
     for j in range(dims):
         col = data[:, j]
-        lo, hi = float(col.min()) - _EDGE_PAD, float(col.max()) + _EDGE_PAD
-        counts, edges = np.histogram(col, bins=QUANTILE_BINS, range=(lo, hi))  # (bins,), (bins + 1,)
-        cum = np.cumsum(counts)
+        edges = np.linspace(col.min() - _EDGE_PAD, col.max() + _EDGE_PAD, QUANTILE_BINS + 1)  # (bins + 1,)
+        cum = np.cumsum(np.histogram(col, bins=edges)[0])  # (bins,)
         idx = np.minimum(np.searchsorted(cum, targets), QUANTILE_BINS - 1)  # first bin reaching the target
         before = np.where(idx > 0, cum[idx - 1], 0)
         in_bin = np.maximum(cum[idx] - before, 1)  # > 0 whenever idx > 0
-        value = edges[idx] + (targets - before) / in_bin * (edges[idx + 1] - edges[idx])
-        out[:, j] = np.where(idx == 0, edges[0], value)
+        lower, upper = edges[idx].astype(np.float64), edges[idx + 1].astype(np.float64)
+        value = lower + (targets - before) / in_bin * (upper - lower)
+        out[:, j] = np.where(idx == 0, lower, value)
     return out
 
 
-def _vector_stats(data: np.ndarray, shape: Sequence[int], count: int) -> dict[str, np.ndarray]:
-    """min/max/mean/std/count/q* of ``data`` (N, D), each reshaped to ``shape`` (count: (1,))."""
+def _vector_stats(values: np.ndarray, shape: Sequence[int], count: int) -> dict[str, np.ndarray]:
+    """min/max/mean/std/count/q* of ``values`` (N, D), each reshaped to ``shape`` (count: (1,)).
+
+    Mean and std are exact (float64, two-pass); quantiles use LeRobot's working dtype
+    (float32 for bool, integer up to 16 bits and float32 data; float64 otherwise)."""
+    data = values.astype(np.float64)
     mean = data.mean(axis=0)
     stats = {
         "min": data.min(axis=0).reshape(shape),
@@ -77,7 +87,10 @@ def _vector_stats(data: np.ndarray, shape: Sequence[int], count: int) -> dict[st
         "std": data.std(axis=0).reshape(shape),
         "count": np.array([count]),
     }
-    quantiles = histogram_quantiles(data) if len(data) >= 2 else np.broadcast_to(mean, (len(QUANTILES), len(mean)))
+    if len(data) >= 2:
+        quantiles = histogram_quantiles(values.astype(np.result_type(values.dtype, np.float32)))
+    else:
+        quantiles = np.broadcast_to(mean, (len(QUANTILES), len(mean)))
     for name, q in zip(QUANTILE_NAMES, quantiles):
         stats[name] = np.array(q).reshape(shape)
     return stats
@@ -97,7 +110,7 @@ def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     if max(height, width) >= _IMAGE_DOWNSAMPLE_FROM:
         step = int(max(height, width) / _IMAGE_DOWNSAMPLE_TARGET)
         images = images[:, ::step, ::step]
-    pixels = images.reshape(-1, 3).astype(np.float64)  # (K * H * W, 3) in 0..255
+    pixels = images.reshape(-1, 3)  # (K * H * W, 3) uint8
     stats = _vector_stats(pixels, (3, 1, 1), len(pick))
     return {k: v if k == "count" else v / 255.0 for k, v in stats.items()}
 
@@ -118,7 +131,7 @@ def compute_stats(frames: Mapping[str, np.ndarray], features: Mapping[str, Mappi
             stats[key] = _image_stats(values)
         elif numeric_dtype(ft) is not None:
             shape = [int(s) for s in ft["shape"]]
-            data = values.reshape(len(values), -1).astype(np.float64)  # (T, prod(shape))
+            data = values.reshape(len(values), -1)  # (T, prod(shape))
             stats[key] = _vector_stats(data, shape, len(data))
     return stats
 

@@ -121,6 +121,7 @@ def evaluate_calvin(
     include_scene_obs: bool = False,
     num_inference_steps: int | None = CALVIN_OFFICIAL.num_inference_steps,
     sigma_min: float | None = CALVIN_OFFICIAL.sigma_min,
+    chain_ids: Sequence[int] | None = None,
 ) -> EvalResult:
     """Run the CALVIN long-horizon protocol (defaults: :data:`CALVIN_OFFICIAL`).
 
@@ -131,6 +132,8 @@ def evaluate_calvin(
     ``image_keys`` default to ``policy.config.image_keys``; ``image_sizes`` optionally resize
     a camera (match the converter's static_size/gripper_size). ``num_inference_steps`` and
     ``sigma_min`` replace the policy's sampling settings during the run (None: keep them).
+    ``chain_ids`` runs only those chains of the official list of ``num_sequences`` (in the
+    given order); chain ``i`` is seeded by ``i``, so it plays the same whichever others run.
 
     ``per_task`` holds the subtasks that were attempted (in CALVIN's task order): successes
     out of attempts, and the time spent in their attempts as ``wall_s`` (chain resets count
@@ -151,6 +154,10 @@ def evaluate_calvin(
         env = make_calvin_env(keys, scene=scene, dataset_path=dataset_path, renderer=renderer)
     oracle = calvin.Tasks(TASK_ORACLE_SPEC)
     sequences = get_sequences(num_sequences)
+    ids = list(range(num_sequences)) if chain_ids is None else [int(i) for i in chain_ids]
+    if not ids or not all(0 <= i < num_sequences for i in ids):
+        raise ConfigError(f"chain_ids must be a non-empty list of indices in [0, {num_sequences}), got {chain_ids}")
+    sequences = [sequences[i] for i in ids]
     device = policy_device(policy)
     attempts: Counter[str] = Counter()
     successes: Counter[str] = Counter()
@@ -159,7 +166,7 @@ def evaluate_calvin(
     def reset(c: int, condition: Mapping[str, Any]) -> None:
         robot_obs, scene_obs = get_env_state_for_initial_condition(condition)
         env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
-        torch.manual_seed(seed * 1_000_003 + c)
+        torch.manual_seed(seed * 1_000_003 + ids[c])
 
     def attempt(c: int, task: str) -> bool:
         t0 = time.perf_counter()
@@ -194,9 +201,9 @@ def evaluate_calvin(
         "chain_success": count_success(lengths),
         "chain_length_counts": [counts[n] for n in range(CHAIN_LENGTH + 1)],
     }
-    settings = {"num_sequences": num_sequences, "ep_len": ep_len, "image_keys": keys,
-                "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs, "sampling": sampling,
-                "env": env_source}
+    settings = {"num_sequences": num_sequences, "chain_ids": None if chain_ids is None else ids, "ep_len": ep_len,
+                "image_keys": keys, "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs,
+                "sampling": sampling, "env": env_source}
     return EvalResult("calvin", per_task, time.perf_counter() - start_time, seed, settings=settings, metrics=metrics)
 
 
