@@ -11,7 +11,10 @@
 #    mode-policy of this checkout in $MODE_PYTHON (default: python, the one with metaworld);
 # 4. reads them with LeRobot's LeRobotDataset and compares every value with our DatasetReader,
 #    compares stats, appends an episode with LeRobot's resume/add_frame/save_episode and reloads it
-#    in both (plugins/lerobot_policy_mode/checks/check_datasets.py).
+#    in both (plugins/lerobot_policy_mode/checks/check_datasets.py);
+# 5. runs lerobot-train --policy.type=mode for a few steps on each dataset, loads the checkpoint with
+#    make_policy, calls select_action, converts it for MoDEPolicy.from_pretrained and compares
+#    (plugins/lerobot_policy_mode/checks/check_training.py).
 # Exits non-zero on any mismatch. Needs the package registries (first run) but no other network.
 set -euo pipefail
 
@@ -70,5 +73,17 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 step "LeRobotDataset vs DatasetReader, stats, append with LeRobot"
 "$VENV/bin/python" "$REPO/plugins/lerobot_policy_mode/checks/check_datasets.py" "$WORK" "$WORK/state" "$WORK/cam" \
   2> "$WORK/check_datasets.err" | tee "$WORK/check_datasets.json" || { grep -v '^Svt' "$WORK/check_datasets.err" | tail -20; exit 1; }
+
+for name in state cam; do
+  step "lerobot-train --policy.type=mode on $name, then load it, select_action, MoDEPolicy.from_pretrained"
+  "$VENV/bin/lerobot-train" --dataset.repo_id="local/$name" --dataset.root="$WORK/$name" \
+    --policy.type=mode --policy.preset=tiny --policy.device=cpu --policy.push_to_hub=false \
+    --steps=4 --batch_size=4 --num_workers=0 --save_freq=4 --log_freq=2 --wandb.enable=false \
+    --output_dir="$WORK/train_$name" > "$WORK/train_$name.log" 2>&1 || { tail -30 "$WORK/train_$name.log"; exit 1; }
+  grep -E "step:4 " "$WORK/train_$name.log" | sed 's/.*step:4/step:4/'
+  "$VENV/bin/python" "$REPO/plugins/lerobot_policy_mode/checks/check_training.py" \
+    "$WORK/train_$name/checkpoints/last/pretrained_model" "$WORK/$name" "$WORK/train_$name" 2> "$WORK/check_$name.err" \
+    || { tail -20 "$WORK/check_$name.err"; exit 1; }
+done
 
 step "PASSED in $(( $(date +%s) - START )) s"

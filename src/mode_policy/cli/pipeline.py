@@ -93,7 +93,12 @@ class EvalOptions:
     suite: str = "libero_10"
     """LIBERO suite: libero_10, libero_90, libero_goal, libero_spatial or libero_object."""
     calvin_dataset: str | None = None
-    """CALVIN: dataset root whose validation/ split gives the scene."""
+    """CALVIN: a dataset root or its validation/ folder, whose config builds the env; default:
+    calvin_env's own configs (see --calvin_scene)."""
+    calvin_scene: str = "D"
+    """CALVIN: calvin_env scene A-D, used without --calvin_dataset (D: the evaluation scene of ABC->D)."""
+    calvin_renderer: str = "egl"
+    """CALVIN: camera renderer, 'egl' (headless OpenGL) or 'tiny' (pybullet's software renderer)."""
     episodes: int = 50
     """Meta-World: held-out episodes per task; LIBERO: rollouts per task; CALVIN: instruction chains."""
     seed: int = 0
@@ -150,7 +155,7 @@ def run_eval(opts: EvalOptions) -> int:
         from ..evaluation.calvin import format_chain_success
 
         result = evaluate_calvin(policy, dataset_path=opts.calvin_dataset, num_sequences=opts.episodes,
-                                 seed=opts.seed)
+                                 seed=opts.seed, scene=opts.calvin_scene, renderer=opts.calvin_renderer)
         headline = format_chain_success(result) + "\n"
     else:
         from ..evaluation.metaworld import evaluate_metaworld

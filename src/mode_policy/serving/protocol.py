@@ -29,6 +29,8 @@ import numpy as np
 from ..errors import DataError
 
 PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 2**20
+"""Largest message either side accepts (camera images included)."""
 NDARRAY_EXT = 1
 WIRE_DTYPES = frozenset(
     np.dtype(t).str for t in ("bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32",

@@ -1,0 +1,106 @@
+"""Sub-commands that put a trained policy on a robot: serve (websocket server) and export (ONNX / torch.export)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..run_dir import RunDir
+from .main import Command
+
+
+def _load_policy(path: str, device: str = "cpu"):
+    from ..policy import MoDEPolicy
+
+    if not path:
+        raise ConfigError("give a run directory or a saved model directory as the first argument")
+    return MoDEPolicy.from_pretrained(RunDir.model_dir(path), map_location=device)
+
+
+# --------------------------------------------------------------------- serve
+@dataclass
+class ServeOptions:
+    """Serve a policy over a websocket (msgpack messages with numpy arrays)."""
+
+    path: str = ""
+    """A run directory or a saved model directory (first positional argument)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0: every interface)."""
+    port: int = 8000
+    """Port to listen on (0: an ephemeral port, printed at start)."""
+    batch_window_ms: float = 2.0
+    """How long the first waiting request waits for others to share its forward."""
+    max_batch: int = 64
+    """Most observation rows in one forward (and in one request)."""
+    device: str = "cpu"
+    """Device of the policy: 'cpu', 'cuda', 'cuda:1', ..."""
+    threads: int = 0
+    """Torch threads for the forward (0: torch's choice)."""
+
+
+def run_serve(opts: ServeOptions) -> int:
+    import torch
+
+    from ..serving import PolicyServer, run_server
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.max_batch < 1 or opts.batch_window_ms < 0:
+        raise ConfigError(f"max_batch={opts.max_batch} must be >= 1 and batch_window_ms={opts.batch_window_ms} >= 0")
+    server = PolicyServer(_load_policy(opts.path, opts.device), opts.host, opts.port, opts.batch_window_ms,
+                          opts.max_batch)
+
+    def ready(port: int) -> None:
+        print(f"serving {opts.path} on ws://{opts.host}:{port} (health: http://{opts.host}:{port}/healthz)",
+              flush=True)
+
+    run_server(server, ready)
+    print(f"stopped after {server.counts['requests']} requests ({server.counts['errors']} errors)", flush=True)
+    return 0
+
+
+# -------------------------------------------------------------------- export
+@dataclass
+class ExportOptions:
+    """Export the cached sampler (normalisation and fused experts inside) for a fixed batch size."""
+
+    path: str = ""
+    """A run directory or a saved model directory (first positional argument)."""
+    format: str = "onnx"
+    """'onnx' (runs with ONNX Runtime alone) or 'torch_export' (a torch.export program, .pt2)."""
+    out: str = ""
+    """File to write (default: MODEL_DIR/export/sampler_b{batch_size}_s{steps}.onnx or .pt2)."""
+    batch_size: int = 1
+    """The artefact's fixed batch size."""
+    steps: int = 0
+    """Sampling steps (0: the policy's num_inference_steps)."""
+    tasks: str = ""
+    """Comma-separated instructions whose goal vectors go into the artefact's .json description."""
+
+
+def run_export(opts: ExportOptions) -> int:
+    from ..export import export_sampler
+
+    if opts.steps < 0:
+        raise ConfigError(f"steps={opts.steps} must be >= 1 (or 0 for the policy's own)")
+    policy = _load_policy(opts.path)
+    if opts.steps:
+        policy.config.num_inference_steps = opts.steps
+    suffix = {"onnx": ".onnx", "torch_export": ".pt2"}.get(opts.format)
+    if suffix is None:
+        raise ConfigError(f"format={opts.format!r}: expected 'onnx' or 'torch_export'")
+    steps = policy.config.num_inference_steps
+    out = Path(opts.out) if opts.out else RunDir.model_dir(opts.path) / "export" / f"sampler_b{opts.batch_size}_s{steps}{suffix}"
+    tasks = [t.strip() for t in opts.tasks.split(",") if t.strip()]
+    export_sampler(policy, out, opts.format, opts.batch_size, tasks)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+COMMANDS = {
+    "serve": Command(ServeOptions, run_serve, "serve a policy over a websocket (msgpack, numpy arrays)",
+                     positional=("path",)),
+    "export": Command(ExportOptions, run_export, "export the cached sampler as ONNX or a torch.export program",
+                      positional=("path",)),
+}

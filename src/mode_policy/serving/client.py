@@ -1,0 +1,118 @@
+"""PolicyClient: talk to a ``mode-policy serve`` server from a robot's control loop.
+
+Synchronous (one request, one reply), like the policy it stands in for:
+``predict_action_chunk(obs)`` returns the chunk (B, H, A) as a numpy array;
+``select_action(obs)`` returns one action (B, A) and asks the server for a new
+chunk only when its own queue of ``n_action_steps`` actions is empty (the
+queue and the observation history live here, on the client side).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from websockets.sync.client import connect
+
+from ..constants import GOAL_KEY, TASK_KEY
+from ..errors import DataError
+from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, pack, unpack
+
+
+@dataclass
+class Reply:
+    """One prediction: the actions and where the time went (ms)."""
+
+    actions: np.ndarray  # (B, H, A) float32, original units
+    latency_ms: dict[str, float]  # server, queue, compute (from the server) and round_trip (measured here)
+    batch_size: int  # rows of the server-side forward this request ran in
+
+
+def _wire_value(value: Any) -> Any:
+    """Tensors become numpy arrays; strings, lists of strings and arrays pass through."""
+    if hasattr(value, "detach"):  # a torch tensor
+        return value.detach().cpu().numpy()
+    return value
+
+
+class PolicyClient:
+    """A connection to a policy server at ``ws://host:port`` (or ``uri``)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, timeout: float = 30.0, uri: str | None = None):
+        self.uri = uri or f"ws://{host}:{port}"
+        self.timeout = timeout
+        self._ws = connect(self.uri, open_timeout=timeout, max_size=MAX_MESSAGE_BYTES, compression=None, proxy=None)
+        self.metadata = unpack(self._ws.recv(timeout=timeout))
+        if self.metadata.get("protocol") != PROTOCOL_VERSION:
+            self.close()
+            raise DataError(f"{self.uri} speaks protocol {self.metadata.get('protocol')}, "
+                            f"this client {PROTOCOL_VERSION}")
+        policy = self.metadata["policy"]
+        self.n_action_steps = int(policy["n_action_steps"])
+        self.n_obs_steps = int(policy["n_obs_steps"])
+        self._next_id = 0
+        self._actions: deque[np.ndarray] = deque()
+        self._history: deque[dict[str, Any]] = deque(maxlen=self.n_obs_steps)
+
+    # ---------------------------------------------------------- requests
+    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._next_id += 1
+        message = {**message, "id": self._next_id}
+        self._ws.send(pack(message))
+        reply = unpack(self._ws.recv(timeout=self.timeout))
+        if not reply.get("ok"):
+            raise DataError(f"policy server: {reply.get('error', 'request failed')}")
+        if reply.get("id") != self._next_id:
+            raise DataError(f"policy server answered request {reply.get('id')}, expected {self._next_id}")
+        return reply
+
+    def health(self) -> dict[str, Any]:
+        """The server's counters (requests, errors, batches, connections, uptime)."""
+        return self._call({"type": "health"})
+
+    def predict(self, obs: Mapping[str, Any]) -> Reply:
+        """One chunk for ``obs`` (arrays with a leading batch dimension, ``goal`` or ``task``),
+        with its latency; DataError with the server's message if it refused ``obs``."""
+        start = time.perf_counter()
+        reply = self._call({"type": "predict", "obs": {k: _wire_value(v) for k, v in obs.items()}})
+        latency = {**reply["latency_ms"], "round_trip": (time.perf_counter() - start) * 1e3}
+        return Reply(reply["actions"], latency, int(reply["batch_size"]))
+
+    def predict_action_chunk(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """The action chunk (B, H, A) in the original action units."""
+        return self.predict(obs).actions
+
+    def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """One action (B, A) from one observation frame (state (B, S), images (B, H, W, 3));
+        re-plans a chunk when the client-side queue is empty."""
+        frame = {k: _wire_value(v) for k, v in obs.items()}
+        if not self._history:
+            self._history.extend([frame] * self.n_obs_steps)
+        else:
+            self._history.append(frame)
+        if not self._actions:
+            batch = dict(frame)
+            if self.n_obs_steps > 1:  # stack the history of every observed array: (B, n_obs, ...)
+                for key in (k for k in frame if k not in (GOAL_KEY, TASK_KEY)):
+                    batch[key] = np.stack([f[key] for f in self._history], axis=1)
+            chunk = self.predict_action_chunk(batch)  # (B, H, A)
+            self._actions.extend(np.moveaxis(chunk[:, : self.n_action_steps], 1, 0))
+        return self._actions.popleft()
+
+    def reset(self) -> None:
+        """Forget queued actions and the observation history (call at episode start)."""
+        self._actions.clear()
+        self._history.clear()
+
+    # ------------------------------------------------------------ closing
+    def close(self) -> None:
+        self._ws.close()
+
+    def __enter__(self) -> "PolicyClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,196 @@
+"""The policy server (``mode-policy serve``): a MoDE policy behind a websocket.
+
+Why websocket + msgpack (as openpi does) and not gRPC (as LeRobot's async
+inference does): a robot sends one observation and waits for one chunk, so
+the call is a plain request/reply on one long-lived connection; websockets
+keep that connection open with one small frame per message and no code
+generation, msgpack carries numpy arrays as raw bytes (no pickle, no
+protobuf schema to keep in step with the policy's features), and both
+packages are pure Python wheels. gRPC would add protobuf definitions,
+generated stubs and a C++ runtime for the same request/reply.
+
+Behaviour:
+
+* one message in, one reply out, per connection, in order; replies carry the
+  request's ``id`` and ``latency_ms`` (server total, queueing, forward);
+* observations are validated against the policy's config
+  (:mod:`.validation`): a bad one gets an error reply naming the problem, and
+  the connection and the server carry on;
+* requests from different connections that arrive together run as one
+  forward (:mod:`.batcher`); the server keeps no per-client action queue:
+  :class:`~mode_policy.serving.client.PolicyClient` queues a chunk's actions on
+  the client side, so a robot pays a round trip once per chunk;
+* ``GET /healthz`` (plain HTTP) and a ``health`` message report the counters;
+* SIGINT / SIGTERM stop accepting, answer the requests in flight, close the
+  connections (code 1001) and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from http import HTTPStatus
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ..constants import TASK_KEY
+from ..errors import ModePolicyError
+from ..policy import MoDEPolicy
+from .batcher import MicroBatcher
+from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, error_reply, pack, unpack
+from .validation import Observation, validate_observation
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATH = "/healthz"
+
+
+class PolicyServer:
+    """Serves ``policy`` (put in eval mode) on ``host:port`` (0 = an ephemeral port)."""
+
+    def __init__(
+        self, policy: MoDEPolicy, host: str = "127.0.0.1", port: int = 8000, batch_window_ms: float = 2.0,
+        max_batch: int = 64, drain_timeout_s: float = 10.0,
+    ) -> None:
+        self.policy = policy.eval()
+        self.host, self.port = host, port
+        self.drain_timeout_s = drain_timeout_s
+        self.device = next(policy.parameters()).device
+        encoder = policy.goal_encoder
+        tasks = getattr(encoder, "tasks", None)
+        self.known_tasks = frozenset(tasks) if tasks is not None else None
+        self.max_rows = max_batch
+        self.batcher: MicroBatcher | None = None
+        self.window_s = batch_window_ms / 1e3
+        self.connections = 0
+        self.in_flight = 0
+        self.closing = False
+        self.started = time.time()
+        self.counts = {"requests": 0, "errors": 0}
+
+    # ------------------------------------------------------------ state
+    def metadata(self) -> dict[str, Any]:
+        cfg = self.policy.config
+        features = {
+            "state": [cfg.n_obs_steps, cfg.state_dim] if cfg.state_dim > 0 else None,
+            "images": list(cfg.image_keys),
+            "goal_dim": cfg.goal_dim,
+            "task": self.policy.goal_encoder is not None,
+            "known_tasks": sorted(self.known_tasks) if self.known_tasks is not None else None,
+            "actions": [cfg.horizon, cfg.action_dim],
+        }
+        return {"type": "metadata", "protocol": PROTOCOL_VERSION, "policy": cfg.to_dict(), "features": features,
+                "max_batch": self.max_rows}
+
+    def health(self) -> dict[str, Any]:
+        return {"type": "health", "ok": not self.closing, "uptime_s": time.time() - self.started,
+                "connections": self.connections, "in_flight": self.in_flight,
+                "batches": self.batcher.batches if self.batcher else 0, **self.counts}
+
+    # ---------------------------------------------------------- forward
+    @torch.inference_mode()
+    def forward(self, group: list[Observation]) -> np.ndarray:
+        """Stacked observations -> actions (rows, H, A) float32 (runs on the model thread)."""
+        batch: dict[str, Any] = {
+            key: torch.from_numpy(np.concatenate([o.arrays[key] for o in group])).to(self.device)
+            for key in group[0].arrays
+        }
+        if group[0].tasks is not None:
+            batch[TASK_KEY] = [t for o in group for t in o.tasks]
+        return self.policy.predict_action_chunk(batch).float().cpu().numpy()
+
+    # --------------------------------------------------------- messages
+    async def reply(self, data: bytes | str) -> dict[str, Any]:
+        """The reply to one incoming message (never raises for what the client sent)."""
+        received = time.perf_counter()
+        request_id = None
+        try:
+            message = unpack(data)
+            request_id = message.get("id")
+            kind = message.get("type")
+            if kind == "health":
+                return {**self.health(), "id": request_id}
+            if kind != "predict":
+                return error_reply(request_id, f"unknown message type {kind!r} (expected 'predict' or 'health')")
+            if self.closing:
+                return error_reply(request_id, "server is shutting down")
+            obs = validate_observation(message.get("obs"), self.policy.config, self.policy.goal_encoder is not None,
+                                       self.known_tasks, self.max_rows)
+            actions, timing = await self.batcher.submit(obs)
+        except ModePolicyError as err:
+            return error_reply(request_id, str(err))
+        except KeyError as err:  # e.g. a goal encoder that does not know an instruction
+            return error_reply(request_id, f"unknown key {err}")
+        except Exception as err:  # noqa: BLE001 - a bug answers this request; the server keeps serving
+            log.exception("request failed")
+            return error_reply(request_id, f"internal error: {type(err).__name__}: {err}")
+        return {
+            "type": "result", "id": request_id, "ok": True, "actions": actions, "batch_size": timing.batch_rows,
+            "latency_ms": {"server": (time.perf_counter() - received) * 1e3, "queue": timing.queue_ms,
+                           "compute": timing.compute_ms},
+        }
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        try:
+            await ws.send(pack(self.metadata()))
+            async for data in ws:
+                self.in_flight += 1
+                try:
+                    reply = await self.reply(data)
+                    self.counts["requests"] += 1
+                    self.counts["errors"] += not reply["ok"]
+                    await ws.send(pack(reply))
+                finally:
+                    self.in_flight -= 1
+        except ConnectionClosed:
+            pass  # a client that went away, even mid-request, costs only its own reply
+        finally:
+            self.connections -= 1
+
+    def _http(self, connection: ServerConnection, request) -> Any:
+        if request.path == HEALTH_PATH:
+            return connection.respond(HTTPStatus.OK, json.dumps(self.health()) + "\n")
+        return None  # go on with the websocket handshake
+
+    # ------------------------------------------------------------ serve
+    async def serve(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully; ``ready(port)`` once listening."""
+        self.batcher = MicroBatcher(self.forward, self.window_s, self.max_rows, lambda: self.connections)
+        batching = asyncio.create_task(self.batcher.run())
+        try:
+            async with serve(self._handle, self.host, self.port, process_request=self._http,
+                             max_size=MAX_MESSAGE_BYTES, compression=None) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                if ready is not None:
+                    ready(self.port)
+                await stop.wait()
+                self.closing = True  # new predictions are refused from here on
+                deadline = time.monotonic() + self.drain_timeout_s
+                while self.in_flight and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                server.close()  # stop listening, close every connection with 1001 (going away)
+                await server.wait_closed()
+        finally:
+            batching.cancel()
+            await asyncio.gather(batching, return_exceptions=True)
+
+
+def run_server(server: PolicyServer, ready: Callable[[int], None] | None = None) -> None:
+    """Serve in this thread until SIGINT or SIGTERM, then shut down gracefully."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.serve(stop, ready)
+
+    asyncio.run(main())

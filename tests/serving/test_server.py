@@ -1,0 +1,152 @@
+"""The policy server on 127.0.0.1: results, error replies, batching, health, a vanished client, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from websockets.sync.client import connect
+
+from mode_policy.errors import DataError
+from mode_policy.serving import PolicyClient
+from mode_policy.serving.protocol import pack, unpack
+
+from .conftest import ACTION_MAX, ACTION_MIN, TASKS, make_policy
+
+
+def obs(rows: int = 1, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"observation.state": rng.normal(size=(rows, 39)).astype(np.float32), "task": [TASKS[0]] * rows}
+
+
+def test_actions_are_the_policys_for_the_same_noise(serve, policy):
+    server = serve()
+    with PolicyClient(port=server.port) as client:
+        assert client.metadata["features"]["known_tasks"] == sorted(TASKS)
+        torch.manual_seed(123)  # the model thread draws the initial noise from the global generator
+        reply = client.predict(obs(2))
+    torch.manual_seed(123)
+    batch = obs(2)
+    expected = policy.predict_action_chunk({**batch, "observation.state": torch.from_numpy(batch["observation.state"])})
+    assert reply.actions.shape == (2, 4, 4) and reply.actions.dtype == np.float32
+    np.testing.assert_allclose(reply.actions, expected.numpy(), atol=1e-6)
+    assert (reply.actions >= np.array(ACTION_MIN) - 1e-6).all() and (reply.actions <= np.array(ACTION_MAX) + 1e-6).all()
+    latency = reply.latency_ms
+    assert set(latency) == {"server", "queue", "compute", "round_trip"} and latency["compute"] > 0
+    assert latency["round_trip"] >= latency["server"] >= latency["compute"] and reply.batch_size == 2
+
+
+def test_bad_requests_get_errors_and_the_connection_goes_on(serve):
+    server = serve()
+    with PolicyClient(port=server.port) as client:
+        for bad, message in [
+            ({**obs(), "observation.state": np.zeros((1, 38), np.float32)}, "expected \\(B, 39\\)"),
+            ({**obs(), "observation.state": np.full((1, 39), np.nan, np.float32)}, "contains NaN"),
+            ({**obs(), "observation.state": np.zeros((1, 39), np.int32)}, "dtype int32"),
+            ({**obs(), "task": "fly to the moon"}, "'fly to the moon' is not an instruction"),
+            ({**obs(), "observation.images.wrist": np.zeros((1, 8, 8, 3), np.uint8)},
+             "unknown observation key 'observation.images.wrist'"),
+        ]:
+            with pytest.raises(DataError, match=message):
+                client.predict(bad)
+        assert client.predict(obs()).actions.shape == (1, 4, 4)
+        health = client.health()
+    assert health["ok"] and health["errors"] == 5 and health["requests"] == 6
+
+
+def test_raw_garbage_and_pickle_get_error_replies(serve):
+    server = serve()
+    with connect(f"ws://127.0.0.1:{server.port}", proxy=None) as ws:
+        unpack(ws.recv(timeout=10))  # metadata
+        for frame, message in [(b"\xc1garbage", "not a msgpack message"),
+                               (__import__("pickle").dumps({"type": "predict"}), "msgpack"),
+                               ("text", "text frame"),
+                               (pack({"type": "train", "id": 3}), "unknown message type 'train'"),
+                               (pack({"type": "predict", "id": 4, "obs": [1]}), "obs must be a map")]:
+            ws.send(frame)
+            reply = unpack(ws.recv(timeout=10))
+            assert reply["ok"] is False and message in reply["error"]
+        ws.send(pack({"type": "predict", "id": 5, "obs": obs()}))
+        assert unpack(ws.recv(timeout=30))["ok"] is True
+
+
+def test_clients_that_ask_together_share_one_forward(serve):
+    server = serve(batch_window_ms=5000)  # the batch closes once every connection has a request in it
+    clients = [PolicyClient(port=server.port) for _ in range(4)]
+    barrier, replies = threading.Barrier(4), {}
+
+    def ask(i: int) -> None:
+        barrier.wait(timeout=30)
+        replies[i] = clients[i].predict(obs(rows=i + 1, seed=i))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for c in clients:
+        c.close()
+    assert sorted(replies) == [0, 1, 2, 3]
+    assert [replies[i].actions.shape[0] for i in range(4)] == [1, 2, 3, 4]
+    assert {r.batch_size for r in replies.values()} == {10} and server.server.batcher.batches == 1
+
+
+def test_select_action_queues_a_chunk_on_the_client(serve):
+    server = serve()
+    with PolicyClient(port=server.port) as client:
+        frame = {"observation.state": np.zeros((1, 39), np.float32), "task": TASKS[1]}
+        actions = [client.select_action(frame) for _ in range(5)]  # n_action_steps = 4
+        assert all(a.shape == (1, 4) for a in actions)
+        assert client.health()["requests"] == 2  # chunk 1 (actions 1-4), chunk 2 (action 5)
+        client.reset()
+        client.select_action(frame)
+        assert client.health()["requests"] == 4
+
+
+def test_health_endpoint_over_http(serve):
+    server = serve()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as response:
+        health = json.loads(response.read())
+    assert response.status == 200 and health["ok"] is True and health["requests"] == 0
+
+
+def test_a_client_gone_mid_request_leaves_the_server_serving(serve):
+    server = serve(batch_window_ms=2000)
+    with PolicyClient(port=server.port) as survivor:
+        gone = connect(f"ws://127.0.0.1:{server.port}", proxy=None)
+        unpack(gone.recv(timeout=10))
+        gone.send(pack({"type": "predict", "id": 1, "obs": obs()}))  # waits in the batch window ...
+        gone.socket.shutdown(2)  # ... while its client vanishes without a close handshake
+        gone.socket.close()
+        assert survivor.predict(obs()).actions.shape == (1, 4, 4)
+        assert survivor.health()["ok"]
+
+
+def test_sigterm_shuts_down_gracefully(tmp_path):
+    make_policy().save_pretrained(tmp_path / "model")
+    code = ("import sys; from mode_policy.cli.parsing import parse_command; from mode_policy.cli.serve import COMMANDS;"
+            "c = COMMANDS['serve']; sys.exit(c.run(parse_command(c.options, sys.argv[1:], 'serve', None, c.positional)))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "model"), "--port", "0", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line, proc.stderr.read()
+        port = int(line.split("ws://127.0.0.1:")[1].split()[0])
+        with PolicyClient(port=port) as client:
+            assert client.predict(obs()).actions.shape == (1, 4, 4)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        assert "stopped after 1 requests (0 errors)" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
