@@ -21,3 +21,17 @@ def test_v0_1_checkpoint_loads_and_samples_the_same_actions(routing):
     actions = policy.predict_action_chunk(batch, noise=ref["noise"])
     torch.testing.assert_close(actions, ref["actions"], rtol=0, atol=1e-6)
     assert policy.config.routing == routing
+
+
+def test_a_lerobot_plugin_checkpoint_loads_directly(tmp_path):
+    """A lerobot-train checkpoint of the plugin: LeRobot's config.json, our config as mode_config.json."""
+    import json
+    import shutil
+
+    shutil.copyfile(FIXTURES / "noise" / "model.safetensors", tmp_path / "model.safetensors")
+    shutil.copyfile(FIXTURES / "noise" / "config.json", tmp_path / "mode_config.json")
+    (tmp_path / "config.json").write_text(json.dumps({"type": "mode", "preset": "tiny", "device": "cpu"}))
+    policy = MoDEPolicy.from_pretrained(tmp_path).eval()
+    ref = load_file(str(FIXTURES / "noise" / "reference.safetensors"))
+    actions = policy.predict_action_chunk({"observation.state": ref["state"], "goal": ref["goal"]}, noise=ref["noise"])
+    torch.testing.assert_close(actions, ref["actions"], rtol=0, atol=1e-6)

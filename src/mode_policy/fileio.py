@@ -129,3 +129,24 @@ def moved_aside(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
             os.replace(aside, path)
         raise
     _remove(aside)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file (empty if missing); a torn last line (a kill mid-write) is skipped."""
+    from .errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                continue
+            raise DataError(f"{path}, line {i + 1}: not valid JSON ({err})") from None
+    return records

@@ -32,6 +32,8 @@ from .normalize import Normalizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+LEROBOT_MODE_CONFIG_NAME = "mode_config.json"
+"""The MoDE config inside a LeRobot checkpoint folder (LeRobot's own config is config.json)."""
 LEGACY_PREFIXES = {"transformer.": "denoiser.net."}
 """State-dict key prefixes of checkpoints written before the EDM denoiser module -> today's."""
 
@@ -282,10 +284,14 @@ class MoDEPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MoDEPolicy":
-        """Rebuild a policy from ``save_pretrained`` output; raises CheckpointError
-        naming the file and the mismatch if anything does not fit."""
+        """Rebuild a policy from ``save_pretrained`` output, or from a ``lerobot-train`` checkpoint
+        of the ``lerobot_policy_mode`` plugin (whose MoDE config is ``mode_config.json``, beside
+        LeRobot's own ``config.json``); raises CheckpointError naming the file and the mismatch
+        if anything does not fit."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if (directory / LEROBOT_MODE_CONFIG_NAME).is_file():
+            config_path = directory / LEROBOT_MODE_CONFIG_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise CheckpointError(f"checkpoint file missing: {path}")

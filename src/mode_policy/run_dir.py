@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CheckpointError, DataError, RunDirError
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text, read_jsonl
 
 CHECKPOINT_PREFIX = "step_"
 TRAINING_STATE = "training_state.pt"
@@ -41,24 +41,6 @@ def _read_json(path: Path) -> Any | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file (empty if missing); a torn last line (a kill mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:
-                continue
-            raise DataError(f"{path}, line {i + 1}: not valid JSON ({err})") from None
-    return records
 
 
 class RunDir:
@@ -178,10 +160,10 @@ class RunDir:
         return _read_json(self.stats)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.metrics)
+        return read_jsonl(self.metrics)
 
     def read_evals(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.evals)
+        return read_jsonl(self.evals)
 
     def read_eval_info(self):
         """The :class:`~mode_policy.evaluation.EvalResult` in ``eval_info.json``, or None."""

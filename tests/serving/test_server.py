@@ -19,7 +19,7 @@ from mode_policy.errors import DataError
 from mode_policy.serving import PolicyClient
 from mode_policy.serving.protocol import pack, unpack
 
-from .conftest import ACTION_MAX, ACTION_MIN, TASKS, make_policy
+from served import ACTION_MAX, ACTION_MIN, TASKS, make_policy
 
 
 def obs(rows: int = 1, seed: int = 0) -> dict:
@@ -121,11 +121,11 @@ def test_health_endpoint_over_http(serve):
 def test_a_client_gone_mid_request_leaves_the_server_serving(serve):
     server = serve(batch_window_ms=2000)
     with PolicyClient(port=server.port) as survivor:
-        gone = connect(f"ws://127.0.0.1:{server.port}", proxy=None)
-        unpack(gone.recv(timeout=10))
-        gone.send(pack({"type": "predict", "id": 1, "obs": obs()}))  # waits in the batch window ...
-        gone.socket.shutdown(2)  # ... while its client vanishes without a close handshake
-        gone.socket.close()
+        with connect(f"ws://127.0.0.1:{server.port}", proxy=None) as gone:
+            unpack(gone.recv(timeout=10))
+            gone.send(pack({"type": "predict", "id": 1, "obs": obs()}))  # waits in the batch window ...
+            gone.socket.shutdown(2)  # ... while its client vanishes without a close handshake
+            gone.socket.close()
         assert survivor.predict(obs()).actions.shape == (1, 4, 4)
         assert survivor.health()["ok"]
 

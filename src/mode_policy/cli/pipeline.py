@@ -111,17 +111,38 @@ class EvalOptions:
     """Record this many episodes per task as mp4 (into a videos/ folder beside ``out``)."""
     device: str = "cpu"
     """Device of the policy."""
+    workers: int = 1
+    """CALVIN: processes playing chains in parallel, each with its own simulator."""
+    resume: bool = True
+    """CALVIN: continue from the chains already in the results log beside ``out`` (false: start over)."""
     out: str | None = None
     """Result file (default: RUN_DIR/eval_info.json for a run directory, else ./eval_info.json)."""
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "batch_size"):
+        for name in ("episodes", "batch_size", "workers"):
             check_range(self, name, 1)
         for name in ("steps", "videos", "seed"):
             check_range(self, name, 0)
 
 
 LIBERO_SUITES = ("libero_10", "libero_90", "libero_goal", "libero_spatial", "libero_object")
+
+
+def _calvin_log(opts: EvalOptions, model_dir: Path, out: Path):
+    """The resumable log of finished chains beside ``out`` (``eval_info.chains/``), for this
+    policy's weights and these settings."""
+    import hashlib
+    import shutil
+
+    from ..evaluation.unit_log import UnitLog
+
+    weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
+    settings = {"env": "calvin", "weights_sha256": weights, "chains": opts.episodes, "seed": opts.seed,
+                "scene": opts.calvin_scene, "dataset": opts.calvin_dataset, "steps": opts.steps}
+    folder = out.with_name(out.stem + ".chains")
+    if not opts.resume and folder.exists():
+        shutil.rmtree(folder)
+    return UnitLog(folder, settings)
 
 
 def run_eval(opts: EvalOptions) -> int:
@@ -153,10 +174,17 @@ def run_eval(opts: EvalOptions) -> int:
         from ..evaluation.calvin import evaluate_calvin
 
         from ..evaluation.calvin import format_chain_success
+        from ..evaluation.parallel import evaluate_calvin_in_workers
 
-        result = evaluate_calvin(policy, dataset_path=opts.calvin_dataset, num_sequences=opts.episodes,
-                                 seed=opts.seed, scene=opts.calvin_scene, renderer=opts.calvin_renderer)
-        headline = format_chain_success(result) + "\n"
+        log = _calvin_log(opts, model_dir, out)
+        kwargs = dict(dataset_path=opts.calvin_dataset, num_sequences=opts.episodes, seed=opts.seed,
+                      scene=opts.calvin_scene, renderer=opts.calvin_renderer)
+        if opts.workers > 1:
+            result = evaluate_calvin_in_workers(policy, model_dir, log, opts.workers, range(opts.episodes),
+                                                device=opts.device, **kwargs)
+        else:
+            result = evaluate_calvin(policy, log=log, **kwargs)
+        headline = f"{format_chain_success(result)}   (chains in {log.folder})\n"
     else:
         from ..evaluation.metaworld import evaluate_metaworld
 

@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from .protocol import Policy, eval_mode, policy_device
 from .result import EvalResult, TaskResult
 from .sampling import sampling_overrides
+from .unit_log import UnitLog
 
 EP_LEN = 360
 """Policy steps per instruction."""
@@ -79,10 +80,11 @@ def run_chains(
     reset: Callable[[int, Mapping[str, Any]], None],
     attempt: Callable[[int, str], bool],
     progress: bool = False,
+    on_chain_done: Callable[[int, int], None] | None = None,
 ) -> list[int]:
     """The chain protocol: for chain ``c``, ``reset(c, initial_condition)``, then
-    ``attempt(c, task)`` for its tasks in order until one returns False. Returns the number
-    of completed tasks per chain."""
+    ``attempt(c, task)`` for its tasks in order until one returns False; then
+    ``on_chain_done(c, completed)``. Returns the number of completed tasks per chain."""
     from tqdm.auto import tqdm
 
     lengths: list[int] = []
@@ -96,6 +98,8 @@ def run_chains(
                     break
                 done += 1
             lengths.append(done)
+            if on_chain_done is not None:
+                on_chain_done(c, done)
             bar.update(1)
             rates = count_success(lengths)
             text = " ".join(f"{i + 1}:{r:.0%}" for i, r in enumerate(rates))
@@ -122,6 +126,8 @@ def evaluate_calvin(
     num_inference_steps: int | None = CALVIN_OFFICIAL.num_inference_steps,
     sigma_min: float | None = CALVIN_OFFICIAL.sigma_min,
     chain_ids: Sequence[int] | None = None,
+    log: UnitLog | None = None,
+    log_writer: str = "main",
 ) -> EvalResult:
     """Run the CALVIN long-horizon protocol (defaults: :data:`CALVIN_OFFICIAL`).
 
@@ -139,7 +145,12 @@ def evaluate_calvin(
     out of attempts, and the time spent in their attempts as ``wall_s`` (chain resets count
     only in the overall ``wall_s``). ``metrics``: ``avg_len``, ``chain_success`` (fraction of
     chains completing at least 1..5 instructions) and ``chain_length_counts`` (chains that
-    completed 0, 1, ..., 5 instructions)."""
+    completed 0, 1, ..., 5 instructions).
+
+    ``log`` (a :class:`~mode_policy.evaluation.unit_log.UnitLog`) makes the run resumable and
+    shardable: every finished chain is appended to it (as ``log_writer``), chains it already
+    holds are not played again, and the result covers ``chain_ids`` from the log's records, so
+    it is the same however the chains were split over processes or interrupted."""
     start_time = time.perf_counter()
     keys = list(policy.config.image_keys if image_keys is None else image_keys)
     unknown = [k for k in keys if k not in CAMERAS]
@@ -148,25 +159,37 @@ def evaluate_calvin(
     if ep_len < 1:
         raise ConfigError(f"ep_len must be >= 1, got {ep_len}")
     calvin = import_calvin_env()
-    env_source = "given"
-    if env is None:
-        env_source = f"dataset {dataset_path}" if dataset_path is not None else f"calvin_env scene {scene}"
-        env = make_calvin_env(keys, scene=scene, dataset_path=dataset_path, renderer=renderer)
     oracle = calvin.Tasks(TASK_ORACLE_SPEC)
     sequences = get_sequences(num_sequences)
     ids = list(range(num_sequences)) if chain_ids is None else [int(i) for i in chain_ids]
     if not ids or not all(0 <= i < num_sequences for i in ids):
         raise ConfigError(f"chain_ids must be a non-empty list of indices in [0, {num_sequences}), got {chain_ids}")
-    sequences = [sequences[i] for i in ids]
+    records: dict[int, dict[str, Any]] = log.records() if log is not None else {}
+    todo = [i for i in ids if i not in records]
+    sequences = [sequences[i] for i in todo]
+    env_source = "given"
+    if env is None:
+        env_source = f"dataset {dataset_path}" if dataset_path is not None else f"calvin_env scene {scene}"
+        if todo:  # nothing to build when the log already holds every chain
+            env = make_calvin_env(keys, scene=scene, dataset_path=dataset_path, renderer=renderer)
     device = policy_device(policy)
-    attempts: Counter[str] = Counter()
+    attempts: Counter[str] = Counter()  # of the chain being played
     successes: Counter[str] = Counter()
     wall: Counter[str] = Counter()
 
     def reset(c: int, condition: Mapping[str, Any]) -> None:
+        for counter in (attempts, successes, wall):
+            counter.clear()
         robot_obs, scene_obs = get_env_state_for_initial_condition(condition)
         env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
-        torch.manual_seed(seed * 1_000_003 + ids[c])
+        torch.manual_seed(seed * 1_000_003 + todo[c])
+
+    def chain_done(c: int, completed: int) -> None:
+        record = {"unit": todo[c], "completed": completed, "attempts": dict(attempts),
+                  "successes": dict(successes), "wall_s": dict(wall)}
+        records[todo[c]] = record
+        if log is not None:
+            log.append(log_writer, record)
 
     def attempt(c: int, task: str) -> bool:
         t0 = time.perf_counter()
@@ -191,9 +214,16 @@ def evaluate_calvin(
 
     with eval_mode(policy), torch.random.fork_rng(devices=[]), \
             sampling_overrides(policy, num_inference_steps=num_inference_steps, sigma_min=sigma_min) as sampling:
-        lengths = run_chains(sequences, reset, attempt, progress)
+        if sequences:
+            run_chains(sequences, reset, attempt, progress, chain_done)
+    lengths = [records[i]["completed"] for i in ids]
+    total = {key: Counter() for key in ("attempts", "successes", "wall_s")}
+    for i in ids:
+        for key, counter in total.items():
+            counter.update(records[i][key])
     per_task = {
-        t: TaskResult(successes[t], attempts[t], wall[t], VAL_INSTRUCTIONS[t]) for t in CALVIN_TASKS if attempts[t]
+        t: TaskResult(total["successes"][t], total["attempts"][t], total["wall_s"][t], VAL_INSTRUCTIONS[t])
+        for t in CALVIN_TASKS if total["attempts"][t]
     }
     counts = Counter(lengths)
     metrics = {
@@ -203,7 +233,7 @@ def evaluate_calvin(
     }
     settings = {"num_sequences": num_sequences, "chain_ids": None if chain_ids is None else ids, "ep_len": ep_len,
                 "image_keys": keys, "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs,
-                "sampling": sampling, "env": env_source}
+                "sampling": sampling, "env": env_source, "chains_played_now": len(todo)}
     return EvalResult("calvin", per_task, time.perf_counter() - start_time, seed, settings=settings, metrics=metrics)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -44,7 +45,10 @@ class PolicyClient:
     def __init__(self, host: str = "127.0.0.1", port: int = 8000, timeout: float = 30.0, uri: str | None = None):
         self.uri = uri or f"ws://{host}:{port}"
         self.timeout = timeout
-        self._ws = connect(self.uri, open_timeout=timeout, max_size=MAX_MESSAGE_BYTES, compression=None, proxy=None)
+        self._stack = ExitStack()  # connect() is a context manager (websockets >= 16 warns otherwise)
+        self._ws = self._stack.enter_context(
+            connect(self.uri, open_timeout=timeout, max_size=MAX_MESSAGE_BYTES, compression=None, proxy=None)
+        )
         self.metadata = unpack(self._ws.recv(timeout=timeout))
         if self.metadata.get("protocol") != PROTOCOL_VERSION:
             self.close()
@@ -109,7 +113,7 @@ class PolicyClient:
 
     # ------------------------------------------------------------ closing
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def __enter__(self) -> "PolicyClient":
         return self

@@ -1,0 +1,58 @@
+"""A resumable log of finished evaluation units (CALVIN chains; LIBERO rollouts can follow).
+
+A folder holds ``settings.json`` (what is being evaluated: a log of another evaluation is
+refused) and one JSON-lines file per writer process; every line is one finished unit
+``{"unit": id, ...}``, flushed and fsynced as it ends. A killed evaluation leaves every
+finished unit on disk; the next run reads them back and plays only the rest. Several
+processes (shards) write their own files, so they never contend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from ..fileio import atomic_write_json, read_jsonl
+
+SETTINGS = "settings.json"
+
+
+class UnitLog:
+    """Finished units of one evaluation, in ``folder`` (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, settings: Mapping[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(dict(settings)))  # as JSON holds it
+        path = self.folder / SETTINGS
+        if path.is_file():
+            held = json.loads(path.read_text(encoding="utf-8"))
+            if held != self.settings:
+                changed = sorted(k for k in set(held) | set(self.settings) if held.get(k) != self.settings.get(k))
+                raise ConfigError(f"{self.folder} holds results of another evaluation (differs in: "
+                                  f"{', '.join(changed)}); remove it or pass --resume=false to start over")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, self.settings)
+
+    def records(self) -> dict[int, dict[str, Any]]:
+        """Every finished unit, by id (the first record of a unit wins)."""
+        out: dict[int, dict[str, Any]] = {}
+        for path in sorted(self.folder.glob("units-*.jsonl")):
+            for record in read_jsonl(path):
+                out.setdefault(int(record["unit"]), record)
+        return out
+
+    def append(self, writer: str, record: Mapping[str, Any]) -> None:
+        """Add one finished unit (``record["unit"]`` is its id) to ``writer``'s file, durably."""
+        with open(self.folder / f"units-{writer}.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def clear(self) -> None:
+        """Forget every finished unit (start the evaluation over)."""
+        for path in self.folder.glob("units-*.jsonl"):
+            path.unlink()

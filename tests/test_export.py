@@ -1,0 +1,92 @@
+"""Export of the cached sampler: ONNX (run with ONNX Runtime alone) and torch.export, in parity with eager."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mode_policy import MoDEPolicy, get_preset
+from mode_policy.errors import ConfigError
+from mode_policy.export import example_inputs, export_sampler
+
+TASKS = ["open the drawer", "press the button"]
+PARITY = 1e-5
+
+
+def make_policy(**overrides) -> MoDEPolicy:
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", state_dim=6, action_dim=3, goal_dim=8, **overrides)
+    policy = MoDEPolicy(cfg)
+    with torch.no_grad():  # a non-zero output head, so actions depend on every input
+        torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.5)
+    policy.set_normalization({"action": {"min": [-2.0, 0.0, 5.0], "max": [2.0, 0.5, 6.0]},
+                              "observation.state": {"mean": [0.3] * 6, "std": [2.0] * 6}})
+    return policy.eval()
+
+
+def eager(policy: MoDEPolicy, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    batch = {"observation.state": inputs["observation.state"], "goal": inputs["goal"]}
+    return policy.predict_action_chunk(batch, inputs["noise"]).numpy()
+
+
+# Runs in a fresh interpreter where importing mode_policy fails: the artefact needs ONNX Runtime only.
+ORT_ONLY = """
+import sys, json, numpy as np
+sys.modules["mode_policy"] = None
+import onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+feeds = {k: np.asarray(v, dtype=np.float32) for k, v in json.loads(sys.stdin.read()).items()}
+print(json.dumps(session.run(["action"], feeds)[0].tolist()))
+"""
+
+
+def test_onnx_sampler_matches_the_eager_cached_sampler(tmp_path):
+    pytest.importorskip("onnxscript", reason="the ONNX exporter (torch.onnx, dynamo) needs onnxscript")
+    ort = pytest.importorskip("onnxruntime", reason="the parity check runs the export with onnxruntime")
+    policy = make_policy(goal_encoder={"type": "task", "tasks": TASKS, "dim": 8})
+    path = export_sampler(policy, tmp_path / "sampler.onnx", "onnx", batch_size=2, tasks=["close the door"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["observation.state", "goal", "noise"]
+    for seed in (1, 2):
+        inputs = example_inputs(policy, 2, seed=seed)
+        inputs["observation.state"] = inputs["observation.state"] * 3 + 1  # robot units, far from the mean
+        got = session.run(["action"], {k: v.numpy() for k, v in inputs.items()})[0]
+        want = eager(policy, inputs)
+        assert got.shape == (2, 4, 3) and np.abs(got - want).max() <= PARITY
+    assert np.abs(got[0] - got[1]).max() > 1e-3  # the rows differ: the check is not vacuous
+
+    described = json.loads(path.with_suffix(".json").read_text())
+    assert described["inputs"] == {"observation.state": [2, 1, 6], "goal": [2, 8], "noise": [2, 4, 3]}
+    assert sorted(described["goals"]) == sorted([*TASKS, "close the door"])
+    goal = policy.goal_encoder([TASKS[1]])[0].detach().numpy()
+    np.testing.assert_allclose(described["goals"][TASKS[1]], goal, rtol=1e-6)
+
+    alone = subprocess.run([sys.executable, "-c", ORT_ONLY, str(path)], capture_output=True, text=True, timeout=120,
+                           input=json.dumps({k: v.tolist() for k, v in inputs.items()}))
+    assert alone.returncode == 0, alone.stderr
+    assert np.abs(np.array(json.loads(alone.stdout)) - want).max() <= PARITY
+
+
+def test_torch_export_program_matches_eager(tmp_path):
+    policy = make_policy()
+    path = export_sampler(policy, tmp_path / "sampler.pt2", "torch_export", batch_size=1)
+    program = torch.export.load(str(path)).module()
+    inputs = example_inputs(policy, 1, seed=3)
+    got = program(*inputs.values()).detach().numpy()
+    assert np.abs(got - eager(policy, inputs)).max() <= PARITY
+
+
+def test_export_refuses_what_it_cannot_run(tmp_path):
+    with pytest.raises(ConfigError, match="state-only"):
+        export_sampler(make_policy(image_keys=["observation.images.top"]), tmp_path / "a.onnx")
+    with pytest.raises(ConfigError, match="routing=noise"):
+        export_sampler(make_policy(routing="dense"), tmp_path / "a.onnx")
+    with pytest.raises(ConfigError, match="format='tflite'"):
+        export_sampler(make_policy(), tmp_path / "a.onnx", "tflite")
+    with pytest.raises(ConfigError, match="--tasks needs a policy with a goal encoder"):
+        export_sampler(make_policy(), tmp_path / "a.onnx", tasks=["x"])
