@@ -57,6 +57,7 @@ class CachedSampler(nn.Module):
         # tensors that read would be data-dependent, so they get a numpy copy (same values).
         self.sigmas = self.plan.sigmas.numpy()
         self.has_state = cfg.state_dim > 0
+        self.train(False)
         layers = policy.denoiser.net.moe_layers()
         self.selections = [[_bank_slice(f, layer) for f, layer in zip(level.fused, layers)] for level in self.plan.levels]
 
@@ -143,13 +144,16 @@ def export_sampler(
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     path = Path(path)
+    goals = known_goals(policy, tasks)
     sampler = CachedSampler(policy.cpu())
     inputs = example_inputs(policy, batch_size)
     args = tuple(inputs.values())
     if fmt == "onnx":
+        # optimize=False: ONNX Runtime optimises the graph when it loads it; onnxscript's
+        # optimiser takes minutes here and moves the outputs away from eager's.
         program = torch.onnx.export(
             sampler, args, dynamo=True, input_names=list(inputs), output_names=[ACTION_KEY],
-            opset_version=ONNX_OPSET, optimize=False, verbose=False,  # ORT optimises at load; onnxscript's pass takes minutes
+            opset_version=ONNX_OPSET, optimize=False, verbose=False,
         )
         atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
     else:
@@ -164,7 +168,7 @@ def export_sampler(
         "noise": "standard normal (the sampler scales it by sigma_max)",
         "sampler": cfg.sampler, "schedule": cfg.schedule, "num_inference_steps": cfg.num_inference_steps,
         "n_action_steps": cfg.n_action_steps,
-        "goals": known_goals(policy, tasks),
+        "goals": goals,
     })
     return path
 

@@ -39,8 +39,11 @@ def evaluate_calvin_in_workers(
     """:func:`~mode_policy.evaluation.calvin.evaluate_calvin` of ``chain_ids`` over ``workers``
     processes (each loads the policy saved in ``model_dir``); ``policy`` (the same, loaded
     here) only assembles the result from the log. ``kwargs`` go to ``evaluate_calvin``."""
+    import time
+
     from .calvin import evaluate_calvin
 
+    start = time.perf_counter()
     done = log.records()
     todo = [i for i in chain_ids if i not in done]
     shards = [todo[k::workers] for k in range(workers) if todo[k::workers]]
@@ -49,4 +52,7 @@ def evaluate_calvin_in_workers(
                 for k, shard in enumerate(shards)]
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             pool.map(_play_shard, jobs)
-    return evaluate_calvin(policy, chain_ids=list(chain_ids), log=log, progress=False, **kwargs)
+    result = evaluate_calvin(policy, chain_ids=list(chain_ids), log=log, progress=False, **kwargs)
+    result.settings.update(chains_played_now=len(todo), workers=len(shards))
+    result.wall_s = time.perf_counter() - start
+    return result
