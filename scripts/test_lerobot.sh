@@ -14,7 +14,12 @@
 #    in both (plugins/lerobot_policy_mode/checks/check_datasets.py);
 # 5. runs lerobot-train --policy.type=mode for a few steps on each dataset, loads the checkpoint with
 #    make_policy, calls select_action, converts it for MoDEPolicy.from_pretrained and compares
-#    (plugins/lerobot_policy_mode/checks/check_training.py).
+#    (plugins/lerobot_policy_mode/checks/check_training.py);
+# 6. trains with `mode-policy train` on each dataset (state: tiny preset, minilm goals; camera:
+#    cpu-image preset, learned task goals), converts the run with
+#    `python -m lerobot_policy_mode.convert`, loads it with LeRobot's make_policy and processors and
+#    compares tensors, action chunk and select_action with MoDEPolicy.from_pretrained
+#    (plugins/lerobot_policy_mode/checks/check_import.py).
 # Exits non-zero on any mismatch. Needs the package registries (first run) but no other network.
 set -euo pipefail
 
@@ -84,6 +89,19 @@ for name in state cam; do
   "$VENV/bin/python" "$REPO/plugins/lerobot_policy_mode/checks/check_training.py" \
     "$WORK/train_$name/checkpoints/last/pretrained_model" "$WORK/$name" "$WORK/train_$name" 2> "$WORK/check_$name.err" \
     || { tail -20 "$WORK/check_$name.err"; exit 1; }
+done
+
+for name in state cam; do
+  step "mode-policy train on $name, convert for LeRobot, make_policy vs MoDEPolicy.from_pretrained"
+  if [ "$name" = state ]; then ARGS=(--preset tiny); else ARGS=(--preset cpu-image --language task); fi
+  "$MODE_PYTHON" -m mode_policy.cli.main train --dataset "$WORK/$name" "${ARGS[@]}" --steps 4 --batch_size 4 \
+    --log_every 2 --checkpoint_every 4 --device cpu --progress false --output_dir "$WORK/ours_$name" \
+    > "$WORK/ours_$name.log" 2>&1 || { tail -30 "$WORK/ours_$name.log"; exit 1; }
+  "$VENV/bin/python" -m lerobot_policy_mode.convert "$WORK/ours_$name" "$WORK/ours_${name}_lerobot" \
+    2> "$WORK/convert_$name.err" || { tail -20 "$WORK/convert_$name.err"; exit 1; }
+  "$VENV/bin/python" "$REPO/plugins/lerobot_policy_mode/checks/check_import.py" \
+    "$WORK/ours_${name}_lerobot" "$WORK/ours_$name/model" "$WORK/$name" 2> "$WORK/check_import_$name.err" \
+    | tail -1 || { tail -20 "$WORK/check_import_$name.err"; exit 1; }
 done
 
 step "PASSED in $(( $(date +%s) - START )) s"

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from mode_policy import MoDEPolicy, get_preset
+from mode_policy.bench import bench_latency, format_latency
+from mode_policy.cli.parsing import parse_command
+from mode_policy.cli.serve import COMMANDS
 from mode_policy.errors import ConfigError
-from mode_policy.export import example_inputs, export_sampler
+from mode_policy.export import example_inputs, export_sampler, onnx_runtime_available
 
 TASKS = ["open the drawer", "press the button"]
 PARITY = 1e-5
@@ -20,7 +23,8 @@ PARITY = 1e-5
 
 def make_policy(**overrides) -> MoDEPolicy:
     torch.manual_seed(0)
-    cfg = get_preset("tiny", state_dim=6, action_dim=3, goal_dim=8, **overrides)
+    # 4 sampling steps: the sampler is unrolled into the graph, so fewer steps export faster
+    cfg = get_preset("tiny", state_dim=6, action_dim=3, goal_dim=8, num_inference_steps=4, **overrides)
     policy = MoDEPolicy(cfg)
     with torch.no_grad():  # a non-zero output head, so actions depend on every input
         torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.5)
@@ -45,9 +49,10 @@ print(json.dumps(session.run(["action"], feeds)[0].tolist()))
 """
 
 
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
 def test_onnx_sampler_matches_the_eager_cached_sampler(tmp_path):
-    pytest.importorskip("onnxscript", reason="the ONNX exporter (torch.onnx, dynamo) needs onnxscript")
-    ort = pytest.importorskip("onnxruntime", reason="the parity check runs the export with onnxruntime")
+    import onnxruntime as ort
+
     policy = make_policy(goal_encoder={"type": "task", "tasks": TASKS, "dim": 8})
     path = export_sampler(policy, tmp_path / "sampler.onnx", "onnx", batch_size=2, tasks=[TASKS[1]])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -90,3 +95,30 @@ def test_export_refuses_what_it_cannot_run(tmp_path):
         export_sampler(make_policy(), tmp_path / "a.onnx", "tflite")
     with pytest.raises(ConfigError, match="--tasks needs a policy with a goal encoder"):
         export_sampler(make_policy(), tmp_path / "a.onnx", tasks=["x"])
+
+
+def test_export_command_writes_to_the_model_folder(tmp_path):
+    policy = make_policy()
+    policy.save_pretrained(tmp_path / "run" / "model")
+    cmd = COMMANDS["export"]
+    opts = parse_command(cmd.options, [str(tmp_path / "run"), "--format", "torch_export", "--steps", "2"],
+                         "export", None, cmd.positional)
+    assert cmd.run(opts) == 0
+    path = tmp_path / "run" / "model" / "export" / "sampler_b1_s2.pt2"
+    assert json.loads(path.with_suffix(".json").read_text())["num_inference_steps"] == 2
+    policy.config.num_inference_steps = 2
+    inputs = example_inputs(policy, 1, seed=4)
+    got = torch.export.load(str(path)).module()(*inputs.values()).detach().numpy()
+    assert np.abs(got - eager(policy, inputs)).max() <= PARITY
+    with pytest.raises(ConfigError, match="format='tflite'"):
+        cmd.run(parse_command(cmd.options, [str(tmp_path / "run"), "--format", "tflite"], "export", None,
+                              cmd.positional))
+
+
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
+def test_bench_latency_times_the_onnx_sampler_beside_eager():
+    result = bench_latency("tiny", rounds_b1=2, rounds_b64=2, overrides={"num_inference_steps": 3}, profile=False,
+                           progress=False, onnx=True)
+    assert result["latency_b1"]["onnx_cached"]["runs"] == 2 and "onnx_cached" not in result["latency_b64"]
+    assert result["onnx_max_abs_diff"] <= PARITY and result["ratios"]["onnx_over_cached_b1"] > 0
+    assert "onnx_cached" in format_latency(result)

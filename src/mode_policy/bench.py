@@ -10,6 +10,8 @@ and depth, with the same random weights where they share a structure:
 * ``dense_active``   dense transformer with the same *active* parameters (MLP hidden = k * 4d)
 * ``dense_total``    dense transformer with the same *total* parameters (MLP hidden = E * 4d)
 * ``mode_e{E}_cached``  MoDE with E experts (top-k fixed) for the scaling curve
+* ``onnx_cached``    ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`), run by ONNX
+  Runtime with the same thread count (batch 1; with ``onnx=True`` and onnxruntime installed)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -26,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import MoDEConfig, get_preset
 from .constants import GOAL_KEY, STATE_KEY
 from .errors import ConfigError
+from .export import OrtChunk, export_sampler, onnx_runtime_available
 from .policy import MoDEPolicy
 
 
@@ -140,8 +144,10 @@ def bench_latency(
     overrides: dict[str, Any] | None = None,
     profile: bool = True,
     progress: bool = True,
+    onnx: bool = False,
 ) -> dict[str, Any]:
-    """Run the latency benchmark; returns the figures and ratios as a dict."""
+    """Run the latency benchmark; returns the figures and ratios as a dict.
+    ``onnx``: also time the exported ONNX sampler at batch 1 (skipped without onnxruntime)."""
     base = get_preset(preset, **{"state_dim": 39, "action_dim": 4, **(overrides or {})})
     if base.routing != "noise":
         raise ConfigError("bench latency compares noise-routed MoDE with dense baselines: use routing=noise")
@@ -158,8 +164,17 @@ def bench_latency(
         noise = torch.randn(batch[GOAL_KEY].shape[0], base.horizon, base.action_dim)
         diffs.append((cached.predict_action_chunk(batch, noise) - uncached.predict_action_chunk(batch, noise)).abs().max().item())
 
-    log(f"timing batch 1 ({rounds_b1} rounds x {len(variants)} variants)...")
-    lat_b1 = time_side_by_side(variants, b1, rounds_b1)
+    b1_variants = dict(variants)
+    if onnx and onnx_runtime_available():
+        log("exporting the cached sampler to ONNX (batch 1)...")
+        with tempfile.TemporaryDirectory(prefix="mode-policy-bench-") as tmp:  # the session keeps the graph
+            path = export_sampler(cached, f"{tmp}/sampler.onnx", "onnx", batch_size=1)
+            b1_variants["onnx_cached"] = OrtChunk(path, threads=torch.get_num_threads())
+        noise = torch.randn(1, base.horizon, base.action_dim)
+        onnx_diff = (b1_variants["onnx_cached"].predict_action_chunk(b1, noise)
+                     - cached.predict_action_chunk(b1, noise)).abs().max().item()
+    log(f"timing batch 1 ({rounds_b1} rounds x {len(b1_variants)} variants)...")
+    lat_b1 = time_side_by_side(b1_variants, b1, rounds_b1)
     main = {k: v for k, v in variants.items() if not k.startswith("mode_e")}
     log(f"timing batch 64 ({rounds_b64} rounds x {len(main)} variants)...")
     lat_b64 = time_side_by_side(main, b64, rounds_b64)
@@ -198,6 +213,9 @@ def bench_latency(
             "cache_bytes_over_expert_bytes": cache_bytes / weights_bytes,
         },
     }
+    if "onnx_cached" in lat_b1:
+        result["onnx_max_abs_diff"] = onnx_diff
+        result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
     if profile:
         log("profiling the cached path...")
         gflops = matmul_gflops()
@@ -232,6 +250,8 @@ def format_latency(result: dict[str, Any]) -> str:
     for key, value in result["ratios"].items():
         lines.append(f"{key:<34} {value:8.3f}")
     lines.append(f"{'exact_max_abs_diff':<34} {result['exact_max_abs_diff']:8.1e}")
+    if "onnx_max_abs_diff" in result:
+        lines.append(f"{'onnx_max_abs_diff (vs eager cached)':<34} {result['onnx_max_abs_diff']:8.1e}")
     lines.append(f"{'cache bytes / expert bytes':<34} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
     if "profile" in result:
         lines.append(f"\nmatmul throughput: {result['matmul_gflops']:.1f} GFLOP/s (fp32, 1024^3)")

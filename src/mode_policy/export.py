@@ -59,17 +59,22 @@ class CachedSampler(nn.Module):
         self.has_state = cfg.state_dim > 0
         self.train(False)
         layers = policy.denoiser.net.moe_layers()
-        self.selections = [[_bank_slice(f, layer) for f, layer in zip(level.fused, layers)] for level in self.plan.levels]
+        # Per step: phi and each layer's (bank slice, fused experts, mixing weights), the
+        # tensors cloned so that every constant of the artefact owns its storage.
+        self.steps = [
+            (level.noise_emb.clone(), [(_bank_slice(f, layer), f, f.mix.clone()) for f, layer in zip(level.fused, layers)])
+            for level in self.plan.levels
+        ]
 
     def _level(self, j: int) -> NoiseLevel:
         """Plan level ``j`` with its fused experts sliced from the expert banks inside the
         graph, so the artefact holds each expert weight once (not once per step)."""
-        level = self.plan.levels[j]
+        noise_emb, per_layer = self.steps[j]
         fused = []
-        for f, layer, sl in zip(level.fused, self.policy.denoiser.net.moe_layers(), self.selections[j]):
+        for (sl, f, mix), layer in zip(per_layer, self.policy.denoiser.net.moe_layers()):
             bank = layer.experts
-            fused.append(f if sl is None else FusedExperts(bank.w13[sl], bank.w2[sl], f.mix))
-        return dataclasses.replace(level, fused=fused)
+            fused.append(FusedExperts(f.w13, f.w2, mix) if sl is None else FusedExperts(bank.w13[sl], bank.w2[sl], mix))
+        return dataclasses.replace(self.plan.levels[j], noise_emb=noise_emb, fused=fused)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """inputs: [state (B, n_obs, S),] goal (B, goal_dim), noise (B, H, A) -> actions (B, H, A)."""
@@ -185,6 +190,7 @@ class OrtChunk:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: un-foldable CastLike nodes are harmless
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -202,3 +208,10 @@ class OrtChunk:
 
 def _as_numpy(value: Any):
     return value.detach().float().cpu().numpy() if isinstance(value, Tensor) else value
+
+
+def onnx_runtime_available() -> bool:
+    """Whether this environment can export to ONNX (onnxscript) and run it (onnxruntime)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnxscript", "onnx"))

@@ -127,10 +127,12 @@ class RunDir:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def prepare_resume(self, step: int) -> None:
-        """Before continuing from checkpoint ``step``: drop half-written checkpoint folders and
-        the metrics / eval records of steps after it (they will be logged again)."""
-        for tmp in self.checkpoints.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        """Before continuing from checkpoint ``step``: drop what a kill left half-written (checkpoint
+        folders, temporary files of atomic writes) and the metrics / eval records of steps
+        after it (they will be logged again)."""
+        for folder in (self.root, self.checkpoints, self.model):  # half-written folders and atomic-write temps
+            for tmp in folder.glob(".*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
         for path, records in ((self.metrics, self.read_metrics()), (self.evals, self.read_evals())):
             if path.is_file():
                 kept = [r for r in records if r.get("step", 0) <= step]

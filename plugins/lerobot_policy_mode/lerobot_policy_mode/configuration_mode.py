@@ -45,7 +45,8 @@ class ModeConfig(PreTrainedConfig, _MoDEOverrides):
     preset: str = "cpu"
     """mode-policy preset the overrides apply to: tiny, cpu, cpu-image, paper, paper-pretrain."""
     language_encoder: str = "minilm"
-    """How the dataset's ``task`` strings become goals: 'minilm' (offline, 384-d) or 'clip' (hub download)."""
+    """How the dataset's ``task`` strings become goals: 'minilm' (offline, 384-d) or 'clip' (hub download);
+    'task' (a learned table) only in checkpoints imported from ``mode-policy train`` (see :mod:`.convert`)."""
     optimizer_lr: float = 1e-4
     optimizer_weight_decay: float = 0.05
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
@@ -64,24 +65,39 @@ class ModeConfig(PreTrainedConfig, _MoDEOverrides):
     def _preset_value(self, name: str) -> Any:
         return self.overrides().get(name, PRESETS[self.preset].get(name, getattr(MoDEConfig, name, None)))
 
-    def mode_config(self) -> MoDEConfig:
-        """The MoDEConfig: preset, overrides, then the shapes of LeRobot's features."""
+    def feature_shapes(self) -> dict[str, Any]:
+        """state_dim, action_dim, image_keys, image_size and n_obs_steps of LeRobot's features."""
         state = self.robot_state_feature
         cameras = self.image_features
         sizes = {tuple(ft.shape[-2:]) for ft in cameras.values()}
         if len(sizes) > 1 or any(h != w for h, w in sizes):
             raise ConfigError(f"MoDE needs square cameras of one size, got {sorted(sizes)}")
-        values = {**PRESETS[self.preset], **self.overrides()}
-        values.update(
+        return dict(
             state_dim=int(state.shape[0]) if state is not None else 0,
             action_dim=int(self.action_feature.shape[0]),
             image_keys=list(cameras),
             image_size=int(next(iter(sizes))[0]) if sizes else 0,
             n_obs_steps=self.n_obs_steps,
+        )
+
+    def mode_config(self) -> MoDEConfig:
+        """The MoDEConfig: preset, overrides, then the shapes of LeRobot's features."""
+        values = {**PRESETS[self.preset], **self.overrides(), **self.feature_shapes()}
+        values.update(
             goal_dim=self.overrides().get("goal_dim", 512 if self.language_encoder == "clip" else 384),
             goal_encoder={"type": self.language_encoder},
         )
         return MoDEConfig(**values)
+
+    def check_saved(self, saved: MoDEConfig, source: str) -> MoDEConfig:
+        """``saved`` (a checkpoint's own MoDEConfig) if it fits these features and windows;
+        ConfigError naming ``source`` and every field that differs."""
+        expected = {**self.feature_shapes(), "horizon": self.chunk_length()}
+        diffs = [f"{k}: checkpoint {getattr(saved, k)!r} vs LeRobot config {v!r}"
+                 for k, v in expected.items() if getattr(saved, k) != v]
+        if diffs:
+            raise ConfigError(f"{source} does not fit the LeRobot config: " + "; ".join(diffs))
+        return saved
 
     def chunk_length(self) -> int:
         """The action chunk length (MoDEConfig.horizon of preset + overrides)."""

@@ -5,20 +5,25 @@ set from the dataset statistics LeRobot passes in); the pre/post-processors do n
 normalisation (see :mod:`.processor_mode`). Goals come from the batch's ``task``
 strings through the MoDE policy's language encoder. Checkpoints keep the MoDE policy's
 own tensor names (``model.safetensors`` is exactly what ``MoDEPolicy.save_pretrained``
-writes) and carry its config as ``mode_config.json``; :func:`export_mode_checkpoint`
-turns one into a folder ``MoDEPolicy.from_pretrained`` reads.
+writes) and carry its config as ``mode_config.json``, from which a local checkpoint is
+rebuilt (the exact config, goal encoder included); :func:`export_mode_checkpoint` turns
+one into a folder ``MoDEPolicy.from_pretrained`` reads, :mod:`.convert` goes the other way.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION
+from mode_policy.config import MoDEConfig
 from mode_policy.constants import ACTION_IS_PAD_KEY, TASK_KEY
+from mode_policy.errors import CheckpointError
 from mode_policy.policy import CONFIG_NAME, WEIGHTS_NAME, MoDEPolicy
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -36,11 +41,12 @@ class ModePolicy(PreTrainedPolicy):
     name = "mode"
 
     def __init__(self, config: ModeConfig, dataset_stats: dict[str, dict[str, Any]] | None = None,
-                 **kwargs: Any) -> None:
+                 saved_mode_config: MoDEConfig | None = None, **kwargs: Any) -> None:
+        """``saved_mode_config``: a checkpoint's own MoDEConfig (else preset + overrides + features)."""
         super().__init__(config)
         config.validate_features()
         self.config = config
-        self.model = MoDEPolicy(config.mode_config())
+        self.model = MoDEPolicy(config.mode_config() if saved_mode_config is None else saved_mode_config)
         self.model.denoiser.use_expert_cache = True  # fused experts when sampling in eval mode
         if dataset_stats is not None:
             self.model.set_normalization(dataset_stats)
@@ -81,10 +87,29 @@ class ModePolicy(PreTrainedPolicy):
         (save_directory / MODE_CONFIG_NAME).write_text(self.model.config.to_json() + "\n")
 
     @classmethod
+    def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: PreTrainedConfig | None = None,
+                        **kwargs: Any) -> "ModePolicy":
+        """LeRobot's loader; a local folder with ``mode_config.json`` is built from that config
+        (checked against LeRobot's features and windows), as it was trained."""
+        mode_json = Path(pretrained_name_or_path) / MODE_CONFIG_NAME
+        if mode_json.is_file():
+            if config is None:
+                config = PreTrainedConfig.from_pretrained(pretrained_name_or_path)
+            kwargs["saved_mode_config"] = config.check_saved(_read_mode_config(mode_json), str(mode_json))
+        return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
+
+    @classmethod
     def _load_as_safetensor(cls, model: "ModePolicy", model_file: str, map_location: str,
                             strict: bool) -> "ModePolicy":
         model.model.load_weights(load_file(model_file, device=str(map_location)), source=model_file)
         return model
+
+
+def _read_mode_config(path: Path) -> MoDEConfig:
+    try:
+        return MoDEConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: invalid MoDE config: {err}") from None
 
 
 def _with_tasks(batch: dict[str, Any]) -> dict[str, Any]:
