@@ -247,6 +247,10 @@ class TrainConfig:
     """The policy's configuration; default: the preset's (see ``mode-policy info --preset``)."""
     language: str = "minilm"
     """Goal encoder: 'minilm' (offline sentence model), 'task' (learned embedding) or 'clip'."""
+    language_path: str = ""
+    """CLIP: a local folder with the model and tokenizer, or a Hub name (empty: the paper's ViT-B/32)."""
+    language_download: bool = False
+    """CLIP: allow downloading the model from the Hugging Face Hub (needs internet; off by default)."""
     steps: int = 5000
     """Optimizer steps in total (on resume: the new total)."""
     batch_size: int = 256

@@ -27,11 +27,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .edm import NoiseLevel
-from .nn.moe import FusedExperts, MoELayer
 from .constants import ACTION_KEY, GOAL_KEY, STATE_KEY
+from .edm import NoiseLevel
 from .errors import ConfigError
 from .fileio import atomic_write, atomic_write_json
+from .nn.moe import FusedExperts, MoELayer
 from .policy import MoDEPolicy
 
 FORMATS = ("onnx", "torch_export")
@@ -62,7 +62,8 @@ class CachedSampler(nn.Module):
         # Per step: phi and each layer's (bank slice, fused experts, mixing weights), the
         # tensors cloned so that every constant of the artefact owns its storage.
         self.steps = [
-            (level.noise_emb.clone(), [(_bank_slice(f, layer), f, f.mix.clone()) for f, layer in zip(level.fused, layers)])
+            (level.noise_emb.clone(),
+             [(_bank_slice(f, layer), f, f.mix.clone()) for f, layer in zip(level.fused, layers)])
             for level in self.plan.levels
         ]
 
@@ -142,8 +143,8 @@ def export_sampler(
     batch_size: int = 1,
     tasks: Sequence[str] = (),
 ) -> Path:
-    """Write the cached sampler of ``policy`` for ``batch_size`` to ``path`` (atomically),
-    and its description to ``path`` with suffix ``.json``. Returns ``path``."""
+    """Write the cached sampler of ``policy`` (moved to the CPU) for ``batch_size`` to ``path``
+    (atomically), and its description to ``path`` with suffix ``.json``. Returns ``path``."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {FORMATS}")
     if batch_size < 1:

@@ -150,8 +150,15 @@ def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch
 
     spec: dict[str, Any] = {"type": cfg.language}
     overrides = cfg.policy_overrides()
+    for name, have in (("action_dim", data.action_dim), ("state_dim", data.state_dim)):
+        if name in overrides and overrides[name] not in (have, 0 if name == "state_dim" else have):
+            raise DataError(f"policy.{name}={overrides[name]} does not match dataset {cfg.dataset}, whose "
+                            f"{name} is {have}; leave it out (training takes it from the data)"
+                            + (" or set 0 for an image-only policy" if name == "state_dim" else ""))
     if cfg.language == "task":
         spec.update(tasks=data.tasks, dim=overrides.get("goal_dim", 64))
+    elif cfg.language == "clip":
+        spec.update(allow_download=cfg.language_download, **({"path": cfg.language_path} if cfg.language_path else {}))
     image_keys = select_image_keys(cfg, list(data.camera_shapes))
     vision: dict[str, Any] = {}
     if image_keys:

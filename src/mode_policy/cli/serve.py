@@ -91,7 +91,8 @@ def run_export(opts: ExportOptions) -> int:
     if suffix is None:
         raise ConfigError(f"format={opts.format!r}: expected 'onnx' or 'torch_export'")
     steps = policy.config.num_inference_steps
-    out = Path(opts.out) if opts.out else RunDir.model_dir(opts.path) / "export" / f"sampler_b{opts.batch_size}_s{steps}{suffix}"
+    name = f"sampler_b{opts.batch_size}_s{steps}{suffix}"
+    out = Path(opts.out) if opts.out else RunDir.model_dir(opts.path) / "export" / name
     tasks = [t.strip() for t in opts.tasks.split(",") if t.strip()]
     export_sampler(policy, out, opts.format, opts.batch_size, tasks)
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -54,9 +54,10 @@ class CLIPTextEncoder(CachedLanguageEncoder):
     def _check_source(self) -> None:
         if not self.allow_download and not Path(self.path).is_dir() and not _in_hf_cache(self.path):
             raise WeightsNotFoundError(
-                f"CLIP model {self.path!r} is not a local directory and is not in the Hugging Face cache. "
-                "Point 'path' at a directory with the model and tokenizer (save_pretrained output), or "
-                f"allow a Hub download explicitly: {{'type': 'clip', 'path': {self.path!r}, 'allow_download': true}}"
+                f"CLIP model {self.path!r} is not a local directory and is not in the Hugging Face cache: "
+                "point it at a folder with the model and tokenizer (save_pretrained output) with "
+                "--language_path=DIR, or allow a Hub download with --language_download=true "
+                "(Python: the encoder's 'path' and 'allow_download')"
             )
 
     @property
