@@ -199,7 +199,7 @@ def test_info_toy_demos_bench_convert_run(tmp_path, capsys):
     assert cli(["bench", "latency", "--preset=tiny", "--rounds_b1=1"]) == 2
     assert "need at least 2 timed rounds" in capsys.readouterr().err
     assert cli(["bench", "latency", "--preset=tiny", "--rounds_b1=2", "--rounds_b64=2", "--profile=false",
-                "--json"]) == 0
+                "--onnx=false", "--json"]) == 0
     bench = json.loads(capsys.readouterr().out)
     assert bench["preset"] == "tiny" and bench["exact_max_abs_diff"] < 1e-5
     spec = importlib.util.spec_from_file_location("calvin_fixture", Path(__file__).parent / "data" / "test_convert_calvin.py")

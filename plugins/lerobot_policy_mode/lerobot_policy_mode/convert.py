@@ -30,7 +30,7 @@ from mode_policy.policy import CONFIG_NAME, WEIGHTS_NAME
 from mode_policy.run_dir import RunDir
 
 from .configuration_mode import DERIVED_FIELDS, ModeConfig
-from .modeling_mode import MODE_CONFIG_NAME, _read_mode_config
+from .modeling_mode import MODE_CONFIG_NAME, read_mode_config
 from .processor_mode import make_mode_pre_post_processors
 
 
@@ -87,7 +87,7 @@ def import_mode_checkpoint(model_dir: str | Path, out_dir: str | Path, preset: s
     """Write ``out_dir`` (atomically) as a LeRobot pretrained_model folder of the mode-policy
     model in ``model_dir`` (a run directory or its ``model/``); returns ``out_dir``."""
     src = model_folder(model_dir)
-    mode = _read_mode_config(src / CONFIG_NAME)
+    mode = read_mode_config(src / CONFIG_NAME)
     config = lerobot_config(mode, preset, device)
     pre, post = make_mode_pre_post_processors(config)
     with replacing(out_dir, overwrite) as tmp:

@@ -95,7 +95,7 @@ class ModePolicy(PreTrainedPolicy):
         if mode_json.is_file():
             if config is None:
                 config = PreTrainedConfig.from_pretrained(pretrained_name_or_path)
-            kwargs["saved_mode_config"] = config.check_saved(_read_mode_config(mode_json), str(mode_json))
+            kwargs["saved_mode_config"] = config.check_saved(read_mode_config(mode_json), str(mode_json))
         return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
 
     @classmethod
@@ -105,7 +105,8 @@ class ModePolicy(PreTrainedPolicy):
         return model
 
 
-def _read_mode_config(path: Path) -> MoDEConfig:
+def read_mode_config(path: Path) -> MoDEConfig:
+    """The MoDEConfig in a JSON file; CheckpointError naming it if invalid."""
     try:
         return MoDEConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValueError, TypeError) as err:

@@ -202,6 +202,8 @@ class BenchOptions:
     """Torch threads (0: torch's choice)."""
     profile: bool = True
     """Also profile the operators of one chunk."""
+    onnx: bool = True
+    """Also time the exported ONNX sampler at batch 1 (needs the onnx extra; skipped without it)."""
     json: bool = False
     """Print JSON."""
 
@@ -218,7 +220,7 @@ def run_bench(opts: BenchOptions) -> int:
         torch.set_num_threads(opts.threads)
     overrides = preset_overrides(opts.preset, opts.policy) if opts.policy else {}
     result = bench_latency(opts.preset, rounds_b1=opts.rounds_b1, rounds_b64=opts.rounds_b64, overrides=overrides,
-                           profile=opts.profile, progress=not opts.json)
+                           profile=opts.profile, progress=not opts.json, onnx=opts.onnx)
     print(json.dumps(result, indent=2) if opts.json else format_latency(result))
     return 0
 

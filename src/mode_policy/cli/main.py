@@ -30,9 +30,9 @@ class Command:
 
 
 def _commands() -> dict[str, Command]:
-    from . import commands, pipeline
+    from . import commands, pipeline, serve
 
-    return {**commands.COMMANDS, **pipeline.COMMANDS}
+    return {**commands.COMMANDS, **pipeline.COMMANDS, **serve.COMMANDS}
 
 
 def _usage(commands: dict[str, Command]) -> str:

@@ -82,7 +82,7 @@ def unpack(data: bytes | str) -> dict[str, Any]:
     except DataError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as err:
-        raise DataError(f"not a msgpack message ({err or type(err).__name__})") from None
+        raise DataError(f"not a msgpack message ({str(err) or type(err).__name__})") from None
     if not isinstance(message, dict):
         raise DataError(f"a message must be a msgpack map, got {type(message).__name__}")
     return message
