@@ -29,3 +29,23 @@ def test_one_round_of_latency_bench():
 def test_bench_needs_noise_routing():
     with pytest.raises(ConfigError, match="routing=noise"):
         bench_latency("tiny", overrides={"routing": "token"}, progress=False)
+
+
+def test_bounds_of_this_machine_and_weight_traffic():
+    from mode_policy import MoDEPolicy, get_preset
+    from mode_policy.bench import chunk_weight_bytes, memory_gbps
+
+    assert memory_gbps(megabytes=16, repeats=2) > 0.1
+    policy = MoDEPolicy(get_preset("tiny", state_dim=39, action_dim=4)).eval()
+    counts = policy.parameter_counts()
+    steps = policy.config.num_inference_steps  # ddim: one network evaluation per step
+    per_eval = counts["transformer"]["active"] * 4
+    assert chunk_weight_bytes(policy) == per_eval * steps + (counts["active_params"] - counts["transformer"]["active"]) * 4
+    policy.config.num_inference_steps = 2 * steps
+    assert chunk_weight_bytes(policy) > 1.9 * per_eval * steps  # twice the evaluations, twice the traffic
+    result = bench_latency("tiny", rounds_b1=2, rounds_b64=2, profile=True, progress=False)
+    for size in ("b1", "b64"):
+        for name, row in result["bounds"][size].items():
+            assert row["bound_ms"] == max(row["flop_bound_ms"], row["byte_bound_ms"]) > 0
+            assert row["measured_over_bound"] == result[f"latency_{size}"][name]["median_ms"] / row["bound_ms"]
+    assert "measured / bound" in format_latency(result)

@@ -116,6 +116,45 @@ def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def memory_gbps(megabytes: int = 256, repeats: int = 5) -> float:
+    """This machine's memory bandwidth in GB/s: a large tensor copy, bytes read + written (best of ``repeats``)."""
+    a = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = min(_timed(lambda: b.copy_(a)) for _ in range(repeats))
+    return 2 * a.numel() * a.element_size() / best / 1e9
+
+
+def chunk_weight_bytes(policy: MoDEPolicy) -> int:
+    """Bytes of weights one action chunk must read at least once per network evaluation: the
+    transformer's active parameters (dense parts + the chosen experts) times the evaluations,
+    plus the encoders once. At batch 1 this, not the FLOPs, usually bounds the time."""
+    counts = policy.parameter_counts()
+    evaluations = len(policy.denoiser.sampling_plan().levels)
+    element = next(policy.parameters()).element_size()
+    encoders = counts["active_params"] - counts["transformer"]["active"]
+    return (counts["transformer"]["active"] * evaluations + encoders) * element
+
+
+def latency_bounds(variants: dict[str, MoDEPolicy], batches: dict[str, dict[str, torch.Tensor]],
+                   latencies: dict[str, dict[str, dict[str, float]]], gflops: float, gbps: float) -> dict[str, Any]:
+    """Per variant and batch size: the FLOP bound (FLOPs / matmul throughput), the weight-traffic
+    bound (weight bytes / memory bandwidth), the larger of the two, and measured / that bound."""
+    out: dict[str, Any] = {}
+    for size, batch in batches.items():
+        for name, policy in variants.items():
+            if name not in latencies[size]:
+                continue
+            flop_ms = chunk_flops(policy, batch) / (gflops * 1e9) * 1e3
+            byte_ms = chunk_weight_bytes(policy) / (gbps * 1e9) * 1e3
+            bound = max(flop_ms, byte_ms)
+            out.setdefault(size, {})[name] = {
+                "flop_bound_ms": flop_ms, "byte_bound_ms": byte_ms, "bound_ms": bound,
+                "measured_over_bound": latencies[size][name]["median_ms"] / bound,
+            }
+    return out
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -218,8 +257,9 @@ def bench_latency(
         result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
     if profile:
         log("profiling the cached path...")
-        gflops = matmul_gflops()
-        result["matmul_gflops"] = gflops
+        gflops, gbps = matmul_gflops(), memory_gbps()
+        result["matmul_gflops"], result["memory_gbps"] = gflops, gbps
+        result["bounds"] = latency_bounds(main, {"b1": b1, "b64": b64}, {"b1": lat_b1, "b64": lat_b64}, gflops, gbps)
         result["profile"] = {}
         for name, batch, lat in (("b1", b1, lat_b1), ("b64", b64, lat_b64)):
             chunk_flop = chunk_flops(cached, batch)
@@ -253,6 +293,14 @@ def format_latency(result: dict[str, Any]) -> str:
     if "onnx_max_abs_diff" in result:
         lines.append(f"{'onnx_max_abs_diff (vs eager cached)':<34} {result['onnx_max_abs_diff']:8.1e}")
     lines.append(f"{'cache bytes / expert bytes':<34} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
+    if "bounds" in result:
+        lines.append(f"\nbounds of this machine: {result['matmul_gflops']:.1f} GFLOP/s matmul (fp32, 1024^3), "
+                     f"{result['memory_gbps']:.1f} GB/s memory (copy)")
+        lines.append(f"{'variant':<18} {'size':>4} {'flop-bound ms':>14} {'byte-bound ms':>14} {'measured / bound':>17}")
+        for size, rows in result["bounds"].items():
+            for name, row in rows.items():
+                lines.append(f"{name:<18} {size:>4} {row['flop_bound_ms']:>14.2f} {row['byte_bound_ms']:>14.2f} "
+                             f"{row['measured_over_bound']:>17.1f}")
     if "profile" in result:
         lines.append(f"\nmatmul throughput: {result['matmul_gflops']:.1f} GFLOP/s (fp32, 1024^3)")
         for name, prof in result["profile"].items():
