@@ -283,6 +283,9 @@ class TrainConfig:
     """Seed of the model initialisation, the batches and the diffusion noise."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
+    threads: int = 0
+    """Torch CPU threads; 0: the cores other processes leave free when training starts
+    (or OMP_NUM_THREADS when set)."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
     progress: bool = True
@@ -302,7 +305,7 @@ class TrainConfig:
         check_choice(self, "language", LANGUAGE_ENCODERS)
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "eval_episodes"):
             check_range(self, name, 1)
-        for name in ("warmup_steps", "eval_every", "seed", "weight_decay"):
+        for name in ("warmup_steps", "eval_every", "seed", "weight_decay", "threads"):
             check_range(self, name, 0)
         check_range(self, "lr", 0, low_open=True)
         check_range(self, "grad_clip", 0, low_open=True)

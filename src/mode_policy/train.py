@@ -24,6 +24,7 @@ from .ema import EMA
 from .errors import CheckpointError, ConfigError, DataError, DataNotFoundError, RunDirError, TrainingError
 from .policy import MoDEPolicy
 from .run_dir import TRAINING_STATE, RunDir
+from .threads import apply_threads
 
 EvalFn = Callable[[MoDEPolicy, int], dict[str, Any]]
 
@@ -61,7 +62,7 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 
 #: TrainConfig fields a resumed run may change: they do not alter what is being optimised.
-RESUMABLE_CHANGES = ("steps", "dataset", "progress", "device", "log_every", "checkpoint_every",
+RESUMABLE_CHANGES = ("steps", "dataset", "progress", "device", "threads", "log_every", "checkpoint_every",
                      "keep_checkpoints", "eval_every", "eval_episodes")
 
 
@@ -219,6 +220,7 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     """Train a MoDE policy on ``cfg.dataset``; returns the run directory."""
     rank, local_rank, world = _distributed()
     device = resolve_device(cfg.device, local_rank)
+    threads = apply_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device.type == "cpu" else 0
     run = RunDir(cfg.output_dir)
     if not Path(cfg.dataset).exists():
         raise DataNotFoundError(f"dataset folder not found: {cfg.dataset}")
@@ -311,6 +313,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
                 "ema": ema.state_dict(), "data_rng": data_rng, "torch_rng": torch_rng,
             }, cfg.keep_checkpoints)
 
+    if rank == 0 and cfg.progress and threads:
+        print(f"training on the CPU with {threads} torch thread(s)" + ("" if cfg.threads else " (cores free now)"))
     per_rank = cfg.batch_size // world
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     bar = None
@@ -385,7 +389,7 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     if rank == 0:
         ema.model.save_pretrained(run.model)
         run.write_summary({
-            "steps": step, "world_size": world, "wall_s": time.perf_counter() - start_time,
+            "steps": step, "world_size": world, "torch_threads": threads, "wall_s": time.perf_counter() - start_time,
             "weights_checksum_per_rank": checksums, "ranks_consistent": len(set(checksums)) == 1,
         })
         writer.close()

@@ -113,6 +113,8 @@ class EvalOptions:
     """Device of the policy."""
     workers: int = 1
     """CALVIN: processes playing chains in parallel, each with its own simulator."""
+    threads: int = 0
+    """Torch CPU threads (0: the cores other processes leave free, or OMP_NUM_THREADS when set)."""
     resume: bool = True
     """CALVIN: continue from the chains already in the results log beside ``out`` (false: start over)."""
     out: str | None = None
@@ -121,7 +123,7 @@ class EvalOptions:
     def __post_init__(self) -> None:
         for name in ("episodes", "batch_size", "workers"):
             check_range(self, name, 1)
-        for name in ("steps", "videos", "seed"):
+        for name in ("steps", "videos", "seed", "threads"):
             check_range(self, name, 0)
 
 
@@ -159,9 +161,13 @@ def run_eval(opts: EvalOptions) -> int:
     out = Path(opts.out) if opts.out else (run.eval_info if run is not None else Path("eval_info.json"))
     check_writable(out)
     video_dir = out.parent / "videos" if opts.videos else None
+    from ..threads import apply_threads
     from ..train import resolve_device
 
-    policy = MoDEPolicy.from_pretrained(model_dir, map_location=resolve_device(opts.device))
+    device = resolve_device(opts.device)
+    if device.type == "cpu":
+        apply_threads(opts.threads)
+    policy = MoDEPolicy.from_pretrained(model_dir, map_location=device)
     if opts.steps:
         policy.config.num_inference_steps = opts.steps
     headline = ""
