@@ -36,16 +36,14 @@ class ServeOptions:
     device: str = "cpu"
     """Device of the policy: 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int = 0
-    """Torch threads for the forward (0: torch's choice)."""
+    """Torch threads for the forward (0: the cores other processes leave free, or OMP_NUM_THREADS when set)."""
 
 
 def run_serve(opts: ServeOptions) -> int:
-    import torch
-
     from ..serving import PolicyServer, run_server
+    from ..threads import apply_threads
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    apply_threads(opts.threads)
     if opts.max_batch < 1 or opts.batch_window_ms < 0:
         raise ConfigError(f"max_batch={opts.max_batch} must be >= 1 and batch_window_ms={opts.batch_window_ms} >= 0")
     server = PolicyServer(_load_policy(opts.path, opts.device), opts.host, opts.port, opts.batch_window_ms,
