@@ -1,13 +1,17 @@
 """CALVIN against the real simulator (needs calvin_env: scripts/install_calvin.sh).
 
-    python scripts/test_calvin_real.py [--cameras] [--scene D] [--renderer egl|tiny]
+    python scripts/test_calvin_real.py [--cameras] [--scene D] [--renderer egl|tiny] [--expert-chains N]
 
 Builds the environment from calvin_env's own configs (no dataset), runs `evaluate_calvin`
 with a scripted policy on chain 0 of the official get_sequences(10) list ("turn_on_led",
 "push_pink_block_left", ...): the policy presses the LED button, reading the button's place
 from the simulator, and does nothing for any other instruction. The task oracle must count
 exactly one completed instruction. Then it prints simulator steps/s with no camera and with
-both cameras, measured side by side. Exits non-zero when a check fails.
+both cameras, measured side by side. With ``--expert-chains N`` (scene D) it then plays the
+first N chains restricted to the scripted subtasks (what ``mode-policy eval --calvin_tasks
+scripted`` plays) with the scripted expert as the policy, through the same evaluation loop,
+and prints its score: the ceiling of a policy trained on the scripted demonstrations.
+Exits non-zero when a check fails.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import time
 import numpy as np
 import torch
 
-from mode_policy.envs.calvin import CAMERAS, VAL_INSTRUCTIONS, get_env_state_for_initial_condition, get_sequences
+from mode_policy.envs.calvin import (
+    CAMERAS, VAL_INSTRUCTIONS, get_env_state_for_initial_condition, get_sequences,
+)
+from mode_policy.envs.calvin_scripted import SCRIPTED_TASKS, ExpertPolicy
 from mode_policy.envs.calvin_sim import make_calvin_env
 from mode_policy.evaluation.calvin import evaluate_calvin, format_chain_success
 
@@ -67,6 +74,7 @@ def main() -> int:
     parser.add_argument("--cameras", action="store_true", help="render both cameras during the chain")
     parser.add_argument("--scene", default="D")
     parser.add_argument("--renderer", default="egl", choices=["egl", "tiny"])
+    parser.add_argument("--expert-chains", type=int, default=0, help="play N restricted chains with the expert")
     args = parser.parse_args()
 
     keys = list(CAMERAS) if args.cameras else []
@@ -86,6 +94,13 @@ def main() -> int:
     fast, slow = steps_per_second(physics), steps_per_second(rendered)
     print(f"steps/s: physics only {fast:.0f}, static + gripper cameras ({args.renderer}) {slow:.1f}; "
           f"ratio {fast / slow:.1f}x")
+    if args.expert_chains:
+        start = time.perf_counter()
+        scored = evaluate_calvin(ExpertPolicy(physics), num_sequences=args.expert_chains, tasks=SCRIPTED_TASKS,
+                                 env=physics, progress=True)
+        print(f"scripted expert on {args.expert_chains} restricted chains: {format_chain_success(scored)}   "
+              f"({time.perf_counter() - start:.0f} s)")
+        ok = ok and scored.metrics["avg_len"] > 0
     return 0 if ok else 1
 
 

@@ -5,16 +5,21 @@ import pytest
 from mode_policy.bench import bench_latency, format_latency
 from mode_policy.errors import ConfigError
 
-VARIANTS = {"mode_cached", "mode_uncached", "dense_active", "dense_total", "mode_e8_cached", "mode_e16_cached"}
+VARIANTS = {"mode_cached", "mode_cached_modules", "mode_uncached", "dense_active", "dense_active_modules",
+            "dense_total", "mode_e8_cached", "mode_e16_cached"}
 MAIN = VARIANTS - {"mode_e8_cached", "mode_e16_cached"}
+PROBES = {"probe_matmul", "probe_copy"}
 
 
 def test_one_round_of_latency_bench():
     result = bench_latency("tiny", rounds_b1=2, rounds_b64=2, profile=False, progress=False)
-    assert set(result["latency_b1"]) == VARIANTS and set(result["latency_b64"]) == MAIN
+    assert set(result["latency_b1"]) == VARIANTS | PROBES and set(result["latency_b64"]) == MAIN | PROBES
     for timing in (*result["latency_b1"].values(), *result["latency_b64"].values()):
         assert timing["runs"] == 2 and timing["median_ms"] > 0 and timing["iqr_ms"] >= 0
     assert result["exact_max_abs_diff"] < 1e-5  # the expert cache is exact
+    assert result["lean_bitwise_equal"]  # the lean sampler computes what the module path computes
+    assert result["clock"] == "thread CPU time"  # one torch thread in the tests
+    assert result["ratios"]["lean_over_modules_b1"] > 0
     assert set(result["flops_per_chunk"]) == MAIN and all(f > 0 for f in result["flops_per_chunk"].values())
     # same total parameters as dense_total, fewer FLOPs per chunk
     assert result["ratios"]["flops_cached_over_dense_total"] < 1
@@ -45,7 +50,14 @@ def test_bounds_of_this_machine_and_weight_traffic():
     assert chunk_weight_bytes(policy) > 1.9 * per_eval * steps  # twice the evaluations, twice the traffic
     result = bench_latency("tiny", rounds_b1=2, rounds_b64=2, profile=True, progress=False)
     for size in ("b1", "b64"):
+        gflops, gbps = (result["throughput"][size][k] for k in ("matmul_gflops", "memory_gbps"))
         for name, row in result["bounds"][size].items():
             assert row["bound_ms"] == max(row["flop_bound_ms"], row["byte_bound_ms"]) > 0
             assert row["measured_over_bound"] == result[f"latency_{size}"][name]["median_ms"] / row["bound_ms"]
+            # the throughputs are the probes' medians of the same rounds
+            flops = result["flops_per_chunk"][name] * (64 if size == "b64" else 1)
+            assert row["flop_bound_ms"] == pytest.approx(flops / gflops / 1e6)
+        matmul_ms = result[f"latency_{size}"]["probe_matmul"]["median_ms"]
+        assert gflops == pytest.approx(2 * 1024**3 / matmul_ms / 1e6)
+        assert gbps == pytest.approx(2 * 64 * 2**20 / result[f"latency_{size}"]["probe_copy"]["median_ms"] / 1e6)
     assert "measured / bound" in format_latency(result)

@@ -15,7 +15,8 @@ from mode_policy.bench import bench_latency, format_latency
 from mode_policy.cli.parsing import parse_command
 from mode_policy.cli.serve import COMMANDS
 from mode_policy.errors import ConfigError
-from mode_policy.export import example_inputs, export_sampler, onnx_runtime_available
+from mode_policy.export import (LEGACY_ONNX_OPSET, ONNX_OPSET, example_inputs, export_sampler, onnx_opset,
+                                onnx_runtime_available)
 
 TASKS = ["open the drawer", "press the button"]
 PARITY = 1e-5
@@ -67,6 +68,10 @@ def test_onnx_sampler_matches_the_eager_cached_sampler(tmp_path):
 
     described = json.loads(path.with_suffix(".json").read_text())
     assert described["inputs"] == {"observation.state": [2, 1, 6], "goal": [2, 8], "noise": [2, 4, 3]}
+    import onnx
+
+    opsets = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
+    assert described["onnx_opset"] == onnx_opset() == opsets[""]
     assert list(described["goals"]) == TASKS
     goal = policy.goal_encoder([TASKS[1]])[0].detach().numpy()
     np.testing.assert_allclose(described["goals"][TASKS[1]], goal, rtol=1e-6)
@@ -75,6 +80,16 @@ def test_onnx_sampler_matches_the_eager_cached_sampler(tmp_path):
                            input=json.dumps({k: v.tolist() for k, v in inputs.items()}))
     assert alone.returncode == 0, alone.stderr
     assert np.abs(np.array(json.loads(alone.stdout)) - want).max() <= PARITY
+
+
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
+def test_the_opset_follows_what_the_installed_runtime_runs(monkeypatch):
+    import onnx
+    import onnxruntime
+
+    assert onnx_opset() == (ONNX_OPSET if onnx.defs.onnx_opset_version() >= ONNX_OPSET else LEGACY_ONNX_OPSET)
+    monkeypatch.setattr(onnxruntime, "__version__", "1.18.1")  # before RMSNormalization-23
+    assert onnx_opset() == LEGACY_ONNX_OPSET
 
 
 def test_torch_export_program_matches_eager(tmp_path):

@@ -81,6 +81,25 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path):
     assert weights_checksum(MoDEPolicy.from_pretrained(resumed / "model")) == ref_weights
 
 
+def test_a_checkpoint_without_sampler_state_resumes_identically(dataset, tmp_path):
+    """Checkpoints written before mixtures have no "sampler" entry; one dataset needs none."""
+    import shutil
+
+    reference = train(tiny_cfg(dataset, tmp_path / "ref", steps=8))
+    partial = tmp_path / "old"
+    shutil.copytree(reference, partial)
+    shutil.rmtree(partial / "model")
+    shutil.rmtree(partial / "checkpoints" / "step_00000008")
+    (partial / "checkpoints" / "LATEST").write_text("step_00000004\n")
+    state_path = partial / "checkpoints" / "step_00000004" / "training_state.pt"
+    state = torch.load(state_path, weights_only=False)
+    assert state.pop("sampler") == {"counts": [64]}  # 4 steps x 16 rows, all from the one dataset
+    torch.save(state, state_path)
+    resumed = train(tiny_cfg(dataset, partial, steps=8), resume=True)
+    assert weights_checksum(MoDEPolicy.from_pretrained(resumed / "model")) == \
+        weights_checksum(MoDEPolicy.from_pretrained(reference / "model"))
+
+
 def test_ddp_two_cpu_processes_train_one_model(dataset, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",

@@ -1,17 +1,25 @@
-"""Inference benchmarks (``mode-policy bench latency``).
+"""Inference benchmarks (``mode-policy bench latency``) and the machine probes they share.
 
-Every figure is measured side by side in one process: the variants run in
-interleaved rounds (shuffled order per round), so machine noise hits them all
-alike, and the ratios are what to read. Variants, all at the preset's width
-and depth, with the same random weights where they share a structure:
+Every figure is measured side by side in one process: the variants, and two probes of
+this machine (a 1024^3 matrix multiply, a large memory copy), run in interleaved rounds
+(shuffled order per round), so machine noise hits them all alike, and the ratios are
+what to read. With one torch thread the clock is this thread's CPU time, which a busy
+neighbour does not inflate by descheduling us; otherwise wall time. Variants, all at the
+preset's width and depth, with the same random weights where they share a structure:
 
-* ``mode_cached``    MoDE with fused expert cache (the default eval path)
-* ``mode_uncached``  the same weights, routing + batched dispatch every step
-* ``dense_active``   dense transformer with the same *active* parameters (MLP hidden = k * 4d)
-* ``dense_total``    dense transformer with the same *total* parameters (MLP hidden = E * 4d)
-* ``mode_e{E}_cached``  MoDE with E experts (top-k fixed) for the scaling curve
-* ``onnx_cached``    ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`), run by ONNX
+* ``mode_cached``          MoDE with the expert cache on the lean sampler (the eval path,
+  :mod:`mode_policy.cached_sampler`)
+* ``mode_cached_modules``  the same, module by module (``use_lean_sampler = False``; bitwise equal)
+* ``mode_uncached``        the same weights, routing + batched dispatch every step
+* ``dense_active``         dense transformer with the same *active* parameters (MLP hidden = k * 4d), lean
+* ``dense_active_modules`` the same, module by module
+* ``dense_total``          dense transformer with the same *total* parameters (MLP hidden = E * 4d), lean
+* ``mode_e{E}_cached``     MoDE with E experts (top-k fixed) for the scaling curve
+* ``onnx_cached``          ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`), run by ONNX
   Runtime with the same thread count (batch 1; with ``onnx=True`` and onnxruntime installed)
+
+Bounds of a chunk: FLOPs / matmul throughput, and weight bytes / memory bandwidth, each
+throughput from its probe's median in the same rounds.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import random
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,26 +40,111 @@ from .errors import ConfigError
 from .export import OrtChunk, export_sampler, onnx_runtime_available
 from .policy import MoDEPolicy
 
+MATMUL_N = 1024
+COPY_MB = 64  # twice this crosses the memory bus per copy; above a 32 MB L3
 
-def _policy(cfg: MoDEConfig, seed: int, cached: bool = True) -> MoDEPolicy:
+
+# ------------------------------------------------------------------ measuring
+def bench_clock() -> tuple[Callable[[], float], str]:
+    """The clock of a side-by-side measurement and its name: this thread's CPU time with one
+    torch thread (the work runs here), wall time with more."""
+    if torch.get_num_threads() == 1:
+        return time.thread_time, "thread CPU time"
+    return time.perf_counter, "wall time"
+
+
+def time_side_by_side(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 2,
+                      seed: int = 0) -> dict[str, dict[str, float]]:
+    """Median and interquartile range (ms) of each callable, over ``rounds`` interleaved rounds."""
+    clock, _ = bench_clock()
+    rng = random.Random(seed)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for name in names:
+            start = clock()
+            fns[name]()
+            times[name].append((clock() - start) * 1e3)
+    out = {}
+    for name, values in times.items():
+        q = statistics.quantiles(values, n=4)
+        out[name] = {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "runs": len(values)}
+    return out
+
+
+def machine_probes(repeats: int = 1, n: int = MATMUL_N, megabytes: int = COPY_MB) -> dict[str, Callable[[], Any]]:
+    """The two probes to time beside the variants: ``matmul`` (n^3, fp32) and ``copy`` (``megabytes``),
+    each ``repeats`` times per call."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+
+    def matmul() -> None:
+        for _ in range(repeats):
+            a @ b
+
+    def copy() -> None:
+        for _ in range(repeats):
+            dst.copy_(src)
+
+    return {"probe_matmul": matmul, "probe_copy": copy}
+
+
+def probe_throughputs(timings: dict[str, dict[str, float]], repeats: int = 1, n: int = MATMUL_N,
+                      megabytes: int = COPY_MB) -> tuple[float, float]:
+    """(GFLOP/s, GB/s) from the median times in ``timings`` of :func:`machine_probes` (same ``repeats``)."""
+    gflops = 2 * n**3 * repeats / (timings["probe_matmul"]["median_ms"] / 1e3) / 1e9
+    gbps = 2 * megabytes * 2**20 * repeats / (timings["probe_copy"]["median_ms"] / 1e3) / 1e9
+    return gflops, gbps
+
+
+def matmul_gflops(n: int = MATMUL_N, repeats: int = 5) -> float:
+    """This CPU's fp32 matrix-multiply throughput (best of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def memory_gbps(megabytes: int = 256, repeats: int = 5) -> float:
+    """This machine's memory bandwidth in GB/s: a large tensor copy, bytes read + written (best of ``repeats``)."""
+    a = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = min(_timed(lambda: b.copy_(a)) for _ in range(repeats))
+    return 2 * a.numel() * a.element_size() / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ variants
+def _policy(cfg: MoDEConfig, seed: int, cached: bool = True, lean: bool = True) -> MoDEPolicy:
     torch.manual_seed(seed)
     policy = MoDEPolicy(cfg)
     with torch.no_grad():  # a trained-looking output head (init is zero)
         torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.02)
     policy.denoiser.use_expert_cache = cached
+    policy.denoiser.use_lean_sampler = lean
     return policy.eval()
 
 
 def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -> dict[str, MoDEPolicy]:
     """The benchmarked policies (see module docstring)."""
-    cached = _policy(base, 0)
-    uncached = _policy(base, 0, cached=False)
-    uncached.load_state_dict(cached.state_dict())
+    dense_active = dataclasses.replace(base, routing="dense", dense_mlp_ratio=base.top_k * base.mlp_ratio)
     variants = {
-        "mode_cached": cached,
-        "mode_uncached": uncached,
-        "dense_active": _policy(dataclasses.replace(
-            base, routing="dense", dense_mlp_ratio=base.top_k * base.mlp_ratio), 0),
+        "mode_cached": _policy(base, 0),
+        "mode_cached_modules": _policy(base, 0, lean=False),
+        "mode_uncached": _policy(base, 0, cached=False),
+        "dense_active": _policy(dense_active, 0),
+        "dense_active_modules": _policy(dense_active, 0, lean=False),
         "dense_total": _policy(dataclasses.replace(
             base, routing="dense", dense_mlp_ratio=base.num_experts * base.mlp_ratio), 0),
     }
@@ -68,29 +161,7 @@ def make_batch(cfg: MoDEConfig, batch_size: int, seed: int = 0) -> dict[str, tor
     }
 
 
-def time_side_by_side(
-    variants: dict[str, MoDEPolicy], batch: dict[str, torch.Tensor], rounds: int, warmup: int = 2, seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """Median and interquartile range (ms) of one action chunk per variant."""
-    rng = random.Random(seed)
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name].predict_action_chunk(batch)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(rounds):
-        rng.shuffle(names)
-        for name in names:
-            start = time.perf_counter()
-            variants[name].predict_action_chunk(batch)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, values in times.items():
-        q = statistics.quantiles(values, n=4)
-        out[name] = {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "runs": len(values)}
-    return out
-
-
+# ------------------------------------------------------------------ counting
 def chunk_flops(policy: MoDEPolicy, batch: dict[str, torch.Tensor]) -> int:
     """FLOPs of producing one action chunk (all sampling steps), counted by torch."""
     policy.denoiser.sampling_plan()  # build the cache outside the count
@@ -108,23 +179,6 @@ def expert_bytes(policy: MoDEPolicy) -> int:
     )
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """This CPU's fp32 matrix-multiply throughput (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def memory_gbps(megabytes: int = 256, repeats: int = 5) -> float:
-    """This machine's memory bandwidth in GB/s: a large tensor copy, bytes read + written (best of ``repeats``)."""
-    a = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32).fill_(1.0)
-    b = torch.empty_like(a)
-    b.copy_(a)
-    best = min(_timed(lambda: b.copy_(a)) for _ in range(repeats))
-    return 2 * a.numel() * a.element_size() / best / 1e9
-
-
 def chunk_weight_bytes(policy: MoDEPolicy) -> int:
     """Bytes of weights one action chunk must read at least once per network evaluation: the
     transformer's active parameters (dense parts + the chosen experts) times the evaluations,
@@ -136,29 +190,20 @@ def chunk_weight_bytes(policy: MoDEPolicy) -> int:
     return (counts["transformer"]["active"] * evaluations + encoders) * element
 
 
-def latency_bounds(variants: dict[str, MoDEPolicy], batches: dict[str, dict[str, torch.Tensor]],
-                   latencies: dict[str, dict[str, dict[str, float]]], gflops: float, gbps: float) -> dict[str, Any]:
-    """Per variant and batch size: the FLOP bound (FLOPs / matmul throughput), the weight-traffic
-    bound (weight bytes / memory bandwidth), the larger of the two, and measured / that bound."""
-    out: dict[str, Any] = {}
-    for size, batch in batches.items():
-        for name, policy in variants.items():
-            if name not in latencies[size]:
-                continue
-            flop_ms = chunk_flops(policy, batch) / (gflops * 1e9) * 1e3
-            byte_ms = chunk_weight_bytes(policy) / (gbps * 1e9) * 1e3
-            bound = max(flop_ms, byte_ms)
-            out.setdefault(size, {})[name] = {
-                "flop_bound_ms": flop_ms, "byte_bound_ms": byte_ms, "bound_ms": bound,
-                "measured_over_bound": latencies[size][name]["median_ms"] / bound,
-            }
+def latency_bounds(variants: dict[str, Any], flops: dict[str, int], weight_bytes: dict[str, int],
+                   latencies: dict[str, dict[str, float]], gflops: float, gbps: float) -> dict[str, dict[str, float]]:
+    """Per variant: the FLOP bound (FLOPs / matmul throughput), the weight-traffic bound
+    (weight bytes / memory bandwidth), the larger of the two, and measured / that bound."""
+    out = {}
+    for name in variants:
+        if name not in latencies or name not in flops:
+            continue
+        flop_ms = flops[name] / (gflops * 1e9) * 1e3
+        byte_ms = weight_bytes[name] / (gbps * 1e9) * 1e3
+        bound = max(flop_ms, byte_ms)
+        out[name] = {"flop_bound_ms": flop_ms, "byte_bound_ms": byte_ms, "bound_ms": bound,
+                     "measured_over_bound": latencies[name]["median_ms"] / bound}
     return out
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def profile_ops(policy: MoDEPolicy, batch: dict[str, torch.Tensor], top: int = 8) -> list[dict[str, Any]]:
@@ -176,6 +221,7 @@ def profile_ops(policy: MoDEPolicy, batch: dict[str, torch.Tensor], top: int = 8
     ]
 
 
+# ------------------------------------------------------------------ the benchmark
 def bench_latency(
     preset: str = "cpu",
     rounds_b1: int = 40,
@@ -197,40 +243,58 @@ def bench_latency(
     variants = build_variants(base)
     b1, b64 = make_batch(base, 1), make_batch(base, 64)
 
-    cached, uncached = variants["mode_cached"], variants["mode_uncached"]
-    diffs = []
+    cached, modules, uncached = (variants[k] for k in ("mode_cached", "mode_cached_modules", "mode_uncached"))
+    diffs, bitwise = [], True
     for batch in (b1, b64):
         noise = torch.randn(batch[GOAL_KEY].shape[0], base.horizon, base.action_dim)
-        diffs.append((cached.predict_action_chunk(batch, noise) - uncached.predict_action_chunk(batch, noise)).abs().max().item())
+        lean_out = cached.predict_action_chunk(batch, noise)
+        diffs.append((lean_out - uncached.predict_action_chunk(batch, noise)).abs().max().item())
+        bitwise = bitwise and torch.equal(lean_out, modules.predict_action_chunk(batch, noise))
 
-    b1_variants = dict(variants)
+    chunks: dict[str, Any] = dict(variants)
     if onnx and onnx_runtime_available():
         log("exporting the cached sampler to ONNX (batch 1)...")
         with tempfile.TemporaryDirectory(prefix="mode-policy-bench-") as tmp:  # the session keeps the graph
             path = export_sampler(cached, f"{tmp}/sampler.onnx", "onnx", batch_size=1)
-            b1_variants["onnx_cached"] = OrtChunk(path, threads=torch.get_num_threads())
+            chunks["onnx_cached"] = OrtChunk(path, threads=torch.get_num_threads())
         noise = torch.randn(1, base.horizon, base.action_dim)
-        onnx_diff = (b1_variants["onnx_cached"].predict_action_chunk(b1, noise)
+        onnx_diff = (chunks["onnx_cached"].predict_action_chunk(b1, noise)
                      - cached.predict_action_chunk(b1, noise)).abs().max().item()
-    log(f"timing batch 1 ({rounds_b1} rounds x {len(b1_variants)} variants)...")
-    lat_b1 = time_side_by_side(b1_variants, b1, rounds_b1)
+    probes = machine_probes()
     main = {k: v for k, v in variants.items() if not k.startswith("mode_e")}
-    log(f"timing batch 64 ({rounds_b64} rounds x {len(main)} variants)...")
-    lat_b64 = time_side_by_side(main, b64, rounds_b64)
+    log(f"timing batch 1 ({rounds_b1} rounds x {len(chunks)} variants + 2 probes)...")
+    lat_b1 = time_side_by_side({**{k: _chunk_fn(v, b1) for k, v in chunks.items()}, **probes}, rounds_b1)
+    log(f"timing batch 64 ({rounds_b64} rounds x {len(main)} variants + 2 probes)...")
+    lat_b64 = time_side_by_side({**{k: _chunk_fn(v, b64) for k, v in main.items()}, **probes}, rounds_b64)
 
     flops = {name: chunk_flops(p, b1) for name, p in main.items()}
+    flops_b64 = {name: 64 * f for name, f in flops.items()}  # every operation is per sample
+    weight_bytes = {name: chunk_weight_bytes(p) for name, p in main.items()}
     plan = cached.denoiser.sampling_plan()
     cache_bytes, weights_bytes = plan.cache_bytes, expert_bytes(cached)
     counts = {name: p.parameter_counts() for name, p in main.items()}
+    _, clock_name = bench_clock()
 
     def ratio(a: dict, x: str, y: str) -> float:
         return a[x]["median_ms"] / a[y]["median_ms"]
+
+    bounds = {}
+    throughput = {}
+    for size, lat, fl in (("b1", lat_b1, flops), ("b64", lat_b64, flops_b64)):
+        gflops, gbps = probe_throughputs(lat)
+        throughput[size] = {"matmul_gflops": gflops, "memory_gbps": gbps}
+        bounds[size] = latency_bounds(main, fl, weight_bytes, lat, gflops, gbps)
+    if "onnx_cached" in lat_b1:  # same graph, same FLOPs and weights as the eager cached chunk
+        bounds["b1"]["onnx_cached"] = latency_bounds(
+            {"onnx_cached": 0}, {"onnx_cached": flops["mode_cached"]}, {"onnx_cached": weight_bytes["mode_cached"]},
+            lat_b1, *probe_throughputs(lat_b1))["onnx_cached"]
 
     result: dict[str, Any] = {
         "preset": preset,
         "config": {k: getattr(base, k) for k in ("n_layers", "d_model", "n_heads", "num_experts", "top_k",
                                                   "horizon", "num_inference_steps", "sampler", "schedule")},
         "torch_threads": torch.get_num_threads(),
+        "clock": clock_name,
         "latency_b1": lat_b1,
         "latency_b64": lat_b64,
         "flops_per_chunk": flops,
@@ -238,11 +302,21 @@ def bench_latency(
         "cache_bytes": cache_bytes,
         "expert_weight_bytes": weights_bytes,
         "exact_max_abs_diff": max(diffs),
+        "lean_bitwise_equal": bitwise,
+        "throughput": throughput,
+        "bounds": bounds,
         "ratios": {
+            "lean_over_modules_b1": ratio(lat_b1, "mode_cached", "mode_cached_modules"),
+            "lean_over_modules_b64": ratio(lat_b64, "mode_cached", "mode_cached_modules"),
+            "cached_over_bound_b1": bounds["b1"]["mode_cached"]["measured_over_bound"],
+            "cached_modules_over_bound_b1": bounds["b1"]["mode_cached_modules"]["measured_over_bound"],
+            "cached_over_bound_b64": bounds["b64"]["mode_cached"]["measured_over_bound"],
             "cached_over_uncached_b1": ratio(lat_b1, "mode_cached", "mode_uncached"),
             "cached_over_uncached_b64": ratio(lat_b64, "mode_cached", "mode_uncached"),
             "cached_over_dense_active_b1": ratio(lat_b1, "mode_cached", "dense_active"),
             "cached_over_dense_active_b64": ratio(lat_b64, "mode_cached", "dense_active"),
+            "modules_cached_over_dense_active_b1": ratio(lat_b1, "mode_cached_modules", "dense_active_modules"),
+            "modules_cached_over_dense_active_b64": ratio(lat_b64, "mode_cached_modules", "dense_active_modules"),
             "cached_over_dense_total_b1": ratio(lat_b1, "mode_cached", "dense_total"),
             "cached_over_dense_total_b64": ratio(lat_b64, "mode_cached", "dense_total"),
             "experts8_over_experts4_b1": ratio(lat_b1, "mode_e8_cached", "mode_cached"),
@@ -255,57 +329,59 @@ def bench_latency(
     if "onnx_cached" in lat_b1:
         result["onnx_max_abs_diff"] = onnx_diff
         result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
+        result["ratios"]["onnx_over_bound_b1"] = bounds["b1"]["onnx_cached"]["measured_over_bound"]
     if profile:
         log("profiling the cached path...")
-        gflops, gbps = matmul_gflops(), memory_gbps()
-        result["matmul_gflops"], result["memory_gbps"] = gflops, gbps
-        result["bounds"] = latency_bounds(main, {"b1": b1, "b64": b64}, {"b1": lat_b1, "b64": lat_b64}, gflops, gbps)
-        result["profile"] = {}
-        for name, batch, lat in (("b1", b1, lat_b1), ("b64", b64, lat_b64)):
-            chunk_flop = chunk_flops(cached, batch)
-            result["profile"][name] = {
-                "flops": chunk_flop,
-                "flop_bound_ms": chunk_flop / (gflops * 1e9) * 1e3,
-                "measured_ms": lat["mode_cached"]["median_ms"],
-                "top_ops": profile_ops(cached, batch),
-            }
+        result["profile"] = {
+            name: {"flops": fl["mode_cached"], "measured_ms": lat["mode_cached"]["median_ms"],
+                   "top_ops": profile_ops(cached, batch)}
+            for name, batch, lat, fl in (("b1", b1, lat_b1, flops), ("b64", b64, lat_b64, flops_b64))
+        }
     return result
+
+
+def _chunk_fn(policy: Any, batch: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    return lambda: policy.predict_action_chunk(batch)
 
 
 def format_latency(result: dict[str, Any]) -> str:
     """Human-readable table of a ``bench_latency`` result."""
-    lines = [f"bench latency, preset {result['preset']}: {result['config']}  (torch threads: {result['torch_threads']})", ""]
-    lines.append(f"{'variant':<18} {'b1 median ms':>13} {'IQR':>7} {'b64 median ms':>14} {'IQR':>7} {'GFLOP/chunk (b1)':>17} {'active params':>14}")
+    lines = [f"bench latency, preset {result['preset']}: {result['config']}",
+             f"(torch threads: {result['torch_threads']}; clock: {result['clock']}; medians of interleaved rounds)", ""]
+    lines.append(f"{'variant':<21} {'b1 median ms':>13} {'IQR':>7} {'b64 median ms':>14} {'IQR':>7} "
+                 f"{'GFLOP/chunk (b1)':>17} {'active params':>14}")
     for name, b1 in result["latency_b1"].items():
+        if name.startswith("probe_"):
+            continue
         b64 = result["latency_b64"].get(name)
         flops = result["flops_per_chunk"].get(name)
         params = result["params"].get(name, {}).get("active_params")
         lines.append(
-            f"{name:<18} {b1['median_ms']:>13.2f} {b1['iqr_ms']:>7.2f} "
+            f"{name:<21} {b1['median_ms']:>13.2f} {b1['iqr_ms']:>7.2f} "
             + (f"{b64['median_ms']:>14.1f} {b64['iqr_ms']:>7.1f} " if b64 else f"{'':>14} {'':>7} ")
             + (f"{flops / 1e9:>17.3f} " if flops else f"{'':>17} ")
             + (f"{params:>14,}" if params else "")
         )
     lines.append("")
     for key, value in result["ratios"].items():
-        lines.append(f"{key:<34} {value:8.3f}")
-    lines.append(f"{'exact_max_abs_diff':<34} {result['exact_max_abs_diff']:8.1e}")
+        lines.append(f"{key:<38} {value:8.3f}")
+    lines.append(f"{'exact_max_abs_diff (cached vs routed)':<38} {result['exact_max_abs_diff']:8.1e}")
+    lines.append(f"{'lean_bitwise_equal (vs module path)':<38} {result['lean_bitwise_equal']!s:>8}")
     if "onnx_max_abs_diff" in result:
-        lines.append(f"{'onnx_max_abs_diff (vs eager cached)':<34} {result['onnx_max_abs_diff']:8.1e}")
-    lines.append(f"{'cache bytes / expert bytes':<34} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
-    if "bounds" in result:
-        lines.append(f"\nbounds of this machine: {result['matmul_gflops']:.1f} GFLOP/s matmul (fp32, 1024^3), "
-                     f"{result['memory_gbps']:.1f} GB/s memory (copy)")
-        lines.append(f"{'variant':<18} {'size':>4} {'flop-bound ms':>14} {'byte-bound ms':>14} {'measured / bound':>17}")
-        for size, rows in result["bounds"].items():
-            for name, row in rows.items():
-                lines.append(f"{name:<18} {size:>4} {row['flop_bound_ms']:>14.2f} {row['byte_bound_ms']:>14.2f} "
-                             f"{row['measured_over_bound']:>17.1f}")
-    if "profile" in result:
-        lines.append(f"\nmatmul throughput: {result['matmul_gflops']:.1f} GFLOP/s (fp32, 1024^3)")
-        for name, prof in result["profile"].items():
-            lines.append(f"cached {name}: {prof['flops'] / 1e9:.3f} GFLOP -> flop-bound {prof['flop_bound_ms']:.2f} ms, "
-                         f"measured {prof['measured_ms']:.2f} ms")
-            for op in prof["top_ops"][:6]:
-                lines.append(f"    {op['op']:<32} {op['self_ms']:8.2f} ms  {op['share']:6.1%}  x{op['calls']}")
+        lines.append(f"{'onnx_max_abs_diff (vs eager cached)':<38} {result['onnx_max_abs_diff']:8.1e}")
+    lines.append(f"{'cache bytes / expert bytes':<38} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
+    lines.append("\nbounds of this machine, from the probes timed in the same rounds:")
+    for size, tp in result["throughput"].items():
+        lines.append(f"  {size}: {tp['matmul_gflops']:.1f} GFLOP/s matmul (fp32, {MATMUL_N}^3), "
+                     f"{tp['memory_gbps']:.1f} GB/s memory (copy of {COPY_MB} MB)")
+    lines.append(f"{'variant':<21} {'size':>4} {'flop-bound ms':>14} {'byte-bound ms':>14} {'measured / bound':>17}")
+    for size, rows in result["bounds"].items():
+        for name, row in rows.items():
+            lines.append(f"{name:<21} {size:>4} {row['flop_bound_ms']:>14.2f} {row['byte_bound_ms']:>14.2f} "
+                         f"{row['measured_over_bound']:>17.1f}")
+    for name, prof in result.get("profile", {}).items():
+        lines.append(f"\ncached {name}: {prof['flops'] / 1e9:.3f} GFLOP, measured {prof['measured_ms']:.2f} ms; "
+                     "top ops (profiler self time):")
+        for op in prof["top_ops"][:6]:
+            lines.append(f"    {op['op']:<32} {op['self_ms']:8.2f} ms  {op['share']:6.1%}  x{op['calls']}")
     return "\n".join(lines)

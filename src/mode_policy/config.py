@@ -55,6 +55,12 @@ class MoDEConfig:
     """Random-shift augmentation (pad, then random crop) in training; 0 disables it."""
 
     # --- transformer -------------------------------------------------------
+    architecture: str = "mode"
+    """'mode' (this library's network) or 'official' (the exact network function of the official
+    MoDE code, whose released checkpoints ``mode-policy convert official`` converts; see
+    :mod:`mode_policy.official` for every difference). With 'official', ``resid_dropout`` is the
+    dropout inside each expert, ``goal_dropout`` zeroes goal elements without rescaling (the FiLM
+    cameras see the clean goal), and ``init_std`` is unused."""
     n_layers: int = 4
     """Number of transformer blocks (each block's MLP is a mixture of experts)."""
     d_model: int = 256
@@ -88,6 +94,14 @@ class MoDEConfig:
     """Weight gamma of the Switch-style load-balancing loss (paper: 0.01)."""
     freeze_router: bool = False
     """Freeze routers and drop the balancing loss (fine-tuning a pretrained model)."""
+    noise_token: bool = True
+    """Put the noise embedding phi(sigma) into the sequence as its first token (paper). False drops
+    that token (and its positional embedding): the sequence starts at the goal token."""
+    noise_conditioning: str = "attention"
+    """How phi(sigma) conditions every block: 'attention' (paper: added to the normalised input of
+    every self-attention), 'film' (each block maps SiLU(phi) linearly to a scale and a shift of the
+    normalised attention and MLP inputs, ``h * (1 + scale) + shift``, zero-initialised), or 'none'
+    (the blocks see the noise level only through the noise token and the routers)."""
 
     # --- conditioning ------------------------------------------------------
     goal_encoder: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +150,11 @@ class MoDEConfig:
         for name in ("init_std", "sigma_data", "train_sigma_scale", "karras_rho"):
             check_range(self, name, 0, low_open=True)
         check_choice(self, "routing", ROUTING_MODES)
+        check_choice(self, "architecture", ("mode", "official"))
+        if self.architecture == "official":
+            from .official.spec import check_official_config
+
+            check_official_config(self)
         check_choice(self, "sampler", SAMPLERS)
         check_choice(self, "schedule", SCHEDULES)
         if self.vision_depth not in VISION_DEPTHS:
@@ -157,6 +176,10 @@ class MoDEConfig:
             raise ConfigError(f"image_keys {self.image_keys} names a camera twice")
         if self.state_dim <= 0 and not self.image_keys:
             raise ConfigError("the policy needs observations: state_dim > 0 or image_keys")
+        check_choice(self, "noise_conditioning", ("attention", "film", "none"))
+        if not self.noise_token and self.noise_conditioning == "none" and self.routing != "noise":
+            raise ConfigError(f"noise_token=false with noise_conditioning='none' and routing={self.routing!r} "
+                              "leaves the network blind to the noise level: keep one of them")
 
     @property
     def n_obs_tokens_per_step(self) -> int:
@@ -210,6 +233,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The paper's pretrained model: 12 layers (transformer sizes; add cameras with image_keys=...).
     "paper-pretrain": dict(n_layers=12, d_model=1024, n_heads=8, goal_dim=512),
+    # The released pretrained MoDE (mbreuss/MoDE_Pretrained) as the official code builds it:
+    # architecture="official", 12 layers, d=1024, two ResNet-50 FiLM cameras, CLIP-sized goals,
+    # 7-d actions in chunks of 10 (`mode-policy convert official` writes this config).
+    "paper-official": dict(
+        architecture="official", n_layers=12, d_model=1024, n_heads=8, goal_dim=512, state_dim=0,
+        action_dim=7, horizon=10, n_action_steps=10, image_size=224, vision_depth=50, vision_width=64,
+        image_keys=["observation.images.static", "observation.images.gripper"],
+        attn_dropout=0.3, resid_dropout=0.1, goal_dropout=0.1,
+    ),
 }
 
 
@@ -238,6 +270,13 @@ class TrainConfig:
 
     dataset: str = ""
     """Path of a LeRobot-format dataset (v3.0 or v2.1)."""
+    mixture: str = ""
+    """Instead of ``dataset``: a mixture file (YAML or JSON) of datasets with sampling weights,
+    each keeping its own normalisation (see :mod:`mode_policy.data.mixture`)."""
+    init_from: str = ""
+    """Fine-tune this pretrained policy (a run directory or a model folder) instead of starting
+    from scratch: its architecture, goal encoder and cameras carry over, its routers are frozen
+    (see :mod:`mode_policy.finetune`)."""
     output_dir: str = "runs/mode"
     """Run directory (created; must be empty unless resuming)."""
     preset: str = "cpu"
@@ -290,6 +329,14 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)."""
     progress: bool = True
     """Show a progress bar."""
+    frame_cache_dir: str = ""
+    """Folder of the decoded-frame cache: cameras are decoded once into uint8 files there and later
+    runs reuse them (rebuilt when the dataset or image size changes). Empty: no cache unless
+    memory_budget_mb is set, which then uses ~/.cache/mode_policy/frames."""
+    memory_budget_mb: float = 0.0
+    """Most MB of decoded camera frames held in memory: cameras that do not fit are read from the
+    frame cache batch by batch. 0: no budget (every camera in memory, as without a cache). A mixture's
+    members share it equally."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -303,6 +350,8 @@ class TrainConfig:
         check_field_types(self)
         self.policy.validate()
         check_choice(self, "language", LANGUAGE_ENCODERS)
+        if self.dataset and self.mixture:
+            raise ConfigError(f"give dataset ({self.dataset}) or mixture ({self.mixture}), not both")
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "eval_episodes"):
             check_range(self, name, 1)
         for name in ("warmup_steps", "eval_every", "seed", "weight_decay", "threads"):
@@ -313,6 +362,7 @@ class TrainConfig:
         check_range(self, "ema_decay", 0, 1, high_open=True)
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas={self.betas}: each must be in [0, 1)")
+        check_range(self, "memory_budget_mb", 0)
 
     def policy_overrides(self) -> dict[str, Any]:
         """The policy fields whose value differs from the preset's (what the user chose)."""

@@ -11,6 +11,12 @@ where ``phi(sigma)`` is a linear embedding of ``c_noise = ln(sigma)/4``. Its
 layer ``sigma_embed`` belongs to this network (phi is its first token and enters
 every block); :class:`mode_policy.edm.EDMDenoiser` applies it and scales the
 network's input and output.
+
+Ablation switches (:class:`~mode_policy.config.MoDEConfig`): ``noise_token=False``
+drops the noise token; ``noise_conditioning`` is ``"attention"`` (above),
+``"film"`` (``h = FiLM_phi(RMSNorm(x))`` before the attention and before the MLP,
+nothing added) or ``"none"`` (plain ``Attn(RMSNorm(x))``). The routers see phi in
+every variant.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from torch import Tensor, nn
 
 from .config import MoDEConfig
 from .nn.expert_cache import FusedExperts
-from .nn.layers import CausalSelfAttention, RMSNorm, SwiGLU
+from .nn.layers import CausalSelfAttention, FiLM, RMSNorm, SwiGLU, modulate
 from .nn.moe import ExpertBank, MoELayer, Routing
 
 
@@ -40,12 +46,23 @@ class Block(nn.Module):
                 d, cfg.mlp_ratio * d, cfg.num_experts, cfg.top_k, cfg.routing, cfg.shared_expert
             )
         self.mlp_dropout = nn.Dropout(cfg.resid_dropout)
+        self.noise_attention = cfg.noise_conditioning == "attention"
+        self.film = FiLM(d, sites=2) if cfg.noise_conditioning == "film" else None
 
     def forward(
         self, x: Tensor, noise_emb: Tensor, fused: FusedExperts | None
     ) -> tuple[Tensor, Routing | None]:
-        x = x + self.attn(self.norm1(x) + noise_emb.unsqueeze(1))
+        """x: (B, T, d); noise_emb: (B, d) -> (B, T, d) and the MLP's routing (None if dense or fused)."""
+        h = self.norm1(x)
+        if self.film is not None:
+            (attn_scale, attn_shift), (mlp_scale, mlp_shift) = self.film(noise_emb)  # each (B, 1, d)
+            h = modulate(h, attn_scale, attn_shift)
+        elif self.noise_attention:
+            h = h + noise_emb.unsqueeze(1)
+        x = x + self.attn(h)
         h = self.norm2(x)
+        if self.film is not None:
+            h = modulate(h, mlp_scale, mlp_shift)
         routing = None
         if isinstance(self.mlp, MoELayer):
             y, routing = self.mlp(h, noise_emb, fused)
@@ -64,7 +81,8 @@ class MoDETransformer(nn.Module):
         self.cfg = cfg
         self.sigma_embed = nn.Linear(1, d)
         self.action_in = nn.Linear(cfg.action_dim, d)
-        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.n_tokens, d))
+        n_tokens = cfg.n_tokens if cfg.noise_token else cfg.n_tokens - 1
+        self.pos_emb = nn.Parameter(torch.zeros(1, n_tokens, d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm_out = RMSNorm(d)
         self.action_out = nn.Linear(d, cfg.action_dim)
@@ -73,7 +91,8 @@ class MoDETransformer(nn.Module):
     def reset_parameters(self) -> None:
         """GPT-2 style init (the official code never applies one): N(0, std)
         weights, zero biases, unit norm gains, residual-branch outputs scaled
-        by 1/sqrt(2L), and a zero output head so the network starts at F=0."""
+        by 1/sqrt(2L), a zero output head so the network starts at F=0, and
+        zero FiLM maps so FiLM blocks start unmodulated."""
         std = self.cfg.init_std
         resid_std = std / math.sqrt(2 * self.cfg.n_layers)
         for module in self.modules():
@@ -88,6 +107,8 @@ class MoDETransformer(nn.Module):
                 nn.init.normal_(module.w2, std=resid_std)
         for block in self.blocks:
             nn.init.normal_(block.attn.proj.weight, std=resid_std)
+            if block.film is not None:
+                nn.init.zeros_(block.film.proj.weight)
         nn.init.normal_(self.pos_emb, std=std)
         nn.init.zeros_(self.action_out.weight)
         nn.init.zeros_(self.action_out.bias)
@@ -107,9 +128,10 @@ class MoDETransformer(nn.Module):
         MoE layer for this sampling step, or None to route.
         Returns F: (B, H, A) and the routings of the MoE layers (training stats)."""
         horizon = noisy_actions.shape[1]
-        x = torch.cat(
-            [noise_emb.unsqueeze(1), cond_tokens, self.action_in(noisy_actions)], dim=1
-        )  # (B, T, d)
+        tokens = [cond_tokens, self.action_in(noisy_actions)]
+        if self.cfg.noise_token:
+            tokens.insert(0, noise_emb.unsqueeze(1))
+        x = torch.cat(tokens, dim=1)  # (B, T, d)
         x = x + self.pos_emb[:, : x.shape[1]]
         routings: list[Routing] = []
         for i, block in enumerate(self.blocks):  # every block is MoE, or none is

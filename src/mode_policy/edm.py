@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .cached_sampler import LeanSampler, build_lean_sampler
 from .config import MoDEConfig
 from .denoiser import MoDETransformer
 from .diffusion import Sampler, edm_scalings, make_sampler, make_schedule, sample_log_logistic_sigma, training_target
@@ -51,6 +52,7 @@ class SamplingPlan:
     noise_emb: Tensor  # (M, d) phi at every evaluation
     levels: list[NoiseLevel]  # one per evaluation
     cache_bytes: int  # what the expert cache owns (0 without it)
+    lean: LeanSampler | None = None  # the eval path's precomputed steps, where it applies
 
     @property
     def cached(self) -> bool:
@@ -69,8 +71,13 @@ class EDMDenoiser(nn.Module):
     def __init__(self, config: MoDEConfig) -> None:
         super().__init__()
         self.config = config
-        self.net = MoDETransformer(config)
-        self.use_expert_cache = True
+        if config.architecture == "official":
+            from .official.network import OfficialTransformer
+
+            self.net = OfficialTransformer(config)
+        else:
+            self.net = MoDETransformer(config)
+        self.use_expert_cache = config.architecture != "official"  # the official experts have biases: no fused cache
         self._plan: SamplingPlan | None = None
 
     @property
@@ -121,17 +128,22 @@ class EDMDenoiser(nn.Module):
         return (out.float() - target.float()).pow(2).mean(-1), routings
 
     # --------------------------------------------------------------- sampling
+    use_lean_sampler = True
+    """Sample in eval mode with :mod:`mode_policy.cached_sampler` where it applies (same
+    results up to float rounding, fewer kernels); False: always the module-by-module path."""
+
     def sampling_plan(self) -> SamplingPlan:
         """The (cached) plan for the configured sampler and schedule; rebuilt
         when the schedule, the step count, the mode or the weights change."""
         cfg = self.config
         net = self.net
         cached = self.use_expert_cache and cfg.routing == "noise" and not self.training
+        lean = self.use_lean_sampler and not self.training
         device = net.sigma_embed.weight.device
         key = (
             cfg.sampler, cfg.schedule, cfg.num_inference_steps, cfg.sigma_min, cfg.sigma_max,
-            cfg.karras_rho, cfg.sigma_data, cached, device,
-            weights_version([net.sigma_embed, *net.moe_layers()]),
+            cfg.karras_rho, cfg.sigma_data, cached, lean, device,
+            weights_version([net] if lean else [net.sigma_embed, *net.moe_layers()]),  # lean: reads every weight
         )
         if self._plan is not None and self._plan.key == key:
             return self._plan
@@ -152,6 +164,8 @@ class EDMDenoiser(nn.Module):
             for j, (skip, out, scale_in) in enumerate(zip(c_skip.tolist(), c_out.tolist(), c_in.tolist()))
         ]
         self._plan = SamplingPlan(key, sampler, sigmas, eval_sigmas, noise_emb, levels, cache_bytes)
+        if lean:
+            self._plan.lean = build_lean_sampler(self, self._plan)
         return self._plan
 
     @torch.no_grad()
@@ -163,4 +177,6 @@ class EDMDenoiser(nn.Module):
         if noise is None:
             noise = torch.randn(cond.shape[0], cfg.horizon, cfg.action_dim, device=cond.device, dtype=cond.dtype)
         x = noise * cfg.sigma_max
+        if plan.lean is not None:
+            return plan.lean.sample(cond, x, plan.sampler, plan.sigmas)
         return plan.sampler.run(lambda x, j: self(x, plan.levels[j], cond)[0], x, plan.sigmas)

@@ -36,7 +36,11 @@ from .policy import MoDEPolicy
 
 FORMATS = ("onnx", "torch_export")
 NOISE_NAME = "noise"
-ONNX_OPSET = 18
+ONNX_OPSET = 23
+"""Opset of the ONNX artefact: from 23 each RMSNorm is one RMSNormalization node, not six
+(ONNX Runtime >= 1.23 runs it; `bench latency` times the artefact)."""
+LEGACY_ONNX_OPSET = 18
+"""The opset when the installed onnx or onnxruntime predates :data:`ONNX_OPSET`."""
 
 
 class CachedSampler(nn.Module):
@@ -136,15 +140,31 @@ def known_goals(policy: MoDEPolicy, tasks: Sequence[str] = ()) -> dict[str, list
     return {name: [float(v) for v in row] for name, row in zip(names, vectors.float().cpu())}
 
 
+def onnx_opset() -> int:
+    """:data:`ONNX_OPSET` where the installed onnx (and onnxruntime, if any) support it, else the legacy opset."""
+    import onnx
+
+    if onnx.defs.onnx_opset_version() < ONNX_OPSET:
+        return LEGACY_ONNX_OPSET
+    try:
+        import onnxruntime
+    except ImportError:
+        return ONNX_OPSET
+    major, minor = (int(v) for v in onnxruntime.__version__.split(".")[:2])
+    return ONNX_OPSET if (major, minor) >= (1, 23) else LEGACY_ONNX_OPSET
+
+
 def export_sampler(
     policy: MoDEPolicy,
     path: str | Path,
     fmt: str = "onnx",
     batch_size: int = 1,
     tasks: Sequence[str] = (),
+    opset: int | None = None,
 ) -> Path:
     """Write the cached sampler of ``policy`` (moved to the CPU) for ``batch_size`` to ``path``
-    (atomically), and its description to ``path`` with suffix ``.json``. Returns ``path``."""
+    (atomically), and its description to ``path`` with suffix ``.json``. Returns ``path``.
+    ``opset``: the ONNX opset (default :func:`onnx_opset`)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {FORMATS}")
     if batch_size < 1:
@@ -155,11 +175,12 @@ def export_sampler(
     inputs = example_inputs(policy, batch_size)
     args = tuple(inputs.values())
     if fmt == "onnx":
+        opset = opset or onnx_opset()
         # optimize=False: ONNX Runtime optimises the graph when it loads it; onnxscript's
         # optimiser takes minutes here and moves the outputs away from eager's.
         program = torch.onnx.export(
             sampler, args, dynamo=True, input_names=list(inputs), output_names=[ACTION_KEY],
-            opset_version=ONNX_OPSET, optimize=False, verbose=False,
+            opset_version=opset, optimize=False, verbose=False,
         )
         atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
     else:
@@ -168,6 +189,7 @@ def export_sampler(
     cfg = policy.config
     atomic_write_json(path.with_suffix(".json"), {
         "format": fmt,
+        **({"onnx_opset": opset} if fmt == "onnx" else {}),
         "inputs": input_shapes(policy, batch_size),
         "outputs": {ACTION_KEY: [batch_size, cfg.horizon, cfg.action_dim]},
         "dtype": "float32",

@@ -23,12 +23,13 @@ from torch import Tensor, nn
 
 from .config import MoDEConfig
 from .constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY, TASK_KEY
+from .diffusion import sample_log_logistic_sigma, training_target
 from .edm import EDMDenoiser
 from .encoders.state import StateEncoder
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write, atomic_write_text
 from .nn.moe import balancing_loss
-from .normalize import Normalizer
+from .normalize import DATASET_KEY, DatasetNormalizers, Normalizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,11 +57,18 @@ class MoDEPolicy(nn.Module):
         self.config = config
         d = config.d_model
         self.normalizer = Normalizer(config.action_dim, max(config.state_dim, 0))
+        # per-dataset statistics of a mixture-trained policy (empty otherwise: `normalizer` serves)
+        self.dataset_normalizers = DatasetNormalizers(config.action_dim, max(config.state_dim, 0))
         self.state_encoder = (
             StateEncoder(config.state_dim, config.state_encoder_hidden, d) if config.state_dim > 0 else None
         )
+        official = config.architecture == "official"
         self.image_encoder = None
-        if config.image_keys:
+        if config.image_keys and official:
+            from .official.vision import OfficialImageEncoder
+
+            self.image_encoder = OfficialImageEncoder(config)
+        elif config.image_keys:
             from .encoders.resnet import ImageEncoder
 
             self.image_encoder = ImageEncoder(
@@ -68,7 +76,7 @@ class MoDEPolicy(nn.Module):
                 width=config.vision_width, pretrained=config.vision_pretrained or None,
                 shift_pad=config.image_shift_pad,
             )
-        self.goal_proj = nn.Linear(config.goal_dim, d)
+        self.goal_proj = nn.Linear(config.goal_dim, d, bias=not official)  # the official goal embedding has none
         self.denoiser = EDMDenoiser(config)
         if config.freeze_router:
             for layer in self.denoiser.net.moe_layers():
@@ -92,7 +100,37 @@ class MoDEPolicy(nn.Module):
 
     # ------------------------------------------------------------------ data
     def set_normalization(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
+        """Statistics of the one dataset this policy is trained on (clears per-dataset ones)."""
         self.normalizer.set_stats(stats)
+        self.dataset_normalizers.clear()
+
+    def set_dataset_normalization(self, per_dataset: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+        """Per-dataset statistics ``{name: stats}`` (a mixture): each dataset keeps its own action and
+        state normalisation and width (at most the policy's); batches then name their rows' dataset
+        (``batch["dataset"]``: a name or one per row), as inference does (``dataset=``)."""
+        self.dataset_normalizers.set_stats(per_dataset)
+
+    @property
+    def dataset_names(self) -> list[str]:
+        """The datasets with their own normalisation (empty for a single-dataset policy)."""
+        return self.dataset_normalizers.names
+
+    def _dataset_rows(self, batch: Mapping[str, Any], size: int) -> Tensor | None:
+        """Member index (B,) of each row's dataset (``batch["dataset"]``: one name, or one per row;
+        default: the only dataset); None for a single-dataset policy."""
+        names = self.dataset_normalizers.names
+        if not names:
+            return None
+        name = batch.get(DATASET_KEY)
+        if name is None and len(names) > 1:
+            raise DataError(f"this policy normalises each of its datasets ({', '.join(names)}) separately: name "
+                            f"one, e.g. predict_action_chunk(batch, dataset={names[0]!r}) or batch[{DATASET_KEY!r}]")
+        name = names[0] if name is None else name
+        if isinstance(name, str):
+            name = [name] * size
+        if not isinstance(name, (list, tuple)) or len(name) != size or not all(isinstance(n, str) for n in name):
+            raise DataError(f"{DATASET_KEY} must be a dataset name or a list of {size} names (one per batch row)")
+        return self.dataset_normalizers.rows(name)
 
     def _goal(self, batch: Mapping[str, Any]) -> Tensor:
         if GOAL_KEY in batch:
@@ -111,8 +149,14 @@ class MoDEPolicy(nn.Module):
         """Goal and observation tokens: (B, 1 + n_obs * tokens_per_step, d);
         per observation step the state token comes first, then one token per camera."""
         goal = self._goal(batch)
+        film_goal = goal  # what the cameras' FiLM layers see
         if self.training and self.config.goal_dropout > 0:
-            goal = F.dropout(goal, self.config.goal_dropout)
+            if self.config.architecture == "official":  # zeroed without rescale, on the goal token only
+                from .official.network import mask_goal
+
+                goal = mask_goal(goal, self.config.goal_dropout)
+            else:
+                goal = film_goal = F.dropout(goal, self.config.goal_dropout)
         tokens = [self.goal_proj(goal).unsqueeze(1)]  # (B, 1, d)
         per_step: list[Tensor] = []  # each (B, n_obs, k, d)
         if self.state_encoder is not None:
@@ -121,14 +165,20 @@ class MoDEPolicy(nn.Module):
             state = batch[STATE_KEY].to(self.goal_proj.weight.dtype)
             if state.dim() == 2:
                 state = state.unsqueeze(1)  # (B, 1, S)
-            if state.shape[-1] != self.config.state_dim or state.shape[1] != self.config.n_obs_steps:
+            rows = self._dataset_rows(batch, state.shape[0])  # per dataset: its own width, checked there
+            width = self.config.state_dim if rows is None else state.shape[-1]
+            if state.shape[-1] != width or state.shape[1] != self.config.n_obs_steps:
                 raise DataError(
                     f"{STATE_KEY} has shape {tuple(state.shape)}, expected "
                     f"(B, {self.config.n_obs_steps}, {self.config.state_dim})"
                 )
-            per_step.append(self.state_encoder(self.normalizer.normalize_state(state)).unsqueeze(2))
+            if rows is None:
+                state = self.normalizer.normalize_state(state)
+            else:
+                state = self.dataset_normalizers.normalize_state(state, rows)  # (B, n_obs, S), padded
+            per_step.append(self.state_encoder(state).unsqueeze(2))
         if self.image_encoder is not None:
-            per_step.append(self._image_tokens(batch, goal))
+            per_step.append(self._image_tokens(batch, film_goal))
         if per_step:
             obs = torch.cat(per_step, dim=2)  # (B, n_obs, tokens_per_step, d)
             tokens.append(obs.flatten(1, 2))
@@ -159,13 +209,20 @@ class MoDEPolicy(nn.Module):
         if ACTION_KEY not in batch:
             raise DataError(f"a training batch needs {ACTION_KEY!r} (B, {cfg.horizon}, {cfg.action_dim})")
         actions = batch[ACTION_KEY]
-        if actions.dim() != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
+        rows = self._dataset_rows(batch, actions.shape[0]) if actions.dim() == 3 else None  # None: one dataset
+        width = cfg.action_dim if rows is None else actions.shape[-1]  # per dataset: checked when normalising
+        if actions.dim() != 3 or actions.shape[1:] != (cfg.horizon, width):
             raise DataError(
                 f"{ACTION_KEY} has shape {tuple(actions.shape)}, expected (B, {cfg.horizon}, {cfg.action_dim})"
             )
-        x0 = self.normalizer.normalize_action(actions.to(self.goal_proj.weight.dtype))  # (B, H, A)
+        actions = actions.to(self.goal_proj.weight.dtype)
         cond = self.encode_condition(batch)
-        err, routings = self.denoiser.loss(x0, cond)  # (B, H)
+        if rows is None:
+            x0 = self.normalizer.normalize_action(actions)  # (B, H, A)
+            err, routings = self.denoiser.loss(x0, cond)  # (B, H)
+        else:
+            x0, dims = self.dataset_normalizers.normalize_action(actions, rows)  # (B, H, A), (B, A)
+            err, routings = self._padded_loss(x0, cond, dims)
         if ACTION_IS_PAD_KEY in batch:
             keep = (~batch[ACTION_IS_PAD_KEY].bool()).float()
             diffusion_loss = (err * keep).sum() / keep.sum().clamp_min(1.0)
@@ -186,17 +243,44 @@ class MoDEPolicy(nn.Module):
         info["loss"] = loss.detach()
         return loss, info
 
+    def _padded_loss(self, x0: Tensor, cond: Tensor, dims: Tensor) -> tuple[Tensor, list]:
+        """:meth:`EDMDenoiser.loss` for rows padded to the policy's action width: the per-token
+        squared error (B, H) averaged over each row's own action dimensions ``dims`` (B, A) only,
+        so the padding of a narrower dataset never enters the loss."""
+        cfg, denoiser = self.config, self.denoiser
+        b = x0.shape[0]
+        sigma = sample_log_logistic_sigma(
+            b, cfg.train_sigma_loc, cfg.train_sigma_scale, cfg.sigma_min, cfg.sigma_max, x0.device
+        )  # (B,)
+        noisy = x0 + torch.randn_like(x0) * sigma.view(b, 1, 1)
+        out, routings = denoiser.raw(noisy, denoiser.noise_level(sigma), cond)
+        target = training_target(x0, noisy, sigma.view(b, 1, 1), denoiser.sigma_data)
+        keep = dims.to(torch.float32).unsqueeze(1)  # (B, 1, A)
+        return ((out.float() - target.float()).pow(2) * keep).sum(-1) / keep.sum(-1), routings
+
     # ------------------------------------------------------------- inference
     @torch.no_grad()
-    def predict_action_chunk(self, batch: Mapping[str, Any], noise: Tensor | None = None) -> Tensor:
+    def predict_action_chunk(
+        self, batch: Mapping[str, Any], noise: Tensor | None = None, dataset: str | None = None
+    ) -> Tensor:
         """Sample an action chunk (B, H, A) in the original action units.
 
         ``noise`` (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here).
+        A policy trained on a mixture un-normalises with the statistics of ``dataset`` (or
+        ``batch["dataset"]``; default: its only dataset) and returns that dataset's action width;
+        its state may come at that dataset's width.
         """
-        batch = self.check_inputs(batch)
+        batch = self.check_inputs(batch if dataset is None else {**batch, DATASET_KEY: dataset})
+        names = batch.get(DATASET_KEY)
+        if self.dataset_names and isinstance(names, (list, tuple)) and len(set(names)) > 1:
+            raise DataError("predict_action_chunk: every row of a batch must name the same dataset "
+                            "(datasets differ in action width)")
         cond = self.encode_condition(batch)  # encoders run once per chunk
-        actions = self.denoiser.sample(cond, noise)  # (B, H, A), normalised
-        return self.normalizer.unnormalize_action(actions.clamp(-1.0, 1.0))
+        actions = self.denoiser.sample(cond, noise).clamp(-1.0, 1.0)  # (B, H, A), normalised
+        rows = self._dataset_rows(batch, actions.shape[0])
+        if rows is None:
+            return self.normalizer.unnormalize_action(actions)
+        return self.dataset_normalizers.unnormalize_action(actions, self.dataset_names[int(rows[0])])
 
     def check_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The observation ``batch`` with numpy arrays as tensors; DataError naming the key for a
@@ -236,10 +320,11 @@ class MoDEPolicy(nn.Module):
         self._obs_history.clear()
 
     @torch.no_grad()
-    def select_action(self, observation: Mapping[str, Any]) -> Tensor:
+    def select_action(self, observation: Mapping[str, Any], dataset: str | None = None) -> Tensor:
         """One action (B, A) per call from one observation frame (state (B, S),
-        images (B, H, W, 3)); re-plans a chunk when the queue is empty."""
-        frame = self.check_inputs(observation)
+        images (B, H, W, 3)); re-plans a chunk when the queue is empty. ``dataset``: as in
+        :meth:`predict_action_chunk` (policies trained on a mixture)."""
+        frame = self.check_inputs(observation if dataset is None else {**observation, DATASET_KEY: dataset})
         if self._obs_history:
             size = {k: v.shape[0] for k, v in frame.items() if torch.is_tensor(v)}
             before = {k: v.shape[0] for k, v in self._obs_history[-1].items() if torch.is_tensor(v)}
@@ -311,6 +396,7 @@ class MoDEPolicy(nn.Module):
         """Strict load that names missing, unexpected and mis-shaped tensors
         (legacy key names are renamed first, see :data:`LEGACY_PREFIXES`)."""
         tensors = upgrade_state_dict(tensors)
+        self.dataset_normalizers.adopt_layout(tensors, "dataset_normalizers.")  # the checkpoint's datasets
         expected = self.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))

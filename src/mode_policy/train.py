@@ -2,7 +2,9 @@
 
 Runs as a plain script on one device, and unchanged under ``torchrun`` (DDP;
 gloo on CPU, NCCL on GPU). Only rank 0 writes anything; what it writes is
-described in :mod:`mode_policy.run_dir`.
+described in :mod:`mode_policy.run_dir`. The data is one dataset (``dataset``) or a
+weighted mixture (``mixture``, see :mod:`mode_policy.data.mixture`); ``init_from``
+fine-tunes a pretrained policy (:mod:`mode_policy.finetune`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from .config import PRESETS, TrainConfig, get_preset
-from .data.windows import EpisodeData, WindowSampler, dataset_cameras, load_episodes
+from .build import build_policy, finetune_policy, run_stats, select_image_keys
+from .config import TrainConfig
+from .data.mixture import Mixture, MixtureData, MixtureSampler, read_mixture
+from .data.windows import EpisodeData, dataset_cameras, load_episodes
 from .ema import EMA
-from .errors import CheckpointError, ConfigError, DataError, DataNotFoundError, RunDirError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingError
+from .finetune import load_pretrained, plan_finetune, transfer_weights
 from .policy import MoDEPolicy
 from .run_dir import TRAINING_STATE, RunDir
 from .threads import apply_threads
@@ -62,8 +67,9 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 
 #: TrainConfig fields a resumed run may change: they do not alter what is being optimised.
-RESUMABLE_CHANGES = ("steps", "dataset", "progress", "device", "threads", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "eval_every", "eval_episodes")
+RESUMABLE_CHANGES = ("steps", "dataset", "mixture", "progress", "device", "threads", "log_every",
+                     "checkpoint_every", "keep_checkpoints", "eval_every", "eval_episodes", "frame_cache_dir",
+                     "memory_budget_mb")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig, where: str) -> tuple[TrainConfig, list[str]]:
@@ -111,90 +117,22 @@ def weights_checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def select_image_keys(cfg: TrainConfig, cameras: Sequence[str]) -> list[str]:
-    """The camera features the policy will see, given the dataset's ``cameras``.
-
-    * ``image_keys=...`` in the overrides: exactly those (each must be a camera of the dataset);
-      ``image_keys=`` (empty) forces a state-only policy.
-    * an image preset (non-empty ``image_keys``, e.g. ``cpu-image``): every camera of the
-      dataset, in ``info.json`` order (the preset's own keys are placeholders).
-    * a state-only preset: none (the videos are not decoded).
-    """
-    overrides = cfg.policy_overrides()
-    cameras = list(cameras)
-    if "image_keys" in overrides:
-        keys = list(overrides["image_keys"])
-        missing = [k for k in keys if k not in cameras]
-        if missing:
-            raise DataError(
-                f"image_keys {missing} are not camera features of dataset {cfg.dataset} "
-                f"(it has: {', '.join(cameras) or 'no cameras'})"
-            )
-        return keys
-    if PRESETS[cfg.preset].get("image_keys"):
-        if not cameras:
-            raise DataError(
-                f"preset {cfg.preset!r} trains on camera images, but dataset {cfg.dataset} has no video or image "
-                "features (generate them with `mode-policy demos --cameras corner,gripperPOV`)"
-            )
-        return cameras
-    return []
+def load_dataset(cfg: TrainConfig, path: Path, image_keys: list[str], image_size: int = 0,
+                 progress: bool = True, n_datasets: int = 1) -> EpisodeData:
+    """Every dataset a run reads is loaded here, with the run's loading options; the memory budget
+    is the run's, so each of ``n_datasets`` mixture members gets an equal share of it."""
+    budget = cfg.memory_budget_mb / n_datasets if cfg.memory_budget_mb else None
+    return load_episodes(path, image_keys=image_keys, progress=progress, cache_dir=cfg.frame_cache_dir or None,
+                         memory_budget_mb=budget, image_size=image_size or None)
 
 
-def build_policy(cfg: TrainConfig, data: EpisodeData) -> tuple[MoDEPolicy, torch.Tensor | None]:
-    """Policy sized for the dataset, with its goal encoder; and the goal table
-    (num_tasks, goal_dim) of a frozen encoder, computed once.
-
-    Cameras follow :func:`select_image_keys`; their images must have been loaded
-    (``load_episodes(root, image_keys=...)``), and ``image_size`` is set from them."""
-    from .encoders.language import make_language_encoder
-
-    spec: dict[str, Any] = {"type": cfg.language}
-    overrides = cfg.policy_overrides()
-    for name, have in (("action_dim", data.action_dim), ("state_dim", data.state_dim)):
-        if name in overrides and overrides[name] not in (have, 0 if name == "state_dim" else have):
-            raise DataError(f"policy.{name}={overrides[name]} does not match dataset {cfg.dataset}, whose "
-                            f"{name} is {have}; leave it out (training takes it from the data)"
-                            + (" or set 0 for an image-only policy" if name == "state_dim" else ""))
-    if cfg.language == "task":
-        spec.update(tasks=data.tasks, dim=overrides.get("goal_dim", 64))
-    elif cfg.language == "clip":
-        spec.update(allow_download=cfg.language_download, **({"path": cfg.language_path} if cfg.language_path else {}))
-    image_keys = select_image_keys(cfg, list(data.camera_shapes))
-    vision: dict[str, Any] = {}
-    if image_keys:
-        not_loaded = [k for k in image_keys if k not in data.images]
-        if not_loaded:
-            raise DataError(f"camera(s) {not_loaded} were not loaded: use load_episodes(root, image_keys=...)")
-        sizes = {tuple(data.images[k].shape[1:3]) for k in image_keys}
-        (height, width), *others = sorted(sizes)
-        image_size = height if not others and height == width else 0  # 0: mixed or non-square cameras
-        if overrides.get("image_size", image_size) != image_size:
-            raise DataError(
-                f"image_size={overrides['image_size']} does not match the dataset's camera images "
-                f"({', '.join(f'{h}x{w}' for h, w in sorted(sizes))})"
-            )
-        vision = {"image_keys": image_keys, "image_size": image_size}
-    elif PRESETS[cfg.preset].get("image_keys"):
-        vision = {"image_keys": [], "image_size": 0}  # image_keys= override: state only
-    encoder = make_language_encoder(spec)
-    policy_cfg = get_preset(
-        cfg.preset,
-        **{
-            "state_dim": data.state_dim,
-            "action_dim": data.action_dim,
-            "goal_dim": encoder.dim,
-            **overrides,
-            **vision,
-            "goal_encoder": encoder.config_dict(),
-        },
-    )
-    policy = MoDEPolicy(policy_cfg)
-    policy.set_normalization(data.stats())
-    goal_table = None
-    if not isinstance(policy.goal_encoder, torch.nn.Module):  # frozen: embed the instruction set once
-        goal_table = policy.goal_encoder(data.tasks).float().cpu()
-    return policy, goal_table
+def run_mixture(cfg: TrainConfig) -> Mixture:
+    """The run's data: ``cfg.mixture`` (a mixture file) or the one dataset ``cfg.dataset``."""
+    if cfg.mixture:
+        return read_mixture(cfg.mixture)
+    if not cfg.dataset:
+        raise ConfigError("training needs data: dataset=PATH (a LeRobot dataset) or mixture=FILE")
+    return Mixture.single(cfg.dataset)
 
 
 # --------------------------------------------------------------- checkpoints
@@ -217,13 +155,13 @@ def _load_training_state(path: Path) -> dict[str, Any]:
 
 # -------------------------------------------------------------------- train
 def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None) -> Path:
-    """Train a MoDE policy on ``cfg.dataset``; returns the run directory."""
+    """Train a MoDE policy on ``cfg.dataset`` or ``cfg.mixture`` (from scratch, or fine-tuning
+    ``cfg.init_from``); returns the run directory."""
     rank, local_rank, world = _distributed()
     device = resolve_device(cfg.device, local_rank)
     threads = apply_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device.type == "cpu" else 0
     run = RunDir(cfg.output_dir)
-    if not Path(cfg.dataset).exists():
-        raise DataNotFoundError(f"dataset folder not found: {cfg.dataset}")
+    mixture = run_mixture(cfg)  # checks every dataset exists, before anything is written
     if run.root.exists() and not run.root.is_dir():
         raise RunDirError(f"output_dir {run.root} is a file, not a run directory")
     if cfg.batch_size % world:
@@ -243,20 +181,42 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         cfg, resume_notes = resumed_config(saved, cfg, str(run.root))
 
     torch.manual_seed(cfg.seed + rank)
-    image_keys = select_image_keys(cfg, list(dataset_cameras(cfg.dataset)))
-    data = load_episodes(cfg.dataset, image_keys=image_keys, progress=cfg.progress and rank == 0)
-    policy, goal_table = build_policy(cfg, data)
+    progress = cfg.progress and rank == 0
+    pretrained, notes, image_size = None, [], 0
+    if cfg.init_from:  # fine-tuning: the pretrained model (or, resuming, the run's own config) fixes the network
+        if latest is None:
+            pretrained, where = load_pretrained(cfg.init_from)
+            notes.append(f"fine-tuning {where}")
+        base = pretrained.config if pretrained is not None else cfg.policy
+        finetuned, language, data_notes = plan_finetune(cfg, base, mixture, cfg.init_from)
+        cfg, image_keys, image_size = dataclasses.replace(cfg, language=language), finetuned.image_keys, base.image_size
+        notes += data_notes
+    else:
+        image_keys = select_image_keys(cfg, list(mixture.cameras()), mixture.source)
+
+    def load(path: Path, keys: list[str]) -> EpisodeData:
+        resize = image_size and any(dataset_cameras(path)[k][:2] != (image_size, image_size) for k in keys)
+        return load_dataset(cfg, path, keys, image_size if resize else 0, progress, len(mixture.members))
+
+    data = MixtureData.load(mixture, image_keys, load)
+    if cfg.init_from:
+        policy, goals = finetune_policy(cfg, data, finetuned)
+        if pretrained is not None:
+            transfer_weights(policy, pretrained, cfg.init_from)
+    else:
+        policy, goals = build_policy(cfg, data)
     if latest is not None:
         saved_policy = MoDEPolicy.from_pretrained(latest)
         for field_name in ("state_dim", "action_dim", "goal_dim"):
             have, want = getattr(policy.config, field_name), getattr(saved_policy.config, field_name)
             if have != want:
-                raise DataError(f"dataset {cfg.dataset} gives {field_name}={have}, checkpoint {latest} expects {want}")
+                raise DataError(f"dataset {mixture.source} gives {field_name}={have}, checkpoint {latest} expects {want}")
         if saved_policy.config != policy.config:
-            raise DataError(f"checkpoint {latest} was trained with a different policy config than {cfg.dataset} gives")
+            raise DataError(f"checkpoint {latest} was trained with a different policy config than {mixture.source} gives")
         policy.load_state_dict(saved_policy.state_dict())
     policy.to(device).train()
-    sampler = WindowSampler(data, policy.config.n_obs_steps, policy.config.horizon, goal_table)
+    sampler = MixtureSampler(data, policy.config.n_obs_steps, policy.config.horizon, goals,
+                             tag_rows=bool(policy.dataset_names))
     ema = EMA(policy, cfg.ema_decay)
     model: torch.nn.Module = policy
     if world > 1:
@@ -275,23 +235,27 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         ema.load_state_dict(state["ema"])
         data_gen.set_state(state["data_rng"][rank] if rank < len(state["data_rng"]) else state["data_rng"][0])
         torch.set_rng_state(state["torch_rng"][rank] if rank < len(state["torch_rng"]) else state["torch_rng"][0])
+        if "sampler" in state:  # runs before mixtures had one dataset: nothing to restore
+            sampler.schedule.load_state_dict(state["sampler"])
         step = state["step"]
         if step >= cfg.steps:
             raise RunDirError(f"--resume: {run.root} is already at step {step}; give a larger steps (now {cfg.steps})")
-        if data.stats() != run.read_stats():
-            raise RunDirError(f"--resume: dataset {cfg.dataset} has other normalisation statistics than "
+        if run_stats(policy, data) != run.read_stats():
+            raise RunDirError(f"--resume: dataset {mixture.source} has other normalisation statistics than "
                               f"{run.stats} (a different dataset): start a new run instead")
         if rank == 0:
             run.prepare_resume(step)
             print(f"resuming {run.root} at step {step}" + (": " + "; ".join(resume_notes) if resume_notes else ""))
 
+    if rank == 0 and notes:
+        print("\n".join(notes))
     writer = None
     if rank == 0:
         run.root.mkdir(parents=True, exist_ok=True)
         resolved = dataclasses.replace(cfg, policy=policy.config)  # with the fields the dataset gave
         run.write_config(resolved.to_run_dict(world))  # on resume: records the new step budget
         if latest is None:
-            run.write_stats(data.stats())
+            run.write_stats(run_stats(policy, data))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run.tensorboard), purge_step=step if latest is not None else None)
@@ -311,6 +275,7 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
             save_checkpoint(run, step, policy, {
                 "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict(), "data_rng": data_rng, "torch_rng": torch_rng,
+                "sampler": sampler.schedule.state_dict(),
             }, cfg.keep_checkpoints)
 
     if rank == 0 and cfg.progress and threads:
@@ -324,9 +289,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
     start_time, window_time, window_steps = time.perf_counter(), time.perf_counter(), 0
     while step < cfg.steps:
-        frames = torch.randint(0, len(sampler), (per_rank,), generator=data_gen)
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in sampler.batch(frames).items()}
+                 for k, v in sampler.sample(per_rank, data_gen).items()}
         try:
             with autocast:
                 loss, info = model(batch)

@@ -112,26 +112,45 @@ def run_demos(opts: DemosOptions) -> int:
 
 @dataclass
 class ConvertOptions:
-    """Convert LIBERO HDF5 or CALVIN npz data to a LeRobot v3.0 dataset."""
+    """Convert LIBERO HDF5 or CALVIN npz data to a LeRobot v3.0 dataset, or an official MoDE
+    checkpoint to a model folder."""
 
     format: str = ""
-    """'libero' or 'calvin' (first positional argument)."""
+    """'libero', 'calvin' or 'official' (first positional argument)."""
     source: str = ""
-    """LIBERO: an .hdf5 file or a folder of them; CALVIN: a split folder (second positional argument)."""
+    """LIBERO: an .hdf5 file or a folder of them; CALVIN: a split folder; official: a checkpoint
+    (model_cleaned.safetensors or a folder holding it; .pt/.ckpt with --allow-pickle) (second positional argument)."""
     out: str = ""
-    """Dataset folder to write."""
+    """Dataset folder (official: model folder) to write."""
     image_size: int | None = None
     """LIBERO: resize images to this side (default: keep their size)."""
     overwrite: bool = False
     """Replace an existing dataset at ``out``."""
+    scene_in_state: bool = False
+    """CALVIN: observation.state = robot_obs + scene_obs (39 values) instead of robot_obs (15)."""
+    allow_pickle: bool = False
+    """official: read a pickle-based checkpoint (.pt, .ckpt). Unpickling runs code the file contains:
+    only for files you trust (the released model_cleaned.safetensors needs no pickle)."""
+    top_k: int = 2
+    """official: experts per token (a checkpoint does not store it; the official configs use 2)."""
+    cameras: str = ""
+    """official: names of the cameras in the official order (static, then gripper), comma-separated,
+    e.g. image,wrist_image to match a dataset's observation.images.* keys (default: static,gripper)."""
+    language: str = "clip"
+    """official: goal encoder written into the config: 'clip' (the official frozen CLIP text model) or
+    'none' (goals given as 512-d vectors)."""
+    language_path: str = ""
+    """official: the CLIP model for 'clip': a local folder or a Hub name (default: the official ViT-B/32)."""
 
 
 def run_convert(opts: ConvertOptions) -> int:
-    if opts.format not in ("libero", "calvin"):
-        raise ConfigError(f"convert: format {opts.format!r}: expected 'libero' or 'calvin'")
+    if opts.format not in ("libero", "calvin", "official"):
+        raise ConfigError(f"convert: format {opts.format!r}: expected 'libero', 'calvin' or 'official'")
     if not opts.source or not opts.out:
         raise ConfigError("convert needs a source and --out, e.g. `mode-policy convert libero data.hdf5 --out ds`")
     check_writable(opts.out)
+    if opts.format == "official":
+        return _convert_official(opts)
     with replacing(opts.out, opts.overwrite) as target:
         if opts.format == "libero":
             from ..data.convert_libero import convert_libero
@@ -140,8 +159,31 @@ def run_convert(opts: ConvertOptions) -> int:
         else:
             from ..data.convert_calvin import convert_calvin
 
-            convert_calvin(opts.source, target, overwrite=True)
+            convert_calvin(opts.source, target, overwrite=True, scene_in_state=opts.scene_in_state)
     print(f"wrote {opts.out}")
+    return 0
+
+
+def _convert_official(opts: ConvertOptions) -> int:
+    from ..encoders.language import DEFAULT_CLIP
+    from ..official.convert import convert_official
+
+    if opts.language not in ("clip", "none"):
+        raise ConfigError(f"convert official: language={opts.language!r}: expected 'clip' or 'none'")
+    goal_encoder = {"type": "clip", "path": opts.language_path or DEFAULT_CLIP} if opts.language == "clip" else None
+    cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()] or None
+    report = convert_official(opts.source, opts.out, allow_pickle=opts.allow_pickle, top_k=opts.top_k,
+                              camera_names=cameras, goal_encoder=goal_encoder, overwrite=opts.overwrite)
+    cfg = report.config
+    print(f"wrote {opts.out}: {report.mapped} tensors from {report.source} "
+          f"({cfg.n_layers} layers, d={cfg.d_model}, {cfg.num_experts} experts top-{cfg.top_k}"
+          f"{', shared expert' if cfg.shared_expert else ''}, cameras {', '.join(cfg.image_keys)})")
+    reasons: dict[str, int] = {}
+    for reason in report.ignored.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        print(f"  ignored {count} official tensors: {reason} (all named in conversion.json)")
+    print(f"  set by the converter: {', '.join(report.set_by_converter)}")
     return 0
 
 
@@ -186,12 +228,13 @@ def run_report(opts: ReportOptions) -> int:
 
 @dataclass
 class BenchOptions:
-    """Inference benchmarks: ratios measured side by side in one process."""
+    """Benchmarks: ratios measured side by side in one process."""
 
     what: str = "latency"
-    """Benchmark to run: 'latency' (first positional argument)."""
+    """Benchmark to run: 'latency' (inference), 'train' (training throughput) or 'data' (in-memory vs
+    bounded data loading) (first positional argument)."""
     preset: str = "cpu"
-    """Policy preset."""
+    """Policy preset (latency)."""
     policy: MoDEConfig | None = None
     """Policy config; default: the preset's."""
     rounds_b1: int = 40
@@ -204,6 +247,18 @@ class BenchOptions:
     """Also profile the operators of one chunk."""
     onnx: bool = True
     """Also time the exported ONNX sampler at batch 1 (needs the onnx extra; skipped without it)."""
+    train_presets: str = "cpu,paper"
+    """Train: comma-separated presets, each beside its dense variant with equal active parameters."""
+    train_steps: int = 2
+    """Train: timed steps per variant (after one warm-up step, which also counts the FLOPs)."""
+    batch_size: int = 0
+    """Train: batch size (0: per preset, cpu 256, paper 8)."""
+    images: bool = False
+    """Train: keep the presets' cameras (default: state-only, the transformer's cost)."""
+    dataset: str = ""
+    """Data: a LeRobot image dataset to load (empty: a synthetic one about 4.5x the budget)."""
+    memory_budget_mb: float = 32.0
+    """Data: the bounded path's memory budget for decoded frames, in MB."""
     json: bool = False
     """Print JSON."""
 
@@ -214,10 +269,31 @@ def run_bench(opts: BenchOptions) -> int:
     from ..bench import bench_latency, format_latency
 
     check_range(opts, "threads", 0)
-    if opts.what != "latency":
-        raise ConfigError(f"bench: unknown benchmark {opts.what!r} (available: latency)")
+    check_range(opts, "batch_size", 0)
+    if opts.what not in ("latency", "train", "data"):
+        raise ConfigError(f"bench: unknown benchmark {opts.what!r} (available: latency, train, data)")
+    if opts.what == "data":
+        from ..data.benchmark import bench_data, format_data
+
+        check_range(opts, "memory_budget_mb", 0, low_open=True)
+        result = bench_data(opts.dataset or None, memory_budget_mb=opts.memory_budget_mb,
+                            batch_size=opts.batch_size or 256, threads=opts.threads or 1, progress=not opts.json)
+        print(json.dumps(result, indent=2) if opts.json else format_data(result))
+        return 0
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if opts.what == "train":
+        from ..bench_train import bench_train, format_train
+
+        presets = tuple(p.strip() for p in opts.train_presets.split(",") if p.strip())
+        if not presets:
+            raise ConfigError("bench train: --train-presets names no preset")
+        for preset in presets:
+            get_preset(preset)  # ConfigError naming an unknown one, before any work
+        sizes = {p: opts.batch_size for p in presets} if opts.batch_size else None
+        result = bench_train(presets, sizes, steps=opts.train_steps, images=opts.images, progress=not opts.json)
+        print(json.dumps(result, indent=2) if opts.json else format_train(result))
+        return 0
     overrides = preset_overrides(opts.preset, opts.policy) if opts.policy else {}
     result = bench_latency(opts.preset, rounds_b1=opts.rounds_b1, rounds_b64=opts.rounds_b64, overrides=overrides,
                            profile=opts.profile, progress=not opts.json, onnx=opts.onnx)
@@ -228,12 +304,13 @@ def run_bench(opts: BenchOptions) -> int:
 COMMANDS = {
     "info": Command(InfoOptions, run_info, "parameter counts of a preset"),
     "demos": Command(DemosOptions, run_demos, "generate scripted Meta-World demonstrations (LeRobot format)"),
-    "convert": Command(ConvertOptions, run_convert, "convert LIBERO HDF5 or CALVIN npz data to a LeRobot dataset",
+    "convert": Command(ConvertOptions, run_convert,
+                       "convert LIBERO/CALVIN data to a LeRobot dataset, or an official MoDE checkpoint to a model",
                        positional=("format", "source")),
     "inspect": Command(InspectOptions, run_inspect, "show what a LeRobot-format dataset holds", positional=("path",)),
     "report": Command(ReportOptions, run_report, "markdown report with pictures for a run directory",
                       positional=("run_dir",)),
-    "bench": Command(BenchOptions, run_bench, "inference benchmarks (ratios measured side by side)",
+    "bench": Command(BenchOptions, run_bench, "benchmarks of inference, training and data loading (measured side by side)",
                      positional=("what",)),
     "toy": Command(ToyOptions, run_toy, "train on the bimodal toy task and check both modes are kept"),
 }

@@ -30,9 +30,9 @@ class Command:
 
 
 def _commands() -> dict[str, Command]:
-    from . import commands, pipeline, serve
+    from . import commands, pipeline, serve, study
 
-    return {**commands.COMMANDS, **pipeline.COMMANDS, **serve.COMMANDS}
+    return {**commands.COMMANDS, **pipeline.COMMANDS, **serve.COMMANDS, **study.COMMANDS}
 
 
 def _usage(commands: dict[str, Command]) -> str:

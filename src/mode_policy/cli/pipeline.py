@@ -1,4 +1,4 @@
-"""Sub-commands of the training pipeline: train, eval, and quickstart (demos -> train -> eval -> report)."""
+"""Sub-commands of the training pipeline: train, finetune, eval, and quickstart (demos -> train -> eval -> report)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ class TrainOptions(TrainConfig):
 
     resume: bool = False
     """Continue the run in ``output_dir`` from its last checkpoint (its saved config wins,
-    except ``dataset`` and ``steps``)."""
+    except ``dataset``, ``mixture`` and ``steps``; the data may be left out)."""
+
+
+@dataclass
+class FinetuneOptions(TrainOptions):
+    """Fine-tune a pretrained MoDE policy (first positional argument: a run directory or a model
+    folder) on a dataset or mixture: its architecture, goal encoder and cameras carry over, the data
+    brings its normalisation, the routers are frozen and the balancing loss is dropped. Every train
+    flag works; the defaults are the fine-tuning recipe (lr 1e-4, 1000 steps, 50 warm-up steps)."""
 
 
 def _dataset_metaworld_tasks(dataset: str) -> list[str]:
@@ -45,13 +53,13 @@ def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
     return run
 
 
-def _saved_with_given_flags(cfg: TrainConfig) -> TrainConfig:
+def _saved_with_given_flags(cfg: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
     """For ``--resume``: the run's saved config with only the flags the user gave (those that differ
-    from the defaults) applied; :func:`mode_policy.train.resumed_config` then refuses the ones a
-    resumed run may not change."""
+    from the command's defaults, ``recipe`` on top of TrainConfig's) applied;
+    :func:`mode_policy.train.resumed_config` then refuses the ones a resumed run may not change."""
     run = RunDir(cfg.output_dir)
     saved = TrainConfig.from_run_dict(run.read_config(), str(run.config))
-    defaults = TrainConfig(preset=cfg.preset)
+    defaults = dataclasses.replace(TrainConfig(preset=cfg.preset), **recipe)
     given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name not in ("policy", "preset") and getattr(cfg, f.name) != getattr(defaults, f.name)}
     if cfg.preset != TrainConfig.preset:
@@ -60,23 +68,36 @@ def _saved_with_given_flags(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(saved, **given, policy=policy)
 
 
-def run_train(opts: TrainOptions) -> int:
+def run_train(opts: TrainOptions, recipe: dict[str, Any] | None = None) -> int:
     from ..train import train
 
-    if not opts.dataset:
-        raise ConfigError("train needs --dataset=PATH (a LeRobot-format dataset folder)")
     cfg = TrainConfig(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig)})
     if opts.resume and RunDir(cfg.output_dir).config.is_file():
-        cfg = _saved_with_given_flags(cfg)
+        cfg = _saved_with_given_flags(cfg, recipe or {})
+    if not cfg.dataset and not cfg.mixture:
+        raise ConfigError("train needs --dataset=PATH (a LeRobot-format dataset folder) or --mixture=FILE "
+                          "(a YAML/JSON list of datasets with weights)")
+    if recipe is not None and not cfg.init_from:
+        raise ConfigError("finetune needs the pretrained model first: "
+                          "`mode-policy finetune PRETRAINED_RUN_OR_MODEL --dataset D --out RUN`")
     eval_fn = None
     if cfg.eval_every:
-        tasks = _dataset_metaworld_tasks(cfg.dataset)
+        tasks = _dataset_metaworld_tasks(cfg.dataset) if cfg.dataset else []
         if not tasks:
             raise ConfigError("--eval_every needs a Meta-World dataset made by `mode-policy demos`")
         eval_fn = _periodic_metaworld_eval(tasks, cfg.eval_episodes, cfg.seed)
     run_dir = train(cfg, resume=opts.resume, eval_fn=eval_fn)
     print(f"training finished: {RunDir(run_dir).model}")
     return 0
+
+
+FINETUNE_RECIPE: dict[str, Any] = {"lr": 1e-4, "steps": 1000, "warmup_steps": 50, "checkpoint_every": 500}
+"""Defaults of ``mode-policy finetune`` (flags override them): a third of the from-scratch peak lr
+(3e-4), a short warm-up, and 256k samples of the new data at batch 256."""
+
+
+def run_finetune(opts: FinetuneOptions) -> int:
+    return run_train(opts, FINETUNE_RECIPE)
 
 
 # ---------------------------------------------------------------------- eval
@@ -99,6 +120,12 @@ class EvalOptions:
     """CALVIN: calvin_env scene A-D, used without --calvin_dataset (D: the evaluation scene of ABC->D)."""
     calvin_renderer: str = "egl"
     """CALVIN: camera renderer, 'egl' (headless OpenGL) or 'tiny' (pybullet's software renderer)."""
+    calvin_tasks: str = ""
+    """CALVIN: build the chains from these subtasks only, by the official generator's rules
+    (comma-separated, or 'scripted': those of the scripted scene-D demonstrations); default all 34."""
+    calvin_official_sampling: bool = True
+    """CALVIN: sample as the official evaluation does (5 steps, sigma_min 1.0; --steps replaces the 5);
+    false: the policy's own sampling settings."""
     episodes: int = 50
     """Meta-World: held-out episodes per task; LIBERO: rollouts per task; CALVIN: instruction chains."""
     seed: int = 0
@@ -112,11 +139,13 @@ class EvalOptions:
     device: str = "cpu"
     """Device of the policy."""
     workers: int = 1
-    """CALVIN: processes playing chains in parallel, each with its own simulator."""
+    """CALVIN, LIBERO: processes playing chains / rollouts in parallel, each with its own simulator
+    (under torchrun, per rank: RANK / WORLD_SIZE split the work over ranks too)."""
     threads: int = 0
     """Torch CPU threads (0: the cores other processes leave free, or OMP_NUM_THREADS when set)."""
     resume: bool = True
-    """CALVIN: continue from the chains already in the results log beside ``out`` (false: start over)."""
+    """CALVIN, LIBERO: continue from the chains / rollouts already in the results log beside ``out``
+    (false: start over)."""
     out: str | None = None
     """Result file (default: RUN_DIR/eval_info.json for a run directory, else ./eval_info.json)."""
 
@@ -130,21 +159,65 @@ class EvalOptions:
 LIBERO_SUITES = ("libero_10", "libero_90", "libero_goal", "libero_spatial", "libero_object")
 
 
-def _calvin_log(opts: EvalOptions, model_dir: Path, out: Path):
-    """The resumable log of finished chains beside ``out`` (``eval_info.chains/``), for this
-    policy's weights and these settings."""
+def _unit_log(opts: EvalOptions, model_dir: Path, out: Path, suffix: str, settings: dict[str, Any]):
+    """The resumable log of finished units beside ``out`` (``eval_info.<suffix>/``), for this
+    policy's weights and these settings. Under torchrun, rank 0 clears it for --resume=false
+    and the other ranks wait until it has."""
     import hashlib
     import shutil
 
+    from ..evaluation.parallel import distributed_rank
     from ..evaluation.unit_log import UnitLog
 
     weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
-    settings = {"env": "calvin", "weights_sha256": weights, "chains": opts.episodes, "seed": opts.seed,
-                "scene": opts.calvin_scene, "dataset": opts.calvin_dataset, "steps": opts.steps}
-    folder = out.with_name(out.stem + ".chains")
-    if not opts.resume and folder.exists():
+    settings = {"weights_sha256": weights, "seed": opts.seed, "steps": opts.steps, **settings}
+    folder = out.with_name(out.stem + suffix)
+    rank = distributed_rank()[0]
+    if not opts.resume and rank == 0 and folder.exists():
         shutil.rmtree(folder)
+    if rank > 0:  # rank 0 writes settings.json (and cleared an old log first)
+        while not (folder / "settings.json").is_file():
+            time.sleep(1)
     return UnitLog(folder, settings)
+
+
+def _calvin_tasks(value: str) -> list[str] | None:
+    from ..envs.calvin_scripted import SCRIPTED_TASKS
+
+    if not value:
+        return None
+    return list(SCRIPTED_TASKS) if value == "scripted" else [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _rank_device(device: str) -> str:
+    """``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``) under torchrun."""
+    import os
+
+    from ..evaluation.parallel import distributed_rank
+
+    if device == "cuda" and distributed_rank()[1] > 1:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+def _sharded_eval(opts: EvalOptions, env: str, policy: Any, model_dir: Path, log: Any, groups: list[list[int]],
+                  **kwargs: Any) -> Any:
+    """The evaluation split over torchrun ranks and --workers processes (None on ranks > 0)."""
+    import functools
+
+    from ..evaluation import parallel
+
+    if env == "calvin":
+        from ..evaluation.calvin import evaluate_calvin as evaluate
+    else:
+        from ..evaluation.libero import evaluate_libero as evaluate
+    loader = functools.partial(parallel.load_saved_policy, str(model_dir), _rank_device(opts.device), opts.steps)
+
+    def waiting(missing: int) -> None:
+        print(f"rank 0: waiting for the other ranks ({missing} units to go, log {log.folder})", flush=True)
+
+    return parallel.evaluate_sharded(evaluate, "chain_ids" if env == "calvin" else "units", policy, loader, log,
+                                     groups, opts.workers, on_wait=waiting, **kwargs)
 
 
 def run_eval(opts: EvalOptions) -> int:
@@ -164,7 +237,7 @@ def run_eval(opts: EvalOptions) -> int:
     from ..threads import apply_threads
     from ..train import resolve_device
 
-    device = resolve_device(opts.device)
+    device = resolve_device(_rank_device(opts.device))
     if device.type == "cpu":
         apply_threads(opts.threads)
     policy = MoDEPolicy.from_pretrained(model_dir, map_location=device)
@@ -172,25 +245,32 @@ def run_eval(opts: EvalOptions) -> int:
         policy.config.num_inference_steps = opts.steps
     headline = ""
     if opts.env == "libero":
-        from ..evaluation.libero import evaluate_libero
+        from ..evaluation.parallel import libero_groups
 
-        result = evaluate_libero(policy, opts.suite, n_rollouts_per_task=opts.episodes, seed=opts.seed,
-                                 video_dir=video_dir)
+        log = _unit_log(opts, model_dir, out, ".rollouts", {"env": "libero", "suite": opts.suite,
+                                                             "rollouts": opts.episodes, "videos": bool(opts.videos)})
+        kwargs = dict(suite=opts.suite, n_rollouts_per_task=opts.episodes, seed=opts.seed, video_dir=video_dir)
+        result = _sharded_eval(opts, "libero", policy, model_dir, log, libero_groups(policy, **kwargs), **kwargs)
+        headline = f"(rollouts in {log.folder})\n"
     elif opts.env == "calvin":
-        from ..evaluation.calvin import evaluate_calvin
+        from ..envs.calvin import get_sequences
+        from ..evaluation.calvin import CALVIN_OFFICIAL, format_chain_success
 
-        from ..evaluation.calvin import format_chain_success
-        from ..evaluation.parallel import evaluate_calvin_in_workers
-
-        log = _calvin_log(opts, model_dir, out)
+        tasks = _calvin_tasks(opts.calvin_tasks)
+        official = opts.calvin_official_sampling
+        log = _unit_log(opts, model_dir, out, ".chains", {
+            "env": "calvin", "chains": opts.episodes, "scene": opts.calvin_scene, "dataset": opts.calvin_dataset,
+            **({"tasks": tasks} if tasks else {}), **({} if official else {"official_sampling": False})})
         kwargs = dict(dataset_path=opts.calvin_dataset, num_sequences=opts.episodes, seed=opts.seed,
-                      scene=opts.calvin_scene, renderer=opts.calvin_renderer)
-        if opts.workers > 1:
-            result = evaluate_calvin_in_workers(policy, model_dir, log, opts.workers, range(opts.episodes),
-                                                device=opts.device, **kwargs)
-        else:
-            result = evaluate_calvin(policy, log=log, **kwargs)
-        headline = f"{format_chain_success(result)}   (chains in {log.folder})\n"
+                      scene=opts.calvin_scene, renderer=opts.calvin_renderer, tasks=tasks,
+                      num_inference_steps=opts.steps or (CALVIN_OFFICIAL.num_inference_steps if official else None),
+                      sigma_min=CALVIN_OFFICIAL.sigma_min if official else None,
+                      sequences=get_sequences(opts.episodes, tasks))
+        result = _sharded_eval(opts, "calvin", policy, model_dir, log, [[i] for i in range(opts.episodes)], **kwargs)
+        if result is not None:
+            which = "the scripted subtasks" if opts.calvin_tasks == "scripted" else f"{len(tasks or [])} subtasks"
+            name = f"CALVIN scene {opts.calvin_scene}, chains of {which}: " if tasks else ""
+            headline = f"{name}{format_chain_success(result)}   (chains in {log.folder})\n"
     else:
         from ..evaluation.metaworld import evaluate_metaworld
 
@@ -201,6 +281,9 @@ def run_eval(opts: EvalOptions) -> int:
             raise ConfigError("say which tasks to evaluate with --tasks (e.g. mt10)")
         result = evaluate_metaworld(policy, tasks, opts.episodes, seed=opts.seed, batch_size=opts.batch_size,
                                     video_dir=video_dir, videos_per_task=opts.videos)
+    if result is None:  # a torchrun rank > 0: its units are in the log, rank 0 writes the result
+        print(f"this rank's share is done; rank 0 writes {out}")
+        return 0
     result.policy = str(model_dir)
     print(headline + result.format_table())  # printed first: a failed write does not lose the results
     result.save(out)
@@ -286,8 +369,10 @@ def _quickstart(opts: QuickstartOptions, out: Path) -> int:
 
 
 COMMANDS = {
-    "train": Command(TrainOptions, run_train, "train a MoDE policy on a LeRobot-format dataset",
+    "train": Command(TrainOptions, run_train, "train a MoDE policy on a LeRobot-format dataset or a mixture",
                      aliases={"out": "output_dir"}),
+    "finetune": Command(FinetuneOptions, run_finetune, "fine-tune a pretrained policy on new data (routers frozen)",
+                        positional=("init_from",), defaults=FINETUNE_RECIPE, aliases={"out": "output_dir"}),
     "eval": Command(EvalOptions, run_eval, "evaluate a trained policy in simulation", positional=("path",)),
     "quickstart": Command(QuickstartOptions, run_quickstart,
                           "the main job: demos, training, evaluation and report on MT10",

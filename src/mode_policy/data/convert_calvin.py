@@ -19,11 +19,16 @@ Only the language-annotated windows become episodes: window ``k`` (frames
 Windows may overlap (CALVIN samples them from continuous play); each is stored in full.
 Episode extras record ``calvin_task`` (the task id), ``calvin_start`` and ``calvin_end``.
 
+Frames without camera images (a physics-only recording, e.g. the scripted demonstrations of
+:mod:`mode_policy.envs.calvin_record`) are converted too: a camera is converted when the
+first annotated frame has it, and every frame must then have it.
+
 Output features:
 
 * ``observation.images.static`` / ``observation.images.gripper``: video, CALVIN's
   images as stored (upright; optionally resized per camera).
-* ``observation.state``: float32 (15,) ``robot_obs``.
+* ``observation.state``: float32 (15,) ``robot_obs``; with ``scene_in_state``, (39,)
+  ``robot_obs`` then ``scene_obs`` (a state policy that sees the scene).
 * ``observation.environment_state``: float32 (24,) ``scene_obs`` (LeRobot's name for
   privileged environment state; the CALVIN benchmark does not give it to policies).
 * ``action``: float32 (7,) ``rel_actions``, the action space CALVIN's evaluation uses.
@@ -65,6 +70,7 @@ __all__ = [
 FPS = 30
 STATIC, GRIPPER = IMAGES_PREFIX + "static", IMAGES_PREFIX + "gripper"
 #: npz key -> (output feature, per-frame shape; None = image, size checked for consistency).
+#: The images are optional (see the module docstring), the rest is required.
 FRAME_KEYS: dict[str, tuple[str, tuple[int, ...] | None]] = {
     "rgb_static": (STATIC, None),
     "rgb_gripper": (GRIPPER, None),
@@ -161,14 +167,20 @@ def read_language_windows(split_dir: str | Path, lang_folder: str = "lang_annota
     return windows
 
 
-def load_frame(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of one frame file named in :data:`FRAME_KEYS`, shapes checked."""
+IMAGE_KEYS = ("rgb_static", "rgb_gripper")
+
+
+def load_frame(path: Path, cameras: tuple[str, ...] | None = IMAGE_KEYS) -> dict[str, np.ndarray]:
+    """The arrays of one frame file named in :data:`FRAME_KEYS`, shapes checked: the image
+    keys of ``cameras`` (None: those the file has) and all the others."""
     if not path.is_file():
         raise CalvinFormatError(f"{path}: frame file not found")
     out: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
             for key, (_, shape) in FRAME_KEYS.items():
+                if shape is None and key not in (npz.files if cameras is None else cameras):
+                    continue
                 if key not in npz.files:
                     raise CalvinFormatError(f"{path}: missing key '{key}' (has {sorted(npz.files)})")
                 value = npz[key]
@@ -190,20 +202,22 @@ def load_frame(path: Path) -> dict[str, np.ndarray]:
 
 
 def _frame_size(path: Path) -> dict[str, tuple[int, int]]:
-    """(H, W) per camera feature of the frame file ``path``."""
-    frame = load_frame(path)
-    return {FRAME_KEYS[k][0]: tuple(frame[k].shape[:2]) for k in ("rgb_static", "rgb_gripper")}  # type: ignore[misc]
+    """(H, W) per camera feature the frame file ``path`` has."""
+    frame = load_frame(path, None)
+    return {FRAME_KEYS[k][0]: tuple(frame[k].shape[:2]) for k in IMAGE_KEYS if k in frame}  # type: ignore[misc]
 
 
-def features_for(static_shape: tuple[int, int], gripper_shape: tuple[int, int]) -> dict[str, dict]:
-    """The LeRobot feature spec of a converted CALVIN dataset."""
+def features_for(static_shape: tuple[int, int] | None, gripper_shape: tuple[int, int] | None,
+                 scene_in_state: bool = False) -> dict[str, dict]:
+    """The LeRobot feature spec of a converted CALVIN dataset (a camera of shape None is left out)."""
     def video(hw: tuple[int, int]) -> dict:
         return {"dtype": "video", "shape": [int(hw[0]), int(hw[1]), 3], "names": ["height", "width", "channels"]}
 
+    state_names = ROBOT_OBS_NAMES + (SCENE_OBS_NAMES if scene_in_state else [])
+    cameras = {key: video(shape) for key, shape in ((STATIC, static_shape), (GRIPPER, gripper_shape)) if shape}
     return {
-        STATIC: video(static_shape),
-        GRIPPER: video(gripper_shape),
-        STATE_KEY: {"dtype": "float32", "shape": [15], "names": list(ROBOT_OBS_NAMES)},
+        **cameras,
+        STATE_KEY: {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)},
         ENV_STATE_KEY: {"dtype": "float32", "shape": [24], "names": list(SCENE_OBS_NAMES)},
         ACTION_KEY: {"dtype": "float32", "shape": [7], "names": list(ACTION_NAMES)},
         "absolute_action": {"dtype": "float32", "shape": [7], "names": list(ACTION_NAMES)},
@@ -216,14 +230,16 @@ def _read_window(
     sizes: Mapping[str, tuple[int, int]],
     resize: Mapping[str, int | None],
     reference: Path,
+    scene_in_state: bool = False,
 ) -> dict[str, np.ndarray]:
     """All frames of one window as feature -> (T, *shape); images must have ``sizes``
-    (those of the frame file ``reference``)."""
-    columns: dict[str, list[np.ndarray]] = {key: [] for key in FRAME_KEYS}
+    (those of the frame file ``reference``, whose cameras every frame must have)."""
+    cameras = tuple(k for k in IMAGE_KEYS if FRAME_KEYS[k][0] in sizes)
+    columns: dict[str, list[np.ndarray]] = {k: [] for k, (_, shape) in FRAME_KEYS.items() if shape or k in cameras}
     for index in range(window.start, window.end + 1):
         path = frame_path(split_dir, index)
-        frame = load_frame(path)
-        for key in ("rgb_static", "rgb_gripper"):
+        frame = load_frame(path, cameras)
+        for key in cameras:
             feature = FRAME_KEYS[key][0]
             if not resize.get(feature) and frame[key].shape[:2] != tuple(sizes[feature]):
                 raise CalvinFormatError(
@@ -247,6 +263,8 @@ def _read_window(
                 frame_index = window.start + int(np.argwhere(bad)[0, 0])
                 raise CalvinFormatError(f"{frame_path(split_dir, frame_index)}: '{key}' has NaN/inf values")
             frames[feature] = data.astype(np.float32)
+    if scene_in_state:
+        frames[STATE_KEY] = np.concatenate([frames[STATE_KEY], frames[ENV_STATE_KEY]], axis=1)  # (T, 39)
     return frames
 
 
@@ -263,6 +281,7 @@ def convert_calvin(
     static_size: int | None = None,
     gripper_size: int | None = None,
     max_episodes: int | None = None,
+    scene_in_state: bool = False,
 ) -> Path:
     """Convert the language-annotated windows of a CALVIN split into a LeRobotDataset v3.0.
 
@@ -275,6 +294,8 @@ def convert_calvin(
         static_size / gripper_size: resize that camera to a square of this side
             (default: keep 200 / 84).
         max_episodes: convert only the first N windows (quick experiments).
+        scene_in_state: ``observation.state`` = ``robot_obs`` + ``scene_obs`` (39,), for a
+            state policy that sees the scene; default ``robot_obs`` only, as CALVIN's policies.
 
     Returns the dataset folder. Raises :class:`CalvinFormatError` naming the file and the
     problem; nothing is left behind at ``out_dir`` in that case.
@@ -304,17 +325,18 @@ def convert_calvin(
     sizes = _frame_size(reference)
     resize = {STATIC: static_size, GRIPPER: gripper_size}
     out_sizes = {key: (resize[key], resize[key]) if resize[key] else sizes[key] for key in sizes}
+    features = features_for(out_sizes.get(STATIC), out_sizes.get(GRIPPER), scene_in_state)
 
     out_dir = Path(out_dir)
     cleanup = overwrite or not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir()))
     writer = DatasetWriter(
-        out_dir, FPS, features_for(out_sizes[STATIC], out_sizes[GRIPPER]), robot_type="franka_panda",
+        out_dir, FPS, features, robot_type="franka_panda",
         overwrite=overwrite,
     )
     bar = tqdm(total=len(windows), desc="CALVIN -> LeRobot", unit="episode", disable=not progress)
     with bar, writer.removed_on_error(cleanup):
         for k, window in enumerate(windows):
-            frames = _read_window(split_dir, window, sizes, resize, reference)
+            frames = _read_window(split_dir, window, sizes, resize, reference, scene_in_state)
             extra: dict[str, Any] = {"calvin_start": window.start, "calvin_end": window.end}
             if window.task is not None:
                 extra["calvin_task"] = window.task

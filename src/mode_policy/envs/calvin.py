@@ -12,7 +12,8 @@ and the simulator's observations and actions, as in the official
 * :func:`calvin_observation` / :func:`to_env_action`: observations named like
   :mod:`mode_policy.data.convert_calvin` (``observation.state`` (1, 15) = ``robot_obs``,
   ``observation.images.static`` / ``observation.images.gripper`` (1, 3, H, W) float32 in
-  [0, 1]; ``scene_obs`` is privileged and only given when asked for) and CALVIN's relative
+  [0, 1]; ``scene_obs`` is privileged and only given when asked for, as
+  ``observation.environment_state`` or appended to the state) and CALVIN's relative
   actions with the gripper binarised to -1/1.
 
 Pure Python, tested without the simulator. Building ``calvin_env``'s environment is
@@ -35,7 +36,8 @@ from ..images import resize_images
 
 __all__ = [
     "CALVIN_TASKS", "CAMERAS", "CHAIN_LENGTH", "NUM_SEQUENCES", "TASK_CATEGORIES", "TASK_ORACLE_SPEC",
-    "VAL_INSTRUCTIONS", "calvin_observation", "fnv1_32", "get_env_state_for_initial_condition", "get_sequences",
+    "VAL_INSTRUCTIONS", "calvin_observation", "check_task_subset", "fnv1_32", "get_env_state_for_initial_condition",
+    "get_sequences",
     "initial_conditions", "to_env_action", "valid_chain",
 ]
 
@@ -160,16 +162,16 @@ def initial_conditions() -> list[dict[str, Any]]:
     return scenes
 
 
-def _scene_chains(scene: Mapping[str, Any], index: int, count: int) -> list[tuple[str, ...]]:
+def _scene_chains(scene: Mapping[str, Any], index: int, count: int, tasks: Sequence[str]) -> list[tuple[str, ...]]:
     """The first ``count`` valid chains of scene ``index``'s stream: the official sampler draws
     ``RandomState(index).choice(tasks, 5, replace=False)`` until it has enough valid chains.
-    ``choice`` without replacement is ``permutation(34)[:5]``, i.e. a shuffle of
-    ``arange(34)``; shuffling a reused array gives the same draws, several times faster."""
+    ``choice`` without replacement is ``permutation(len(tasks))[:5]``, i.e. a shuffle of
+    ``arange(len(tasks))``; shuffling a reused array gives the same draws, several times faster."""
     rng = np.random.RandomState(index)
-    order = np.arange(len(CALVIN_TASKS))
+    order = np.arange(len(tasks))
     perm = order.copy()
-    categories = [TASK_CATEGORIES[t] for t in CALVIN_TASKS]
-    applicable = [len(_successors(scene, t)) == 1 for t in CALVIN_TASKS]  # cheap rejection first
+    categories = [TASK_CATEGORIES[t] for t in tasks]
+    applicable = [len(_successors(scene, t)) == 1 for t in tasks]  # cheap rejection first
     chains: list[tuple[str, ...]] = []
     while len(chains) < count:
         perm[:] = order
@@ -177,25 +179,60 @@ def _scene_chains(scene: Mapping[str, Any], index: int, count: int) -> list[tupl
         picked = perm[:CHAIN_LENGTH].tolist()
         if not applicable[picked[0]] or len({categories[i] for i in picked}) < CHAIN_LENGTH:
             continue
-        chain = tuple(CALVIN_TASKS[i] for i in picked)
+        chain = tuple(tasks[i] for i in picked)
         if valid_chain(scene, chain):
             chains.append(chain)
     return chains
 
 
+def _has_chain(state: Mapping[str, Any], tasks: Sequence[str], used: frozenset[int] = frozenset(),
+               length: int = CHAIN_LENGTH) -> bool:
+    """Whether a valid chain of ``length`` of ``tasks`` (no category of ``used``) starts at ``state``."""
+    if length == 0:
+        return True
+    for task in tasks:
+        if TASK_CATEGORIES[task] in used:
+            continue
+        nexts = _successors(state, task)
+        if len(nexts) == 1 and _has_chain(nexts[0], tasks, used | {TASK_CATEGORIES[task]}, length - 1):
+            return True
+    return False
+
+
+def check_task_subset(tasks: Sequence[str] | None) -> tuple[str, ...]:
+    """``tasks`` in CALVIN's task order (None: all 34); ConfigError for an unknown task or a
+    subset spanning fewer categories than a chain has tasks."""
+    if tasks is None:
+        return tuple(CALVIN_TASKS)
+    unknown = sorted(set(tasks) - set(CALVIN_TASKS))
+    if unknown:
+        raise ConfigError(f"unknown CALVIN task(s) {unknown}; known: {', '.join(CALVIN_TASKS)}")
+    subset = tuple(t for t in CALVIN_TASKS if t in set(tasks))
+    if len({TASK_CATEGORIES[t] for t in subset}) < CHAIN_LENGTH:
+        raise ConfigError(f"the tasks {list(subset)} span fewer than {CHAIN_LENGTH} task categories, and a chain "
+                          f"never repeats a category: no chain of {CHAIN_LENGTH} can be built from them")
+    return subset
+
+
 @lru_cache(maxsize=8)
-def _sequences(num_sequences: int) -> tuple[tuple[tuple[tuple[str, Any], ...], tuple[str, ...]], ...]:
-    scenes = initial_conditions()
-    base, extra = divmod(num_sequences, len(scenes))
+def _sequences(num_sequences: int,
+               tasks: tuple[str, ...]) -> tuple[tuple[tuple[tuple[str, Any], ...], tuple[str, ...]], ...]:
+    indexed = list(enumerate(initial_conditions()))
+    if tasks != tuple(CALVIN_TASKS):
+        indexed = [(i, scene) for i, scene in indexed if _has_chain(scene, tasks)]
+        if not indexed:
+            raise ConfigError(f"no initial scene has a valid chain of {CHAIN_LENGTH} of the tasks {list(tasks)}")
+    base, extra = divmod(num_sequences, len(indexed))
     chains: list[tuple[dict[str, Any], tuple[str, ...]]] = []
-    for i, scene in enumerate(scenes):
-        count = base + (1 if i < extra else 0)  # the sizes of np.array_split(range(n), len(scenes))
-        chains += [(scene, chain) for chain in _scene_chains(scene, i, count)]
+    for k, (i, scene) in enumerate(indexed):
+        count = base + (1 if k < extra else 0)  # the sizes of np.array_split(range(n), len(scenes))
+        chains += [(scene, chain) for chain in _scene_chains(scene, i, count, tasks)]
     np.random.RandomState(0).shuffle(chains)  # the official final shuffle (seed 0)
     return tuple((tuple(scene.items()), chain) for scene, chain in chains)
 
 
-def get_sequences(num_sequences: int = NUM_SEQUENCES) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+def get_sequences(num_sequences: int = NUM_SEQUENCES,
+                  tasks: Sequence[str] | None = None) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
     """The CALVIN evaluation chains: ``[(initial_condition, (task_1, ..., task_5)), ...]``.
 
     Same list, in the same order, as the official ``get_sequences(num_sequences)``: chains
@@ -203,10 +240,16 @@ def get_sequences(num_sequences: int = NUM_SEQUENCES) -> list[tuple[dict[str, An
     scene with seed = scene index (5 distinct tasks, kept when valid), then shuffled with
     seed 0. Deterministic and cached; does not touch numpy's global random state. The
     rejection sampling is what it is: the full 1000-chain list takes about half a minute
-    on one core (the official code spreads it over processes)."""
+    on one core (the official code spreads it over processes).
+
+    ``tasks`` restricts the chains to a subset of the 34 tasks by the same rules: each draw
+    is ``choice(subset, 5, replace=False)`` (the subset in CALVIN's task order), and the
+    chains are spread over the scenes from which some valid chain of the subset starts, each
+    keeping its seed; scenes with none are left out (the official sampler would never stop)."""
     if num_sequences < 1:
         raise ConfigError(f"num_sequences must be >= 1, got {num_sequences}")
-    return [(dict(scene), chain) for scene, chain in _sequences(int(num_sequences))]
+    subset = check_task_subset(tasks)
+    return [(dict(scene), chain) for scene, chain in _sequences(int(num_sequences), subset)]
 
 
 # --------------------------------------------------------------------------------------
@@ -338,10 +381,16 @@ def calvin_observation(
     image_sizes: Mapping[str, int] | None = None,
     include_scene_obs: bool = False,
     device: torch.device | str = "cpu",
+    scene_in_state: bool = False,
 ) -> dict[str, Any]:
-    """A batch of one from a calvin_env observation, named like the converted datasets."""
+    """A batch of one from a calvin_env observation, named like the converted datasets
+    (``scene_in_state``: the state is ``robot_obs`` then ``scene_obs``, (1, 39), as the
+    converter's ``scene_in_state`` writes it)."""
+    state = np.asarray(obs["robot_obs"], np.float32)
+    if scene_in_state:
+        state = np.concatenate([state, np.asarray(obs["scene_obs"], np.float32)])
     batch: dict[str, Any] = {
-        STATE_KEY: torch.as_tensor(np.asarray(obs["robot_obs"], np.float32)).reshape(1, -1).to(device),  # (1, 15)
+        STATE_KEY: torch.as_tensor(state).reshape(1, -1).to(device),  # (1, 15) or (1, 39)
         TASK_KEY: [instruction],
     }
     if include_scene_obs:

@@ -62,6 +62,10 @@ TASK_SETS: dict[str, list[str]] = {
     "mt10": list(_mw_env_dict.MT10_V3.keys()),
     "mt25": list(_mw_env_dict.MT25_V3.keys()),
     "mt50": list(_mw_env_dict.MT50_V3.keys()),
+    "ml10-train": list(_mw_env_dict.ML10_V3["train"].keys()),
+    "ml10-test": list(_mw_env_dict.ML10_V3["test"].keys()),
+    "ml45-train": list(_mw_env_dict.ML45_V3["train"].keys()),
+    "ml45-test": list(_mw_env_dict.ML45_V3["test"].keys()),
 }
 
 #: One natural-language instruction per task.
@@ -129,7 +133,8 @@ FPS = int(SawyerXYZEnv.metadata["render_fps"])
 
 
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
-    """Turn ``"mt10"``, ``"mt50"`` (``"mt25"``), ``"reach-v3,push-v3"`` or a list of names
+    """Turn ``"mt10"``, ``"mt50"`` (``"mt25"``, ``"ml45-train"``, ``"ml45-test"``, ...),
+    ``"reach-v3,push-v3"`` or a list of names
     into a list of task names (order preserved, duplicates removed)."""
     if isinstance(spec, str):
         key = spec.strip().lower()

@@ -29,7 +29,7 @@ import torch
 
 from ..envs.calvin import (
     CALVIN_TASKS, CAMERAS, CHAIN_LENGTH, NUM_SEQUENCES, TASK_ORACLE_SPEC, VAL_INSTRUCTIONS, calvin_observation,
-    get_env_state_for_initial_condition, get_sequences, to_env_action,
+    check_task_subset, get_env_state_for_initial_condition, get_sequences, to_env_action,
 )
 from ..envs.calvin_sim import import_calvin_env, make_calvin_env
 from ..errors import ConfigError
@@ -40,6 +40,7 @@ from .unit_log import UnitLog
 
 EP_LEN = 360
 """Policy steps per instruction."""
+ROBOT_OBS_DIM, SCENE_OBS_DIM = 15, 24
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,9 @@ def evaluate_calvin(
     chain_ids: Sequence[int] | None = None,
     log: UnitLog | None = None,
     log_writer: str = "main",
+    tasks: Sequence[str] | None = None,
+    sequences: Sequence[tuple[Mapping[str, Any], Sequence[str]]] | None = None,
+    scene_in_state: bool | None = None,
 ) -> EvalResult:
     """Run the CALVIN long-horizon protocol (defaults: :data:`CALVIN_OFFICIAL`).
 
@@ -140,6 +144,12 @@ def evaluate_calvin(
     ``sigma_min`` replace the policy's sampling settings during the run (None: keep them).
     ``chain_ids`` runs only those chains of the official list of ``num_sequences`` (in the
     given order); chain ``i`` is seeded by ``i``, so it plays the same whichever others run.
+    ``tasks`` restricts the chains to those subtasks by the official generator's rules
+    (:func:`~mode_policy.envs.calvin.get_sequences`); ``sequences`` is that list when the
+    caller already has it (``get_sequences(num_sequences, tasks)``: worker processes get the
+    parent's instead of sampling it again). ``scene_in_state`` appends ``scene_obs`` to the
+    state (a policy trained on a dataset converted with ``scene_in_state``); None: when the
+    policy's ``state_dim`` is 39 (15 + 24).
 
     ``per_task`` holds the subtasks that were attempted (in CALVIN's task order): successes
     out of attempts, and the time spent in their attempts as ``wall_s`` (chain resets count
@@ -160,7 +170,16 @@ def evaluate_calvin(
         raise ConfigError(f"ep_len must be >= 1, got {ep_len}")
     calvin = import_calvin_env()
     oracle = calvin.Tasks(TASK_ORACLE_SPEC)
-    sequences = get_sequences(num_sequences)
+    state_dim = int(getattr(policy.config, "state_dim", ROBOT_OBS_DIM))
+    if scene_in_state is None:
+        scene_in_state = state_dim == ROBOT_OBS_DIM + SCENE_OBS_DIM
+    if state_dim not in (0, ROBOT_OBS_DIM + SCENE_OBS_DIM * scene_in_state):
+        raise ConfigError(f"the policy reads a state of {state_dim} values; CALVIN gives robot_obs "
+                          f"({ROBOT_OBS_DIM}), or robot_obs + scene_obs ({ROBOT_OBS_DIM + SCENE_OBS_DIM})")
+    if sequences is None:
+        sequences = get_sequences(num_sequences, tasks)
+    elif len(sequences) != num_sequences:
+        raise ConfigError(f"sequences holds {len(sequences)} chains, num_sequences is {num_sequences}")
     ids = list(range(num_sequences)) if chain_ids is None else [int(i) for i in chain_ids]
     if not ids or not all(0 <= i < num_sequences for i in ids):
         raise ConfigError(f"chain_ids must be a non-empty list of indices in [0, {num_sequences}), got {chain_ids}")
@@ -205,7 +224,7 @@ def evaluate_calvin(
         policy.reset()
         start_info = env.get_info()
         for _ in range(ep_len):
-            batch = calvin_observation(obs, instruction, keys, image_sizes, include_scene_obs, device)
+            batch = calvin_observation(obs, instruction, keys, image_sizes, include_scene_obs, device, scene_in_state)
             obs, _, _, info = env.step(to_env_action(policy.select_action(batch)))
             if oracle.get_task_info_for_set(start_info, info, {task}):
                 successes[task] += 1
@@ -232,6 +251,7 @@ def evaluate_calvin(
         "chain_length_counts": [counts[n] for n in range(CHAIN_LENGTH + 1)],
     }
     settings = {"num_sequences": num_sequences, "chain_ids": None if chain_ids is None else ids, "ep_len": ep_len,
+                "tasks": None if tasks is None else list(check_task_subset(tasks)), "scene_in_state": scene_in_state,
                 "image_keys": keys, "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs,
                 "sampling": sampling, "env": env_source, "chains_played_now": len(todo)}
     return EvalResult("calvin", per_task, time.perf_counter() - start_time, seed, settings=settings, metrics=metrics)

@@ -10,9 +10,13 @@ Protocol, per task of a suite:
   :data:`~mode_policy.envs.libero.SUITE_MAX_STEPS`); the rollout succeeds as soon as the
   env reports ``done``, which LIBERO sets to the task's goal predicate (``env.check_success()``).
 
-Several envs of one task run in lockstep in this process (a "wave"), and the policy is
-called once per step for all of them. Observations are described in
-:mod:`mode_policy.envs.libero`; only the cameras the policy uses are rendered.
+Several envs of one task run in lockstep in this process (a "wave": rollouts 0..n-1, n..2n-1,
+... of a task), and the policy is called once per step for all of them. Observations are
+described in :mod:`mode_policy.envs.libero`; only the cameras the policy uses are rendered.
+
+With a :class:`~mode_policy.evaluation.unit_log.UnitLog` the evaluation is resumable and
+shardable: every rollout is logged as it ends, and waves are the units processes share
+(:mod:`mode_policy.evaluation.parallel`); the merged result equals the one-process result.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +41,7 @@ from ..errors import ConfigError
 from ..images import libero_image_transform
 from .protocol import Policy, eval_mode, policy_device
 from .result import EvalResult, TaskResult
+from .unit_log import UnitLog
 
 VIDEO_CAMERA = "agentview"
 
@@ -50,6 +55,29 @@ def _load_suite(lib: SimpleNamespace, suite: str) -> Any:
     check_assets(lib, suite)
     with contextlib.redirect_stdout(io.StringIO()):  # the benchmark prints its task order
         return registry[suite]()
+
+
+def libero_suite_size(suite: str) -> int:
+    """Number of tasks of a LIBERO suite."""
+    return int(_load_suite(import_libero(), suite.strip().lower()).n_tasks)
+
+
+UNIT_STRIDE = 1000
+"""A :class:`~mode_policy.evaluation.unit_log.UnitLog` names rollout ``r`` of task ``t`` ``t * UNIT_STRIDE + r``."""
+
+
+def libero_num_envs(n_rollouts_per_task: int, num_envs: int | None, cameras: bool) -> int:
+    """Envs run in lockstep per task (a wave): ``num_envs``, else up to 10 without cameras and
+    4 with (an env that renders holds about 1 GB of memory, one that does not ~0.3 GB)."""
+    return max(1, min(n_rollouts_per_task, num_envs or (4 if cameras else 10)))
+
+
+def libero_waves(task_ids: Sequence[int], n_rollouts_per_task: int, n_envs: int) -> list[list[int]]:
+    """The rollouts of each task in waves of ``n_envs`` (rollouts 0..n-1, n..2n-1, ...), as unit
+    ids. A wave is played whole: its rollouts share the policy's sampling noise, so a
+    rollout's outcome depends on its wave, and sharding deals whole waves."""
+    return [[t * UNIT_STRIDE + r for r in range(w, min(w + n_envs, n_rollouts_per_task))]
+            for t in task_ids for w in range(0, n_rollouts_per_task, n_envs)]
 
 
 def evaluate_libero(
@@ -67,6 +95,9 @@ def evaluate_libero(
     image_keys: Sequence[str] | None = None,
     image_size: int | None = None,
     render_size: int = 128,
+    units: Sequence[int] | None = None,
+    log: UnitLog | None = None,
+    log_writer: str = "main",
 ) -> EvalResult:
     """Evaluate ``policy`` on a LIBERO suite: success per task (keyed by LIBERO's task name)
     and overall.
@@ -84,17 +115,23 @@ def evaluate_libero(
         progress: show a progress bar.
         tasks: task indices of the suite to evaluate (default: all), in LIBERO's default
             task order (the order of the published results).
-        num_envs: envs run in lockstep per task (default: up to 10 without cameras, 4 with
-            cameras: an env that renders holds about 1 GB of memory, one that does not ~0.3 GB).
+        num_envs: envs run in lockstep per task (default: :func:`libero_num_envs`).
         image_keys: cameras fed to the policy (default: ``policy.config.image_keys``); keys of
             ``CAMERAS``.
         image_size: side of the images fed to the policy (default: ``policy.config.image_size``
             when > 0, else ``render_size``).
         render_size: side of the rendered camera images (LIBERO's datasets use 128).
+        units: play only the waves (:func:`libero_waves`) holding these rollouts (unit ids
+            ``task * UNIT_STRIDE + rollout``); the result then covers only them.
+        log: a :class:`~mode_policy.evaluation.unit_log.UnitLog` that makes the run resumable
+            and shardable: each rollout is appended (as ``log_writer``) the step it ends, waves
+            whose rollouts the log holds are not played again (a wave the log holds in part is
+            played again whole: it replays identically), and the result is read from the log,
+            so it is the same however the waves were split over processes or interrupted.
 
-    Tasks run one after the other, so each task's ``wall_s`` is its own time. Per task,
-    ``extra`` holds ``task_id``, ``episode_lengths`` (policy steps per rollout) and
-    ``mean_steps``; ``metrics["env_steps"]`` counts every env step, settling included.
+    Per task, ``wall_s`` is the time its waves took (environment creation counts only in the
+    overall ``wall_s``); ``extra`` holds ``task_id``, ``episode_lengths`` (policy steps per
+    rollout) and ``mean_steps``; ``metrics["env_steps"]`` counts every env step, settling included.
     """
     from tqdm.auto import tqdm
 
@@ -113,6 +150,8 @@ def evaluate_libero(
     steps = int(max_steps if max_steps is not None else SUITE_MAX_STEPS.get(suite, DEFAULT_MAX_STEPS))
     if steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {steps}")
+    if n_rollouts_per_task > UNIT_STRIDE:
+        raise ConfigError(f"n_rollouts_per_task must be <= {UNIT_STRIDE}, got {n_rollouts_per_task}")
     video_path = Path(video_dir) if video_dir is not None else None
 
     lib = import_libero()
@@ -129,16 +168,30 @@ def evaluate_libero(
         cameras.append(VIDEO_CAMERA)
     convention = image_convention()
     device = policy_device(policy)
-    n_envs = max(1, min(n_rollouts_per_task, num_envs or (4 if cameras else 10)))
+    n_envs = libero_num_envs(n_rollouts_per_task, num_envs, bool(cameras))
+    waves = libero_waves(task_ids, n_rollouts_per_task, n_envs)
+    if units is not None:
+        wanted = {int(u) for u in units}
+        known = {u for wave in waves for u in wave}
+        if not wanted or not wanted <= known:
+            raise ConfigError(f"units must be a non-empty list of rollouts of these tasks, got {sorted(wanted)[:10]}")
+        waves = [wave for wave in waves if wanted.intersection(wave)]
+    covered = [u for wave in waves for u in wave]
+    records: dict[int, dict[str, Any]] = log.records() if log is not None else {}
+    todo = [wave for wave in waves if any(u not in records for u in wave)]
 
-    per_task: dict[str, TaskResult] = {}
-    env_steps = 0
-    bar = tqdm(total=len(task_ids) * n_rollouts_per_task, desc=f"LIBERO {suite}", unit="rollout", disable=not progress)
+    def episode_done(record: dict[str, Any]) -> None:
+        if record["unit"] not in records:
+            records[record["unit"]] = record
+            if log is not None:
+                log.append(log_writer, record)
+
+    bar = tqdm(total=sum(map(len, todo)), desc=f"LIBERO {suite}", unit="rollout", disable=not progress)
     try:
         with eval_mode(policy):
-            for task_id in task_ids:
-                task_start = time.perf_counter()
+            for task_id in dict.fromkeys(wave[0] // UNIT_STRIDE for wave in todo):
                 task = task_suite.get_task(task_id)
+                task_waves = [wave for wave in todo if wave[0] // UNIT_STRIDE == task_id]
                 init_states = load_init_states(lib, task_suite, task_id)
                 if n_rollouts_per_task > len(init_states):
                     raise ConfigError(
@@ -147,39 +200,41 @@ def evaluate_libero(
                     )
                 bddl = Path(lib.get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
                 envs: list[Any] = []
-                successes: list[bool] = []
-                lengths: list[int] = []
                 try:
-                    for _ in range(n_envs):
+                    for _ in range(max(map(len, task_waves))):
                         envs.append(make_libero_env(lib, bddl, cameras, render_size, steps + num_settle_steps + 10))
-                    for wave_start in range(0, n_rollouts_per_task, n_envs):
-                        rollouts = list(range(wave_start, min(wave_start + n_envs, n_rollouts_per_task)))
-                        ok, length, n_steps = _run_wave(
-                            policy, envs[: len(rollouts)], init_states, rollouts, task, suite, task_id, steps,
-                            num_settle_steps, keys, image_size, convention, device, video_path, seed,
-                        )
-                        successes += ok
-                        lengths += length
-                        env_steps += n_steps
+                    for wave in task_waves:
+                        rollouts = [u % UNIT_STRIDE for u in wave]
+                        _run_wave(policy, envs[: len(rollouts)], init_states, rollouts, task, suite, task_id, steps,
+                                  num_settle_steps, keys, image_size, convention, device, video_path, seed,
+                                  episode_done)
                         bar.update(len(rollouts))
-                        done_so_far = sum(r.successes for r in per_task.values()) + sum(successes)
-                        bar.set_postfix(success=f"{done_so_far}/{bar.n}")
+                        bar.set_postfix(success=f"{sum(records[u]['success'] for u in covered if u in records)}/"
+                                                f"{sum(u in records for u in covered)}")
                 finally:
                     for env in envs:
                         with contextlib.suppress(Exception):
                             env.close()
-                extra = {"task_id": task_id, "episode_lengths": lengths, "mean_steps": float(np.mean(lengths))}
-                per_task[task.name] = TaskResult(
-                    int(sum(successes)), n_rollouts_per_task, time.perf_counter() - task_start, task.language, extra
-                )
     finally:
         bar.close()
 
+    per_task: dict[str, TaskResult] = {}
+    for task_id in dict.fromkeys(u // UNIT_STRIDE for u in covered):
+        task = task_suite.get_task(task_id)
+        mine = [records[u] for u in covered if u // UNIT_STRIDE == task_id]
+        lengths = [int(r["length"]) for r in mine]
+        wave_wall: dict[int, float] = {}
+        for r in mine:  # a wave took as long as its last rollout
+            wave_wall[r["wave"]] = max(wave_wall.get(r["wave"], 0.0), float(r["wall_s"]))
+        extra = {"task_id": task_id, "episode_lengths": lengths, "mean_steps": float(np.mean(lengths))}
+        per_task[task.name] = TaskResult(sum(bool(r["success"]) for r in mine), len(mine), sum(wave_wall.values()),
+                                         task.language, extra)
     settings = {
         "suite": suite, "tasks": task_ids, "n_rollouts_per_task": n_rollouts_per_task, "max_steps": steps,
         "num_settle_steps": num_settle_steps, "image_keys": keys, "image_size": image_size,
-        "render_size": render_size,
+        "render_size": render_size, "num_envs": n_envs, "rollouts_played_now": sum(map(len, todo)),
     }
+    env_steps = sum(int(records[u]["env_steps"]) for u in covered)
     return EvalResult("libero", per_task, time.perf_counter() - start_time, seed, settings=settings,
                       metrics={"env_steps": env_steps})
 
@@ -200,9 +255,12 @@ def _run_wave(
     device: torch.device,
     video_dir: Path | None,
     seed: int,
-) -> tuple[list[bool], list[int], int]:
-    """Roll out len(envs) envs of one task in lockstep from initial states ``rollouts``.
-    Returns (success per rollout, policy steps per rollout, env steps taken)."""
+    on_episode: Callable[[dict[str, Any]], None],
+) -> None:
+    """Roll out len(envs) envs of one task in lockstep from initial states ``rollouts``;
+    ``on_episode(record)`` gets each rollout's record (unit id, success, policy steps, env
+    steps, seconds since the wave started) the step it ends."""
+    wave_start = time.perf_counter()
     n = len(envs)
     raw: list[Any] = []
     for env, r in zip(envs, rollouts):
@@ -215,10 +273,13 @@ def _run_wave(
     video_key = f"{VIDEO_CAMERA}_image"
     frames = [[libero_image_transform(obs[video_key], convention)] for obs in raw] if video_dir is not None else []
 
-    success = np.zeros(n, dtype=bool)
+    def finish(i: int, success: bool, length: int) -> None:
+        on_episode({"unit": task_id * UNIT_STRIDE + rollouts[i], "wave": task_id * UNIT_STRIDE + rollouts[0],
+                    "success": success, "length": length, "env_steps": num_settle_steps + length,
+                    "wall_s": time.perf_counter() - wave_start})
+
     active = np.ones(n, dtype=bool)
-    lengths = np.full(n, max_steps, dtype=np.int64)
-    env_steps = n * num_settle_steps
+    success = np.zeros(n, dtype=bool)
     # fixed sampling noise per (seed, task, wave), independent of which other tasks run
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 1_000_003 + task_id * 1009 + rollouts[0])
@@ -236,14 +297,15 @@ def _run_wave(
                 if not active[i]:
                     continue
                 raw[i], _, done, _ = env.step(actions[i])
-                env_steps += 1
                 if frames:
                     frames[i].append(libero_image_transform(raw[i][video_key], convention))
                 if done:
-                    success[i], active[i], lengths[i] = True, False, t + 1
+                    active[i], success[i] = False, True
+                    finish(i, True, t + 1)
             if not active.any():
                 break
+    for i in np.flatnonzero(active):
+        finish(int(i), False, max_steps)
     for clip, r, ok in zip(frames, rollouts, success):
         name = f"{suite}_task{task_id:02d}_rollout{r:02d}_{'success' if ok else 'failure'}.mp4"
         write_mp4(video_dir / name, clip, FPS)  # type: ignore[operator]
-    return success.tolist(), lengths.tolist(), env_steps

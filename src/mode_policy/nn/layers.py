@@ -1,4 +1,4 @@
-"""Transformer building blocks: RMSNorm, SwiGLU MLP, causal self-attention with QK-norm."""
+"""Transformer building blocks: RMSNorm, SwiGLU MLP, causal self-attention with QK-norm, FiLM."""
 
 from __future__ import annotations
 
@@ -68,3 +68,25 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal)
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.resid_dropout(self.proj(y))
+
+
+class FiLM(nn.Module):
+    """Feature-wise modulation from a condition vector: ``sites`` (scale, shift) pairs,
+    ``h * (1 + scale) + shift``, computed as ``Linear(SiLU(cond))``. Zero-initialise
+    :attr:`proj` to start as the identity."""
+
+    def __init__(self, dim: int, sites: int) -> None:
+        super().__init__()
+        self.sites = sites
+        self.proj = nn.Linear(dim, 2 * sites * dim)
+
+    def forward(self, cond: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """cond: (B, d) -> ``sites`` pairs (scale, shift), each (B, 1, d) to broadcast over tokens."""
+        params = self.proj(F.silu(cond)).unsqueeze(1)  # (B, 1, 2 * sites * d)
+        chunks = params.chunk(2 * self.sites, dim=-1)
+        return [(chunks[2 * i], chunks[2 * i + 1]) for i in range(self.sites)]
+
+
+def modulate(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """FiLM of ``h`` (B, T, d) by ``scale``, ``shift`` (B, 1, d)."""
+    return h * (1 + scale) + shift

@@ -1,0 +1,154 @@
+"""Run a study's cells one after another, resumably.
+
+::
+
+    OUT/study.json                      the resolved study (variants after matching, every cell's spec)
+    OUT/cells/<variant>/seed<k>/run/    the training run (its checkpoints removed once the cell is done)
+    OUT/cells/<variant>/seed<k>/eval_info.json
+    OUT/cells/<variant>/seed<k>/result.json   written last, atomically: the cell is finished
+    OUT/report.md, OUT/study.png        rewritten after every cell
+
+A cell folder without ``result.json`` is a cell killed half-way: it is removed and run again. A
+finished cell whose recorded spec differs from the study's (the file was edited) is an error,
+so results of two different recipes never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_json
+from .spec import Cell, Study
+
+RESULT_NAME = "result.json"
+STUDY_RECORD = "study.json"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """What a finished cell recorded (``result.json``)."""
+
+    variant: str
+    seed: int
+    spec: dict[str, Any]
+    successes: int
+    episodes: int
+    per_task: dict[str, list[int]]
+    """Task -> [successes, episodes]."""
+    params: dict[str, Any]
+    """``MoDEPolicy.parameter_counts()`` of the trained policy."""
+    train_s: float
+    eval_s: float
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes
+
+    @classmethod
+    def load(cls, path: Path) -> "CellResult":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{path}: not a study cell result ({err!r})") from None
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    return out / "cells" / cell.variant / f"seed{cell.seed}"
+
+
+def finished_results(study: Study, out: Path) -> dict[str, CellResult]:
+    """Cell key -> result of every finished cell of ``study`` under ``out``; ConfigError naming the
+    cells that were run with another recipe than the study file now gives."""
+    results, stale = {}, []
+    for cell in study.cells():
+        path = cell_dir(out, cell) / RESULT_NAME
+        if not path.is_file():
+            continue
+        result = CellResult.load(path)
+        if result.spec != study.cell_spec(cell):
+            stale.append(cell.key)
+        else:
+            results[cell.key] = result
+    if stale:
+        raise ConfigError(
+            f"{out}: finished cell(s) {', '.join(stale)} were run with another recipe than {study.path} "
+            "now gives (dataset, training, policy or evaluation settings changed): use another --out, or "
+            "delete those cell folders to rerun them"
+        )
+    return results
+
+
+def run_study(study: Study, out: str | Path, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict[str, CellResult]:
+    """Train and evaluate every unfinished cell, in order; the report is rewritten after each one."""
+    from .report import write_study_report
+
+    out = Path(out)
+    done = finished_results(study, out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STUDY_RECORD, study_record(study))
+    cells = study.cells()
+    skipped = set(done)
+    for i, cell in enumerate(cells, 1):
+        if cell.key in done:
+            log(f"[{i}/{len(cells)}] {cell.key}: finished before, skipped")
+            continue
+        folder = cell_dir(out, cell)
+        if folder.exists():
+            log(f"[{i}/{len(cells)}] {cell.key}: half-finished (killed?), starting it again")
+            shutil.rmtree(folder)
+        log(f"[{i}/{len(cells)}] {cell.key}: training {study.train_config(cell, '').steps} steps")
+        done[cell.key] = run_cell(study, cell, folder, progress)
+        r = done[cell.key]
+        log(f"[{i}/{len(cells)}] {cell.key}: success {r.success_rate:.3f} ({r.successes}/{r.episodes}), "
+            f"train {r.train_s:.0f} s, eval {r.eval_s:.0f} s")
+        write_study_report(study, out, done)
+    if all(c.key in skipped for c in cells):
+        write_study_report(study, out, done)  # nothing ran in this call: render what there is
+    return done
+
+
+def run_cell(study: Study, cell: Cell, folder: Path, progress: bool) -> CellResult:
+    """Train the cell's policy, evaluate it on the study's held-out episodes, record the result."""
+    from ..evaluation.metaworld import evaluate_metaworld
+    from ..policy import MoDEPolicy
+    from ..run_dir import RunDir
+    from ..train import train
+
+    cfg = study.train_config(cell, folder / "run")
+    cfg.progress = progress and cfg.progress
+    start = time.perf_counter()
+    run = RunDir(train(cfg))
+    train_s = time.perf_counter() - start
+    policy = MoDEPolicy.from_pretrained(run.model)
+    start = time.perf_counter()
+    result = evaluate_metaworld(policy, study.tasks, study.eval_episodes, seed=study.eval_seed,
+                                batch_size=study.eval_batch_size, progress=progress)
+    eval_s = time.perf_counter() - start
+    result.policy = str(run.model)
+    result.save(folder / "eval_info.json")
+    shutil.rmtree(run.checkpoints, ignore_errors=True)  # the EMA model in run/model is what was evaluated
+    overall = result.overall
+    record = CellResult(cell.variant, cell.seed, study.cell_spec(cell), overall.successes, overall.episodes,
+                        {t: [r.successes, r.episodes] for t, r in result.per_task.items()},
+                        policy.parameter_counts(), train_s, eval_s)
+    atomic_write_json(folder / RESULT_NAME, asdict(record))
+    return record
+
+
+def study_record(study: Study) -> dict[str, Any]:
+    """The resolved study as JSON: what every variant trains, and how dense variants were matched."""
+    return {
+        "name": study.name, "study_file": str(study.path), "dataset": study.dataset, "tasks": study.tasks,
+        "eval_episodes": study.eval_episodes, "eval_seed": study.eval_seed, "seeds": study.seeds,
+        "reference": study.reference, "paper_source": study.paper_source,
+        "variants": [{**asdict(v), "policy_config": study.policy_config(v.name).to_dict()} for v in study.variants],
+        "cells": {c.key: study.cell_spec(c) for c in study.cells()},
+    }

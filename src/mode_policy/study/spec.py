@@ -1,0 +1,317 @@
+"""A study file: a base training recipe, policy variants and seeds (``mode-policy study``).
+
+A study is YAML (or JSON)::
+
+    name: MoDE ablations on MT50          # title of the report
+    dataset: data/mt50-10                 # a dataset made by `mode-policy demos` (required)
+    tasks: mt50                           # evaluation tasks (default: the dataset's tasks)
+    eval_episodes: 3                      # held-out episodes per task and cell
+    eval_seed: 0                          # the same held-out episodes for every cell
+    seeds: [0, 1, 2]                      # training seeds (TrainConfig.seed)
+    train: {preset: cpu, steps: 1500}     # TrainConfig fields shared by every cell
+    policy: {}                            # MoDEConfig fields shared by every variant
+    reference: default                    # the variant differences are taken against (default: the first)
+    paper_source: "MoDE paper, LIBERO-10" # where the paper's numbers come from
+    variants:
+      - name: default
+        paper: 0.92
+      - name: dense
+        policy: {routing: dense}
+        match_active_params: true         # dense_mlp_ratio chosen to match the reference's active parameters
+        paper: 0.839
+        paper_reference: 0.851            # the paper's reference on the same scale (default: the reference's paper)
+        paper_note: "normalised over 5 benchmarks"
+
+Everything is checked when the file is loaded, so a typo fails before the first cell trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import MoDEConfig, TrainConfig, get_preset
+from ..errors import ConfigError, DataNotFoundError
+
+STUDY_KEYS = ("name", "dataset", "tasks", "eval_episodes", "eval_seed", "eval_batch_size", "seeds", "train",
+              "policy", "reference", "paper_source", "variants")
+VARIANT_KEYS = ("name", "description", "policy", "match_active_params", "paper", "paper_reference", "paper_note")
+TRAIN_SET_BY_STUDY = {
+    "dataset": "give it at the top level of the study",
+    "output_dir": "the study puts every run under --out",
+    "seed": "list the training seeds under seeds:",
+    "policy": "give policy fields under policy: (all variants) or a variant's policy:",
+}
+SPEC_IGNORES = ("output_dir", "progress", "threads", "device", "log_every", "checkpoint_every", "keep_checkpoints")
+"""TrainConfig fields that do not change what a cell computes (a finished cell stays valid if they change)."""
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Matching:
+    """How a dense variant was sized to the reference's active parameters (transformer only)."""
+
+    reference: str
+    dense_mlp_ratio: int
+    active: int
+    reference_active: int
+
+    @property
+    def gap(self) -> float:
+        """Relative difference of the active counts (dense - reference) / reference."""
+        return (self.active - self.reference_active) / self.reference_active
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    policy: dict[str, Any]
+    """Policy fields of this variant (after matching), on top of the study's policy."""
+    description: str = ""
+    paper: float | None = None
+    paper_reference: float | None = None
+    paper_note: str = ""
+    matching: Matching | None = None
+
+    @property
+    def paper_delta(self) -> float | None:
+        if self.paper is None or self.paper_reference is None:
+            return None
+        return self.paper - self.paper_reference
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run and its evaluation: a variant at a seed."""
+
+    variant: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Study:
+    path: Path
+    name: str
+    dataset: str
+    tasks: list[str]
+    eval_episodes: int
+    eval_seed: int
+    eval_batch_size: int
+    seeds: list[int]
+    train: dict[str, Any]
+    policy: dict[str, Any]
+    reference: str
+    paper_source: str
+    variants: list[Variant]
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, seed by seed: a killed study has whole seeds of every variant first."""
+        return [Cell(v.name, s) for s in self.seeds for v in self.variants]
+
+    def policy_config(self, variant: str) -> MoDEConfig:
+        return get_preset(self.train.get("preset", TrainConfig.preset), **{**self.policy, **self.variant(variant).policy})
+
+    def train_config(self, cell: Cell, output_dir: str | Path) -> TrainConfig:
+        return TrainConfig(**self.train, dataset=self.dataset, output_dir=str(output_dir), seed=cell.seed,
+                           policy=self.policy_config(cell.variant))
+
+    def cell_spec(self, cell: Cell) -> dict[str, Any]:
+        """What a cell computes (a finished cell is reused only while this stays the same)."""
+        run = self.train_config(cell, "").to_run_dict()
+        for name in SPEC_IGNORES:
+            run["train"].pop(name)
+        return {"train": run["train"], "policy": run["policy"], "tasks": self.tasks,
+                "eval_episodes": self.eval_episodes, "eval_seed": self.eval_seed}
+
+
+# ------------------------------------------------------------------ loading
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file; ConfigError naming the file and the key for anything wrong,
+    DataNotFoundError when the dataset is missing."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return parse_study(data, path)
+
+
+def parse_study(data: Any, path: Path) -> Study:
+    where = str(path)
+    data = _mapping(data, where)
+    _no_unknown(data, STUDY_KEYS, where)
+    if not data.get("dataset"):
+        raise ConfigError(f"{where}: 'dataset' is missing (the path of a dataset made by `mode-policy demos`)")
+    dataset = str(data["dataset"])
+    if not Path(dataset).exists():
+        raise DataNotFoundError(f"{where}: dataset folder not found: {dataset}")
+    train = dict(_mapping(data.get("train", {}), f"{where}: train"))
+    for key, why in TRAIN_SET_BY_STUDY.items():
+        if key in train:
+            raise ConfigError(f"{where}: train.{key} is set by the study ({why})")
+    _no_unknown(train, [f.name for f in dataclasses.fields(TrainConfig)], f"{where}: train")
+    seeds = data.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"{where}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    eval_episodes = _int(data, "eval_episodes", 5, where, low=1)
+    eval_seed = _int(data, "eval_seed", 0, where, low=0)
+    eval_batch_size = _int(data, "eval_batch_size", 100, where, low=1)
+    base_policy = dict(_mapping(data.get("policy", {}), f"{where}: policy"))
+    _check_policy_fields(base_policy, f"{where}: policy")
+    raw_variants = data.get("variants")
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise ConfigError(f"{where}: 'variants' must be a non-empty list of variants (each with a name)")
+    variants = [_variant(v, i, where) for i, v in enumerate(raw_variants)]
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: variant name(s) used twice: {', '.join(duplicates)}")
+    reference = str(data.get("reference", names[0]))
+    if reference not in names:
+        raise ConfigError(f"{where}: reference {reference!r} is not a variant (variants: {', '.join(names)})")
+    study = Study(path, str(data.get("name", path.stem)), dataset, _tasks(data.get("tasks"), dataset, where),
+                  eval_episodes, eval_seed, eval_batch_size, seeds, train, base_policy, reference,
+                  str(data.get("paper_source", "")), variants)
+    study = _resolve(study, raw_variants, where)
+    for variant in study.variants:  # every cell's configuration is valid (types, ranges, consistency)
+        try:
+            study.train_config(Cell(variant.name, seeds[0]), "")
+        except ConfigError as err:
+            raise ConfigError(f"{where}: variant {variant.name!r}: {err}") from None
+    return study
+
+
+def _variant(raw: Any, index: int, where: str) -> Variant:
+    raw = _mapping(raw, f"{where}: variants[{index}]")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"{where}: variants[{index}] needs a name of letters, digits, '.', '_' or '-' "
+                          f"(it names the cell folders), got {name!r}")
+    at = f"{where}: variant {name!r}"
+    _no_unknown(raw, VARIANT_KEYS, at)
+    policy = dict(_mapping(raw.get("policy", {}), f"{at}: policy"))
+    _check_policy_fields(policy, f"{at}: policy")
+    paper, paper_reference = _number(raw, "paper", at), _number(raw, "paper_reference", at)
+    return Variant(name, policy, str(raw.get("description", "")), paper, paper_reference, str(raw.get("paper_note", "")))
+
+
+def _resolve(study: Study, raw_variants: list[dict], where: str) -> Study:
+    """Fill paper references from the reference variant and size matched dense variants."""
+    ref = study.variant(study.reference)
+    resolved = []
+    for variant, raw in zip(study.variants, raw_variants):
+        changes: dict[str, Any] = {}
+        if variant.paper is not None and variant.paper_reference is None and variant.name != ref.name:
+            changes["paper_reference"] = ref.paper
+        if variant.name == ref.name:
+            changes["paper_reference"] = variant.paper
+        match = raw.get("match_active_params", False)
+        if match is not False:
+            target = study.reference if match is True else match
+            at = f"{where}: variant {variant.name!r}: match_active_params"
+            if not isinstance(target, str) or target not in {v.name for v in study.variants}:
+                raise ConfigError(f"{at}: expected true or the name of a variant, got {match!r}")
+            matching = match_dense(study, variant, target, at)
+            changes["matching"] = matching
+            changes["policy"] = {**variant.policy, "dense_mlp_ratio": matching.dense_mlp_ratio}
+        resolved.append(dataclasses.replace(variant, **changes))
+    return dataclasses.replace(study, variants=resolved)
+
+
+def transformer_active_params(config: MoDEConfig) -> int:
+    """Active parameters of the denoising transformer of ``config`` (counted without allocating)."""
+    from ..denoiser import MoDETransformer
+
+    with torch.device("meta"):
+        net = MoDETransformer(config)
+    return sum(p.numel() for p in net.parameters()) - net.inactive_params()
+
+
+def match_dense(study: Study, variant: Variant, target: str, at: str) -> Matching:
+    """The integer ``dense_mlp_ratio`` whose dense transformer has the active parameter count closest
+    to that of variant ``target`` (an MoE variant). Dense counts grow linearly in the ratio
+    (``3 d^2`` per layer and unit), so two counts give the line and the best ratio."""
+    if study.policy_config(target).routing == "dense":
+        raise ConfigError(f"{at}: the variant to match, {target!r}, is dense itself")
+    merged = {**study.policy, **variant.policy}
+    if merged.get("routing") != "dense":
+        raise ConfigError(f"{at}: only dense variants are matched (set policy: {{routing: dense}})")
+    if "dense_mlp_ratio" in variant.policy:
+        raise ConfigError(f"{at}: matching chooses dense_mlp_ratio itself; do not set it too")
+    reference_active = transformer_active_params(study.policy_config(target))
+    base = study.policy_config(variant.name)
+    one, two = (transformer_active_params(dataclasses.replace(base, dense_mlp_ratio=r)) for r in (1, 2))
+    ratio = max(1, 1 + round((reference_active - one) / (two - one)))
+    active = transformer_active_params(dataclasses.replace(base, dense_mlp_ratio=ratio))
+    return Matching(target, ratio, active, reference_active)
+
+
+# ------------------------------------------------------------------ checks
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(value).__name__}")
+    return value
+
+
+def _no_unknown(data: dict, known, where: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+
+
+def _check_policy_fields(policy: dict, where: str) -> None:
+    _no_unknown(policy, [f.name for f in dataclasses.fields(MoDEConfig)], where)
+
+
+def _int(data: dict, key: str, default: int, where: str, low: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _number(data: dict, key: str, where: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _tasks(spec: Any, dataset: str, where: str) -> list[str]:
+    """The evaluation tasks: ``spec`` (a task set, names, or a list), else the dataset's Meta-World tasks."""
+    from ..envs.rendering import setup_headless_rendering
+
+    setup_headless_rendering()
+    from ..envs.metaworld import resolve_tasks
+
+    if spec is None:
+        from ..data.reader import DatasetReader
+
+        names = [extra.get("env_name") for extra in DatasetReader(dataset).episode_extra]
+        if not names or not all(names):
+            raise ConfigError(f"{where}: 'tasks' is missing and {dataset} does not record its Meta-World tasks")
+        return sorted(set(names))
+    try:
+        return resolve_tasks(spec)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: tasks: {err}") from None

@@ -1,0 +1,224 @@
+"""`mode-policy study`: study files are checked up front, cells resume (finished ones are kept, a
+half-finished one is redone), and the report's intervals are the textbook ones."""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mode_policy.cli import main as cli
+from mode_policy.demos import generate_demos
+from mode_policy.errors import ConfigError, DataNotFoundError
+from mode_policy.study import finished_results, load_study, run_study
+from mode_policy.study.report import render_markdown, summarize
+from mode_policy.study.runner import RESULT_NAME, CellResult, cell_dir
+from mode_policy.study.spec import Cell, transformer_active_params
+from mode_policy.study.stats import (
+    difference_interval,
+    seed_interval,
+    t_quantile,
+    verdict,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study") / "demos"
+    generate_demos(root, ["reach-v3"], 2, progress=False)
+    return root
+
+
+def study_dict(root: Path, **top) -> dict:
+    return {
+        "name": "tiny study", "dataset": str(root), "eval_episodes": 1, "seeds": [0],
+        "train": {"preset": "tiny", "steps": 3, "batch_size": 8, "warmup_steps": 1, "language": "task",
+                  "log_every": 3, "checkpoint_every": 2, "progress": False},
+        "policy": {"goal_dim": 8},
+        "paper_source": "the paper, LIBERO-10",
+        "variants": [{"name": "default", "paper": 0.92},
+                     {"name": "dense", "policy": {"routing": "dense"}, "match_active_params": True,
+                      "paper": 0.839, "paper_reference": 0.851, "paper_note": "normalised"}],
+        **top,
+    }
+
+
+def write(tmp_path: Path, data: dict, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ------------------------------------------------------------------ a real run
+def test_study_runs_keeps_finished_cells_and_redoes_a_half_one(dataset, tmp_path, capsys):
+    study = load_study(write(tmp_path, study_dict(dataset)))
+    out = tmp_path / "out"
+    lines: list[str] = []
+    results = run_study(study, out, progress=False, log=lines.append)
+    assert sorted(results) == ["default/seed0", "dense/seed0"]
+    for cell in study.cells():
+        folder = cell_dir(out, cell)
+        assert (folder / "run" / "model" / "model.safetensors").is_file()
+        assert not (folder / "run" / "checkpoints").exists()  # removed once the cell is done
+        saved = json.loads((folder / RESULT_NAME).read_text())
+        assert saved["episodes"] == 1 and saved["per_task"] == {"reach-v3": [saved["successes"], 1]}
+    dense = results["dense/seed0"].params
+    assert dense["active_params"] == dense["total_params"]  # dense: nothing inactive
+    report = (out / "report.md").read_text()
+    assert "| default |" in report and "| dense |" in report and "dense_mlp_ratio=" in report
+    assert (out / "study.png").stat().st_size > 1000
+    record = json.loads((out / "study.json").read_text())
+    assert record["variants"][1]["policy_config"]["dense_mlp_ratio"] == study.variant("dense").matching.dense_mlp_ratio
+
+    # A killed cell: its folder without result.json (and with leftovers). The finished one stays.
+    kept = cell_dir(out, Cell("default", 0)) / RESULT_NAME
+    kept_bytes, kept_mtime = kept.read_bytes(), kept.stat().st_mtime_ns
+    half = cell_dir(out, Cell("dense", 0))
+    (half / RESULT_NAME).unlink()
+    (half / "leftover.tmp").write_text("x")
+    lines.clear()
+    again = run_study(study, out, progress=False, log=lines.append)
+    assert "default/seed0: finished before, skipped" in lines[0]
+    assert "dense/seed0: half-finished" in lines[1]
+    assert kept.read_bytes() == kept_bytes and kept.stat().st_mtime_ns == kept_mtime
+    assert not (half / "leftover.tmp").exists() and (half / RESULT_NAME).is_file()
+    assert again["default/seed0"] == results["default/seed0"]
+
+    # Another recipe under the same --out is refused, naming the cells
+    changed = study_dict(dataset)
+    changed["train"]["steps"] = 4
+    with pytest.raises(ConfigError, match="default/seed0, dense/seed0 were run with another recipe"):
+        run_study(load_study(write(tmp_path, changed, "changed.yaml")), out, progress=False, log=lines.append)
+    # ... while settings that do not change the result are not a new recipe
+    cosmetic = study_dict(dataset)
+    cosmetic["train"]["log_every"] = 1
+    assert len(finished_results(load_study(write(tmp_path, cosmetic, "cosmetic.yaml")), out)) == 2
+
+    # The command line: --report_only rewrites the report from the finished cells
+    (out / "report.md").unlink()
+    assert cli(["study", str(tmp_path / "study.yaml"), "--out", str(out), "--report_only"]) == 0
+    assert "2 of 2 cells finished" in (out / "report.md").read_text()
+    assert cli(["study", str(tmp_path / "study.yaml")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- the maths
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 2.5, 3, 4, 9, 30, 500):
+        for p in (0.975, 0.9, 0.025):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), abs=1e-7)
+
+
+def test_seed_and_difference_intervals():
+    i = seed_interval([0.2, 0.4, 0.6], 36, 90)
+    half = 4.302652729749 * 0.2 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n)
+    assert (i.mean, i.low, i.high) == pytest.approx((0.4, 0.4 - half, 0.4 + half))
+    assert i.method == "t over 3 seed means (df 2)"
+    one = seed_interval([0.5], 5, 10)  # one seed: Wilson over its episodes
+    assert one.method.startswith("Wilson") and (one.low, one.high) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    a, b = [0.5, 0.6, 0.7, 0.65], [0.3, 0.35, 0.5]
+    d = difference_interval(a, b)
+    stats = pytest.importorskip("scipy.stats")
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (d.low, d.high) == pytest.approx((ci.low, ci.high), abs=1e-7)
+    assert d.mean == pytest.approx(sum(a) / 4 - sum(b) / 3)
+    assert difference_interval([0.5], b) is None
+
+
+def test_verdicts():
+    below = difference_interval([0.1, 0.12, 0.11], [0.5, 0.52, 0.49])
+    assert verdict(below, -0.07).startswith("agrees")
+    assert verdict(below, +0.05) == "disagrees: opposite sign"
+    wide = difference_interval([0.1, 0.5, 0.3], [0.2, 0.4, 0.35])
+    assert verdict(wide, -0.07) == "cannot tell: our interval holds 0 (the paper's difference lies in our interval)"
+    assert verdict(wide, None) == "no paper number" and verdict(None, -0.07) == "needs >= 2 seeds"
+
+
+def fake_result(study, variant, seed, successes, episodes=10) -> CellResult:
+    return CellResult(variant, seed, study.cell_spec(Cell(variant, seed)), successes, episodes,
+                      {"reach-v3": [successes, episodes]}, {"active_params": 2_000_000, "total_params": 3_000_000},
+                      120.0, 30.0)
+
+
+def test_table_rows_from_cell_results(dataset, tmp_path):
+    study = load_study(write(tmp_path, study_dict(dataset, seeds=[0, 1, 2])))
+    results = {r.variant + f"/seed{r.seed}": r for r in [
+        fake_result(study, "default", 0, 8), fake_result(study, "default", 1, 9), fake_result(study, "default", 2, 7),
+        fake_result(study, "dense", 0, 4), fake_result(study, "dense", 1, 5),
+    ]}
+    ref, dense = summarize(study, results)
+    assert ref.interval.mean == pytest.approx(0.8) and ref.delta is None
+    assert dense.seed_means == [0.4, 0.5]
+    assert dense.delta.mean == pytest.approx(0.45 - 0.8)
+    assert dense.variant.paper_delta == pytest.approx(0.839 - 0.851)
+    text = render_markdown(study, results, "study.png")
+    row = next(line for line in text.splitlines() if line.startswith("| dense |"))
+    assert "| 0.450 |" in row and "| -0.350 |" in row and "0.839 (normalised)" in row and "| -0.012 |" in row
+    assert f"| {dense.verdict} |" in row and "| 2 | 2.00M / 3.00M | 2.0 + 0.5 |" in row
+    assert "| dense/seed2 | not run yet |" in text
+    assert "t over 3 seed means (df 2)" in text and "t over 2 seed means (df 1)" in text
+    assert "the paper, LIBERO-10" in text and "![" in text
+
+
+def test_dense_matching_picks_the_closest_ratio(dataset, tmp_path):
+    data = study_dict(dataset, policy={"goal_dim": 8, "top_k": 1})
+    study = load_study(write(tmp_path, data))
+    m = study.variant("dense").matching
+    assert m.reference == "default" and m.reference_active == transformer_active_params(study.policy_config("default"))
+    base = study.policy_config("dense")
+    counts = {r: transformer_active_params(dataclasses.replace(base, dense_mlp_ratio=r)) for r in range(1, 17)}
+    best = min(counts, key=lambda r: abs(counts[r] - m.reference_active))
+    assert m.dense_mlp_ratio == best and m.active == counts[best]
+    assert study.policy_config("dense").dense_mlp_ratio == best
+
+
+# ------------------------------------------------------------ bad study files
+BAD = {
+    "unknown top-level key": ({"epochs": 3}, ConfigError, "unknown key.s. epochs"),
+    "missing dataset": ({"dataset": None}, ConfigError, "'dataset' is missing"),
+    "dataset not found": ({"dataset": "/nonexistent/demos"}, DataNotFoundError, "not found: /nonexistent/demos"),
+    "unknown variant key": ({"variants": [{"name": "a", "polcy": {}}]}, ConfigError, "variant 'a': unknown key.s. polcy"),
+    "bad variant field": ({"variants": [{"name": "a", "policy": {"n_expert": 2}}]}, ConfigError,
+                          "variant 'a': policy: unknown key.s. n_expert"),
+    "bad variant value": ({"variants": [{"name": "a", "policy": {"top_k": "two"}}]}, ConfigError,
+                          "variant 'a': top_k='two': expected an integer"),
+    "inconsistent variant": ({"variants": [{"name": "a", "policy": {"top_k": 5}}]}, ConfigError,
+                             "variant 'a': top_k=5 must be in"),
+    "seed in train": ({"train": {"seed": 3}}, ConfigError, "train.seed is set by the study"),
+    "unknown train field": ({"train": {"stepz": 3}}, ConfigError, "train: unknown key.s. stepz"),
+    "bad seeds": ({"seeds": [0, 0]}, ConfigError, "seeds must be a list of distinct integers"),
+    "no variants": ({"variants": []}, ConfigError, "'variants' must be a non-empty list"),
+    "nameless variant": ({"variants": [{"policy": {}}]}, ConfigError, r"variants\[0\] needs a name"),
+    "duplicate names": ({"variants": [{"name": "a"}, {"name": "a"}]}, ConfigError, "used twice: a"),
+    "unknown reference": ({"reference": "b"}, ConfigError, "reference 'b' is not a variant"),
+    "match a MoE variant": ({"variants": [{"name": "a"}, {"name": "b", "match_active_params": True}]}, ConfigError,
+                            "only dense variants are matched"),
+    "match and set the ratio": ({"variants": [{"name": "a"}, {"name": "b", "match_active_params": True,
+                                 "policy": {"routing": "dense", "dense_mlp_ratio": 8}}]}, ConfigError,
+                                "do not set it too"),
+    "bad paper number": ({"variants": [{"name": "a", "paper": "high"}]}, ConfigError, "paper must be a number"),
+    "unknown task": ({"tasks": "reach-v9"}, ConfigError, "tasks: unknown Meta-World task"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_study_files_fail_before_training(case, dataset, tmp_path):
+    top, error, message = BAD[case]
+    data = study_dict(dataset, **top)  # a None value removes the key
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(error, match=message):
+        load_study(write(tmp_path, data))
+
+
+def test_unreadable_study_files(tmp_path):
+    with pytest.raises(ConfigError, match="study file not found"):
+        load_study(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("variants: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_study(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_study(tmp_path / "list.yaml")
