@@ -110,6 +110,11 @@ def test_export_refuses_what_it_cannot_run(tmp_path):
         export_sampler(make_policy(), tmp_path / "a.onnx", "tflite")
     with pytest.raises(ConfigError, match="--tasks needs a policy with a goal encoder"):
         export_sampler(make_policy(), tmp_path / "a.onnx", tasks=["x"])
+    mixture = make_policy()
+    stats = {"action": {"min": [-1.0] * 3, "max": [1.0] * 3}, "observation.state": {"mean": [0.0] * 6, "std": [1.0] * 6}}
+    mixture.set_dataset_normalization({"a": stats, "b": stats})
+    with pytest.raises(ConfigError, match="mixture policy"):
+        export_sampler(mixture, tmp_path / "a.onnx")
 
 
 def test_export_command_writes_to_the_model_folder(tmp_path):

@@ -122,6 +122,26 @@ def test_inference_must_name_a_known_dataset_at_its_width(mixture_run):
         policy.predict_action_chunk({**batch, "dataset": ["libero", "metaworld"]})
 
 
+def test_eval_plays_one_member_of_a_mixture_policy_at_its_width(mixture_run, tmp_path, capsys):
+    from mode_policy.dataset_view import for_dataset
+
+    policy = MoDEPolicy.from_pretrained(mixture_run / "model").eval()
+    view = for_dataset(policy, "metaworld")
+    assert (view.config.action_dim, view.config.state_dim, view.config.horizon) == (4, 39, policy.config.horizon)
+    view.config.num_inference_steps = 3  # sampling settings write through to the policy
+    assert policy.config.num_inference_steps == 3
+    with pytest.raises(ConfigError, match="--dataset_name"):
+        for_dataset(policy)
+    with pytest.raises(ConfigError, match="not one of the policy's datasets"):
+        for_dataset(policy, "calvin")
+    out = tmp_path / "eval_info.json"
+    assert cli(["eval", str(mixture_run), "--tasks", "reach-v3", "--episodes", "1", "--out", str(out)]) == 2
+    assert "--dataset_name" in capsys.readouterr().err
+    assert cli(["eval", str(mixture_run), "--tasks", "reach-v3", "--episodes", "1", "--out", str(out),
+                "--dataset_name", "metaworld"]) == 0
+    assert json.loads(out.read_text())["overall"]["episodes"] == 1
+
+
 def test_padded_action_dimensions_are_masked_out_of_the_loss(mixture_run):
     policy = MoDEPolicy.from_pretrained(mixture_run / "model").train()
     x0 = torch.randn(3, 4, 7)
@@ -129,7 +149,7 @@ def test_padded_action_dimensions_are_masked_out_of_the_loss(mixture_run):
 
     def loss(dims):
         torch.manual_seed(1)
-        return policy._padded_loss(x0, cond, dims)[0]
+        return policy.denoiser.loss(x0, cond, dims)[0]
 
     torch.manual_seed(1)
     reference = policy.denoiser.loss(x0, cond)[0]

@@ -280,7 +280,7 @@ class TrainConfig:
     output_dir: str = "runs/mode"
     """Run directory (created; must be empty unless resuming)."""
     preset: str = "cpu"
-    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain). An image preset (one with
+    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain, paper-official). An image preset (one with
     ``image_keys``) uses the dataset's cameras; a state-only preset ignores them."""
     policy: MoDEConfig | None = None
     """The policy's configuration; default: the preset's (see ``mode-policy info --preset``)."""

@@ -110,12 +110,14 @@ class EDMDenoiser(nn.Module):
         return x * level.c_skip + out * level.c_out, routings
 
     # --------------------------------------------------------------- training
-    def loss(self, x0: Tensor, cond: Tensor) -> tuple[Tensor, list[Routing]]:
+    def loss(self, x0: Tensor, cond: Tensor, dims: Tensor | None = None) -> tuple[Tensor, list[Routing]]:
         """Per-token squared error (B, H) of F against its EDM target at noise
         levels drawn from the training distribution, and the routings.
 
         The error is taken on F, not on D: ``||F - (x0 - c_skip x) / c_out||^2``
         equals the EDM-weighted ``||D - x0||^2 / c_out^2`` without its cancellation.
+        ``dims`` (B, A) bool: average each row over its own action dimensions only (rows of a
+        narrower dataset padded to the policy's width); None: over all of them.
         """
         cfg = self.config
         b = x0.shape[0]
@@ -125,7 +127,11 @@ class EDMDenoiser(nn.Module):
         noisy = x0 + torch.randn_like(x0) * sigma.view(b, 1, 1)
         out, routings = self.raw(noisy, self.noise_level(sigma), cond)
         target = training_target(x0, noisy, sigma.view(b, 1, 1), self.sigma_data)
-        return (out.float() - target.float()).pow(2).mean(-1), routings
+        err = (out.float() - target.float()).pow(2)  # (B, H, A)
+        if dims is None:
+            return err.mean(-1), routings
+        keep = dims.to(torch.float32).unsqueeze(1)  # (B, 1, A)
+        return (err * keep).sum(-1) / keep.sum(-1), routings
 
     # --------------------------------------------------------------- sampling
     use_lean_sampler = True
@@ -137,7 +143,8 @@ class EDMDenoiser(nn.Module):
         when the schedule, the step count, the mode or the weights change."""
         cfg = self.config
         net = self.net
-        cached = self.use_expert_cache and cfg.routing == "noise" and not self.training
+        cached = (self.use_expert_cache and cfg.routing == "noise" and cfg.architecture != "official"
+                  and not self.training)
         lean = self.use_lean_sampler and not self.training
         device = net.sigma_embed.weight.device
         key = (

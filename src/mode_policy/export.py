@@ -54,6 +54,11 @@ class CachedSampler(nn.Module):
             raise ConfigError(f"export supports state-only policies; this one has cameras {list(cfg.image_keys)}")
         if cfg.routing != "noise":
             raise ConfigError(f"export runs the expert cache, which needs routing=noise (not {cfg.routing!r})")
+        if cfg.architecture != "mode":
+            raise ConfigError(f"export runs the expert cache, which architecture={cfg.architecture!r} has not")
+        if policy.dataset_names:
+            raise ConfigError(f"export of a mixture policy (datasets {policy.dataset_names}) is not supported: "
+                              "the exported sampler has one normalisation; fine-tune on one dataset first")
         self.policy = policy.eval()
         self.policy.denoiser.use_expert_cache = True
         self.plan = policy.denoiser.sampling_plan()  # built now: export cannot fingerprint weights

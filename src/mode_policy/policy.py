@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from .config import MoDEConfig
 from .constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY, TASK_KEY
-from .diffusion import sample_log_logistic_sigma, training_target
 from .edm import EDMDenoiser
 from .encoders.state import StateEncoder
 from .errors import CheckpointError, ConfigError, DataError
@@ -222,7 +221,7 @@ class MoDEPolicy(nn.Module):
             err, routings = self.denoiser.loss(x0, cond)  # (B, H)
         else:
             x0, dims = self.dataset_normalizers.normalize_action(actions, rows)  # (B, H, A), (B, A)
-            err, routings = self._padded_loss(x0, cond, dims)
+            err, routings = self.denoiser.loss(x0, cond, dims)
         if ACTION_IS_PAD_KEY in batch:
             keep = (~batch[ACTION_IS_PAD_KEY].bool()).float()
             diffusion_loss = (err * keep).sum() / keep.sum().clamp_min(1.0)
@@ -242,21 +241,6 @@ class MoDEPolicy(nn.Module):
             info["expert_usage"] = usage
         info["loss"] = loss.detach()
         return loss, info
-
-    def _padded_loss(self, x0: Tensor, cond: Tensor, dims: Tensor) -> tuple[Tensor, list]:
-        """:meth:`EDMDenoiser.loss` for rows padded to the policy's action width: the per-token
-        squared error (B, H) averaged over each row's own action dimensions ``dims`` (B, A) only,
-        so the padding of a narrower dataset never enters the loss."""
-        cfg, denoiser = self.config, self.denoiser
-        b = x0.shape[0]
-        sigma = sample_log_logistic_sigma(
-            b, cfg.train_sigma_loc, cfg.train_sigma_scale, cfg.sigma_min, cfg.sigma_max, x0.device
-        )  # (B,)
-        noisy = x0 + torch.randn_like(x0) * sigma.view(b, 1, 1)
-        out, routings = denoiser.raw(noisy, denoiser.noise_level(sigma), cond)
-        target = training_target(x0, noisy, sigma.view(b, 1, 1), denoiser.sigma_data)
-        keep = dims.to(torch.float32).unsqueeze(1)  # (B, 1, A)
-        return ((out.float() - target.float()).pow(2) * keep).sum(-1) / keep.sum(-1), routings
 
     # ------------------------------------------------------------- inference
     @torch.no_grad()

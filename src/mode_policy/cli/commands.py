@@ -17,7 +17,7 @@ class InfoOptions:
     """Parameter counts of a policy configuration."""
 
     preset: str = "cpu"
-    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain)."""
+    """Policy preset (tiny, cpu, cpu-image, paper, paper-pretrain, paper-official)."""
     policy: MoDEConfig | None = None
     """Policy config; default: the preset's (``--policy.FIELD=value`` changes one field)."""
     json: bool = False

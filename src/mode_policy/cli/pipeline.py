@@ -148,6 +148,8 @@ class EvalOptions:
     (false: start over)."""
     out: str | None = None
     """Result file (default: RUN_DIR/eval_info.json for a run directory, else ./eval_info.json)."""
+    dataset_name: str = ""
+    """A policy trained on a mixture: the dataset whose normalisation and action width to use."""
 
     def __post_init__(self) -> None:
         for name in ("episodes", "batch_size", "workers"):
@@ -211,7 +213,10 @@ def _sharded_eval(opts: EvalOptions, env: str, policy: Any, model_dir: Path, log
         from ..evaluation.calvin import evaluate_calvin as evaluate
     else:
         from ..evaluation.libero import evaluate_libero as evaluate
-    loader = functools.partial(parallel.load_saved_policy, str(model_dir), _rank_device(opts.device), opts.steps)
+    from ..dataset_view import load_dataset_policy
+
+    loader = functools.partial(load_dataset_policy, str(model_dir), _rank_device(opts.device), opts.steps,
+                               opts.dataset_name)
 
     def waiting(missing: int) -> None:
         print(f"rank 0: waiting for the other ranks ({missing} units to go, log {log.folder})", flush=True)
@@ -243,6 +248,9 @@ def run_eval(opts: EvalOptions) -> int:
     policy = MoDEPolicy.from_pretrained(model_dir, map_location=device)
     if opts.steps:
         policy.config.num_inference_steps = opts.steps
+    from ..dataset_view import for_dataset
+
+    policy = for_dataset(policy, opts.dataset_name)
     headline = ""
     if opts.env == "libero":
         from ..evaluation.parallel import libero_groups
@@ -276,7 +284,8 @@ def run_eval(opts: EvalOptions) -> int:
 
         tasks = opts.tasks
         if tasks is None and run is not None:
-            tasks = _dataset_metaworld_tasks(TrainConfig.from_run_dict(run.read_config(), str(run.config)).dataset)
+            dataset = TrainConfig.from_run_dict(run.read_config(), str(run.config)).dataset
+            tasks = _dataset_metaworld_tasks(dataset) if dataset else None  # a mixture run: say --tasks
         if not tasks:
             raise ConfigError("say which tasks to evaluate with --tasks (e.g. mt10)")
         result = evaluate_metaworld(policy, tasks, opts.episodes, seed=opts.seed, batch_size=opts.batch_size,
