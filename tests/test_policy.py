@@ -122,7 +122,7 @@ def test_observation_history_is_stacked():
     seen = []
     original = policy.predict_action_chunk
     policy.predict_action_chunk = lambda batch, noise=None: (seen.append(batch), original(batch))[1]
-    first, second = obs_batch(1), obs_batch(1)
+    first = obs_batch(1)
     policy.select_action(first)
     assert seen[0]["observation.state"].shape == (1, 2, 5)
     assert torch.equal(seen[0]["observation.state"][:, 0], first["observation.state"])
