@@ -14,7 +14,8 @@ from mode_policy.demos import generate_demos
 from mode_policy.errors import ConfigError, DataNotFoundError
 from mode_policy.study import finished_results, load_study, run_study
 from mode_policy.study.report import render_markdown, summarize
-from mode_policy.study.runner import RESULT_NAME, CellResult, cell_dir
+from mode_policy.fileio import file_lock
+from mode_policy.study.runner import RESULT_NAME, STUDY_LOCK, CellResult, cell_dir
 from mode_policy.study.spec import Cell, transformer_active_params
 from mode_policy.study.stats import (
     difference_interval,
@@ -95,6 +96,16 @@ def test_study_runs_keeps_finished_cells_and_redoes_a_half_one(dataset, tmp_path
     cosmetic = study_dict(dataset)
     cosmetic["train"]["log_every"] = 1
     assert len(finished_results(load_study(write(tmp_path, cosmetic, "cosmetic.yaml")), out)) == 2
+
+    # A second runner on the same --out (the lock file held, as by a study still running) is
+    # refused before it touches anything: the other's half-finished cell is not taken for a killed one
+    (half / RESULT_NAME).unlink()
+    with file_lock(out / STUDY_LOCK):
+        with pytest.raises(ConfigError, match="another `mode-policy study` is using"):
+            run_study(study, out, progress=False, log=lines.append)
+    assert (half / "run" / "model").is_dir()
+    run_study(study, out, progress=False, log=lines.append)  # the lock released: it goes on
+    assert (half / RESULT_NAME).is_file()
 
     # The command line: --report_only rewrites the report from the finished cells
     (out / "report.md").unlink()

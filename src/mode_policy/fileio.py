@@ -1,8 +1,9 @@
-"""Atomic file writing: nothing a user saved is ever half-written."""
+"""Atomic file writing (nothing a user saved is ever half-written) and single-writer locks."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -150,3 +151,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             raise DataError(f"{path}, line {i + 1}: not valid JSON ({err})") from None
     return records
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, wait: bool = True, holder: str = "another process") -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` for the block; the kernel releases it when the process
+    dies, so a kill leaves no stale lock. ``wait=False``: raise ConfigError naming ``holder`` and
+    the lock file at once if another process holds it, instead of waiting."""
+    from .errors import ConfigError
+
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise ConfigError(f"{holder} is using {Path(path).parent} (it holds the lock {path}); "
+                              "wait for it to finish or stop it first") from None
+        yield

@@ -19,9 +19,7 @@ where the cache folder cannot be written).
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -29,7 +27,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError, ModePolicyError
-from ..fileio import atomic_write_json, check_writable, replacing
+from ..fileio import atomic_write_json, check_writable, file_lock, replacing
 from ..images import resize_images
 from .reader import DatasetReader
 
@@ -173,14 +171,6 @@ def cache_problem(entry: CacheEntry) -> tuple[str, str] | None:
     return None
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an flock on ``path`` (released when the process dies, so a kill leaves no stale lock)."""
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        yield
-
-
 def cached_camera(
     ds: DatasetReader, key: str, size: tuple[int, int] | None, cache_dir: str | Path,
     advance: Callable[[int], None] = lambda n: None,
@@ -201,7 +191,7 @@ def cached_camera(
             raise DataError(f"{problem[1]}, and it cannot be rebuilt: {reason}") from None
         raise ConfigError(f"cannot cache camera {key!r} of {ds.root} in frame cache folder {Path(cache_dir)}: "
                           f"{reason}; choose another frame_cache_dir") from None
-    with _exclusive(entry.lock):
+    with file_lock(entry.lock):
         problem = cache_problem(entry)  # another process may have built it while we waited
         if problem is None:
             return entry

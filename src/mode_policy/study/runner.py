@@ -7,6 +7,7 @@
     OUT/cells/<variant>/seed<k>/eval_info.json
     OUT/cells/<variant>/seed<k>/result.json   written last, atomically: the cell is finished
     OUT/report.md, OUT/study.png        rewritten after every cell
+    OUT/.study.lock                     held while a study runs: a second runner on OUT is refused
 
 A cell folder without ``result.json`` is a cell killed half-way: it is removed and run again. A
 finished cell whose recorded spec differs from the study's (the file was edited) is an error,
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, file_lock
 from .spec import Cell, Study
 
 RESULT_NAME = "result.json"
 STUDY_RECORD = "study.json"
+STUDY_LOCK = ".study.lock"
 
 
 @dataclass(frozen=True)
@@ -87,12 +89,19 @@ def finished_results(study: Study, out: Path) -> dict[str, CellResult]:
 
 def run_study(study: Study, out: str | Path, progress: bool = True,
               log: Callable[[str], None] = print) -> dict[str, CellResult]:
-    """Train and evaluate every unfinished cell, in order; the report is rewritten after each one."""
+    """Train and evaluate every unfinished cell, in order; the report is rewritten after each one.
+    ConfigError if another process is running a study on ``out`` (its half-finished cell would be
+    taken for a killed one and removed)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with file_lock(out / STUDY_LOCK, wait=False, holder="another `mode-policy study`"):
+        return _run_cells(study, out, progress, log)
+
+
+def _run_cells(study: Study, out: Path, progress: bool, log: Callable[[str], None]) -> dict[str, CellResult]:
     from .report import write_study_report
 
-    out = Path(out)
     done = finished_results(study, out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / STUDY_RECORD, study_record(study))
     cells = study.cells()
     skipped = set(done)
