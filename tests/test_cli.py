@@ -11,7 +11,7 @@ import pytest
 from mode_policy.cli import main as cli
 from mode_policy.cli.main import _commands
 from mode_policy.cli.parsing import parse_command
-from mode_policy.cli.pipeline import TrainOptions
+from mode_policy.cli.pipeline import QUICKSTART_TRAIN_DEFAULTS, TrainOptions
 from mode_policy.config import MoDEConfig, TrainConfig, get_preset
 from mode_policy.errors import ConfigError
 from mode_policy.run_dir import RunDir
@@ -169,6 +169,8 @@ def test_quickstart_leaves_data_run_eval_and_report(quickstart):
     assert list(result.per_task) == ["reach-v3"] and result.overall.episodes == 1
     saved = TrainConfig.from_run_dict(run.read_config())
     assert saved.steps == 4 and saved.policy.goal_dim == 8 and saved.policy.goal_encoder["type"] == "task"
+    # the quickstart's own recipe fills what the command line left (steps and batch were given)
+    assert (saved.lr, saved.warmup_steps) == (QUICKSTART_TRAIN_DEFAULTS["lr"], QUICKSTART_TRAIN_DEFAULTS["warmup_steps"])
 
 
 def test_inspect_eval_report_on_the_quickstart_output(quickstart, capsys, tmp_path):
