@@ -70,14 +70,16 @@ def build_model(folder: Path, tasks: list[str]) -> Path:
     return policy.save_pretrained(folder)
 
 
-def start_server(model: Path, threads: int, window_ms: float) -> tuple[subprocess.Popen, int]:
+def start_server(model: Path, threads: int, window_ms: float, backend: str) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, str(model), "--port", "0", "--threads", str(threads),
-         "--batch_window_ms", str(window_ms)],
+         "--batch_window_ms", str(window_ms), "--backend", backend],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     line = proc.stdout.readline()
+    while line.startswith("exporting"):  # --backend onnx exports the batch-1 sampler first
+        line = proc.stdout.readline()
     if "serving" not in line:
         raise RuntimeError(f"server did not start: {line}{proc.stderr.read()}")
     return proc, int(line.split("ws://127.0.0.1:")[1].split()[0])
@@ -150,12 +152,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--batch-window-ms", type=float, default=2.0)
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                        help="the server's --backend (onnx: one-row forwards on ONNX Runtime)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tasks = resolve_tasks("mt10")
     with tempfile.TemporaryDirectory(prefix="mode-policy-load-") as tmp:
         model = build_model(Path(tmp) / "model", tasks)
-        proc, port = start_server(model, args.threads, args.batch_window_ms)
+        proc, port = start_server(model, args.threads, args.batch_window_ms, args.backend)
         try:
             with PolicyClient(port=port, timeout=60) as warm:  # first forward builds the expert cache
                 warm.predict({"observation.state": np.zeros((1, 39), np.float32), "task": tasks[0]})
@@ -184,6 +188,7 @@ def main() -> int:
     failures = [f for r in load for f in r["failures"]]
     summary = {
         "clients": args.clients, "requests_per_client": args.requests, "server_torch_threads": args.threads,
+        "backend": args.backend,
         "batch_window_ms": args.batch_window_ms,
         "requests": len(rtt) + len(failures), "failed": len(failures), "failures": failures[:5],
         "round_trip_ms": {"p50": percentile(rtt, 50), "p99": percentile(rtt, 99), "max": max(rtt, default=0.0)},
@@ -197,7 +202,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['clients']} clients x {summary['requests_per_client']} requests: "
+        print(f"{summary['clients']} clients x {summary['requests_per_client']} requests (backend {args.backend}): "
               f"{summary['requests']} requests, {summary['failed']} failed, {summary['seconds']:.1f} s")
         print(f"round trip p50 {summary['round_trip_ms']['p50']:.1f} ms, p99 {summary['round_trip_ms']['p99']:.1f} ms;"
               f" server p50 {summary['server_ms']['p50']:.1f} ms, p99 {summary['server_ms']['p99']:.1f} ms")

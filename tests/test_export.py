@@ -15,8 +15,9 @@ from mode_policy.bench import bench_latency, format_latency
 from mode_policy.cli.parsing import parse_command
 from mode_policy.cli.serve import COMMANDS
 from mode_policy.errors import ConfigError
-from mode_policy.export import (LEGACY_ONNX_OPSET, ONNX_OPSET, example_inputs, export_sampler, onnx_opset,
-                                onnx_runtime_available)
+from mode_policy.export import (LEGACY_ONNX_OPSET, ONNX_OPSET, CachedSampler, example_inputs, export_sampler,
+                                onnx_opset, onnx_runtime_available)
+from mode_policy.folded_sampler import FoldedSampler
 
 TASKS = ["open the drawer", "press the button"]
 PARITY = 1e-5
@@ -92,8 +93,12 @@ def test_the_opset_follows_what_the_installed_runtime_runs(monkeypatch):
     assert onnx_opset() == LEGACY_ONNX_OPSET
 
 
-def test_torch_export_program_matches_eager(tmp_path):
-    policy = make_policy()
+@pytest.mark.parametrize("overrides", [{}, {"routing": "dense"}, {"shared_expert": True}],
+                         ids=["folded", "dense-folded", "module-path"])
+def test_torch_export_program_matches_eager(tmp_path, overrides):
+    policy = make_policy(**overrides)
+    # the lean sampler's configurations export its folded form, the others the module path
+    assert (CachedSampler(policy).folded is None) == bool(overrides.get("shared_expert"))
     path = export_sampler(policy, tmp_path / "sampler.pt2", "torch_export", batch_size=1)
     program = torch.export.load(str(path)).module()
     inputs = example_inputs(policy, 1, seed=3)
@@ -101,11 +106,34 @@ def test_torch_export_program_matches_eager(tmp_path):
     assert np.abs(got - eager(policy, inputs)).max() <= PARITY
 
 
+@pytest.mark.parametrize("overrides", [
+    {}, {"noise_token": False}, {"noise_conditioning": "none"}, {"routing": "dense"}, {"top_k": 1},
+    {"top_k": 3, "num_experts": 4},  # combinations that are weight copies, not views
+])
+def test_folded_sampler_is_the_lean_sampler_up_to_rounding(overrides):
+    policy = make_policy(**overrides)
+    plan = policy.denoiser.sampling_plan()
+    folded = FoldedSampler(plan.lean)
+    cond = torch.randn(3, 2, policy.config.d_model)
+    x = torch.randn(3, policy.config.horizon, policy.config.action_dim) * policy.config.sigma_max
+    with torch.no_grad():
+        want = plan.lean.sample(cond, x, plan.sampler, plan.sigmas)
+        got = folded(cond, x, plan.sampler, plan.sigmas)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5) and want.abs().max() > 1e-2
+    # one concatenated MLP per layer and distinct expert combination, shared by the steps using it
+    pairs = {name for row in folded.mlp for name, _ in row}
+    layers = policy.denoiser.net.moe_layers()
+    with torch.no_grad():
+        combos = {(i, tuple(sorted(layer.router(level.noise_emb[None]).topk(layer.top_k).indices[0].tolist())))
+                  for level in plan.levels for i, layer in enumerate(layers)}
+    assert len(pairs) == (len(combos) if layers else policy.config.n_layers)
+
+
 def test_export_refuses_what_it_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="state-only"):
         export_sampler(make_policy(image_keys=["observation.images.top"]), tmp_path / "a.onnx")
-    with pytest.raises(ConfigError, match="routing=noise"):
-        export_sampler(make_policy(routing="dense"), tmp_path / "a.onnx")
+    with pytest.raises(ConfigError, match="token routing"):
+        export_sampler(make_policy(routing="token"), tmp_path / "a.onnx")
     with pytest.raises(ConfigError, match="format='tflite'"):
         export_sampler(make_policy(), tmp_path / "a.onnx", "tflite")
     with pytest.raises(ConfigError, match="--tasks needs a policy with a goal encoder"):
@@ -141,4 +169,6 @@ def test_bench_latency_times_the_onnx_sampler_beside_eager():
                            progress=False, onnx=True)
     assert result["latency_b1"]["onnx_cached"]["runs"] == 2 and "onnx_cached" not in result["latency_b64"]
     assert result["onnx_max_abs_diff"] <= PARITY and result["ratios"]["onnx_over_cached_b1"] > 0
+    assert result["ratios"]["onnx_cached_over_onnx_dense_active_b1"] > 0
+    assert result["bounds"]["b1"]["onnx_dense_active"]["bound_ms"] == result["bounds"]["b1"]["dense_active"]["bound_ms"]
     assert "onnx_cached" in format_latency(result)

@@ -15,8 +15,10 @@ preset's width and depth, with the same random weights where they share a struct
 * ``dense_active_modules`` the same, module by module
 * ``dense_total``          dense transformer with the same *total* parameters (MLP hidden = E * 4d), lean
 * ``mode_e{E}_cached``     MoDE with E experts (top-k fixed) for the scaling curve
-* ``onnx_cached``          ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`), run by ONNX
-  Runtime with the same thread count (batch 1; with ``onnx=True`` and onnxruntime installed)
+* ``onnx_cached``          ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`: the folded graph of
+  :mod:`mode_policy.folded_sampler`), run by ONNX Runtime with the same thread count (batch 1; with
+  ``onnx=True`` and onnxruntime installed)
+* ``onnx_dense_active``    ``dense_active`` exported and run the same way
 
 Bounds of a chunk: FLOPs / matmul throughput, and weight bytes / memory bandwidth, each
 throughput from its probe's median in the same rounds.
@@ -253,10 +255,12 @@ def bench_latency(
 
     chunks: dict[str, Any] = dict(variants)
     if onnx and onnx_runtime_available():
-        log("exporting the cached sampler to ONNX (batch 1)...")
+        log("exporting the cached sampler and the dense baseline to ONNX (batch 1)...")
         with tempfile.TemporaryDirectory(prefix="mode-policy-bench-") as tmp:  # the session keeps the graph
-            path = export_sampler(cached, f"{tmp}/sampler.onnx", "onnx", batch_size=1)
-            chunks["onnx_cached"] = OrtChunk(path, threads=torch.get_num_threads())
+            for name in ("cached", "dense_active"):
+                path = export_sampler(variants["mode_cached" if name == "cached" else name], f"{tmp}/{name}.onnx",
+                                      "onnx", batch_size=1)
+                chunks[f"onnx_{name}"] = OrtChunk(path, threads=torch.get_num_threads())
         noise = torch.randn(1, base.horizon, base.action_dim)
         onnx_diff = (chunks["onnx_cached"].predict_action_chunk(b1, noise)
                      - cached.predict_action_chunk(b1, noise)).abs().max().item()
@@ -284,10 +288,11 @@ def bench_latency(
         gflops, gbps = probe_throughputs(lat)
         throughput[size] = {"matmul_gflops": gflops, "memory_gbps": gbps}
         bounds[size] = latency_bounds(main, fl, weight_bytes, lat, gflops, gbps)
-    if "onnx_cached" in lat_b1:  # same graph, same FLOPs and weights as the eager cached chunk
-        bounds["b1"]["onnx_cached"] = latency_bounds(
-            {"onnx_cached": 0}, {"onnx_cached": flops["mode_cached"]}, {"onnx_cached": weight_bytes["mode_cached"]},
-            lat_b1, *probe_throughputs(lat_b1))["onnx_cached"]
+    if "onnx_cached" in lat_b1:  # the same function, FLOPs and weights as the eager chunk it was exported from
+        exported = {"onnx_cached": "mode_cached", "onnx_dense_active": "dense_active"}
+        bounds["b1"].update(latency_bounds(
+            exported, {k: flops[v] for k, v in exported.items()}, {k: weight_bytes[v] for k, v in exported.items()},
+            lat_b1, *probe_throughputs(lat_b1)))
 
     result: dict[str, Any] = {
         "preset": preset,
@@ -330,6 +335,7 @@ def bench_latency(
         result["onnx_max_abs_diff"] = onnx_diff
         result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
         result["ratios"]["onnx_over_bound_b1"] = bounds["b1"]["onnx_cached"]["measured_over_bound"]
+        result["ratios"]["onnx_cached_over_onnx_dense_active_b1"] = ratio(lat_b1, "onnx_cached", "onnx_dense_active")
     if profile:
         log("profiling the cached path...")
         result["profile"] = {

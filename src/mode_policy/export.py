@@ -5,7 +5,10 @@ step count: state normalisation, the condition encoders, every sampling step
 with that step's fused experts (the expert cache, see
 :mod:`mode_policy.nn.expert_cache`) and the un-normalisation of the actions.
 The sampler's loop is unrolled at export time (the plan's step constants are
-host floats), so the graph has no control flow.
+host floats), so the graph has no control flow. Where the lean sampler runs the
+plan, the network is its folded form (:mod:`mode_policy.folded_sampler`: each
+step's experts as one SwiGLU with constant 2-D weights, which ONNX Runtime
+pre-packs); other configurations export the module path.
 
 Inputs (all float32): ``observation.state`` (B, n_obs, S) in the robot's units
 (when the policy has a state), ``goal`` (B, goal_dim) and ``noise`` (B, H, A),
@@ -31,6 +34,7 @@ from .constants import ACTION_KEY, GOAL_KEY, STATE_KEY
 from .edm import NoiseLevel
 from .errors import ConfigError
 from .fileio import atomic_write, atomic_write_json
+from .folded_sampler import FoldedSampler
 from .nn.moe import FusedExperts, MoELayer
 from .policy import MoDEPolicy
 
@@ -52,8 +56,9 @@ class CachedSampler(nn.Module):
         cfg = policy.config
         if cfg.image_keys:
             raise ConfigError(f"export supports state-only policies; this one has cameras {list(cfg.image_keys)}")
-        if cfg.routing != "noise":
-            raise ConfigError(f"export runs the expert cache, which needs routing=noise (not {cfg.routing!r})")
+        if cfg.routing == "token":
+            raise ConfigError("export runs the expert cache, which token routing has not (its experts depend on "
+                              "the data): use routing=noise (MoDE) or dense")
         if cfg.architecture != "mode":
             raise ConfigError(f"export runs the expert cache, which architecture={cfg.architecture!r} has not")
         if policy.dataset_names:
@@ -67,12 +72,14 @@ class CachedSampler(nn.Module):
         self.sigmas = self.plan.sigmas.numpy()
         self.has_state = cfg.state_dim > 0
         self.train(False)
+        # Where the lean sampler runs this plan, the graph is its folded form (fewer operations,
+        # constant 2-D weights); otherwise the module path, with per step phi and each layer's
+        # (bank slice, fused experts, mixing weights), cloned so every constant owns its storage.
+        self.folded = FoldedSampler(self.plan.lean) if self.plan.lean is not None else None
         layers = policy.denoiser.net.moe_layers()
-        # Per step: phi and each layer's (bank slice, fused experts, mixing weights), the
-        # tensors cloned so that every constant of the artefact owns its storage.
-        self.steps = [
+        self.steps = [] if self.folded is not None else [
             (level.noise_emb.clone(),
-             [(_bank_slice(f, layer), f, f.mix.clone()) for f, layer in zip(level.fused, layers)])
+             [(_bank_slice(f, layer), f, f.mix.clone()) for f, layer in zip(level.fused or (), layers)])
             for level in self.plan.levels
         ]
 
@@ -84,7 +91,7 @@ class CachedSampler(nn.Module):
         for (sl, f, mix), layer in zip(per_layer, self.policy.denoiser.net.moe_layers()):
             bank = layer.experts
             fused.append(FusedExperts(f.w13, f.w2, mix) if sl is None else FusedExperts(bank.w13[sl], bank.w2[sl], mix))
-        return dataclasses.replace(self.plan.levels[j], noise_emb=noise_emb, fused=fused)
+        return dataclasses.replace(self.plan.levels[j], noise_emb=noise_emb, fused=fused or None)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """inputs: [state (B, n_obs, S),] goal (B, goal_dim), noise (B, H, A) -> actions (B, H, A)."""
@@ -98,7 +105,10 @@ class CachedSampler(nn.Module):
         policy = self.policy
         cond = policy.encode_condition(batch)  # (B, n, d)
         x = noise * policy.config.sigma_max
-        x = self.plan.sampler.run(lambda x, j: policy.denoiser(x, self._level(j), cond)[0], x, self.sigmas)
+        if self.folded is not None:
+            x = self.folded(cond, x, self.plan.sampler, self.sigmas)
+        else:
+            x = self.plan.sampler.run(lambda x, j: policy.denoiser(x, self._level(j), cond)[0], x, self.sigmas)
         return policy.normalizer.unnormalize_action(x.clamp(-1.0, 1.0))
 
 

@@ -16,10 +16,11 @@ import torch
 from websockets.sync.client import connect
 
 from mode_policy.errors import DataError
-from mode_policy.serving import PolicyClient
+from mode_policy.export import onnx_runtime_available
+from mode_policy.serving import PolicyClient, PolicyServer
 from mode_policy.serving.protocol import pack, unpack
 
-from served import ACTION_MAX, ACTION_MIN, TASKS, make_policy
+from served import ACTION_MAX, ACTION_MIN, TASKS, RunningServer, make_policy
 
 
 def obs(rows: int = 1, seed: int = 0) -> dict:
@@ -150,3 +151,32 @@ def test_sigterm_shuts_down_gracefully(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
+def test_onnx_backend_serves_one_row_forwards_with_the_exported_sampler(policy, monkeypatch):
+    from mode_policy.cli.serve import _onnx_single_row
+
+    single_row = _onnx_single_row(policy, threads=1)
+    calls = []
+    run = single_row.predict_action_chunk
+    monkeypatch.setattr(single_row, "predict_action_chunk", lambda *a: calls.append(1) or run(*a))
+    running = RunningServer(PolicyServer(policy, host="127.0.0.1", port=0, single_row=single_row))
+    try:
+        with PolicyClient(port=running.port) as client:
+            assert client.metadata["backend"].startswith("onnx")
+            torch.manual_seed(7)
+            one = client.predict(obs(1, seed=3))
+            two = client.predict(obs(2, seed=3))  # two rows: the policy itself
+            bad = obs(1)
+            bad["observation.state"][0, 5] = np.nan
+            with pytest.raises(DataError, match="NaN"):
+                client.predict(bad)
+        assert calls == [1]  # only the one-row forward went to ONNX Runtime
+        torch.manual_seed(7)
+        batch = obs(1, seed=3)
+        want = policy.predict_action_chunk({**batch, "observation.state": torch.from_numpy(batch["observation.state"])})
+        np.testing.assert_allclose(one.actions, want.numpy(), atol=1e-5)
+        assert two.actions.shape == (2, 4, 4)
+    finally:
+        running.stop()

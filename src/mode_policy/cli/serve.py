@@ -37,17 +37,23 @@ class ServeOptions:
     """Device of the policy: 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int = 0
     """Torch threads for the forward (0: the cores other processes leave free, or OMP_NUM_THREADS when set)."""
+    backend: str = "torch"
+    """'torch', or 'onnx': one-row forwards run the cached sampler exported for batch 1 on ONNX Runtime
+    (the fastest CPU path; needs the onnx extra, a state-only policy and device cpu; exported at start)."""
 
 
 def run_serve(opts: ServeOptions) -> int:
     from ..serving import PolicyServer, run_server
     from ..threads import apply_threads
 
-    apply_threads(opts.threads)
+    threads = apply_threads(opts.threads)
     if opts.max_batch < 1 or opts.batch_window_ms < 0:
         raise ConfigError(f"max_batch={opts.max_batch} must be >= 1 and batch_window_ms={opts.batch_window_ms} >= 0")
-    server = PolicyServer(_load_policy(opts.path, opts.device), opts.host, opts.port, opts.batch_window_ms,
-                          opts.max_batch)
+    if opts.backend not in ("torch", "onnx"):
+        raise ConfigError(f"backend={opts.backend!r}: expected 'torch' or 'onnx'")
+    policy = _load_policy(opts.path, opts.device)
+    single_row = _onnx_single_row(policy, threads) if opts.backend == "onnx" else None
+    server = PolicyServer(policy, opts.host, opts.port, opts.batch_window_ms, opts.max_batch, single_row=single_row)
 
     def ready(port: int) -> None:
         print(f"serving {opts.path} on ws://{opts.host}:{port} (health: http://{opts.host}:{port}/healthz)",
@@ -56,6 +62,21 @@ def run_serve(opts: ServeOptions) -> int:
     run_server(server, ready)
     print(f"stopped after {server.counts['requests']} requests ({server.counts['errors']} errors)", flush=True)
     return 0
+
+
+def _onnx_single_row(policy, threads: int):
+    """The policy's cached sampler exported for batch 1 (to a temporary file) in an ONNX Runtime session."""
+    import tempfile
+
+    from ..export import OrtChunk, export_sampler, onnx_runtime_available
+
+    if not onnx_runtime_available():
+        raise ConfigError("backend=onnx needs onnxruntime, onnx and onnxscript: pip install -e '.[onnx]'")
+    if next(policy.parameters()).device.type != "cpu":
+        raise ConfigError("backend=onnx runs on the CPU: use --device cpu")
+    print("exporting the cached sampler for batch 1 to ONNX...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mode-policy-serve-") as tmp:  # the session keeps the graph
+        return OrtChunk(export_sampler(policy, Path(tmp) / "sampler_b1.onnx", "onnx", batch_size=1), threads=threads)
 
 
 # -------------------------------------------------------------------- export

@@ -22,7 +22,11 @@ Behaviour:
   the client side, so a robot pays a round trip once per chunk;
 * ``GET /healthz`` (plain HTTP) and a ``health`` message report the counters;
 * SIGINT / SIGTERM stop accepting, answer the requests in flight, close the
-  connections (code 1001) and return.
+  connections (code 1001) and return;
+* with ``single_row`` (``mode-policy serve --backend onnx``: the policy's cached sampler
+  exported for batch 1 and run by ONNX Runtime, :class:`~mode_policy.export.OrtChunk`), a
+  forward of one row runs there, the robot's usual case and the fastest CPU path; larger
+  forwards run on the policy.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from ..constants import TASK_KEY
+from ..constants import GOAL_KEY, TASK_KEY
 from ..errors import ModePolicyError
+from ..export import OrtChunk
 from ..policy import MoDEPolicy
 from .batcher import MicroBatcher
 from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, error_reply, pack, unpack
@@ -57,9 +62,10 @@ class PolicyServer:
 
     def __init__(
         self, policy: MoDEPolicy, host: str = "127.0.0.1", port: int = 8000, batch_window_ms: float = 2.0,
-        max_batch: int = 64, drain_timeout_s: float = 10.0,
+        max_batch: int = 64, drain_timeout_s: float = 10.0, single_row: OrtChunk | None = None,
     ) -> None:
         self.policy = policy.eval()
+        self.single_row = single_row
         self.host, self.port = host, port
         self.drain_timeout_s = drain_timeout_s
         self.device = next(policy.parameters()).device
@@ -87,7 +93,11 @@ class PolicyServer:
             "actions": [cfg.horizon, cfg.action_dim],
         }
         return {"type": "metadata", "protocol": PROTOCOL_VERSION, "policy": cfg.to_dict(), "features": features,
-                "max_batch": self.max_rows}
+                "max_batch": self.max_rows, "backend": self.backend}
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.single_row is None else "onnx (one-row forwards), torch (larger)"
 
     def health(self) -> dict[str, Any]:
         return {"type": "health", "ok": not self.closing, "uptime_s": time.time() - self.started,
@@ -104,6 +114,13 @@ class PolicyServer:
         }
         if group[0].tasks is not None:
             batch[TASK_KEY] = [t for o in group for t in o.tasks]
+        rows = sum(o.rows for o in group)
+        if self.single_row is not None and rows == 1:
+            cfg = self.policy.config
+            noise = torch.randn(1, cfg.horizon, cfg.action_dim)  # as predict_action_chunk draws it
+            inputs = {key: value for key, value in batch.items() if key != TASK_KEY}
+            inputs[GOAL_KEY] = self.policy._goal(batch)  # (1, goal_dim): the graph takes goal vectors
+            return self.single_row.predict_action_chunk(inputs, noise).numpy()
         return self.policy.predict_action_chunk(batch).float().cpu().numpy()
 
     # --------------------------------------------------------- messages
