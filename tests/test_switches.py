@@ -48,6 +48,7 @@ def test_noise_token_off_drops_one_token_and_its_position():
     diff = {k: (shapes(base)[k], s) for k, s in shapes(off).items() if shapes(base)[k] != s}
     assert set(shapes(base)) == set(shapes(off))
     n = base.config.n_tokens
+    assert off.config.n_tokens == n - 1
     assert diff == {"denoiser.net.pos_emb": ((1, n, D), (1, n - 1, D))}
     assert count(base)[0] - count(off)[0] == D
 
@@ -118,8 +119,7 @@ def test_noise_conditioned_attention_adds_phi_to_every_token():
 def test_without_noise_conditioning_attention_sees_phi_only_as_a_token(noise_token):
     policy = make_policy(noise_conditioning="none", noise_token=noise_token).eval()
     low, high = attention_inputs(policy, 0.01), attention_inputs(policy, 10.0)
-    n = policy.config.n_tokens
-    assert low[0].shape[1] == (n if noise_token else n - 1)
+    assert low[0].shape[1] == policy.config.n_tokens  # counts the noise token only when there is one
     first = 1 if noise_token else 0
     # block 0: goal, observation and action tokens are the same at both noise levels (the action
     # tokens only through c_in, so compare goal and observation tokens) ...

@@ -187,8 +187,8 @@ class MoDEConfig:
 
     @property
     def n_tokens(self) -> int:
-        """Sequence length: noise + goal + observation tokens + action tokens."""
-        return 2 + self.n_obs_steps * self.n_obs_tokens_per_step + self.horizon
+        """Sequence length: [noise +] goal + observation tokens + action tokens."""
+        return (2 if self.noise_token else 1) + self.n_obs_steps * self.n_obs_tokens_per_step + self.horizon
 
     # --- (de)serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -81,8 +81,7 @@ class MoDETransformer(nn.Module):
         self.cfg = cfg
         self.sigma_embed = nn.Linear(1, d)
         self.action_in = nn.Linear(cfg.action_dim, d)
-        n_tokens = cfg.n_tokens if cfg.noise_token else cfg.n_tokens - 1
-        self.pos_emb = nn.Parameter(torch.zeros(1, n_tokens, d))
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.n_tokens, d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm_out = RMSNorm(d)
         self.action_out = nn.Linear(d, cfg.action_dim)
