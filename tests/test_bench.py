@@ -2,7 +2,7 @@
 
 import pytest
 
-from mode_policy.bench import bench_latency, format_latency
+from mode_policy.bench import bench_latency, format_latency, paired_ratio
 from mode_policy.errors import ConfigError
 
 VARIANTS = {"mode_cached", "mode_cached_modules", "mode_uncached", "dense_active", "dense_active_modules",
@@ -29,6 +29,18 @@ def test_one_round_of_latency_bench():
     assert abs(t["mode_cached"]["total"] / t["dense_total"]["total"] - 1) < 0.1
     assert 0 < result["cache_bytes"] < result["expert_weight_bytes"]  # top-2: views, only mixing weights copied
     assert "exact_max_abs_diff" in format_latency(result)
+    paired = result["paired"]["cached_over_dense_active_b64"]
+    assert paired["rounds"] == 2 and paired["ci95"][0] <= paired["median"] <= paired["ci95"][1]
+    assert "cached_over_dense_active_b1" in format_latency(result)
+
+
+def test_paired_ratio_pairs_rounds_not_medians():
+    # b is 2x a in every round while both drift 10x across rounds: the paired ratio is exactly 0.5
+    timings = {"a": {"samples_ms": [1.0, 10.0, 2.0, 5.0]}, "b": {"samples_ms": [2.0, 20.0, 4.0, 10.0]}}
+    assert paired_ratio(timings, "a", "b") == {"median": 0.5, "ci95": [0.5, 0.5], "rounds": 4}
+    timings["b"]["samples_ms"] = [1.0, 1.0, 1.0, 1.0]  # the reverse pairing spreads the interval
+    wide = paired_ratio(timings, "a", "b")
+    assert wide["ci95"][0] < wide["median"] < wide["ci95"][1] and wide["median"] == 3.5
 
 
 def test_bench_needs_noise_routing():

@@ -74,8 +74,20 @@ def time_side_by_side(fns: dict[str, Callable[[], Any]], rounds: int, warmup: in
     out = {}
     for name, values in times.items():
         q = statistics.quantiles(values, n=4)
-        out[name] = {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "runs": len(values)}
+        out[name] = {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "runs": len(values),
+                     "samples_ms": values}  # in round order: round i of every callable ran together
     return out
+
+
+def paired_ratio(timings: dict[str, dict[str, Any]], a: str, b: str, resamples: int = 2000,
+                 seed: int = 0) -> dict[str, Any]:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round, with a 95 % bootstrap
+    interval: tighter than a ratio of medians, since a round's machine noise hits both."""
+    ratios = [x / y for x, y in zip(timings[a]["samples_ms"], timings[b]["samples_ms"])]
+    rng = random.Random(seed)
+    boots = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return {"median": statistics.median(ratios), "ci95": [boots[int(0.025 * resamples)],
+                                                          boots[int(0.975 * resamples) - 1]], "rounds": len(ratios)}
 
 
 def machine_probes(repeats: int = 1, n: int = MATMUL_N, megabytes: int = COPY_MB) -> dict[str, Callable[[], Any]]:
@@ -336,6 +348,14 @@ def bench_latency(
         result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
         result["ratios"]["onnx_over_bound_b1"] = bounds["b1"]["onnx_cached"]["measured_over_bound"]
         result["ratios"]["onnx_cached_over_onnx_dense_active_b1"] = ratio(lat_b1, "onnx_cached", "onnx_dense_active")
+    result["paired"] = {
+        "cached_over_dense_active_b1": paired_ratio(lat_b1, "mode_cached", "dense_active"),
+        "cached_over_dense_active_b64": paired_ratio(lat_b64, "mode_cached", "dense_active"),
+        "cached_over_uncached_b1": paired_ratio(lat_b1, "mode_cached", "mode_uncached"),
+    }
+    if "onnx_cached" in lat_b1:
+        result["paired"]["onnx_cached_over_onnx_dense_active_b1"] = paired_ratio(lat_b1, "onnx_cached",
+                                                                                 "onnx_dense_active")
     if profile:
         log("profiling the cached path...")
         result["profile"] = {
@@ -371,6 +391,10 @@ def format_latency(result: dict[str, Any]) -> str:
     lines.append("")
     for key, value in result["ratios"].items():
         lines.append(f"{key:<38} {value:8.3f}")
+    lines.append("paired (median of per-round ratios, 95 % bootstrap interval):")
+    for key, value in result.get("paired", {}).items():
+        lo, hi = value["ci95"]
+        lines.append(f"  {key:<36} {value['median']:8.3f} [{lo:.3f}, {hi:.3f}] over {value['rounds']} rounds")
     lines.append(f"{'exact_max_abs_diff (cached vs routed)':<38} {result['exact_max_abs_diff']:8.1e}")
     lines.append(f"{'lean_bitwise_equal (vs module path)':<38} {result['lean_bitwise_equal']!s:>8}")
     if "onnx_max_abs_diff" in result:
