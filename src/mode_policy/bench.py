@@ -42,6 +42,8 @@ from .errors import ConfigError
 from .export import OrtChunk, export_sampler, onnx_runtime_available
 from .policy import MoDEPolicy
 
+EXPORTED = {"onnx_cached": "mode_cached", "onnx_dense_active": "dense_active"}
+"""The ONNX variants and the eager variant each is exported from."""
 MATMUL_N = 1024
 COPY_MB = 64  # twice this crosses the memory bus per copy; above a 32 MB L3
 
@@ -269,10 +271,9 @@ def bench_latency(
     if onnx and onnx_runtime_available():
         log("exporting the cached sampler and the dense baseline to ONNX (batch 1)...")
         with tempfile.TemporaryDirectory(prefix="mode-policy-bench-") as tmp:  # the session keeps the graph
-            for name in ("cached", "dense_active"):
-                path = export_sampler(variants["mode_cached" if name == "cached" else name], f"{tmp}/{name}.onnx",
-                                      "onnx", batch_size=1)
-                chunks[f"onnx_{name}"] = OrtChunk(path, threads=torch.get_num_threads())
+            for name, source in EXPORTED.items():
+                path = export_sampler(variants[source], f"{tmp}/{name}.onnx", "onnx", batch_size=1)
+                chunks[name] = OrtChunk(path, threads=torch.get_num_threads())
         noise = torch.randn(1, base.horizon, base.action_dim)
         onnx_diff = (chunks["onnx_cached"].predict_action_chunk(b1, noise)
                      - cached.predict_action_chunk(b1, noise)).abs().max().item()
@@ -301,9 +302,8 @@ def bench_latency(
         throughput[size] = {"matmul_gflops": gflops, "memory_gbps": gbps}
         bounds[size] = latency_bounds(main, fl, weight_bytes, lat, gflops, gbps)
     if "onnx_cached" in lat_b1:  # the same function, FLOPs and weights as the eager chunk it was exported from
-        exported = {"onnx_cached": "mode_cached", "onnx_dense_active": "dense_active"}
         bounds["b1"].update(latency_bounds(
-            exported, {k: flops[v] for k, v in exported.items()}, {k: weight_bytes[v] for k, v in exported.items()},
+            EXPORTED, {k: flops[v] for k, v in EXPORTED.items()}, {k: weight_bytes[v] for k, v in EXPORTED.items()},
             lat_b1, *probe_throughputs(lat_b1)))
 
     result: dict[str, Any] = {

@@ -131,7 +131,8 @@ class MoDEPolicy(nn.Module):
             raise DataError(f"{DATASET_KEY} must be a dataset name or a list of {size} names (one per batch row)")
         return self.dataset_normalizers.rows(name)
 
-    def _goal(self, batch: Mapping[str, Any]) -> Tensor:
+    def goal_vector(self, batch: Mapping[str, Any]) -> Tensor:
+        """The goal (B, goal_dim) of ``batch``: its ``goal`` vectors, or its ``task`` strings encoded."""
         if GOAL_KEY in batch:
             goal = batch[GOAL_KEY]
         elif TASK_KEY in batch and self.goal_encoder is not None:
@@ -147,7 +148,7 @@ class MoDEPolicy(nn.Module):
     def encode_condition(self, batch: Mapping[str, Any]) -> Tensor:
         """Goal and observation tokens: (B, 1 + n_obs * tokens_per_step, d);
         per observation step the state token comes first, then one token per camera."""
-        goal = self._goal(batch)
+        goal = self.goal_vector(batch)
         film_goal = goal  # what the cameras' FiLM layers see
         if self.training and self.config.goal_dropout > 0:
             if self.config.architecture == "official":  # zeroed without rescale, on the goal token only

@@ -119,7 +119,7 @@ class PolicyServer:
             cfg = self.policy.config
             noise = torch.randn(1, cfg.horizon, cfg.action_dim)  # as predict_action_chunk draws it
             inputs = {key: value for key, value in batch.items() if key != TASK_KEY}
-            inputs[GOAL_KEY] = self.policy._goal(batch)  # (1, goal_dim): the graph takes goal vectors
+            inputs[GOAL_KEY] = self.policy.goal_vector(batch)  # (1, goal_dim): the graph takes goal vectors
             return self.single_row.predict_action_chunk(inputs, noise).numpy()
         return self.policy.predict_action_chunk(batch).float().cpu().numpy()
 
