@@ -2,7 +2,9 @@
 
 import pytest
 
-from mode_policy.bench import bench_latency, format_latency, paired_ratio
+import time
+
+from mode_policy.bench import bench_latency, format_latency, paired_ratio, time_side_by_side
 from mode_policy.errors import ConfigError
 
 VARIANTS = {"mode_cached", "mode_cached_modules", "mode_uncached", "dense_active", "dense_active_modules",
@@ -32,6 +34,34 @@ def test_one_round_of_latency_bench():
     paired = result["paired"]["cached_over_dense_active_b64"]
     assert paired["rounds"] == 2 and paired["ci95"][0] <= paired["median"] <= paired["ci95"][1]
     assert "cached_over_dense_active_b1" in format_latency(result)
+    # batch 1 by default: 3 calls a round, the first also kept as the cold time, paired too
+    assert result["repeat_b1"] == 3 and all("cold_median_ms" in t for t in result["latency_b1"].values())
+    assert "cold_median_ms" not in result["latency_b64"]["mode_cached"]
+    assert result["paired"]["cached_over_dense_active_b1_cold"]["rounds"] == 2
+
+
+def _burn(ms: float) -> None:
+    start = time.thread_time()
+    while time.thread_time() - start < ms / 1e3:
+        pass
+
+
+def test_repeated_calls_split_cold_from_warm():
+    # "a" is slow (6 ms) on a call right after another callable ran, fast (1 ms) on a repeat
+    last = []
+
+    def a():
+        _burn(6 if last[-1:] != ["a"] else 1)
+        last.append("a")
+
+    fns = {"a": a, "b": lambda: last.append("b")}
+    three = time_side_by_side(fns, rounds=4, warmup=0, repeat=3)["a"]
+    assert three["median_ms"] < 3 < 5 < three["cold_median_ms"]
+    assert len(three["samples_ms"]) == len(three["cold_samples_ms"]) == three["runs"] == 4
+    once = time_side_by_side(fns, rounds=4, warmup=0, repeat=1)["a"]
+    assert once["median_ms"] > 5 and "cold_median_ms" not in once  # every call follows "b"
+    with pytest.raises(ConfigError, match="repeat=0"):
+        time_side_by_side(fns, rounds=2, repeat=0)
 
 
 def test_paired_ratio_pairs_rounds_not_medians():
@@ -56,11 +86,18 @@ def test_bounds_of_this_machine_and_weight_traffic():
     policy = MoDEPolicy(get_preset("tiny", state_dim=39, action_dim=4)).eval()
     counts = policy.parameter_counts()
     steps = policy.config.num_inference_steps  # ddim: one network evaluation per step
-    per_eval = counts["transformer"]["active"] * 4
-    assert chunk_weight_bytes(policy) == per_eval * steps + (counts["active_params"] - counts["transformer"]["active"]) * 4
+    routers = sum(p.numel() for layer in policy.denoiser.net.moe_layers() for p in layer.router.parameters())
+    encoders = (counts["active_params"] - counts["transformer"]["active"]) * 4
+    per_eval = (counts["transformer"]["active"] - routers) * 4  # the expert cache replaces the routers
+    assert routers > 0 and chunk_weight_bytes(policy) == per_eval * steps + encoders
+    policy.denoiser.use_expert_cache = False  # uncached: every evaluation also reads the routers
+    assert chunk_weight_bytes(policy) == (per_eval + routers * 4) * steps + encoders
+    policy.denoiser.use_expert_cache = True
     policy.config.num_inference_steps = 2 * steps
     assert chunk_weight_bytes(policy) > 1.9 * per_eval * steps  # twice the evaluations, twice the traffic
-    result = bench_latency("tiny", rounds_b1=2, rounds_b64=2, profile=True, progress=False)
+    result = bench_latency("tiny", rounds_b1=2, rounds_b64=2, profile=True, progress=False, repeat_b1=1)
+    assert "cold_median_ms" not in result["latency_b1"]["mode_cached"]
+    assert not any(key.endswith("_cold") for key in result["paired"])
     for size in ("b1", "b64"):
         gflops, gbps = (result["throughput"][size][k] for k in ("matmul_gflops", "memory_gbps"))
         for name, row in result["bounds"][size].items():

@@ -33,7 +33,8 @@ def test_save_load_predict_identical(tmp_path):
     before = policy.predict_action_chunk(batch, noise=noise)
     policy.save_pretrained(tmp_path / "ckpt")
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors"}
-    loaded = MoDEPolicy.from_pretrained(tmp_path / "ckpt").eval()
+    loaded = MoDEPolicy.from_pretrained(tmp_path / "ckpt")
+    assert not loaded.training  # ready to act: dropout off, expert cache on, as a fresh .eval() policy
     after = loaded.predict_action_chunk(batch, noise=noise)
     assert torch.equal(before, after)
     # actions come back in the original units (inside the min-max range)

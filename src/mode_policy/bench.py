@@ -58,8 +58,15 @@ def bench_clock() -> tuple[Callable[[], float], str]:
 
 
 def time_side_by_side(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 2,
-                      seed: int = 0) -> dict[str, dict[str, float]]:
-    """Median and interquartile range (ms) of each callable, over ``rounds`` interleaved rounds."""
+                      seed: int = 0, repeat: int = 1) -> dict[str, dict[str, Any]]:
+    """Median and interquartile range (ms) of each callable, over ``rounds`` interleaved rounds.
+
+    With ``repeat`` > 1 every callable runs ``repeat`` times in a row per round: the first call
+    is *cold* (the other callables just ran, so its weights were evicted from the caches) and
+    goes to ``cold_*``; the median of the others is the round's *warm* time (what a control loop
+    calling the same policy sees), the main figure."""
+    if repeat < 1:
+        raise ConfigError(f"repeat={repeat}: must be >= 1")
     clock, _ = bench_clock()
     rng = random.Random(seed)
     names = list(fns)
@@ -67,25 +74,33 @@ def time_side_by_side(fns: dict[str, Callable[[], Any]], rounds: int, warmup: in
         for name in names:
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    cold: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds):
         rng.shuffle(names)
         for name in names:
-            start = clock()
-            fns[name]()
-            times[name].append((clock() - start) * 1e3)
+            calls = []
+            for _ in range(repeat):
+                start = clock()
+                fns[name]()
+                calls.append((clock() - start) * 1e3)
+            cold[name].append(calls[0])
+            times[name].append(statistics.median(calls[1:]) if repeat > 1 else calls[0])
     out = {}
     for name, values in times.items():
         q = statistics.quantiles(values, n=4)
         out[name] = {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "runs": len(values),
                      "samples_ms": values}  # in round order: round i of every callable ran together
+        if repeat > 1:
+            out[name].update(cold_median_ms=statistics.median(cold[name]), cold_samples_ms=cold[name])
     return out
 
 
 def paired_ratio(timings: dict[str, dict[str, Any]], a: str, b: str, resamples: int = 2000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, samples: str = "samples_ms") -> dict[str, Any]:
     """Median over rounds of ``a``'s time / ``b``'s time in the same round, with a 95 % bootstrap
-    interval: tighter than a ratio of medians, since a round's machine noise hits both."""
-    ratios = [x / y for x, y in zip(timings[a]["samples_ms"], timings[b]["samples_ms"])]
+    interval: tighter than a ratio of medians, since a round's machine noise hits both.
+    ``samples``: which per-round times to pair (``cold_samples_ms`` for the cold calls)."""
+    ratios = [x / y for x, y in zip(timings[a][samples], timings[b][samples])]
     rng = random.Random(seed)
     boots = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
     return {"median": statistics.median(ratios), "ci95": [boots[int(0.025 * resamples)],
@@ -197,13 +212,17 @@ def expert_bytes(policy: MoDEPolicy) -> int:
 
 def chunk_weight_bytes(policy: MoDEPolicy) -> int:
     """Bytes of weights one action chunk must read at least once per network evaluation: the
-    transformer's active parameters (dense parts + the chosen experts) times the evaluations,
-    plus the encoders once. At batch 1 this, not the FLOPs, usually bounds the time."""
+    transformer's active parameters (dense parts + the chosen experts; the routers only where
+    the expert cache is off, since the cache replaces them) times the evaluations, plus the
+    encoders once. At batch 1 this, not the FLOPs, may bound the time."""
     counts = policy.parameter_counts()
-    evaluations = len(policy.denoiser.sampling_plan().levels)
+    plan = policy.denoiser.sampling_plan()
     element = next(policy.parameters()).element_size()
+    routers = 0
+    if plan.cached:
+        routers = sum(p.numel() for layer in policy.denoiser.net.moe_layers() for p in layer.router.parameters())
     encoders = counts["active_params"] - counts["transformer"]["active"]
-    return (counts["transformer"]["active"] * evaluations + encoders) * element
+    return ((counts["transformer"]["active"] - routers) * len(plan.levels) + encoders) * element
 
 
 def latency_bounds(variants: dict[str, Any], flops: dict[str, int], weight_bytes: dict[str, int],
@@ -246,12 +265,17 @@ def bench_latency(
     profile: bool = True,
     progress: bool = True,
     onnx: bool = False,
+    repeat_b1: int = 3,
 ) -> dict[str, Any]:
     """Run the latency benchmark; returns the figures and ratios as a dict.
-    ``onnx``: also time the exported ONNX sampler at batch 1 (skipped without onnxruntime)."""
+    ``onnx``: also time the exported ONNX sampler at batch 1 (skipped without onnxruntime).
+    ``repeat_b1``: calls of each variant in a row per batch-1 round, the first timed cold and
+    the others warm (:func:`time_side_by_side`); 1 times every call cold."""
     base = get_preset(preset, **{"state_dim": 39, "action_dim": 4, **(overrides or {})})
     if base.routing != "noise":
         raise ConfigError("bench latency compares noise-routed MoDE with dense baselines: use routing=noise")
+    if repeat_b1 < 1:
+        raise ConfigError(f"repeat_b1={repeat_b1}: must be >= 1")
     if min(rounds_b1, rounds_b64) < 2:
         raise ConfigError(f"rounds_b1={rounds_b1}, rounds_b64={rounds_b64}: need at least 2 timed rounds each "
                           "(the spread is an interquartile range)")
@@ -279,8 +303,9 @@ def bench_latency(
                      - cached.predict_action_chunk(b1, noise)).abs().max().item()
     probes = machine_probes()
     main = {k: v for k, v in variants.items() if not k.startswith("mode_e")}
-    log(f"timing batch 1 ({rounds_b1} rounds x {len(chunks)} variants + 2 probes)...")
-    lat_b1 = time_side_by_side({**{k: _chunk_fn(v, b1) for k, v in chunks.items()}, **probes}, rounds_b1)
+    log(f"timing batch 1 ({rounds_b1} rounds x {len(chunks)} variants + 2 probes, {repeat_b1} calls each)...")
+    lat_b1 = time_side_by_side({**{k: _chunk_fn(v, b1) for k, v in chunks.items()}, **probes}, rounds_b1,
+                               repeat=repeat_b1)
     log(f"timing batch 64 ({rounds_b64} rounds x {len(main)} variants + 2 probes)...")
     lat_b64 = time_side_by_side({**{k: _chunk_fn(v, b64) for k, v in main.items()}, **probes}, rounds_b64)
 
@@ -312,6 +337,7 @@ def bench_latency(
                                                   "horizon", "num_inference_steps", "sampler", "schedule")},
         "torch_threads": torch.get_num_threads(),
         "clock": clock_name,
+        "repeat_b1": repeat_b1,
         "latency_b1": lat_b1,
         "latency_b64": lat_b64,
         "flops_per_chunk": flops,
@@ -348,14 +374,15 @@ def bench_latency(
         result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
         result["ratios"]["onnx_over_bound_b1"] = bounds["b1"]["onnx_cached"]["measured_over_bound"]
         result["ratios"]["onnx_cached_over_onnx_dense_active_b1"] = ratio(lat_b1, "onnx_cached", "onnx_dense_active")
-    result["paired"] = {
-        "cached_over_dense_active_b1": paired_ratio(lat_b1, "mode_cached", "dense_active"),
-        "cached_over_dense_active_b64": paired_ratio(lat_b64, "mode_cached", "dense_active"),
-        "cached_over_uncached_b1": paired_ratio(lat_b1, "mode_cached", "mode_uncached"),
-    }
+    pairs = {"cached_over_dense_active_b1": ("mode_cached", "dense_active"),
+             "cached_over_uncached_b1": ("mode_cached", "mode_uncached")}
     if "onnx_cached" in lat_b1:
-        result["paired"]["onnx_cached_over_onnx_dense_active_b1"] = paired_ratio(lat_b1, "onnx_cached",
-                                                                                 "onnx_dense_active")
+        pairs["onnx_cached_over_onnx_dense_active_b1"] = ("onnx_cached", "onnx_dense_active")
+    result["paired"] = {key: paired_ratio(lat_b1, a, b) for key, (a, b) in pairs.items()}
+    result["paired"]["cached_over_dense_active_b64"] = paired_ratio(lat_b64, "mode_cached", "dense_active")
+    if repeat_b1 > 1:  # the same pairs on each round's first call, after the other variants ran
+        result["paired"].update({f"{key}_cold": paired_ratio(lat_b1, a, b, samples="cold_samples_ms")
+                                 for key, (a, b) in pairs.items()})
     if profile:
         log("profiling the cached path...")
         result["profile"] = {
@@ -373,8 +400,10 @@ def _chunk_fn(policy: Any, batch: dict[str, torch.Tensor]) -> Callable[[], Any]:
 def format_latency(result: dict[str, Any]) -> str:
     """Human-readable table of a ``bench_latency`` result."""
     lines = [f"bench latency, preset {result['preset']}: {result['config']}",
-             f"(torch threads: {result['torch_threads']}; clock: {result['clock']}; medians of interleaved rounds)", ""]
-    lines.append(f"{'variant':<21} {'b1 median ms':>13} {'IQR':>7} {'b64 median ms':>14} {'IQR':>7} "
+             f"(torch threads: {result['torch_threads']}; clock: {result['clock']}; medians of interleaved rounds"
+             + (f"; b1: {result['repeat_b1']} calls a round, warm = calls 2+, cold = call 1)" if result.get("repeat_b1", 1) > 1
+                else ")"), ""]
+    lines.append(f"{'variant':<21} {'b1 median ms':>13} {'IQR':>7} {'b1 cold ms':>11} {'b64 median ms':>14} {'IQR':>7} "
                  f"{'GFLOP/chunk (b1)':>17} {'active params':>14}")
     for name, b1 in result["latency_b1"].items():
         if name.startswith("probe_"):
@@ -384,6 +413,7 @@ def format_latency(result: dict[str, Any]) -> str:
         params = result["params"].get(name, {}).get("active_params")
         lines.append(
             f"{name:<21} {b1['median_ms']:>13.2f} {b1['iqr_ms']:>7.2f} "
+            + (f"{b1['cold_median_ms']:>11.2f} " if "cold_median_ms" in b1 else f"{'':>11} ")
             + (f"{b64['median_ms']:>14.1f} {b64['iqr_ms']:>7.1f} " if b64 else f"{'':>14} {'':>7} ")
             + (f"{flops / 1e9:>17.3f} " if flops else f"{'':>17} ")
             + (f"{params:>14,}" if params else "")

@@ -356,8 +356,9 @@ class MoDEPolicy(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MoDEPolicy":
         """Rebuild a policy from ``save_pretrained`` output, or from a ``lerobot-train`` checkpoint
         of the ``lerobot_policy_mode`` plugin (whose MoDE config is ``mode_config.json``, beside
-        LeRobot's own ``config.json``); raises CheckpointError naming the file and the mismatch
-        if anything does not fit."""
+        LeRobot's own ``config.json``), in eval mode (expert cache on, no dropout; ``.train()``
+        to train it); raises CheckpointError naming the file and the mismatch if anything does
+        not fit."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if (directory / LEROBOT_MODE_CONFIG_NAME).is_file():
@@ -375,7 +376,7 @@ class MoDEPolicy(nn.Module):
         except (SafetensorError, OSError, RuntimeError) as err:
             raise CheckpointError(f"{weights_path}: corrupt or truncated weights file ({err})") from None
         policy.load_weights(tensors, source=str(weights_path))
-        return policy.to(map_location)
+        return policy.to(map_location).eval()  # as LeRobot's and transformers' from_pretrained: ready to act
 
     def load_weights(self, tensors: Mapping[str, Tensor], source: str = "state dict") -> None:
         """Strict load that names missing, unexpected and mis-shaped tensors

@@ -241,6 +241,10 @@ class BenchOptions:
     """Timed rounds at batch size 1."""
     rounds_b64: int = 10
     """Timed rounds at batch size 64."""
+    repeat_b1: int = 3
+    """Calls of each variant in a row per batch-1 round: the first is timed *cold* (the other
+    variants just ran), the rest *warm* (the chunk's weights in cache, as in a control loop);
+    1: every call cold."""
     threads: int = 0
     """Torch threads (0: torch's choice)."""
     profile: bool = True
@@ -296,7 +300,7 @@ def run_bench(opts: BenchOptions) -> int:
         return 0
     overrides = preset_overrides(opts.preset, opts.policy) if opts.policy else {}
     result = bench_latency(opts.preset, rounds_b1=opts.rounds_b1, rounds_b64=opts.rounds_b64, overrides=overrides,
-                           profile=opts.profile, progress=not opts.json, onnx=opts.onnx)
+                           profile=opts.profile, progress=not opts.json, onnx=opts.onnx, repeat_b1=opts.repeat_b1)
     print(json.dumps(result, indent=2) if opts.json else format_latency(result))
     return 0
 
