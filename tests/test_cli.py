@@ -178,8 +178,13 @@ def test_inspect_eval_report_on_the_quickstart_output(quickstart, capsys, tmp_pa
     info = json.loads(capsys.readouterr().out)
     assert info["episodes"] == 2 and info["tasks"] == ["reach the goal position"]
     out = tmp_path / "e.json"
-    assert cli(["eval", str(quickstart / "run"), "--episodes=1", f"--out={out}", "--steps=3"]) == 0
-    assert json.loads(out.read_text())["per_task"]["reach-v3"]["episodes"] == 1
+    assert cli(["eval", str(quickstart / "run"), "--episodes=1", f"--out={out}", "--steps=3", "--action_steps=2"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["per_task"]["reach-v3"]["episodes"] == 1
+    assert saved["settings"]["n_action_steps"] == 2  # the override, not the policy's own 4
+    capsys.readouterr()
+    assert cli(["eval", str(quickstart / "run"), "--episodes=1", f"--out={tmp_path / 'x.json'}", "--action_steps=9"]) == 2
+    assert "action_steps=9: the policy predicts chunks of 4 actions" in capsys.readouterr().err
     assert cli(["report", str(quickstart / "run"), f"--out={tmp_path / 'rep'}"]) == 0
     assert (tmp_path / "rep" / "report.md").is_file()
 

@@ -92,8 +92,9 @@ def for_dataset(policy: MoDEPolicy, dataset: str = "") -> MoDEPolicy | DatasetPo
     return DatasetPolicy(policy, dataset)
 
 
-def load_dataset_policy(model_dir: str, device: str = "cpu", steps: int = 0, dataset: str = "") -> Any:
+def load_dataset_policy(model_dir: str, device: str = "cpu", steps: int = 0, dataset: str = "",
+                        action_steps: int = 0) -> Any:
     """A saved policy seen through ``dataset`` (what an evaluation worker process plays)."""
     from .evaluation.parallel import load_saved_policy
 
-    return for_dataset(load_saved_policy(model_dir, device, steps), dataset)
+    return for_dataset(load_saved_policy(model_dir, device, steps, action_steps), dataset)

@@ -39,7 +39,7 @@ def test_results_match_the_expert_and_do_not_depend_on_batching(metaworld_result
     # shared batches: the task shares add up to the batches' time, within the total
     shares = sum(r.wall_s for r in result.per_task.values())
     assert 0 < shares <= result.wall_s
-    assert result.settings == {"episodes_per_task": 2, "batch_size": 3, "max_steps": 60}
+    assert result.settings == {"episodes_per_task": 2, "batch_size": 3, "max_steps": 60, "n_action_steps": 1}
 
 
 def test_videos_are_written_for_the_first_episodes(tmp_path: Path) -> None:

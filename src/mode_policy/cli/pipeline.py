@@ -134,6 +134,8 @@ class EvalOptions:
     """Meta-World environments rolled out in parallel."""
     steps: int = 0
     """Sampling steps (0: the policy's own)."""
+    action_steps: int = 0
+    """Actions of each predicted chunk executed before re-planning (0: the policy's own n_action_steps)."""
     videos: int = 0
     """Record this many episodes per task as mp4 (into a videos/ folder beside ``out``)."""
     device: str = "cpu"
@@ -154,7 +156,7 @@ class EvalOptions:
     def __post_init__(self) -> None:
         for name in ("episodes", "batch_size", "workers"):
             check_range(self, name, 1)
-        for name in ("steps", "videos", "seed", "threads"):
+        for name in ("steps", "action_steps", "videos", "seed", "threads"):
             check_range(self, name, 0)
 
 
@@ -173,6 +175,8 @@ def _unit_log(opts: EvalOptions, model_dir: Path, out: Path, suffix: str, settin
 
     weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
     settings = {"weights_sha256": weights, "seed": opts.seed, "steps": opts.steps, **settings}
+    if opts.action_steps:  # only when set, so logs written before the option still resume
+        settings["action_steps"] = opts.action_steps
     folder = out.with_name(out.stem + suffix)
     rank = distributed_rank()[0]
     if not opts.resume and rank == 0 and folder.exists():
@@ -216,7 +220,7 @@ def _sharded_eval(opts: EvalOptions, env: str, policy: Any, model_dir: Path, log
     from ..dataset_view import load_dataset_policy
 
     loader = functools.partial(load_dataset_policy, str(model_dir), _rank_device(opts.device), opts.steps,
-                               opts.dataset_name)
+                               opts.dataset_name, opts.action_steps)
 
     def waiting(missing: int) -> None:
         print(f"rank 0: waiting for the other ranks ({missing} units to go, log {log.folder})", flush=True)
@@ -245,9 +249,9 @@ def run_eval(opts: EvalOptions) -> int:
     device = resolve_device(_rank_device(opts.device))
     if device.type == "cpu":
         apply_threads(opts.threads)
-    policy = MoDEPolicy.from_pretrained(model_dir, map_location=device)
-    if opts.steps:
-        policy.config.num_inference_steps = opts.steps
+    from ..evaluation.parallel import with_sampling
+
+    policy = with_sampling(MoDEPolicy.from_pretrained(model_dir, map_location=device), opts.steps, opts.action_steps)
     from ..dataset_view import for_dataset
 
     policy = for_dataset(policy, opts.dataset_name)

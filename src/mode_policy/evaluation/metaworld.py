@@ -208,5 +208,6 @@ def evaluate_metaworld(
                       {"mean_steps": float(np.mean(lengths[t]))})
         for t in task_list
     }
-    settings = {"episodes_per_task": episodes_per_task, "batch_size": batch_size, "max_steps": max_steps}
+    settings = {"episodes_per_task": episodes_per_task, "batch_size": batch_size, "max_steps": max_steps,
+                "n_action_steps": policy.config.n_action_steps}
     return EvalResult("metaworld", per_task, time.perf_counter() - start, seed, settings=settings)

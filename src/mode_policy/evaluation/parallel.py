@@ -49,14 +49,24 @@ def shard(groups: Sequence[Sequence[int]], index: int, count: int) -> list[int]:
     return [int(u) for group in groups[index::count] for u in group]
 
 
-def load_saved_policy(model_dir: str, device: str = "cpu", steps: int = 0) -> Any:
-    """A saved MoDE policy, with ``steps`` sampling steps when > 0 (what a worker plays)."""
+def with_sampling(policy: Any, steps: int = 0, action_steps: int = 0) -> Any:
+    """``policy`` set to ``steps`` sampling steps and ``action_steps`` actions executed per
+    chunk, each where > 0 (else its own); ConfigError if ``action_steps`` exceeds its horizon."""
+    cfg = policy.config
+    if action_steps > cfg.horizon:
+        raise ConfigError(f"action_steps={action_steps}: the policy predicts chunks of {cfg.horizon} actions")
+    if steps:
+        cfg.num_inference_steps = steps
+    if action_steps:
+        cfg.n_action_steps = action_steps
+    return policy
+
+
+def load_saved_policy(model_dir: str, device: str = "cpu", steps: int = 0, action_steps: int = 0) -> Any:
+    """A saved MoDE policy with :func:`with_sampling`'s overrides (what a worker plays)."""
     from ..policy import MoDEPolicy
 
-    policy = MoDEPolicy.from_pretrained(model_dir, map_location=device)
-    if steps:
-        policy.config.num_inference_steps = steps
-    return policy
+    return with_sampling(MoDEPolicy.from_pretrained(model_dir, map_location=device), steps, action_steps)
 
 
 def _play_shard(job: tuple[Callable[..., EvalResult], str, Callable[[], Any], list[int], str, dict, dict, str,
@@ -146,18 +156,18 @@ def evaluate_sharded(
 
 def evaluate_calvin_in_workers(
     policy: Any, model_dir: str | Path, log: UnitLog, workers: int, chain_ids: Sequence[int],
-    device: str = "cpu", steps: int = 0, **kwargs: Any,
+    device: str = "cpu", steps: int = 0, action_steps: int = 0, **kwargs: Any,
 ) -> EvalResult:
     """:func:`~mode_policy.evaluation.calvin.evaluate_calvin` of ``chain_ids`` over ``workers``
-    processes (each loads the policy saved in ``model_dir``, with ``steps`` sampling steps when
-    > 0); ``policy`` (the same, loaded here) only assembles the result from the log.
+    processes (each loads the policy saved in ``model_dir``, with ``steps`` sampling steps and
+    ``action_steps`` executed actions per chunk when > 0); ``policy`` (the same, loaded here) only assembles the result from the log.
     ``kwargs`` go to ``evaluate_calvin``."""
     from ..envs.calvin import get_sequences
     from .calvin import evaluate_calvin
 
     if "sequences" not in kwargs:  # computed once here, not again in every worker
         kwargs["sequences"] = get_sequences(kwargs.get("num_sequences", 1000), kwargs.get("tasks"))
-    loader = functools.partial(load_saved_policy, str(model_dir), device, steps)
+    loader = functools.partial(load_saved_policy, str(model_dir), device, steps, action_steps)
     result = evaluate_sharded(evaluate_calvin, "chain_ids", policy, loader, log, [[int(i)] for i in chain_ids],
                               workers, **kwargs)
     assert result is not None  # rank 0 (or no torchrun)
