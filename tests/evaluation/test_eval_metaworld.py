@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from fakes import ExpertChunkPolicy, ScriptedPolicy, mw
 
 from mode_policy.errors import ConfigError
@@ -65,3 +66,22 @@ def test_policy_errors_are_config_errors() -> None:
         policy_cameras(camera_policy)
     camera_policy.config.image_size = 32
     assert policy_cameras(camera_policy) == {"observation.images.corner": "corner"}
+
+
+class NoisyChunkPolicy(ScriptedPolicy):
+    """Small random actions drawn from torch's generator, as a diffusion policy draws its noise."""
+
+    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
+        self.batches.append(batch)
+        return 0.1 * torch.randn(len(batch["task"]), self.config.horizon, self.config.action_dim)
+
+
+def test_the_policys_noise_is_seeded_so_a_rerun_gives_the_same_result() -> None:
+    runs = []
+    for torch_seed in (1, 2):  # whatever the caller's generator state
+        policy = NoisyChunkPolicy(np.zeros(mw.ACTION_DIM), state_dim=mw.OBS_DIM)
+        torch.manual_seed(torch_seed)
+        evaluate_metaworld(policy, ["reach-v3"], 2, seed=3, batch_size=2, max_steps=3, progress=False)
+        runs.append(torch.stack([b["observation.state"] for b in policy.batches]))
+    assert len(runs[0]) == 3 and not torch.equal(runs[0][0], runs[0][2])  # the noisy actions moved the arm
+    assert torch.equal(runs[0], runs[1])  # the same noise, so the same states were reached

@@ -161,7 +161,9 @@ def evaluate_metaworld(
     Episodes of all tasks are run ``batch_size`` at a time, so tasks share batches: each
     task's ``wall_s`` is its share of every batch's wall time, in proportion to the number of
     its episodes in that batch. ``extra["mean_steps"]`` is the mean episode length. The first
-    ``videos_per_task`` episodes of each task are recorded to ``video_dir/<task>_ep<i>.mp4``."""
+    ``videos_per_task`` episodes of each task are recorded to ``video_dir/<task>_ep<i>.mp4``.
+    Each batch seeds torch's generator from ``seed`` and its position, so the same policy,
+    seed and batch size give the same result when run again."""
     start = time.perf_counter()
     if episodes_per_task < 1:
         raise ConfigError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
@@ -187,6 +189,7 @@ def evaluate_metaworld(
             want_video = [j for j, (_, _, i) in enumerate(part) if video_dir is not None and i < videos_per_task]
             order = want_video + [j for j in range(len(part)) if j not in want_video]  # recorded envs first
             part = [part[j] for j in order]
+            torch.manual_seed(seed * 1_000_003 + lo)  # the policy's noise: the same result when run again
             out = rollout_batch(policy, [p[0] for p in part], [p[1] for p in part], max_steps, record=len(want_video))
             for (task, _, _), ok, n in zip(part, out["success"], out["steps"]):
                 successes[task] += int(ok)
