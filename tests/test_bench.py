@@ -38,6 +38,26 @@ def test_one_round_of_latency_bench():
     assert result["repeat_b1"] == 3 and all("cold_median_ms" in t for t in result["latency_b1"].values())
     assert "cold_median_ms" not in result["latency_b64"]["mode_cached"]
     assert result["paired"]["cached_over_dense_active_b1_cold"]["rounds"] == 2
+    union = result["chunk_experts"]
+    assert all(2 <= e <= 4 for e in union["experts_per_layer"]) and "experts one cached chunk reads" in format_latency(result)
+
+
+def test_the_experts_a_chunk_reads():
+    import torch
+
+    from mode_policy import MoDEPolicy, get_preset
+    from mode_policy.bench import chunk_expert_union, expert_union
+
+    # layer 0 switches from {0, 1} to {1, 3} mid-chunk (3 experts read); layer 1 keeps {2, 3}
+    union = expert_union([[[0, 1], [1, 0], [3, 1], [1, 3]], [[2, 3]] * 4], top_k=2)
+    assert union == {"pairs_per_layer": [2, 1], "experts_per_layer": [3, 2], "mlp_bytes_over_dense_active": 1.25}
+    policy = MoDEPolicy(get_preset("tiny", state_dim=39, action_dim=4)).eval()
+    with torch.no_grad():  # every router prefers experts 1 and 3 at every noise level
+        for layer in policy.denoiser.net.moe_layers():
+            layer.router.net[2].bias.copy_(torch.tensor([-50.0, 50.0, -50.0, 50.0]))
+    n_layers = policy.config.n_layers
+    assert chunk_expert_union(policy) == {"pairs_per_layer": [1] * n_layers, "experts_per_layer": [2] * n_layers,
+                                          "mlp_bytes_over_dense_active": 1.0}
 
 
 def _burn(ms: float) -> None:

@@ -225,6 +225,26 @@ def chunk_weight_bytes(policy: MoDEPolicy) -> int:
     return ((counts["transformer"]["active"] - routers) * len(plan.levels) + encoders) * element
 
 
+def chunk_expert_union(policy: MoDEPolicy) -> dict[str, Any]:
+    """Which experts one cached chunk reads, from the routers' choices at every evaluation of the
+    sampling plan (:func:`expert_union` of them). At batch 1 a chunk reads all of them, where
+    the dense model reads its one MLP per layer."""
+    from .report.analysis import expert_routing
+
+    return expert_union([layer["chosen"] for layer in expert_routing(policy)["layers"]], policy.config.top_k)
+
+
+def expert_union(chosen: list[list[list[int]]], top_k: int) -> dict[str, Any]:
+    """``chosen``: per layer, the experts picked at each evaluation -> per layer the distinct
+    expert sets (``pairs_per_layer``) and distinct experts (``experts_per_layer``), and
+    ``mlp_bytes_over_dense_active``: those experts' weights over a dense MLP's with the same
+    active parameters (``top_k`` experts' worth), averaged over layers."""
+    sets = [{tuple(sorted(step)) for step in layer} for layer in chosen]
+    experts = [len(set().union(*layer_sets)) for layer_sets in sets]
+    return {"pairs_per_layer": [len(x) for x in sets], "experts_per_layer": experts,
+            "mlp_bytes_over_dense_active": sum(experts) / (top_k * len(experts)) if experts else 1.0}
+
+
 def latency_bounds(variants: dict[str, Any], flops: dict[str, int], weight_bytes: dict[str, int],
                    latencies: dict[str, dict[str, float]], gflops: float, gbps: float) -> dict[str, dict[str, float]]:
     """Per variant: the FLOP bound (FLOPs / matmul throughput), the weight-traffic bound
@@ -344,6 +364,7 @@ def bench_latency(
         "params": counts,
         "cache_bytes": cache_bytes,
         "expert_weight_bytes": weights_bytes,
+        "chunk_experts": chunk_expert_union(cached),
         "exact_max_abs_diff": max(diffs),
         "lean_bitwise_equal": bitwise,
         "throughput": throughput,
@@ -430,6 +451,11 @@ def format_latency(result: dict[str, Any]) -> str:
     if "onnx_max_abs_diff" in result:
         lines.append(f"{'onnx_max_abs_diff (vs eager cached)':<38} {result['onnx_max_abs_diff']:8.1e}")
     lines.append(f"{'cache bytes / expert bytes':<38} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
+    union = result.get("chunk_experts")
+    if union:
+        lines.append(f"experts one cached chunk reads per layer (of {result['config']['num_experts']}): "
+                     f"{union['experts_per_layer']}, in {union['pairs_per_layer']} distinct sets; their MLP weights "
+                     f"{union['mlp_bytes_over_dense_active']:.2f}x dense_active's")
     lines.append("\nbounds of this machine, from the probes timed in the same rounds:")
     for size, tp in result["throughput"].items():
         lines.append(f"  {size}: {tp['matmul_gflops']:.1f} GFLOP/s matmul (fp32, {MATMUL_N}^3), "
