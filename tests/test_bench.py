@@ -1,8 +1,8 @@
 """bench latency: one short round of the side-by-side benchmark on the tiny preset."""
 
-import pytest
-
 import time
+
+import pytest
 
 from mode_policy.bench import bench_latency, format_latency, paired_ratio, time_side_by_side
 from mode_policy.errors import ConfigError
