@@ -1,5 +1,6 @@
 """bench latency: one short round of the side-by-side benchmark on the tiny preset."""
 
+import math
 import time
 
 import pytest
@@ -8,8 +9,8 @@ from mode_policy.bench import bench_latency, format_latency, paired_ratio, time_
 from mode_policy.errors import ConfigError
 
 VARIANTS = {"mode_cached", "mode_cached_modules", "mode_uncached", "dense_active", "dense_active_modules",
-            "dense_total", "mode_e8_cached", "mode_e16_cached"}
-MAIN = VARIANTS - {"mode_e8_cached", "mode_e16_cached"}
+            "dense_total", "mode_e8_cached", "mode_e16_cached", "dense_footprint"}
+MAIN = VARIANTS - {"mode_e8_cached", "mode_e16_cached", "dense_footprint"}
 PROBES = {"probe_matmul", "probe_copy"}
 
 
@@ -40,6 +41,37 @@ def test_one_round_of_latency_bench():
     assert result["paired"]["cached_over_dense_active_b1_cold"]["rounds"] == 2
     union = result["chunk_experts"]
     assert all(2 <= e <= 4 for e in union["experts_per_layer"]) and "experts one cached chunk reads" in format_latency(result)
+    # the footprint control: as many MLP weight copies as the cached chunk reads experts' worth, same actions
+    assert result["footprint_copies"] == math.ceil(union["mlp_bytes_over_dense_active"] - 1e-9)
+    assert result["footprint_control_equal"] and result["paired"]["cached_over_footprint_b1"]["rounds"] == 2
+
+
+def test_footprint_control_reads_distinct_copies_in_blocks():
+    import torch
+
+    from mode_policy import MoDEPolicy, get_preset
+    from mode_policy.bench import FootprintControl, footprint_control, make_batch
+
+    cfg = get_preset("tiny", state_dim=39, action_dim=4, routing="dense", dense_mlp_ratio=8, num_inference_steps=10)
+    dense = MoDEPolicy(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(dense.denoiser.net.action_out.weight, std=0.02)
+    control = footprint_control(dense, 1.5)  # 1.5x the MLP bytes -> 2 copies
+    lean = control.denoiser.sampling_plan().lean
+    assert isinstance(lean, FootprintControl) and lean.copies == 2
+    assert [lean.copy_of(j) for j in range(10)] == [0] * 5 + [1] * 5
+    ptrs = [{w.data_ptr() for layer in s.layers for w in layer.dense} for s in lean.samplers]
+    assert not ptrs[0] & ptrs[1]  # the second copy owns its storage
+    assert dense.denoiser.sampling_plan().lean is not lean  # the source policy is left as it was
+    batch = make_batch(cfg, 2)
+    noise = torch.randn(2, cfg.horizon, cfg.action_dim)
+    assert torch.equal(control.predict_action_chunk(batch, noise), dense.predict_action_chunk(batch, noise))
+    # a copy that differs shows up in the actions: the second half of the chunk really reads copy 1
+    with torch.no_grad():
+        lean.samplers[1].layers[0].dense[1].mul_(2.0)
+    assert not torch.equal(control.predict_action_chunk(batch, noise), dense.predict_action_chunk(batch, noise))
+    with pytest.raises(ConfigError, match="dense lean sampler"):
+        FootprintControl(MoDEPolicy(get_preset("tiny", state_dim=39, action_dim=4)).eval().denoiser.sampling_plan().lean, 2)
 
 
 def test_the_experts_a_chunk_reads():

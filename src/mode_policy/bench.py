@@ -15,6 +15,9 @@ preset's width and depth, with the same random weights where they share a struct
 * ``dense_active_modules`` the same, module by module
 * ``dense_total``          dense transformer with the same *total* parameters (MLP hidden = E * 4d), lean
 * ``mode_e{E}_cached``     MoDE with E experts (top-k fixed) for the scaling curve
+* ``dense_footprint``      ``dense_active`` reading as many distinct MLP weights over a chunk as ``mode_cached``
+  does (:class:`FootprintControl`; batch 1): the same operations and bytes per step as ``dense_active``,
+  so its time over ``dense_active``'s is what that weight footprint alone costs on this machine
 * ``onnx_cached``          ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`: the folded graph of
   :mod:`mode_policy.folded_sampler`), run by ONNX Runtime with the same thread count (batch 1; with
   ``onnx=True`` and onnxruntime installed)
@@ -26,7 +29,9 @@ throughput from its probe's median in the same rounds.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import random
 import statistics
 import tempfile
@@ -36,7 +41,9 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .cached_sampler import LeanSampler
 from .config import MoDEConfig, get_preset
+from .diffusion import Sampler
 from .constants import GOAL_KEY, STATE_KEY
 from .errors import ConfigError
 from .export import OrtChunk, export_sampler, onnx_runtime_available
@@ -184,6 +191,49 @@ def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -
     return variants
 
 
+class FootprintControl:
+    """A dense lean sampler whose evaluations read ``copies`` distinct copies of its MLP weights,
+    evaluation ``j`` of ``n`` copy ``j * copies // n`` (consecutive steps share one, as noise-routed
+    steps share experts). Actions, operations and bytes per evaluation are those of ``lean``; only
+    the weights a whole chunk touches grow ``copies``-fold: at batch 1 a cached MoDE chunk reads every
+    expert it routes to over the chunk (``chunk_expert_union``), where a dense twin reads one MLP."""
+
+    def __init__(self, lean: LeanSampler, copies: int) -> None:
+        if copies < 1 or any(layer.dense is None for layer in lean.layers):
+            raise ConfigError(f"FootprintControl needs a dense lean sampler and copies >= 1 (got {copies})")
+        self.copies = copies
+        self.samplers = [lean]
+        for _ in range(copies - 1):
+            clone = copy.copy(lean)
+            clone.layers = [layer._replace(dense=tuple(w.clone() for w in layer.dense)) for layer in lean.layers]
+            self.samplers.append(clone)
+
+    def copy_of(self, j: int) -> int:
+        """The weight copy evaluation ``j`` reads."""
+        return j * self.copies // len(self.samplers[0].steps)
+
+    def sample(self, cond: torch.Tensor, x: torch.Tensor, sampler: Sampler, sigmas: torch.Tensor) -> torch.Tensor:
+        """As :meth:`LeanSampler.sample`."""
+        lean = self.samplers[0]
+        n_cond, horizon = cond.shape[1], x.shape[1]
+        start = lean.offset + n_cond
+        prefix = cond + lean.pos[:, lean.offset : start]  # (B, n, d)
+        action_pos = lean.pos[:, start : start + horizon]  # (1, H, d)
+        return sampler.run(lambda x, j: self.samplers[self.copy_of(j)].denoise(x, j, prefix, action_pos), x, sigmas)
+
+
+def footprint_control(dense: MoDEPolicy, mlp_bytes_over_dense: float) -> MoDEPolicy:
+    """``dense`` (a dense policy on the lean sampler, in eval mode) made to read
+    ``ceil(mlp_bytes_over_dense)`` copies of its MLP weights per chunk (:class:`FootprintControl`);
+    returns a new policy, ``dense`` is left as it was."""
+    control = copy.deepcopy(dense)
+    plan = control.denoiser.sampling_plan()
+    if plan.lean is None:
+        raise ConfigError("footprint_control needs a policy that samples on the lean sampler")
+    plan.lean = FootprintControl(plan.lean, max(1, math.ceil(mlp_bytes_over_dense - 1e-9)))
+    return control
+
+
 def make_batch(cfg: MoDEConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {
@@ -311,7 +361,12 @@ def bench_latency(
         diffs.append((lean_out - uncached.predict_action_chunk(batch, noise)).abs().max().item())
         bitwise = bitwise and torch.equal(lean_out, modules.predict_action_chunk(batch, noise))
 
+    union = chunk_expert_union(cached)
     chunks: dict[str, Any] = dict(variants)
+    chunks["dense_footprint"] = footprint_control(variants["dense_active"], union["mlp_bytes_over_dense_active"])
+    noise = torch.randn(1, base.horizon, base.action_dim)
+    control_equal = torch.equal(chunks["dense_footprint"].predict_action_chunk(b1, noise),
+                                variants["dense_active"].predict_action_chunk(b1, noise))
     if onnx and onnx_runtime_available():
         log("exporting the cached sampler and the dense baseline to ONNX (batch 1)...")
         with tempfile.TemporaryDirectory(prefix="mode-policy-bench-") as tmp:  # the session keeps the graph
@@ -364,7 +419,9 @@ def bench_latency(
         "params": counts,
         "cache_bytes": cache_bytes,
         "expert_weight_bytes": weights_bytes,
-        "chunk_experts": chunk_expert_union(cached),
+        "chunk_experts": union,
+        "footprint_copies": chunks["dense_footprint"].denoiser.sampling_plan().lean.copies,
+        "footprint_control_equal": control_equal,
         "exact_max_abs_diff": max(diffs),
         "lean_bitwise_equal": bitwise,
         "throughput": throughput,
@@ -396,7 +453,9 @@ def bench_latency(
         result["ratios"]["onnx_over_bound_b1"] = bounds["b1"]["onnx_cached"]["measured_over_bound"]
         result["ratios"]["onnx_cached_over_onnx_dense_active_b1"] = ratio(lat_b1, "onnx_cached", "onnx_dense_active")
     pairs = {"cached_over_dense_active_b1": ("mode_cached", "dense_active"),
-             "cached_over_uncached_b1": ("mode_cached", "mode_uncached")}
+             "cached_over_uncached_b1": ("mode_cached", "mode_uncached"),
+             "footprint_over_dense_active_b1": ("dense_footprint", "dense_active"),
+             "cached_over_footprint_b1": ("mode_cached", "dense_footprint")}
     if "onnx_cached" in lat_b1:
         pairs["onnx_cached_over_onnx_dense_active_b1"] = ("onnx_cached", "onnx_dense_active")
     result["paired"] = {key: paired_ratio(lat_b1, a, b) for key, (a, b) in pairs.items()}
@@ -456,6 +515,10 @@ def format_latency(result: dict[str, Any]) -> str:
         lines.append(f"experts one cached chunk reads per layer (of {result['config']['num_experts']}): "
                      f"{union['experts_per_layer']}, in {union['pairs_per_layer']} distinct sets; their MLP weights "
                      f"{union['mlp_bytes_over_dense_active']:.2f}x dense_active's")
+    if "footprint_copies" in result:
+        lines.append(f"dense_footprint: dense_active reading {result['footprint_copies']} copies of its MLP weights "
+                     f"per chunk (same actions: {result['footprint_control_equal']}); "
+                     "footprint_over_dense_active_b1 is what that footprint alone costs here")
     lines.append("\nbounds of this machine, from the probes timed in the same rounds:")
     for size, tp in result["throughput"].items():
         lines.append(f"  {size}: {tp['matmul_gflops']:.1f} GFLOP/s matmul (fp32, {MATMUL_N}^3), "

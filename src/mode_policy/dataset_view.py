@@ -37,6 +37,10 @@ class DatasetConfig:
             raise ConfigError(f"{name} of dataset view is fixed by the dataset ({self._widths[name]})")
         setattr(self._config, name, value)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The policy's config as a dict, with this dataset's widths."""
+        return {**self._config.to_dict(), **self._widths}
+
 
 class DatasetPolicy:
     """``policy`` restricted to ``dataset``: its normalisation, widths and instructions."""
@@ -60,6 +64,15 @@ class DatasetPolicy:
 
     def reset(self) -> None:
         self.policy.reset()
+
+    @property
+    def goal_encoder(self) -> Any:
+        """The policy's goal encoder (one for every dataset)."""
+        return self.policy.goal_encoder
+
+    def goal_vector(self, batch: Mapping[str, Any]) -> Tensor:
+        """As :meth:`MoDEPolicy.goal_vector`."""
+        return self.policy.goal_vector(batch)
 
     def train(self, mode: bool = True) -> "DatasetPolicy":
         self.policy.train(mode)

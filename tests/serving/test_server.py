@@ -180,3 +180,58 @@ def test_onnx_backend_serves_one_row_forwards_with_the_exported_sampler(policy, 
         assert two.actions.shape == (2, 4, 4)
     finally:
         running.stop()
+
+
+def _mixture_policy():
+    """The tiny policy normalising two datasets: 'wide' (7-d actions, 39-d states), 'narrow' (4-d, 8-d)."""
+    torch.manual_seed(0)
+    from mode_policy import MoDEPolicy, get_preset
+
+    cfg = get_preset("tiny", state_dim=39, action_dim=7, goal_dim=8,
+                     goal_encoder={"type": "task", "tasks": TASKS, "dim": 8})
+    policy = MoDEPolicy(cfg)
+    with torch.no_grad():
+        torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.5)
+    policy.set_dataset_normalization({
+        "wide": {"action": {"min": [-1.0] * 7, "max": [1.0] * 7},
+                 "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39}},
+        "narrow": {"action": {"min": ACTION_MIN, "max": ACTION_MAX},
+                   "observation.state": {"mean": [0.5] * 8, "std": [2.0] * 8}},
+    })
+    return policy.eval()
+
+
+def test_a_mixture_policy_is_served_through_one_datasets_widths_and_normalisation():
+    from mode_policy.dataset_view import for_dataset
+
+    policy = _mixture_policy()
+    running = RunningServer(PolicyServer(for_dataset(policy, "narrow"), host="127.0.0.1", port=0))
+    try:
+        with PolicyClient(port=running.port) as client:
+            meta = client.metadata
+            assert meta["dataset"] == "narrow" and meta["features"]["state"] == [1, 8]
+            assert meta["features"]["actions"] == [4, 4] and meta["policy"]["action_dim"] == 4
+            state = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+            torch.manual_seed(5)
+            reply = client.predict({"observation.state": state, "task": [TASKS[1]] * 2})
+            with pytest.raises(DataError, match="expected \\(B, 8\\)"):  # the widest state is not this dataset's
+                client.predict({"observation.state": np.zeros((1, 39), np.float32), "task": TASKS[0]})
+        torch.manual_seed(5)
+        want = policy.predict_action_chunk({"observation.state": torch.from_numpy(state), "task": [TASKS[1]] * 2},
+                                           dataset="narrow")
+        assert reply.actions.shape == (2, 4, 4)
+        np.testing.assert_allclose(reply.actions, want.numpy(), atol=1e-6)
+        assert (reply.actions >= np.array(ACTION_MIN) - 1e-6).all() and (reply.actions <= np.array(ACTION_MAX) + 1e-6).all()
+    finally:
+        running.stop()
+
+
+def test_serve_of_a_mixture_policy_needs_a_dataset_name(tmp_path, capsys):
+    from mode_policy.cli import main as cli
+
+    _mixture_policy().save_pretrained(tmp_path / "model")
+    assert cli(["serve", str(tmp_path / "model"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "mixture" in err and "wide" in err and "narrow" in err and "--dataset_name" in err
+    assert cli(["serve", str(tmp_path / "model"), "--port", "0", "--dataset_name", "calvin"]) == 2
+    assert "'calvin' is not one of the policy's datasets" in capsys.readouterr().err

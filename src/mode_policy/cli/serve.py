@@ -40,6 +40,8 @@ class ServeOptions:
     backend: str = "torch"
     """'torch', or 'onnx': one-row forwards run the cached sampler exported for batch 1 on ONNX Runtime
     (the fastest CPU path; needs the onnx extra, a state-only policy and device cpu; exported at start)."""
+    dataset_name: str = ""
+    """A policy trained on a mixture: the dataset whose normalisation, state and action widths to serve."""
 
 
 def run_serve(opts: ServeOptions) -> int:
@@ -51,12 +53,16 @@ def run_serve(opts: ServeOptions) -> int:
         raise ConfigError(f"max_batch={opts.max_batch} must be >= 1 and batch_window_ms={opts.batch_window_ms} >= 0")
     if opts.backend not in ("torch", "onnx"):
         raise ConfigError(f"backend={opts.backend!r}: expected 'torch' or 'onnx'")
+    from ..dataset_view import for_dataset
+
     policy = _load_policy(opts.path, opts.device)
+    served = for_dataset(policy, opts.dataset_name)  # ConfigError naming the datasets when one must be chosen
     single_row = _onnx_single_row(policy, threads) if opts.backend == "onnx" else None
-    server = PolicyServer(policy, opts.host, opts.port, opts.batch_window_ms, opts.max_batch, single_row=single_row)
+    server = PolicyServer(served, opts.host, opts.port, opts.batch_window_ms, opts.max_batch, single_row=single_row)
 
     def ready(port: int) -> None:
-        print(f"serving {opts.path} on ws://{opts.host}:{port} (health: http://{opts.host}:{port}/healthz)",
+        dataset = f" (dataset {opts.dataset_name})" if opts.dataset_name else ""
+        print(f"serving {opts.path}{dataset} on ws://{opts.host}:{port} (health: http://{opts.host}:{port}/healthz)",
               flush=True)
 
     run_server(server, ready)

@@ -45,6 +45,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ..constants import GOAL_KEY, TASK_KEY
+from ..dataset_view import DatasetPolicy
 from ..errors import ModePolicyError
 from ..export import OrtChunk
 from ..policy import MoDEPolicy
@@ -58,10 +59,12 @@ HEALTH_PATH = "/healthz"
 
 
 class PolicyServer:
-    """Serves ``policy`` (put in eval mode) on ``host:port`` (0 = an ephemeral port)."""
+    """Serves ``policy`` (put in eval mode) on ``host:port`` (0 = an ephemeral port). A policy
+    trained on a mixture is served through one dataset's view (:func:`~mode_policy.dataset_view.for_dataset`):
+    its normalisation, state and action widths."""
 
     def __init__(
-        self, policy: MoDEPolicy, host: str = "127.0.0.1", port: int = 8000, batch_window_ms: float = 2.0,
+        self, policy: MoDEPolicy | DatasetPolicy, host: str = "127.0.0.1", port: int = 8000, batch_window_ms: float = 2.0,
         max_batch: int = 64, drain_timeout_s: float = 10.0, single_row: OrtChunk | None = None,
     ) -> None:
         self.policy = policy.eval()
@@ -93,7 +96,7 @@ class PolicyServer:
             "actions": [cfg.horizon, cfg.action_dim],
         }
         return {"type": "metadata", "protocol": PROTOCOL_VERSION, "policy": cfg.to_dict(), "features": features,
-                "max_batch": self.max_rows, "backend": self.backend}
+                "dataset": getattr(self.policy, "dataset", None), "max_batch": self.max_rows, "backend": self.backend}
 
     @property
     def backend(self) -> str:
