@@ -214,11 +214,7 @@ class FootprintControl:
 
     def sample(self, cond: torch.Tensor, x: torch.Tensor, sampler: Sampler, sigmas: torch.Tensor) -> torch.Tensor:
         """As :meth:`LeanSampler.sample`."""
-        lean = self.samplers[0]
-        n_cond, horizon = cond.shape[1], x.shape[1]
-        start = lean.offset + n_cond
-        prefix = cond + lean.pos[:, lean.offset : start]  # (B, n, d)
-        action_pos = lean.pos[:, start : start + horizon]  # (1, H, d)
+        prefix, action_pos = self.samplers[0].chunk_rows(cond, x.shape[1])
         return sampler.run(lambda x, j: self.samplers[self.copy_of(j)].denoise(x, j, prefix, action_pos), x, sigmas)
 
 

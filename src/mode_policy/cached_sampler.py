@@ -152,11 +152,14 @@ class LeanSampler:
 
     def sample(self, cond: Tensor, x: Tensor, sampler: Sampler, sigmas: Tensor) -> Tensor:
         """Normalised actions (B, H, A) from ``x`` (B, H, A) at sigma_max, for condition tokens (B, n, d)."""
-        n_cond, horizon = cond.shape[1], x.shape[1]
-        start = self.offset + n_cond
-        prefix = cond + self.pos[:, self.offset : start]  # (B, n, d): the same at every step
-        action_pos = self.pos[:, start : start + horizon]  # (1, H, d)
+        prefix, action_pos = self.chunk_rows(cond, x.shape[1])
         return sampler.run(lambda x, j: self.denoise(x, j, prefix, action_pos), x, sigmas)
+
+    def chunk_rows(self, cond: Tensor, horizon: int) -> tuple[Tensor, Tensor]:
+        """What every step of a chunk shares: the condition tokens plus their positional
+        embeddings (B, n, d), and the action rows' positional embeddings (1, H, d)."""
+        start = self.offset + cond.shape[1]
+        return cond + self.pos[:, self.offset : start], self.pos[:, start : start + horizon]
 
     def denoise(self, x: Tensor, j: int, prefix: Tensor, action_pos: Tensor) -> Tensor:
         """D(x, sigma_j) (B, H, A) at evaluation ``j``: ``c_skip x + c_out F(c_in x)``."""
