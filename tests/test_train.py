@@ -142,3 +142,41 @@ def test_bad_inputs_give_clear_errors(dataset, tmp_path, capsys):
                             "action": np.zeros((5, 7), np.float32)}, task="reach the goal position")
     with pytest.raises(DataError, match="action_dim=7, checkpoint .* expects 4"):
         train(tiny_cfg(other, run, steps=8), resume=True)
+
+
+def test_training_follows_a_neighbour_through_its_thread_governor(dataset, tmp_path, monkeypatch):
+    # the governor (threads chosen by the job) is stepped once per optimizer step; what it changes
+    # reaches torch, the metrics and the summary; --threads N has none
+    from mode_policy import threads as threads_mod
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+
+    class Governor:
+        def __init__(self, threads: int, max_threads: int) -> None:
+            self.threads, self.steps, self.changes = threads, 0, []
+
+        def step(self):
+            self.steps += 1
+            if self.steps == 5:  # a neighbour "starts" before step 5's end
+                self.threads = 1
+                torch.set_num_threads(1)
+                self.changes.append((5, 1, 0.8))
+                return 1
+            return None
+
+        def restart(self) -> None:
+            pass
+
+    monkeypatch.setattr(threads_mod, "ThreadGovernor", Governor)
+    monkeypatch.setattr(threads_mod, "busy_cores", lambda sample_s=0.3: 0.0)
+    try:
+        run = train(tiny_cfg(dataset, tmp_path / "auto", steps=8))
+        summary = json.loads((run / "train_summary.json").read_text())
+        assert summary["thread_changes"] == [{"step": 5, "torch_threads": 1, "others_busy_cores": 0.8}]
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["torch_threads"] for r in records] == [summary["torch_threads"], 1]  # steps 4, 8
+        run = train(tiny_cfg(dataset, tmp_path / "forced", steps=8, threads=2))
+        assert json.loads((run / "train_summary.json").read_text())["thread_changes"] == []
+    finally:
+        torch.set_num_threads(before)

@@ -29,7 +29,7 @@ from .errors import CheckpointError, ConfigError, DataError, RunDirError, Traini
 from .finetune import load_pretrained, plan_finetune, transfer_weights
 from .policy import MoDEPolicy
 from .run_dir import TRAINING_STATE, RunDir
-from .threads import apply_threads
+from .threads import apply_threads, make_governor
 
 EvalFn = Callable[[MoDEPolicy, int], dict[str, Any]]
 
@@ -159,7 +159,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     ``cfg.init_from``); returns the run directory."""
     rank, local_rank, world = _distributed()
     device = resolve_device(cfg.device, local_rank)
-    threads = apply_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device.type == "cpu" else 0
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = apply_threads(cfg.threads, local_ranks) if device.type == "cpu" else 0
     run = RunDir(cfg.output_dir)
     mixture = run_mixture(cfg)  # checks every dataset exists, before anything is written
     if run.root.exists() and not run.root.is_dir():
@@ -278,8 +279,10 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
                 "sampler": sampler.schedule.state_dict(),
             }, cfg.keep_checkpoints)
 
+    governor = make_governor(cfg.threads, threads, local_ranks) if threads else None
     if rank == 0 and cfg.progress and threads:
-        print(f"training on the CPU with {threads} torch thread(s)" + ("" if cfg.threads else " (cores free now)"))
+        print(f"training on the CPU with {threads} torch thread(s)"
+              + ("" if governor is None else " (the cores free now; following neighbours that start or stop)"))
     per_rank = cfg.batch_size // world
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     bar = None
@@ -312,12 +315,15 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         window_steps += 1
         if bar is not None:
             bar.update(1)
+        if governor is not None and governor.step() is not None and bar is not None:
+            _, now_threads, others = governor.changes[-1]
+            bar.write(f"step {step}: {now_threads} torch thread(s) (other processes use {others:.1f} cores)")
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             record = {
                 "step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                 "samples_per_s": window_steps * cfg.batch_size / (now - window_time),
-                "wall_s": now - start_time,
+                "wall_s": now - start_time, **({"torch_threads": torch.get_num_threads()} if threads else {}),
                 **{k: float(v) for k, v in info.items() if v.dim() == 0},
             }
             if "expert_usage" in info:
@@ -342,6 +348,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
                         writer.add_scalar(f"eval/{k}", v, step)
             if world > 1:
                 dist.barrier()
+            if governor is not None:  # the evaluation's own load is not a neighbour's
+                governor.restart()
     if bar is not None:
         bar.close()
 
@@ -354,6 +362,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         ema.model.save_pretrained(run.model)
         run.write_summary({
             "steps": step, "world_size": world, "torch_threads": threads, "wall_s": time.perf_counter() - start_time,
+            "thread_changes": [] if governor is None else [
+                {"step": s, "torch_threads": n, "others_busy_cores": o} for s, n, o in governor.changes],
             "weights_checksum_per_rank": checksums, "ranks_consistent": len(set(checksums)) == 1,
         })
         writer.close()

@@ -235,3 +235,33 @@ def test_serve_of_a_mixture_policy_needs_a_dataset_name(tmp_path, capsys):
     assert "mixture" in err and "wide" in err and "narrow" in err and "--dataset_name" in err
     assert cli(["serve", str(tmp_path / "model"), "--port", "0", "--dataset_name", "calvin"]) == 2
     assert "'calvin' is not one of the policy's datasets" in capsys.readouterr().err
+
+
+def test_forwards_run_on_the_servers_thread_count_and_step_its_governor(policy, monkeypatch):
+    # a new thread runs torch on the default thread count whatever another thread set, so the model
+    # thread must set its own; the governor is stepped there after every forward
+    import threading as th
+
+    from mode_policy.serving import batcher
+
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(batcher.torch, "set_num_threads", lambda n: calls.append((th.current_thread().name, n)) or real(n))
+
+    class Governor:
+        threads, changes = 1, []
+
+        def step(self):
+            calls.append((th.current_thread().name, "step"))
+
+    running = RunningServer(PolicyServer(policy, host="127.0.0.1", port=0, threads=1, governor=Governor()))
+    try:
+        with PolicyClient(port=running.port) as client:
+            client.predict(obs(1))
+            client.predict(obs(2))
+            assert client.health()["torch_threads"] == 1
+    finally:
+        running.stop()
+    model = [name for name, _ in calls]
+    assert calls[0][1] == 1 and [c[1] for c in calls[1:]] == ["step", "step"]
+    assert len(set(model)) == 1 and model[0].startswith("mode-policy-model")

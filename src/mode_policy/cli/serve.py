@@ -46,7 +46,7 @@ class ServeOptions:
 
 def run_serve(opts: ServeOptions) -> int:
     from ..serving import PolicyServer, run_server
-    from ..threads import apply_threads
+    from ..threads import apply_threads, make_governor
 
     threads = apply_threads(opts.threads)
     if opts.max_batch < 1 or opts.batch_window_ms < 0:
@@ -58,7 +58,10 @@ def run_serve(opts: ServeOptions) -> int:
     policy = _load_policy(opts.path, opts.device)
     served = for_dataset(policy, opts.dataset_name)  # ConfigError naming the datasets when one must be chosen
     single_row = _onnx_single_row(policy, threads) if opts.backend == "onnx" else None
-    server = PolicyServer(served, opts.host, opts.port, opts.batch_window_ms, opts.max_batch, single_row=single_row)
+    # ONNX Runtime's threads are fixed when its session starts: the governor follows torch's only
+    governor = make_governor(opts.threads, threads) if opts.device == "cpu" and single_row is None else None
+    server = PolicyServer(served, opts.host, opts.port, opts.batch_window_ms, opts.max_batch, single_row=single_row,
+                          threads=threads, governor=governor)
 
     def ready(port: int) -> None:
         dataset = f" (dataset {opts.dataset_name})" if opts.dataset_name else ""

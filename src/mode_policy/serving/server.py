@@ -49,6 +49,7 @@ from ..dataset_view import DatasetPolicy
 from ..errors import ModePolicyError
 from ..export import OrtChunk
 from ..policy import MoDEPolicy
+from ..threads import ThreadGovernor
 from .batcher import MicroBatcher
 from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, error_reply, pack, unpack
 from .validation import Observation, validate_observation
@@ -66,9 +67,15 @@ class PolicyServer:
     def __init__(
         self, policy: MoDEPolicy | DatasetPolicy, host: str = "127.0.0.1", port: int = 8000, batch_window_ms: float = 2.0,
         max_batch: int = 64, drain_timeout_s: float = 10.0, single_row: OrtChunk | None = None,
+        threads: int | None = None, governor: ThreadGovernor | None = None,
     ) -> None:
+        """``threads``: torch threads of the forwards (default: this thread's count now, e.g. what
+        :func:`~mode_policy.threads.apply_threads` chose); ``governor``: follows neighbours that start
+        or stop while serving (:class:`~mode_policy.threads.ThreadGovernor`, stepped after each forward)."""
         self.policy = policy.eval()
         self.single_row = single_row
+        self.threads = torch.get_num_threads() if threads is None else threads
+        self.governor = governor
         self.host, self.port = host, port
         self.drain_timeout_s = drain_timeout_s
         self.device = next(policy.parameters()).device
@@ -103,14 +110,21 @@ class PolicyServer:
         return "torch" if self.single_row is None else "onnx (one-row forwards), torch (larger)"
 
     def health(self) -> dict[str, Any]:
+        threads = self.threads if self.governor is None else self.governor.threads
         return {"type": "health", "ok": not self.closing, "uptime_s": time.time() - self.started,
-                "connections": self.connections, "in_flight": self.in_flight,
+                "connections": self.connections, "in_flight": self.in_flight, "torch_threads": threads,
                 "batches": self.batcher.batches if self.batcher else 0, **self.counts}
 
     # ---------------------------------------------------------- forward
-    @torch.inference_mode()
     def forward(self, group: list[Observation]) -> np.ndarray:
         """Stacked observations -> actions (rows, H, A) float32 (runs on the model thread)."""
+        actions = self._forward(group)
+        if self.governor is not None and self.governor.step() is not None:
+            log.info("torch threads now %d (other processes use %.1f cores)", *self.governor.changes[-1][1:])
+        return actions
+
+    @torch.inference_mode()
+    def _forward(self, group: list[Observation]) -> np.ndarray:
         batch: dict[str, Any] = {
             key: torch.from_numpy(np.concatenate([o.arrays[key] for o in group])).to(self.device)
             for key in group[0].arrays
@@ -183,7 +197,8 @@ class PolicyServer:
     # ------------------------------------------------------------ serve
     async def serve(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
         """Serve until ``stop`` is set, then shut down gracefully; ``ready(port)`` once listening."""
-        self.batcher = MicroBatcher(self.forward, self.window_s, self.max_rows, lambda: self.connections)
+        self.batcher = MicroBatcher(self.forward, self.window_s, self.max_rows, lambda: self.connections,
+                                    threads=self.threads)
         batching = asyncio.create_task(self.batcher.run())
         try:
             async with serve(self._handle, self.host, self.port, process_request=self._http,
