@@ -4,7 +4,7 @@ Two torch threads on a 2-core machine where another process keeps one core busy 
 ten times slower than one thread, because every parallel region waits for the thread that
 shares its core. So, unless the user chose (``threads > 0``, or ``OMP_NUM_THREADS``), use
 the cores that were idle over a short sample of the machine's load when the job starts, and
-while it runs (:class:`ThreadGovernor`, in training) follow the neighbours that start or stop
+while it runs (:class:`ThreadGovernor`: training, the server) follow the neighbours that start or stop
 later.
 """
 
