@@ -71,7 +71,8 @@ def test_footprint_control_reads_distinct_copies_in_blocks():
         lean.samplers[1].layers[0].dense[1].mul_(2.0)
     assert not torch.equal(control.predict_action_chunk(batch, noise), dense.predict_action_chunk(batch, noise))
     with pytest.raises(ConfigError, match="dense lean sampler"):
-        FootprintControl(MoDEPolicy(get_preset("tiny", state_dim=39, action_dim=4)).eval().denoiser.sampling_plan().lean, 2)
+        mode = MoDEPolicy(get_preset("tiny", state_dim=39, action_dim=4)).eval()
+        FootprintControl(mode.denoiser.sampling_plan().lean, 2)
 
 
 def test_the_experts_a_chunk_reads():

@@ -84,6 +84,35 @@ def test_onnx_sampler_matches_the_eager_cached_sampler(tmp_path):
 
 
 @pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
+def test_an_ort_chunk_restarts_on_another_thread_count_after_its_file_is_gone(tmp_path):
+    from mode_policy.export import OrtChunk
+
+    policy = make_policy()
+    path = export_sampler(policy, tmp_path / "sampler.onnx", "onnx", batch_size=1)
+    chunk = OrtChunk(path, threads=1)
+    path.unlink()  # the server exports to a temporary folder
+    inputs = example_inputs(policy, 1, seed=3)
+    batch = {k: v for k, v in inputs.items() if k != "noise"}
+    one = chunk.predict_action_chunk(batch, inputs["noise"])
+    session = chunk.session
+    chunk.set_threads(2)
+    assert chunk.session is not session and chunk.threads == 2
+    assert chunk.session.get_session_options().intra_op_num_threads == 2
+    torch.testing.assert_close(chunk.predict_action_chunk(batch, inputs["noise"]), one, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(one.numpy(), eager(policy, inputs), atol=PARITY)
+    # what `serve --backend onnx` hands its thread governor: torch's count and a new session
+    from mode_policy.cli.serve import thread_setter
+
+    before = torch.get_num_threads()
+    try:
+        thread_setter(chunk)(1)
+        assert torch.get_num_threads() == 1 and chunk.threads == 1
+        assert chunk.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
 def test_the_opset_follows_what_the_installed_runtime_runs(monkeypatch):
     import onnx
     import onnxruntime

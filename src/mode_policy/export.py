@@ -221,6 +221,14 @@ class OrtChunk:
     (for side-by-side benchmarks and parity checks); ``threads`` 0 = ONNX Runtime's choice."""
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self._model = Path(path).read_bytes()  # kept: the file may be temporary; set_threads rebuilds from it
+        self.set_threads(threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.noise_shape = next(i.shape for i in self.session.get_inputs() if i.name == NOISE_NAME)
+
+    def set_threads(self, threads: int) -> None:
+        """(Re)start the session on ``threads`` intra-op threads (0: ONNX Runtime's choice): its
+        thread pool is fixed when it starts."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -230,9 +238,8 @@ class OrtChunk:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: un-foldable CastLike nodes are harmless
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.noise_shape = next(i.shape for i in self.session.get_inputs() if i.name == NOISE_NAME)
+        self.session = ort.InferenceSession(self._model, options, providers=["CPUExecutionProvider"])
+        self.threads = threads
 
     def predict_action_chunk(self, batch: dict[str, Any], noise: Tensor | None = None) -> Tensor:
         if noise is None:

@@ -145,10 +145,12 @@ class ThreadGovernor:
         return want
 
 
-def make_governor(requested: int, threads: int, processes: int = 1) -> ThreadGovernor | None:
+def make_governor(requested: int, threads: int, processes: int = 1,
+                  set_threads: Callable[[int], None] = torch.set_num_threads) -> ThreadGovernor | None:
     """A :class:`ThreadGovernor` for a job that chose ``threads`` by itself (``requested`` 0, no
     ``OMP_NUM_THREADS``), alone on this machine (``processes`` 1: DDP ranks would count each
-    other as neighbours) and on Linux; else None (the count stays as it is)."""
+    other as neighbours) and on Linux; else None (the count stays as it is). ``set_threads``
+    applies a new count (in the thread that steps the governor)."""
     if requested > 0 or os.environ.get("OMP_NUM_THREADS") or processes > 1 or _cpu_times() is None:
         return None
-    return ThreadGovernor(threads, available_cores())
+    return ThreadGovernor(threads, available_cores(), set_threads=set_threads)

@@ -221,7 +221,8 @@ def test_a_mixture_policy_is_served_through_one_datasets_widths_and_normalisatio
                                            dataset="narrow")
         assert reply.actions.shape == (2, 4, 4)
         np.testing.assert_allclose(reply.actions, want.numpy(), atol=1e-6)
-        assert (reply.actions >= np.array(ACTION_MIN) - 1e-6).all() and (reply.actions <= np.array(ACTION_MAX) + 1e-6).all()
+        low, high = np.array(ACTION_MIN) - 1e-6, np.array(ACTION_MAX) + 1e-6
+        assert (reply.actions >= low).all() and (reply.actions <= high).all()
     finally:
         running.stop()
 
@@ -246,7 +247,8 @@ def test_forwards_run_on_the_servers_thread_count_and_step_its_governor(policy, 
 
     calls = []
     real = torch.set_num_threads
-    monkeypatch.setattr(batcher.torch, "set_num_threads", lambda n: calls.append((th.current_thread().name, n)) or real(n))
+    monkeypatch.setattr(batcher.torch, "set_num_threads",
+                        lambda n: calls.append((th.current_thread().name, n)) or real(n))
 
     class Governor:
         threads, changes = 1, []
@@ -265,3 +267,22 @@ def test_forwards_run_on_the_servers_thread_count_and_step_its_governor(policy, 
     model = [name for name, _ in calls]
     assert calls[0][1] == 1 and [c[1] for c in calls[1:]] == ["step", "step"]
     assert len(set(model)) == 1 and model[0].startswith("mode-policy-model")
+
+
+def test_serve_loads_on_one_thread_and_forwards_on_the_chosen_count(tmp_path, monkeypatch):
+    # the main thread stays on one torch thread from the start (two OpenMP teams slow the model
+    # thread's forwards several-fold); the forwards get the chosen count
+    from mode_policy.cli import serve as serve_cli
+
+    seen = {}
+    monkeypatch.setattr(serve_cli, "_load_policy",
+                        lambda path, device: seen.setdefault("load_threads", torch.get_num_threads()) and make_policy())
+    monkeypatch.setattr("mode_policy.serving.run_server",
+                        lambda server, ready: seen.setdefault("server_threads", server.threads))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a fresh process would start on this machine
+    try:
+        assert serve_cli.run_serve(serve_cli.ServeOptions(path="unused", threads=2, port=0)) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"load_threads": 1, "server_threads": 2}

@@ -65,13 +65,19 @@ class PolicyServer:
     its normalisation, state and action widths."""
 
     def __init__(
-        self, policy: MoDEPolicy | DatasetPolicy, host: str = "127.0.0.1", port: int = 8000, batch_window_ms: float = 2.0,
+        self, policy: MoDEPolicy | DatasetPolicy, host: str = "127.0.0.1", port: int = 8000,
+        batch_window_ms: float = 2.0,
         max_batch: int = 64, drain_timeout_s: float = 10.0, single_row: OrtChunk | None = None,
         threads: int | None = None, governor: ThreadGovernor | None = None,
     ) -> None:
         """``threads``: torch threads of the forwards (default: this thread's count now, e.g. what
         :func:`~mode_policy.threads.apply_threads` chose); ``governor``: follows neighbours that start
-        or stop while serving (:class:`~mode_policy.threads.ThreadGovernor`, stepped after each forward)."""
+        or stop while serving (:class:`~mode_policy.threads.ThreadGovernor`, stepped after each forward).
+
+        The forwards run on a thread of their own. Where this process's main thread has already run
+        torch on more than one thread, multi-threaded forwards there are several times slower (two
+        OpenMP teams): keep the main thread on one (``torch.set_num_threads(1)`` before any torch
+        work), as ``mode-policy serve`` does."""
         self.policy = policy.eval()
         self.single_row = single_row
         self.threads = torch.get_num_threads() if threads is None else threads
