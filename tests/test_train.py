@@ -153,7 +153,7 @@ def test_training_follows_a_neighbour_through_its_thread_governor(dataset, tmp_p
     before = torch.get_num_threads()
 
     class Governor:
-        def __init__(self, threads: int, max_threads: int) -> None:
+        def __init__(self, threads: int, max_threads: int, **settings) -> None:
             self.threads, self.steps, self.changes = threads, 0, []
 
         def step(self):
