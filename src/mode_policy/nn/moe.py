@@ -92,8 +92,11 @@ class ExpertBank(nn.Module):
         counts = torch.bincount(flat, minlength=self.n_experts).tolist()
         unit_ids = order // k  # (U*k,) unit of each assignment, grouped by expert
         grouped = x.index_select(0, unit_ids)  # (U*k, ..., d)
+        # unbind, not w13[e]: its backward stacks the experts' gradients into one bank-sized
+        # tensor, where indexing would zero-fill a bank-sized gradient per expert
+        w13, w2 = self.w13.unbind(0), self.w2.unbind(0)
         outs = [
-            swiglu(chunk, self.w13[e], self.w2[e])
+            swiglu(chunk, w13[e], w2[e])
             for e, chunk in enumerate(grouped.split(counts))
             if counts[e] > 0
         ]
