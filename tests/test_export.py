@@ -112,6 +112,42 @@ def test_an_ort_chunk_restarts_on_another_thread_count_after_its_file_is_gone(tm
         torch.set_num_threads(before)
 
 
+def mixture_policy() -> MoDEPolicy:
+    """make_policy's network normalising two datasets: 'wide' (3-d actions, 6-d states), 'narrow' (2-d, 4-d)."""
+    policy = make_policy()
+    policy.set_dataset_normalization({
+        "wide": {"action": {"min": [-1.0] * 3, "max": [1.0] * 3},
+                 "observation.state": {"mean": [0.0] * 6, "std": [1.0] * 6}},
+        "narrow": {"action": {"min": [-2.0, 5.0], "max": [2.0, 6.0]},
+                   "observation.state": {"mean": [0.3, -0.2, 0.1, 0.0], "std": [2.0, 0.5, 1.0, 3.0]}},
+    })
+    return policy.eval()
+
+
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
+def test_a_mixture_policy_exports_for_one_dataset_at_its_widths(tmp_path):
+    import onnxruntime as ort
+
+    policy = mixture_policy()
+    with pytest.raises(ConfigError, match="mixture of .*no dataset_name given"):
+        export_sampler(policy, tmp_path / "none.onnx", "onnx")
+    with pytest.raises(ConfigError, match="'calvin' is not one of its datasets"):
+        export_sampler(policy, tmp_path / "bad.onnx", "onnx", dataset="calvin")
+    path = export_sampler(policy, tmp_path / "narrow.onnx", "onnx", batch_size=2, dataset="narrow")
+    described = json.loads(path.with_suffix(".json").read_text())
+    assert described["dataset"] == "narrow" and described["outputs"]["action"] == [2, 4, 2]
+    assert described["inputs"] == {"observation.state": [2, 1, 4], "goal": [2, 8], "noise": [2, 4, 3]}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = example_inputs(policy, 2, seed=5, dataset="narrow")
+    got = session.run(["action"], {k: v.numpy() for k, v in inputs.items()})[0]
+    want = policy.predict_action_chunk({"observation.state": inputs["observation.state"], "goal": inputs["goal"]},
+                                       inputs["noise"], dataset="narrow").numpy()
+    assert got.shape == (2, 4, 2) and np.abs(got - want).max() <= PARITY
+    assert (got[..., 1] >= 5.0 - 1e-5).all()  # the narrow dataset's own action range
+    with pytest.raises(ConfigError, match="trained on one dataset"):
+        export_sampler(make_policy(), tmp_path / "single.onnx", "onnx", dataset="narrow")
+
+
 @pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
 def test_the_opset_follows_what_the_installed_runtime_runs(monkeypatch):
     import onnx
@@ -170,7 +206,7 @@ def test_export_refuses_what_it_cannot_run(tmp_path):
     mixture = make_policy()
     stats = {"action": {"min": [-1.0] * 3, "max": [1.0] * 3}, "observation.state": {"mean": [0.0] * 6, "std": [1.0] * 6}}
     mixture.set_dataset_normalization({"a": stats, "b": stats})
-    with pytest.raises(ConfigError, match="mixture policy"):
+    with pytest.raises(ConfigError, match="mixture of .* name the dataset"):
         export_sampler(mixture, tmp_path / "a.onnx")
 
 

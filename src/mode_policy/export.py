@@ -36,6 +36,7 @@ from .errors import ConfigError
 from .fileio import atomic_write, atomic_write_json
 from .folded_sampler import FoldedSampler
 from .nn.moe import FusedExperts, MoELayer
+from .normalize import DATASET_KEY
 from .policy import MoDEPolicy
 
 FORMATS = ("onnx", "torch_export")
@@ -49,9 +50,11 @@ LEGACY_ONNX_OPSET = 18
 
 class CachedSampler(nn.Module):
     """``(state, goal, noise) -> actions``: the policy's cached ``predict_action_chunk``
-    with the initial noise as an input (eval mode, expert cache on)."""
+    with the initial noise as an input (eval mode, expert cache on). A policy trained on a
+    mixture is exported for one of its datasets (``dataset``): that dataset's normalisation,
+    state width in and action width out (the noise keeps the policy's full action width)."""
 
-    def __init__(self, policy: MoDEPolicy) -> None:
+    def __init__(self, policy: MoDEPolicy, dataset: str = "") -> None:
         super().__init__()
         cfg = policy.config
         if cfg.image_keys:
@@ -61,9 +64,7 @@ class CachedSampler(nn.Module):
                               "the data): use routing=noise (MoDE) or dense")
         if cfg.architecture != "mode":
             raise ConfigError(f"export runs the expert cache, which architecture={cfg.architecture!r} has not")
-        if policy.dataset_names:
-            raise ConfigError(f"export of a mixture policy (datasets {policy.dataset_names}) is not supported: "
-                              "the exported sampler has one normalisation; fine-tune on one dataset first")
+        self.dataset = export_dataset(policy, dataset)
         self.policy = policy.eval()
         self.policy.denoiser.use_expert_cache = True
         self.plan = policy.denoiser.sampling_plan()  # built now: export cannot fingerprint weights
@@ -101,6 +102,8 @@ class CachedSampler(nn.Module):
         else:
             goal, noise = inputs
             batch = {GOAL_KEY: goal}
+        if self.dataset:
+            batch[DATASET_KEY] = self.dataset
         # MoDEPolicy.predict_action_chunk / EDMDenoiser.sample, with the plan fixed
         policy = self.policy
         cond = policy.encode_condition(batch)  # (B, n, d)
@@ -109,7 +112,34 @@ class CachedSampler(nn.Module):
             x = self.folded(cond, x, self.plan.sampler, self.sigmas)
         else:
             x = self.plan.sampler.run(lambda x, j: policy.denoiser(x, self._level(j), cond)[0], x, self.sigmas)
+        if self.dataset:
+            return policy.dataset_normalizers.unnormalize_action(x.clamp(-1.0, 1.0), self.dataset)
         return policy.normalizer.unnormalize_action(x.clamp(-1.0, 1.0))
+
+
+def export_dataset(policy: MoDEPolicy, dataset: str = "") -> str:
+    """The dataset an export of ``policy`` is for: ``dataset`` for a mixture policy (default:
+    its only one), "" for a single-dataset policy; ConfigError naming the choices otherwise."""
+    names = policy.dataset_names
+    if not names:
+        if dataset:
+            raise ConfigError(f"dataset_name={dataset!r}: this policy was trained on one dataset; leave it out")
+        return ""
+    if not dataset and len(names) == 1:
+        return names[0]
+    if dataset not in names:
+        given = f"dataset_name={dataset!r} is not one of its datasets" if dataset else "no dataset_name given"
+        raise ConfigError(f"this policy was trained on a mixture of {names} ({given}): the exported sampler "
+                          "has one normalisation, so name the dataset to export it for (--dataset_name)")
+    return dataset
+
+
+def _widths(policy: MoDEPolicy, dataset: str) -> tuple[int, int]:
+    """(state_dim, action_dim) of the exported sampler's state input and action output."""
+    if not dataset:
+        return policy.config.state_dim, policy.config.action_dim
+    member = policy.dataset_normalizers.member(dataset)
+    return member.state_mean.numel(), member.action_min.numel()
 
 
 def _bank_slice(fused: FusedExperts, layer: MoELayer) -> slice | None:
@@ -123,21 +153,23 @@ def _bank_slice(fused: FusedExperts, layer: MoELayer) -> slice | None:
     return slice(start, start + step * (fused.w13.shape[0] - 1) + 1, step)
 
 
-def input_shapes(policy: MoDEPolicy, batch_size: int) -> dict[str, list[int]]:
-    """Name -> fixed shape of each input of the exported sampler, in call order."""
+def input_shapes(policy: MoDEPolicy, batch_size: int, dataset: str = "") -> dict[str, list[int]]:
+    """Name -> fixed shape of each input of the exported sampler (for ``dataset`` of a mixture
+    policy: its state width), in call order."""
     cfg = policy.config
     shapes: dict[str, list[int]] = {}
     if cfg.state_dim > 0:
-        shapes[STATE_KEY] = [batch_size, cfg.n_obs_steps, cfg.state_dim]
+        shapes[STATE_KEY] = [batch_size, cfg.n_obs_steps, _widths(policy, dataset)[0]]
     shapes[GOAL_KEY] = [batch_size, cfg.goal_dim]
     shapes[NOISE_NAME] = [batch_size, cfg.horizon, cfg.action_dim]
     return shapes
 
 
-def example_inputs(policy: MoDEPolicy, batch_size: int, seed: int = 0) -> dict[str, Tensor]:
+def example_inputs(policy: MoDEPolicy, batch_size: int, seed: int = 0, dataset: str = "") -> dict[str, Tensor]:
     """Random float32 inputs of the exported shapes (for tracing and parity checks)."""
     gen = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(*shape, generator=gen) for name, shape in input_shapes(policy, batch_size).items()}
+    shapes = input_shapes(policy, batch_size, dataset)
+    return {name: torch.randn(*shape, generator=gen) for name, shape in shapes.items()}
 
 
 def known_goals(policy: MoDEPolicy, tasks: Sequence[str] = ()) -> dict[str, list[float]]:
@@ -176,18 +208,21 @@ def export_sampler(
     batch_size: int = 1,
     tasks: Sequence[str] = (),
     opset: int | None = None,
+    dataset: str = "",
 ) -> Path:
     """Write the cached sampler of ``policy`` (moved to the CPU) for ``batch_size`` to ``path``
     (atomically), and its description to ``path`` with suffix ``.json``. Returns ``path``.
-    ``opset``: the ONNX opset (default :func:`onnx_opset`)."""
+    ``opset``: the ONNX opset (default :func:`onnx_opset`); ``dataset``: for a mixture policy,
+    the dataset whose normalisation and widths the sampler uses (:func:`export_dataset`)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {FORMATS}")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     path = Path(path)
     goals = known_goals(policy, tasks)
-    sampler = CachedSampler(policy.cpu())
-    inputs = example_inputs(policy, batch_size)
+    sampler = CachedSampler(policy.cpu(), dataset)
+    dataset = sampler.dataset
+    inputs = example_inputs(policy, batch_size, dataset=dataset)
     args = tuple(inputs.values())
     if fmt == "onnx":
         opset = opset or onnx_opset()
@@ -205,8 +240,9 @@ def export_sampler(
     atomic_write_json(path.with_suffix(".json"), {
         "format": fmt,
         **({"onnx_opset": opset} if fmt == "onnx" else {}),
-        "inputs": input_shapes(policy, batch_size),
-        "outputs": {ACTION_KEY: [batch_size, cfg.horizon, cfg.action_dim]},
+        "inputs": input_shapes(policy, batch_size, dataset),
+        "outputs": {ACTION_KEY: [batch_size, cfg.horizon, _widths(policy, dataset)[1]]},
+        **({"dataset": dataset} if dataset else {}),
         "dtype": "float32",
         "noise": "standard normal (the sampler scales it by sigma_max)",
         "sampler": cfg.sampler, "schedule": cfg.schedule, "num_inference_steps": cfg.num_inference_steps,

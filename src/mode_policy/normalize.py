@@ -183,6 +183,8 @@ class DatasetNormalizers(nn.Module):
             scales.append(F.pad(scale, (0, pad), value=1.0))
             masks.append(torch.arange(full, device=offset.device) < n)
         mask = torch.stack(masks)[rows]  # (B, P)
+        if torch.compiler.is_exporting():  # the graph's input shape fixes the width (see _check_padding)
+            return torch.stack(offsets)[rows], torch.stack(scales)[rows], mask
         need = int(mask.sum(-1).max()) if rows.numel() else 0
         if not need <= width <= full:
             expected = f"{need}" if need == full else f"{need} to {full} (the dataset's own, or padded)"
@@ -211,7 +213,11 @@ class DatasetNormalizers(nn.Module):
 
 def _check_padding(values: Tensor, mask: Tensor, kind: str) -> Tensor:
     """``values`` (B, T, P); DataError when a row holds non-zero values beyond its dataset's
-    width (mask (B, P)): wider input than the dataset has is padding, never data."""
+    width (mask (B, P)): wider input than the dataset has is padding, never data. Not checked
+    while exporting (the exported graph takes states at the dataset's own width: the padding is
+    its own zeros, and a graph cannot branch on values)."""
+    if torch.compiler.is_exporting():
+        return values
     if (values * ~mask[:, None]).any():
         raise DataError(f"{kind} holds values beyond its dataset's {kind} width (those columns must be 0 padding); "
                         "give each row at its dataset's own width")

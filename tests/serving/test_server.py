@@ -286,3 +286,25 @@ def test_serve_loads_on_one_thread_and_forwards_on_the_chosen_count(tmp_path, mo
     finally:
         torch.set_num_threads(before)
     assert seen == {"load_threads": 1, "server_threads": 2}
+
+
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
+def test_onnx_backend_serves_a_mixture_policys_dataset():
+    from mode_policy.cli.serve import _onnx_single_row
+    from mode_policy.dataset_view import for_dataset
+
+    policy = _mixture_policy()
+    single_row = _onnx_single_row(policy, threads=1, dataset="narrow")
+    running = RunningServer(PolicyServer(for_dataset(policy, "narrow"), host="127.0.0.1", port=0, single_row=single_row))
+    state = np.random.default_rng(2).normal(size=(1, 8)).astype(np.float32)
+    try:
+        with PolicyClient(port=running.port) as client:
+            torch.manual_seed(11)
+            reply = client.predict({"observation.state": state, "task": TASKS[0]})
+    finally:
+        running.stop()
+    torch.manual_seed(11)  # the server drew the noise at the policy's full action width, as eager does
+    want = policy.predict_action_chunk({"observation.state": torch.from_numpy(state), "task": [TASKS[0]]},
+                                       dataset="narrow")
+    assert reply.actions.shape == (1, 4, 4)
+    np.testing.assert_allclose(reply.actions, want.numpy(), atol=1e-5)

@@ -63,7 +63,7 @@ def run_serve(opts: ServeOptions) -> int:
 
     policy = _load_policy(opts.path, opts.device)
     served = for_dataset(policy, opts.dataset_name)  # ConfigError naming the datasets when one must be chosen
-    single_row = _onnx_single_row(policy, threads) if opts.backend == "onnx" else None
+    single_row = _onnx_single_row(policy, threads, opts.dataset_name) if opts.backend == "onnx" else None
     governor = None
     if opts.device == "cpu":
         governor = make_governor(opts.threads, threads, set_threads=thread_setter(single_row))
@@ -93,8 +93,9 @@ def thread_setter(single_row=None):
     return set_threads
 
 
-def _onnx_single_row(policy, threads: int):
-    """The policy's cached sampler exported for batch 1 (to a temporary file) in an ONNX Runtime session."""
+def _onnx_single_row(policy, threads: int, dataset: str = ""):
+    """The policy's cached sampler exported for batch 1 (to a temporary file) in an ONNX Runtime
+    session; for a mixture policy, for ``dataset``."""
     import tempfile
 
     from ..export import OrtChunk, export_sampler, onnx_runtime_available
@@ -105,7 +106,8 @@ def _onnx_single_row(policy, threads: int):
         raise ConfigError("backend=onnx runs on the CPU: use --device cpu")
     print("exporting the cached sampler for batch 1 to ONNX...", flush=True)
     with tempfile.TemporaryDirectory(prefix="mode-policy-serve-") as tmp:  # the session keeps the graph
-        return OrtChunk(export_sampler(policy, Path(tmp) / "sampler_b1.onnx", "onnx", batch_size=1), threads=threads)
+        path = export_sampler(policy, Path(tmp) / "sampler_b1.onnx", "onnx", batch_size=1, dataset=dataset)
+        return OrtChunk(path, threads=threads)
 
 
 # -------------------------------------------------------------------- export
@@ -125,6 +127,8 @@ class ExportOptions:
     """Sampling steps (0: the policy's num_inference_steps)."""
     tasks: str = ""
     """Comma-separated instructions whose goal vectors go into the artefact's .json description."""
+    dataset_name: str = ""
+    """A policy trained on a mixture: the dataset whose normalisation, state and action widths the artefact uses."""
 
 
 def run_export(opts: ExportOptions) -> int:
@@ -142,7 +146,7 @@ def run_export(opts: ExportOptions) -> int:
     name = f"sampler_b{opts.batch_size}_s{steps}{suffix}"
     out = Path(opts.out) if opts.out else RunDir.model_dir(opts.path) / "export" / name
     tasks = [t.strip() for t in opts.tasks.split(",") if t.strip()]
-    export_sampler(policy, out, opts.format, opts.batch_size, tasks)
+    export_sampler(policy, out, opts.format, opts.batch_size, tasks, dataset=opts.dataset_name)
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 

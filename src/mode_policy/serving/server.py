@@ -139,8 +139,7 @@ class PolicyServer:
             batch[TASK_KEY] = [t for o in group for t in o.tasks]
         rows = sum(o.rows for o in group)
         if self.single_row is not None and rows == 1:
-            cfg = self.policy.config
-            noise = torch.randn(1, cfg.horizon, cfg.action_dim)  # as predict_action_chunk draws it
+            noise = torch.randn(*self.single_row.noise_shape)  # as predict_action_chunk draws it: the policy's width
             inputs = {key: value for key, value in batch.items() if key != TASK_KEY}
             inputs[GOAL_KEY] = self.policy.goal_vector(batch)  # (1, goal_dim): the graph takes goal vectors
             return self.single_row.predict_action_chunk(inputs, noise).numpy()
