@@ -120,7 +120,7 @@ class ExportOptions:
     format: str = "onnx"
     """'onnx' (runs with ONNX Runtime alone) or 'torch_export' (a torch.export program, .pt2)."""
     out: str = ""
-    """File to write (default: MODEL_DIR/export/sampler_b{batch_size}_s{steps}.onnx or .pt2)."""
+    """File to write (default: MODEL_DIR/export/sampler_b{batch_size}_s{steps}[_{dataset_name}].onnx or .pt2)."""
     batch_size: int = 1
     """The artefact's fixed batch size."""
     steps: int = 0
@@ -143,7 +143,7 @@ def run_export(opts: ExportOptions) -> int:
     if suffix is None:
         raise ConfigError(f"format={opts.format!r}: expected 'onnx' or 'torch_export'")
     steps = policy.config.num_inference_steps
-    name = f"sampler_b{opts.batch_size}_s{steps}{suffix}"
+    name = f"sampler_b{opts.batch_size}_s{steps}{'_' + opts.dataset_name if opts.dataset_name else ''}{suffix}"
     out = Path(opts.out) if opts.out else RunDir.model_dir(opts.path) / "export" / name
     tasks = [t.strip() for t in opts.tasks.split(",") if t.strip()]
     export_sampler(policy, out, opts.format, opts.batch_size, tasks, dataset=opts.dataset_name)
