@@ -50,7 +50,8 @@ def test_footprint_control_reads_distinct_copies_in_blocks():
     import torch
 
     from mode_policy import MoDEPolicy, get_preset
-    from mode_policy.bench import FootprintControl, footprint_control, make_batch
+    from mode_policy.bench import make_batch
+    from mode_policy.footprint_control import FootprintControl, footprint_control
 
     cfg = get_preset("tiny", state_dim=39, action_dim=4, routing="dense", dense_mlp_ratio=8, num_inference_steps=10)
     dense = MoDEPolicy(cfg).eval()

@@ -16,7 +16,7 @@ preset's width and depth, with the same random weights where they share a struct
 * ``dense_total``          dense transformer with the same *total* parameters (MLP hidden = E * 4d), lean
 * ``mode_e{E}_cached``     MoDE with E experts (top-k fixed) for the scaling curve
 * ``dense_footprint``      ``dense_active`` reading as many distinct MLP weights over a chunk as ``mode_cached``
-  does (:class:`FootprintControl`; batch 1): the same operations and bytes per step as ``dense_active``,
+  does (:mod:`mode_policy.footprint_control`; batch 1): the same operations and bytes per step as ``dense_active``,
   so its time over ``dense_active``'s is what that weight footprint alone costs on this machine
 * ``onnx_cached``          ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`: the folded graph of
   :mod:`mode_policy.folded_sampler`), run by ONNX Runtime with the same thread count (batch 1; with
@@ -29,9 +29,7 @@ throughput from its probe's median in the same rounds.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import random
 import statistics
 import tempfile
@@ -41,12 +39,11 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .cached_sampler import LeanSampler
 from .config import MoDEConfig, get_preset
-from .diffusion import Sampler
 from .constants import GOAL_KEY, STATE_KEY
 from .errors import ConfigError
 from .export import OrtChunk, export_sampler, onnx_runtime_available
+from .footprint_control import footprint_control
 from .policy import MoDEPolicy
 
 EXPORTED = {"onnx_cached": "mode_cached", "onnx_dense_active": "dense_active"}
@@ -189,45 +186,6 @@ def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -
     for e in expert_counts:
         variants[f"mode_e{e}_cached"] = _policy(dataclasses.replace(base, num_experts=e), 0)
     return variants
-
-
-class FootprintControl:
-    """A dense lean sampler whose evaluations read ``copies`` distinct copies of its MLP weights,
-    evaluation ``j`` of ``n`` copy ``j * copies // n`` (consecutive steps share one, as noise-routed
-    steps share experts). Actions, operations and bytes per evaluation are those of ``lean``; only
-    the weights a whole chunk touches grow ``copies``-fold: at batch 1 a cached MoDE chunk reads every
-    expert it routes to over the chunk (``chunk_expert_union``), where a dense twin reads one MLP."""
-
-    def __init__(self, lean: LeanSampler, copies: int) -> None:
-        if copies < 1 or any(layer.dense is None for layer in lean.layers):
-            raise ConfigError(f"FootprintControl needs a dense lean sampler and copies >= 1 (got {copies})")
-        self.copies = copies
-        self.samplers = [lean]
-        for _ in range(copies - 1):
-            clone = copy.copy(lean)
-            clone.layers = [layer._replace(dense=tuple(w.clone() for w in layer.dense)) for layer in lean.layers]
-            self.samplers.append(clone)
-
-    def copy_of(self, j: int) -> int:
-        """The weight copy evaluation ``j`` reads."""
-        return j * self.copies // len(self.samplers[0].steps)
-
-    def sample(self, cond: torch.Tensor, x: torch.Tensor, sampler: Sampler, sigmas: torch.Tensor) -> torch.Tensor:
-        """As :meth:`LeanSampler.sample`."""
-        prefix, action_pos = self.samplers[0].chunk_rows(cond, x.shape[1])
-        return sampler.run(lambda x, j: self.samplers[self.copy_of(j)].denoise(x, j, prefix, action_pos), x, sigmas)
-
-
-def footprint_control(dense: MoDEPolicy, mlp_bytes_over_dense: float) -> MoDEPolicy:
-    """``dense`` (a dense policy on the lean sampler, in eval mode) made to read
-    ``ceil(mlp_bytes_over_dense)`` copies of its MLP weights per chunk (:class:`FootprintControl`);
-    returns a new policy, ``dense`` is left as it was."""
-    control = copy.deepcopy(dense)
-    plan = control.denoiser.sampling_plan()
-    if plan.lean is None:
-        raise ConfigError("footprint_control needs a policy that samples on the lean sampler")
-    plan.lean = FootprintControl(plan.lean, max(1, math.ceil(mlp_bytes_over_dense - 1e-9)))
-    return control
 
 
 def make_batch(cfg: MoDEConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
