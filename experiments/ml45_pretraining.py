@@ -37,22 +37,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mode_policy.config import TrainConfig
 from mode_policy.data.reader import DatasetReader
 from mode_policy.errors import ConfigError, ModePolicyError
 from mode_policy.evaluation.metaworld import evaluate_metaworld
 from mode_policy.evaluation.result import wilson_interval
 from mode_policy.fileio import atomic_write_json, atomic_write_text
 from mode_policy.policy import MoDEPolicy
-from mode_policy.run_dir import RunDir
-from mode_policy.train import train, weights_checksum
+from mode_policy.training.config import TrainConfig
+from mode_policy.training.loop import train, weights_checksum
+from mode_policy.training.run_dir import RunDir
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 """Two-sided 95% Student-t quantiles by degrees of freedom (seed-level intervals)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", required=True, help="folder with ml45-train and ml45-test-<N>")
     p.add_argument("--out", required=True, help="study folder (results, runs, table.md)")
     p.add_argument("--pretrained", default="", help="finished pretrained run or model (default: train OUT/pretrain)")
@@ -103,13 +105,22 @@ def pretrained_model(args: argparse.Namespace, out: Path) -> Path:
         path = Path(args.pretrained)
         model = RunDir.model_dir(path)
         if not (model / "model.safetensors").is_file():
-            raise ConfigError(f"--pretrained {path} has no finished model yet (wait for the run, or leave "
-                              "--pretrained out to pretrain one into OUT/pretrain)")
+            raise ConfigError(
+                f"--pretrained {path} has no finished model yet (wait for the run, or leave "
+                "--pretrained out to pretrain one into OUT/pretrain)"
+            )
         return model
-    cfg = TrainConfig(dataset=str(Path(args.data) / "ml45-train"), output_dir=str(out / "pretrain"),
-                      preset=args.preset, steps=args.pretrain_steps, lr=args.pretrain_lr,
-                      batch_size=args.pretrain_batch_size, language=args.language,
-                      checkpoint_every=max(1, args.pretrain_steps // 4), progress=False)
+    cfg = TrainConfig(
+        dataset=str(Path(args.data) / "ml45-train"),
+        output_dir=str(out / "pretrain"),
+        preset=args.preset,
+        steps=args.pretrain_steps,
+        lr=args.pretrain_lr,
+        batch_size=args.pretrain_batch_size,
+        language=args.language,
+        checkpoint_every=max(1, args.pretrain_steps // 4),
+        progress=False,
+    )
     run, seconds = _train_run(cfg)
     print(f"pretrained {run.root} in {seconds:.0f} s", flush=True)
     return run.model
@@ -118,28 +129,50 @@ def pretrained_model(args: argparse.Namespace, out: Path) -> Path:
 def arm_configs(args: argparse.Namespace, out: Path, pretrained: Path, demos: int, seed: int) -> dict[str, TrainConfig]:
     """The finetune and scratch configs of one (demos, seed): same data, steps, batch and warm-up."""
     data = Path(args.data) / f"ml45-test-{demos}"
-    common = dict(dataset=str(data), steps=args.steps, batch_size=args.batch_size, warmup_steps=args.warmup_steps,
-                  seed=seed, checkpoint_every=max(1, args.steps // 4), keep_checkpoints=1, progress=False)
+    common = dict(
+        dataset=str(data),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps,
+        seed=seed,
+        checkpoint_every=max(1, args.steps // 4),
+        keep_checkpoints=1,
+        progress=False,
+    )
     base = MoDEPolicy.from_pretrained(pretrained).config
     scratch_policy = dataclasses.replace(base, freeze_router=False)
     language = base.goal_encoder.get("type", "minilm")
     run_cfg = RunDir.of_model(pretrained)
     preset = TrainConfig.from_run_dict(run_cfg.read_config()).preset if run_cfg is not None else "cpu"
     return {
-        "finetune": TrainConfig(output_dir=str(out / "runs" / f"finetune-{demos}demos-seed{seed}"), init_from=str(pretrained),
-                                lr=args.finetune_lr, **common),
-        "scratch": TrainConfig(output_dir=str(out / "runs" / f"scratch-{demos}demos-seed{seed}"), preset=preset,
-                               policy=scratch_policy, language=language, lr=args.scratch_lr, **common),
+        "finetune": TrainConfig(
+            output_dir=str(out / "runs" / f"finetune-{demos}demos-seed{seed}"),
+            init_from=str(pretrained),
+            lr=args.finetune_lr,
+            **common,
+        ),
+        "scratch": TrainConfig(
+            output_dir=str(out / "runs" / f"scratch-{demos}demos-seed{seed}"),
+            preset=preset,
+            policy=scratch_policy,
+            language=language,
+            lr=args.scratch_lr,
+            **common,
+        ),
     }
 
 
 def evaluate(model: Path, tasks: list[str], args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
-    result = evaluate_metaworld(MoDEPolicy.from_pretrained(model), tasks, args.eval_episodes, seed=args.eval_seed,
-                                progress=False)
-    return {"per_task": {t: [r.successes, r.episodes] for t, r in result.per_task.items()},
-            "successes": result.overall.successes, "episodes": result.overall.episodes,
-            "eval_s": time.perf_counter() - start}
+    result = evaluate_metaworld(
+        MoDEPolicy.from_pretrained(model), tasks, args.eval_episodes, seed=args.eval_seed, progress=False
+    )
+    return {
+        "per_task": {t: [r.successes, r.episodes] for t, r in result.per_task.items()},
+        "successes": result.overall.successes,
+        "episodes": result.overall.episodes,
+        "eval_s": time.perf_counter() - start,
+    }
 
 
 # ------------------------------------------------------------------------ table
@@ -157,9 +190,12 @@ def write_table(out: Path, results: dict[str, dict[str, Any]], tasks: list[str],
     for r in results.values():
         groups.setdefault((r["arm"], r["demos"]), []).append(r)
     short = [t.removesuffix("-v3") for t in tasks]
-    lines = ["| arm | demos/task | seeds | success (mean) | seed 95% CI | Wilson 95% (pooled) | "
-             + " | ".join(short) + " | train s/seed | eval s/seed |",
-             "|---|---|---|---|---|---|" + "---|" * len(short) + "---|---|"]
+    lines = [
+        "| arm | demos/task | seeds | success (mean) | seed 95% CI | Wilson 95% (pooled) | "
+        + " | ".join(short)
+        + " | train s/seed | eval s/seed |",
+        "|---|---|---|---|---|---|" + "---|" * len(short) + "---|---|",
+    ]
     order = {"zero-shot": 0, "scratch": 1, "finetune": 2}
     for (arm, demos), rs in sorted(groups.items(), key=lambda kv: (-kv[0][1], order.get(kv[0][0], 9))):
         rates = [r["successes"] / r["episodes"] for r in rs]
@@ -168,10 +204,12 @@ def write_table(out: Path, results: dict[str, dict[str, Any]], tasks: list[str],
         wlo, whi = wilson_interval(succ, eps)
         per_task = [sum(r["per_task"][t][0] for r in rs) / sum(r["per_task"][t][1] for r in rs) for t in tasks]
         seed_ci = "n/a" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]"
-        lines.append(f"| {arm} | {demos} | {len(rs)} | {statistics.fmean(rates):.3f} | {seed_ci} | [{wlo:.2f}, {whi:.2f}] | "
-                     + " | ".join(f"{p:.2f}" for p in per_task)
-                     + f" | {statistics.fmean(r.get('train_s', 0.0) for r in rs):.0f} | "
-                     f"{statistics.fmean(r['eval_s'] for r in rs):.0f} |")
+        lines.append(
+            f"| {arm} | {demos} | {len(rs)} | {statistics.fmean(rates):.3f} | {seed_ci} | [{wlo:.2f}, {whi:.2f}] | "
+            + " | ".join(f"{p:.2f}" for p in per_task)
+            + f" | {statistics.fmean(r.get('train_s', 0.0) for r in rs):.0f} | "
+            f"{statistics.fmean(r['eval_s'] for r in rs):.0f} |"
+        )
     lines.append("")
     for demos in sorted({d for _, d in groups}, reverse=True):
         ft = {r["seed"]: r["successes"] / r["episodes"] for r in groups.get(("finetune", demos), [])}
@@ -180,8 +218,10 @@ def write_table(out: Path, results: dict[str, dict[str, Any]], tasks: list[str],
         if paired:
             lo, hi = _seed_interval(paired)
             ci = "" if math.isnan(lo) else f", seed-paired 95% CI [{lo:+.3f}, {hi:+.3f}]"
-            lines.append(f"- {demos} demos/task: fine-tune minus scratch = {statistics.fmean(paired):+.3f} "
-                         f"over {len(paired)} seed(s){ci}")
+            lines.append(
+                f"- {demos} demos/task: fine-tune minus scratch = {statistics.fmean(paired):+.3f} "
+                f"over {len(paired)} seed(s){ci}"
+            )
     lines += ["", f"Settings: `{json.dumps(settings, sort_keys=True)}`", ""]
     text = "\n".join(lines)
     atomic_write_text(out / "table.md", text)
@@ -197,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     tasks = dataset_tasks(Path(args.data) / f"ml45-test-{demos_list[0]}")
     pretrained = pretrained_model(args, out)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "demos", "seeds")}
-    settings.update(pretrained=str(pretrained),
-                    pretrained_checksum=weights_checksum(MoDEPolicy.from_pretrained(pretrained)), tasks=tasks)
+    settings.update(
+        pretrained=str(pretrained),
+        pretrained_checksum=weights_checksum(MoDEPolicy.from_pretrained(pretrained)),
+        tasks=tasks,
+    )
     saved = out / "settings.json"
     if saved.is_file() and json.loads(saved.read_text()) != settings:
         raise ConfigError(f"{saved} holds other settings (another pretrained model or budget): use another --out")
@@ -221,8 +264,18 @@ def main(argv: list[str] | None = None) -> int:
                 if name in results:
                     continue
                 run, train_s = _train_run(cfg)
-                finish(name, {"arm": arm, "demos": demos, "seed": seed, "train_s": train_s,
-                              "steps": cfg.steps, "batch_size": cfg.batch_size, **evaluate(run.model, tasks, args)})
+                finish(
+                    name,
+                    {
+                        "arm": arm,
+                        "demos": demos,
+                        "seed": seed,
+                        "train_s": train_s,
+                        "steps": cfg.steps,
+                        "batch_size": cfg.batch_size,
+                        **evaluate(run.model, tasks, args),
+                    },
+                )
     print(write_table(out, results, tasks, settings))
     return 0
 

@@ -34,8 +34,13 @@ from mode_policy.serving import PolicyClient  # noqa: E402
 def serve(model: Path, backend: str, threads: int) -> tuple[subprocess.Popen, int]:
     """``mode-policy serve`` without OMP_NUM_THREADS (the automatic choice reads the machine)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(model), "--port", "0", "--threads", str(threads),
-                             "--backend", backend], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(model), "--port", "0", "--threads", str(threads), "--backend", backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     line = proc.stdout.readline()
     while line.startswith("exporting"):
         line = proc.stdout.readline()
@@ -44,8 +49,7 @@ def serve(model: Path, backend: str, threads: int) -> tuple[subprocess.Popen, in
     return proc, int(line.split("ws://127.0.0.1:")[1].split()[0])
 
 
-def run(model: Path, backend: str, threads: int, seconds: float, spin_after: float, settle: float,
-        task: str) -> dict:
+def run(model: Path, backend: str, threads: int, seconds: float, spin_after: float, settle: float, task: str) -> dict:
     proc, port = serve(model, backend, threads)
     spinner = None
     times: list[tuple[float, float]] = []
@@ -67,9 +71,13 @@ def run(model: Path, backend: str, threads: int, seconds: float, spin_after: flo
         proc.wait(30)
     quiet = [ms for t, ms in times if 1.0 <= t < spin_after]
     busy = [ms for t, ms in times if t >= spin_after + settle]
-    return {"quiet_ms": statistics.median(quiet), "busy_ms": statistics.median(busy),
-            "busy_over_quiet": statistics.median(busy) / statistics.median(quiet), "requests": len(times),
-            "threads_at_end": threads_end}
+    return {
+        "quiet_ms": statistics.median(quiet),
+        "busy_ms": statistics.median(busy),
+        "busy_over_quiet": statistics.median(busy) / statistics.median(quiet),
+        "requests": len(times),
+        "threads_at_end": threads_end,
+    }
 
 
 def main() -> None:
@@ -86,9 +94,12 @@ def main() -> None:
             for threads in (0, 2):
                 result = run(model, backend, threads, args.seconds, args.spin_after, args.settle, tasks[0])
                 label = "auto" if threads == 0 else f"--threads {threads}"
-                print(f"{backend:5s} {label:11s} quiet {result['quiet_ms']:6.2f} ms, with the spinner "
-                      f"{result['busy_ms']:6.2f} ms ({result['busy_over_quiet']:.2f}x), "
-                      f"{result['requests']} requests, threads at the end {result['threads_at_end']}", flush=True)
+                print(
+                    f"{backend:5s} {label:11s} quiet {result['quiet_ms']:6.2f} ms, with the spinner "
+                    f"{result['busy_ms']:6.2f} ms ({result['busy_over_quiet']:.2f}x), "
+                    f"{result['requests']} requests, threads at the end {result['threads_at_end']}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -33,13 +33,35 @@ from pathlib import Path
 SPIN = "while True: pass"
 
 
-def train(dataset: Path, out: Path, steps: int, threads: int, spin_after: float | None,
-          leaves: bool = False) -> tuple[list[dict], dict]:
+def train(
+    dataset: Path, out: Path, steps: int, threads: int, spin_after: float | None, leaves: bool = False
+) -> tuple[list[dict], dict]:
     """Run one training, a spinner starting ``spin_after`` s after its first logged window (``leaves``:
     running from before the start and stopping then); returns its metric records and its summary."""
-    cmd = [sys.executable, "-m", "mode_policy.cli", "train", "--dataset", str(dataset), "--out", str(out),
-           "--preset", "cpu", "--steps", str(steps), "--batch_size", "128", "--log_every", "5",
-           "--checkpoint_every", str(10 * steps), "--threads", str(threads), "--progress", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mode_policy.cli",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu",
+        "--steps",
+        str(steps),
+        "--batch_size",
+        "128",
+        "--log_every",
+        "5",
+        "--checkpoint_every",
+        str(10 * steps),
+        "--threads",
+        str(threads),
+        "--progress",
+        "false",
+    ]
     spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if leaves else None
     if leaves:
         time.sleep(1.0)  # the start-time choice sees it
@@ -87,22 +109,32 @@ def main() -> None:
         dataset = args.dataset
         if dataset is None:
             dataset = Path(tmp) / "mt10"
-            subprocess.run([sys.executable, "-m", "mode_policy.cli", "demos", "--tasks", "mt10", "--out", str(dataset)],
-                           check=True)
+            subprocess.run(
+                [sys.executable, "-m", "mode_policy.cli", "demos", "--tasks", "mt10", "--out", str(dataset)], check=True
+            )
         results = {}
-        for name, steps, threads, spin in (("quiet", args.steps, 0, None), ("auto", args.steps, 0, args.spin_after),
-                                           ("forced2", args.forced_steps, 2, args.spin_after),
-                                           ("leaves", args.steps, 0, args.spin_after)):
+        for name, steps, threads, spin in (
+            ("quiet", args.steps, 0, None),
+            ("auto", args.steps, 0, args.spin_after),
+            ("forced2", args.forced_steps, 2, args.spin_after),
+            ("leaves", args.steps, 0, args.spin_after),
+        ):
             records, summary = train(dataset, Path(tmp) / name, steps, threads, spin, leaves=name == "leaves")
             # wall_s of a record is the end of its window (5 steps); the spinner switched spin_after
             # seconds after the first record was written: compare on the training's own clock
             start = records[0]["wall_s"]
             spin_wall = None if spin is None else start + spin
-            rates = [r["samples_per_s"] for r in records[1:]
-                     if spin_wall is None or r["wall_s"] - 5 * 128 / r["samples_per_s"] >= spin_wall + args.settle]
-            results[name] = {"median_samples_per_s": statistics.median(rates) if rates else float("nan"),
-                             "windows": len(rates), "start_threads": summary.get("torch_threads"),
-                             "thread_changes": summary.get("thread_changes", [])}
+            rates = [
+                r["samples_per_s"]
+                for r in records[1:]
+                if spin_wall is None or r["wall_s"] - 5 * 128 / r["samples_per_s"] >= spin_wall + args.settle
+            ]
+            results[name] = {
+                "median_samples_per_s": statistics.median(rates) if rates else float("nan"),
+                "windows": len(rates),
+                "start_threads": summary.get("torch_threads"),
+                "thread_changes": summary.get("thread_changes", []),
+            }
             print(f"{name}: {results[name]}", flush=True)
     quiet = results["quiet"]["median_samples_per_s"]
     for name in ("auto", "forced2", "leaves"):

@@ -20,7 +20,11 @@ import time
 import numpy as np
 
 from mode_policy.envs.calvin import (
-    TASK_ORACLE_SPEC, get_env_state_for_initial_condition, get_sequences, initial_conditions, valid_chain,
+    TASK_ORACLE_SPEC,
+    get_env_state_for_initial_condition,
+    get_sequences,
+    initial_conditions,
+    valid_chain,
 )
 from mode_policy.envs.calvin_record import EP_LEN, jittered_scene
 from mode_policy.envs.calvin_scripted import SCRIPTED_TASKS, CalvinExpert, check_tasks, run_subtask

@@ -45,12 +45,21 @@ def main() -> int:
 
     tasks = list(SCRIPTED_TASKS) if args.tasks == "scripted" else [t for t in args.tasks.split(",") if t]
     start = time.perf_counter()
-    summary = record_scripted_demos(args.out, args.episodes_per_task, tasks, args.seed,
-                                    image_keys=list(CAMERAS) if args.cameras else [], renderer=args.renderer,
-                                    max_chains=args.max_chains, overwrite=args.overwrite)
+    summary = record_scripted_demos(
+        args.out,
+        args.episodes_per_task,
+        tasks,
+        args.seed,
+        image_keys=list(CAMERAS) if args.cameras else [],
+        renderer=args.renderer,
+        max_chains=args.max_chains,
+        overwrite=args.overwrite,
+    )
     elapsed = time.perf_counter() - start
-    print(f"wrote {summary['windows']} windows ({summary['frames']} frames, {summary['chains']} chains) to "
-          f"{args.out}/training in {elapsed:.0f} s ({summary['frames'] / elapsed:.0f} frames/s)")
+    print(
+        f"wrote {summary['windows']} windows ({summary['frames']} frames, {summary['chains']} chains) to "
+        f"{args.out}/training in {elapsed:.0f} s ({summary['frames'] / elapsed:.0f} frames/s)"
+    )
     print(json.dumps({t: f"{v['successes']}/{v['attempts']}" for t, v in summary["per_task"].items()}, indent=1))
     if summary["short"]:
         print(f"fewer than {args.episodes_per_task} windows for: {', '.join(summary['short'])}")

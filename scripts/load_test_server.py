@@ -41,8 +41,10 @@ from mode_policy.envs.metaworld import resolve_tasks
 from mode_policy.serving import PolicyClient
 from mode_policy.serving.protocol import pack, unpack
 
-SERVE = ("import sys; from mode_policy.cli.parsing import parse_command; from mode_policy.cli.serve import COMMANDS;"
-         "c = COMMANDS['serve']; sys.exit(c.run(parse_command(c.options, sys.argv[1:], 'serve', None, c.positional)))")
+SERVE = (
+    "import sys; from mode_policy.cli.parsing import parse_command; from mode_policy.cli.serve import COMMANDS;"
+    "c = COMMANDS['serve']; sys.exit(c.run(parse_command(c.options, sys.argv[1:], 'serve', None, c.positional)))"
+)
 KILLED_CLIENT = """
 import sys, time
 import numpy as np
@@ -60,22 +62,39 @@ with connect(sys.argv[1], proxy=None) as ws:
 
 def build_model(folder: Path, tasks: list[str]) -> Path:
     torch.manual_seed(0)
-    cfg = get_preset("cpu", state_dim=39, action_dim=4, goal_dim=32,
-                     goal_encoder={"type": "task", "tasks": tasks, "dim": 32})
+    cfg = get_preset(
+        "cpu", state_dim=39, action_dim=4, goal_dim=32, goal_encoder={"type": "task", "tasks": tasks, "dim": 32}
+    )
     policy = MoDEPolicy(cfg)
     with torch.no_grad():  # a trained-looking output head (init is zero)
         torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.02)
-    policy.set_normalization({"action": {"min": [-1.0] * 4, "max": [1.0] * 4},
-                              "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39}})
+    policy.set_normalization(
+        {"action": {"min": [-1.0] * 4, "max": [1.0] * 4}, "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39}}
+    )
     return policy.save_pretrained(folder)
 
 
 def start_server(model: Path, threads: int, window_ms: float, backend: str) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(model), "--port", "0", "--threads", str(threads),
-         "--batch_window_ms", str(window_ms), "--backend", backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            SERVE,
+            str(model),
+            "--port",
+            "0",
+            "--threads",
+            str(threads),
+            "--batch_window_ms",
+            str(window_ms),
+            "--backend",
+            backend,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     line = proc.stdout.readline()
     while line.startswith("exporting"):  # --backend onnx exports the batch-1 sampler first
@@ -134,8 +153,12 @@ def malformed(port: int, tasks: list[str], rounds: int, out: dict) -> None:
 
 
 def kill_mid_request(port: int, task: str) -> dict:
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, f"ws://127.0.0.1:{port}", task],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT, f"ws://127.0.0.1:{port}", task],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     line = proc.stdout.readline()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -152,8 +175,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--batch-window-ms", type=float, default=2.0)
-    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"),
-                        help="the server's --backend (onnx: one-row forwards on ONNX Runtime)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnx"),
+        help="the server's --backend (onnx: one-row forwards on ONNX Runtime)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tasks = resolve_tasks("mt10")
@@ -164,8 +191,10 @@ def main() -> int:
             with PolicyClient(port=port, timeout=60) as warm:  # first forward builds the expert cache
                 warm.predict({"observation.state": np.zeros((1, 39), np.float32), "task": tasks[0]})
             results: dict = {}
-            workers = [threading.Thread(target=client_load, args=(port, args.requests, i, tasks, results))
-                       for i in range(args.clients)]
+            workers = [
+                threading.Thread(target=client_load, args=(port, args.requests, i, tasks, results))
+                for i in range(args.clients)
+            ]
             workers.append(threading.Thread(target=malformed, args=(port, tasks, 5, results)))
             start = time.perf_counter()
             for w in workers:
@@ -187,32 +216,47 @@ def main() -> int:
     batch = [v for r in load for v in r["batch"]]
     failures = [f for r in load for f in r["failures"]]
     summary = {
-        "clients": args.clients, "requests_per_client": args.requests, "server_torch_threads": args.threads,
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "server_torch_threads": args.threads,
         "backend": args.backend,
         "batch_window_ms": args.batch_window_ms,
-        "requests": len(rtt) + len(failures), "failed": len(failures), "failures": failures[:5],
+        "requests": len(rtt) + len(failures),
+        "failed": len(failures),
+        "failures": failures[:5],
         "round_trip_ms": {"p50": percentile(rtt, 50), "p99": percentile(rtt, 99), "max": max(rtt, default=0.0)},
         "server_ms": {"p50": percentile(server, 50), "p99": percentile(server, 99)},
-        "requests_per_s": len(rtt) / elapsed, "seconds": elapsed,
+        "requests_per_s": len(rtt) / elapsed,
+        "seconds": elapsed,
         "batch_rows": {"mean": float(np.mean(batch)) if batch else 0.0, "max": max(batch, default=0)},
-        "malformed": results.get("malformed"), "killed_client": killed,
-        "server_health_after": health, "server_exit_code_after_sigterm": exit_code,
+        "malformed": results.get("malformed"),
+        "killed_client": killed,
+        "server_health_after": health,
+        "server_exit_code_after_sigterm": exit_code,
     }
     m = summary["malformed"]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['clients']} clients x {summary['requests_per_client']} requests (backend {args.backend}): "
-              f"{summary['requests']} requests, {summary['failed']} failed, {summary['seconds']:.1f} s")
-        print(f"round trip p50 {summary['round_trip_ms']['p50']:.1f} ms, p99 {summary['round_trip_ms']['p99']:.1f} ms;"
-              f" server p50 {summary['server_ms']['p50']:.1f} ms, p99 {summary['server_ms']['p99']:.1f} ms")
-        print(f"{summary['requests_per_s']:.1f} requests/s; rows per forward mean {summary['batch_rows']['mean']:.2f},"
-              f" max {summary['batch_rows']['max']}")
+        print(
+            f"{summary['clients']} clients x {summary['requests_per_client']} requests (backend {args.backend}): "
+            f"{summary['requests']} requests, {summary['failed']} failed, {summary['seconds']:.1f} s"
+        )
+        print(
+            f"round trip p50 {summary['round_trip_ms']['p50']:.1f} ms, p99 {summary['round_trip_ms']['p99']:.1f} ms;"
+            f" server p50 {summary['server_ms']['p50']:.1f} ms, p99 {summary['server_ms']['p99']:.1f} ms"
+        )
+        print(
+            f"{summary['requests_per_s']:.1f} requests/s; rows per forward mean {summary['batch_rows']['mean']:.2f},"
+            f" max {summary['batch_rows']['max']}"
+        )
         print(f"malformed: {m['answered_with_error']} of {m['sent']} answered with an error, e.g.")
         for error in m["distinct_errors"]:
             print(f"    {error}")
-        print(f"killed client: sent={killed['client_sent_then_killed']}, server serving after: "
-              f"{killed['server_serving_after']} (health: {health['requests']} requests, {health['errors']} errors)")
+        print(
+            f"killed client: sent={killed['client_sent_then_killed']}, server serving after: "
+            f"{killed['server_serving_after']} (health: {health['requests']} requests, {health['errors']} errors)"
+        )
         print(f"server exit code after SIGTERM: {exit_code}")
     ok = summary["failed"] == 0 and m["answered_with_error"] == m["sent"] and killed["server_serving_after"]
     return 0 if ok and exit_code == 0 else 1

@@ -44,13 +44,35 @@ SIGMAS = (0.05, 1.0, 30.0)
 def official_kwargs(size: str, shared: bool, dropout: bool) -> dict:
     s = SIZES[size]
     return dict(
-        _target_="mode.models.networks.modedit.MoDeDiT", obs_dim=s["obs_dim"], goal_dim=s["goal_dim"], device="cpu",
-        goal_conditioned=True, action_dim=s["action_dim"], embed_dim=s["embed_dim"], embed_pdrob=0.0,
-        attn_pdrop=0.3 if dropout else 0.0, n_layers=s["n_layers"], n_heads=s["n_heads"], goal_seq_len=1,
-        obs_seq_len=1, action_seq_len=s["action_seq_len"], state_dim=7, mlp_pdrop=0.1 if dropout else 0.0,
-        goal_drop=0.1 if dropout else 0.0, linear_output=True, use_proprio=False, cond_router=True,
-        num_experts=4, top_k=2, router_normalize=True, use_goal_in_routing=False, use_argmax=False,
-        causal=True, use_shared_expert=shared, use_noise_token_as_input=True, use_custom_attn_mask=False,
+        _target_="mode.models.networks.modedit.MoDeDiT",
+        obs_dim=s["obs_dim"],
+        goal_dim=s["goal_dim"],
+        device="cpu",
+        goal_conditioned=True,
+        action_dim=s["action_dim"],
+        embed_dim=s["embed_dim"],
+        embed_pdrob=0.0,
+        attn_pdrop=0.3 if dropout else 0.0,
+        n_layers=s["n_layers"],
+        n_heads=s["n_heads"],
+        goal_seq_len=1,
+        obs_seq_len=1,
+        action_seq_len=s["action_seq_len"],
+        state_dim=7,
+        mlp_pdrop=0.1 if dropout else 0.0,
+        goal_drop=0.1 if dropout else 0.0,
+        linear_output=True,
+        use_proprio=False,
+        cond_router=True,
+        num_experts=4,
+        top_k=2,
+        router_normalize=True,
+        use_goal_in_routing=False,
+        use_argmax=False,
+        causal=True,
+        use_shared_expert=shared,
+        use_noise_token_as_input=True,
+        use_custom_attn_mask=False,
     )
 
 
@@ -78,8 +100,13 @@ def make_variant(size: str, shared: bool, out: Path) -> None:
     x = torch.randn(BATCH, s["action_seq_len"], s["action_dim"])
     sigma = torch.tensor(SIGMAS)
     noise = torch.randn(BATCH, s["action_seq_len"], s["action_dim"])
-    ref: dict[str, torch.Tensor] = {"state_images": state["state_images"], "goal": goal[:, 0], "x": x,
-                                    "sigma": sigma, "noise": noise}
+    ref: dict[str, torch.Tensor] = {
+        "state_images": state["state_images"],
+        "goal": goal[:, 0],
+        "x": x,
+        "sigma": sigma,
+        "noise": noise,
+    }
     with torch.no_grad():
         model.eval()
         ref["denoised"] = model(state, x, goal, sigma)
@@ -100,10 +127,20 @@ def make_variant(size: str, shared: bool, out: Path) -> None:
     weights = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out / "official.safetensors"))
     save_file({k: v.contiguous() for k, v in ref.items()}, str(out / "reference.safetensors"))
-    meta = {"size": size, "shared_expert": shared, "official_kwargs": official_kwargs(size, shared, True),
-            "train_seed": TRAIN_SEED, "mask_seed": MASK_SEED, "goal_dropout": 0.1, "sampling_steps": 10,
-            "sigma_min": 0.001, "sigma_max": 80.0, "sigma_data": 0.5, "top_k": 2,
-            "params": sum(p.numel() for p in model.parameters())}
+    meta = {
+        "size": size,
+        "shared_expert": shared,
+        "official_kwargs": official_kwargs(size, shared, True),
+        "train_seed": TRAIN_SEED,
+        "mask_seed": MASK_SEED,
+        "goal_dropout": 0.1,
+        "sampling_steps": 10,
+        "sigma_min": 0.001,
+        "sigma_max": 80.0,
+        "sigma_data": 0.5,
+        "top_k": 2,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(f"wrote {out} ({meta['params']:,} official parameters)")
 

@@ -35,8 +35,9 @@ def main() -> None:
     hand_best, tcp_best, success = np.full(n, np.inf), np.full(n, np.inf), np.zeros(n, bool)
     for _ in range(MAX_EPISODE_STEPS):
         with torch.no_grad():
-            actions = policy.select_action({"observation.state": torch.from_numpy(obs),
-                                            "task": [INSTRUCTIONS[task]] * n}).numpy()
+            actions = policy.select_action(
+                {"observation.state": torch.from_numpy(obs), "task": [INSTRUCTIONS[task]] * n}
+            ).numpy()
         steps = [env.step(a) for env, a in zip(envs, actions)]
         obs = np.stack([s[0] for s in steps])
         success |= np.array([s[2] for s in steps])
@@ -44,7 +45,9 @@ def main() -> None:
         tcp_best = np.minimum(tcp_best, [s[4]["near_object"] for s in steps])
     print(f"{task}: success {success.mean():.2f} over {n} episodes (threshold: TCP within 0.05 m)")
     for i in range(n):
-        print(f"episode {i:2d}  success {success[i]!s:5}  closest hand {hand_best[i]:.3f} m  closest TCP {tcp_best[i]:.3f} m")
+        print(
+            f"episode {i:2d}  success {success[i]!s:5}  closest hand {hand_best[i]:.3f} m  closest TCP {tcp_best[i]:.3f} m"
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ import numpy as np
 import torch
 
 from mode_policy.envs.calvin import (
-    CAMERAS, VAL_INSTRUCTIONS, get_env_state_for_initial_condition, get_sequences,
+    CAMERAS,
+    VAL_INSTRUCTIONS,
+    get_env_state_for_initial_condition,
+    get_sequences,
 )
 from mode_policy.envs.calvin_scripted import SCRIPTED_TASKS, ExpertPolicy
 from mode_policy.envs.calvin_sim import make_calvin_env
@@ -86,20 +89,27 @@ def main() -> int:
         print(f"  {task}: {r.successes}/{r.episodes}  ({r.instruction!r}, {r.wall_s:.1f} s)")
     counts = {task: (r.successes, r.episodes) for task, r in result.per_task.items()}
     ok = result.metrics["chain_length_counts"] == [0, 1, 0, 0, 0, 0] and counts == {
-        "push_pink_block_left": (0, 1), "turn_on_led": (1, 1)}
+        "push_pink_block_left": (0, 1),
+        "turn_on_led": (1, 1),
+    }
     print("oracle count:", "OK (1 instruction completed)" if ok else f"WRONG: {counts}")
 
     physics = make_calvin_env([], scene=args.scene)
     rendered = env if args.cameras else make_calvin_env(list(CAMERAS), scene=args.scene, renderer=args.renderer)
     fast, slow = steps_per_second(physics), steps_per_second(rendered)
-    print(f"steps/s: physics only {fast:.0f}, static + gripper cameras ({args.renderer}) {slow:.1f}; "
-          f"ratio {fast / slow:.1f}x")
+    print(
+        f"steps/s: physics only {fast:.0f}, static + gripper cameras ({args.renderer}) {slow:.1f}; "
+        f"ratio {fast / slow:.1f}x"
+    )
     if args.expert_chains:
         start = time.perf_counter()
-        scored = evaluate_calvin(ExpertPolicy(physics), num_sequences=args.expert_chains, tasks=SCRIPTED_TASKS,
-                                 env=physics, progress=True)
-        print(f"scripted expert on {args.expert_chains} restricted chains: {format_chain_success(scored)}   "
-              f"({time.perf_counter() - start:.0f} s)")
+        scored = evaluate_calvin(
+            ExpertPolicy(physics), num_sequences=args.expert_chains, tasks=SCRIPTED_TASKS, env=physics, progress=True
+        )
+        print(
+            f"scripted expert on {args.expert_chains} restricted chains: {format_chain_success(scored)}   "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
         ok = ok and scored.metrics["avg_len"] > 0
     return 0 if ok else 1
 

@@ -14,16 +14,20 @@ import pytest
 import torch
 
 from mode_policy.cli import main as cli
-from mode_policy.config import MoDEConfig, TrainConfig, get_preset
-from mode_policy.demos import generate_demos
+from mode_policy.envs.metaworld_demos import generate_demos
 from mode_policy.errors import ConfigError, DataError
+from mode_policy.model.config import MoDEConfig, get_preset
 from mode_policy.policy import MoDEPolicy
-from mode_policy.train import train
+from mode_policy.training.config import TrainConfig
+from mode_policy.training.loop import train
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +37,21 @@ def world(tmp_path_factory):
     data = root / "data"
     generate_demos(data, ["reach-v3"], 2, progress=False)
     run = root / "run"
-    train(TrainConfig(dataset=str(data), output_dir=str(run), preset="tiny", steps=4, batch_size=8, log_every=2,
-                      checkpoint_every=2, warmup_steps=1, language="task", policy=get_preset("tiny", goal_dim=8),
-                      progress=False))
+    train(
+        TrainConfig(
+            dataset=str(data),
+            output_dir=str(run),
+            preset="tiny",
+            steps=4,
+            batch_size=8,
+            log_every=2,
+            checkpoint_every=2,
+            warmup_steps=1,
+            language="task",
+            policy=get_preset("tiny", goal_dim=8),
+            progress=False,
+        )
+    )
     models = {}
     for name, edit in {
         "truncated": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:300]),
@@ -67,8 +83,16 @@ def world(tmp_path_factory):
     (bad_eval / "eval_info.json").write_text("{")
     cfg_list = root / "list.yaml"
     cfg_list.write_text("- 1\n- 2\n")
-    return {"root": root, "data": data, "run": run, "models": models, "file": a_file, "old_eval": old_eval,
-            "bad_eval": bad_eval, "cfg_list": cfg_list}
+    return {
+        "root": root,
+        "data": data,
+        "run": run,
+        "models": models,
+        "file": a_file,
+        "old_eval": old_eval,
+        "bad_eval": bad_eval,
+        "cfg_list": cfg_list,
+    }
 
 
 def _edit_config(folder: Path, **changes) -> None:
@@ -235,17 +259,20 @@ def _obs(b=2, **over):
     return obs
 
 
-@pytest.mark.parametrize("obs, fragment", [
-    (_obs(**{"observation.state": torch.full((2, 5), float("nan"))}), "observation.state holds NaN or inf"),
-    (_obs(goal=torch.tensor([[float("inf")] * 8, [0.0] * 8])), "goal holds NaN or inf values (batch rows [0])"),
-    (_obs(**{"observation.state": torch.zeros(2, 4)}), "observation.state has shape (2, 1, 4)"),
-    (_obs(**{"observation.state": torch.zeros(2, 5, dtype=torch.bool)}), "dtype torch.bool"),
-    (_obs(**{"observation.state": [[0.0] * 5] * 2}), "must be a tensor or numpy array"),
-    (_obs(goal=torch.zeros(3, 8)), "batch sizes differ"),
-    (_obs(goal=torch.zeros(2, 6)), "goal has width 6"),
-    ({"goal": torch.zeros(2, 8)}, "observation.state"),
-    ({"observation.state": torch.zeros(2, 5)}, "batch needs 'goal'"),
-])
+@pytest.mark.parametrize(
+    "obs, fragment",
+    [
+        (_obs(**{"observation.state": torch.full((2, 5), float("nan"))}), "observation.state holds NaN or inf"),
+        (_obs(goal=torch.tensor([[float("inf")] * 8, [0.0] * 8])), "goal holds NaN or inf values (batch rows [0])"),
+        (_obs(**{"observation.state": torch.zeros(2, 4)}), "observation.state has shape (2, 1, 4)"),
+        (_obs(**{"observation.state": torch.zeros(2, 5, dtype=torch.bool)}), "dtype torch.bool"),
+        (_obs(**{"observation.state": [[0.0] * 5] * 2}), "must be a tensor or numpy array"),
+        (_obs(goal=torch.zeros(3, 8)), "batch sizes differ"),
+        (_obs(goal=torch.zeros(2, 6)), "goal has width 6"),
+        ({"goal": torch.zeros(2, 8)}, "observation.state"),
+        ({"observation.state": torch.zeros(2, 5)}, "batch needs 'goal'"),
+    ],
+)
 def test_bad_policy_inputs_raise_data_errors(policy, obs, fragment):
     with pytest.raises(DataError) as err:
         policy.predict_action_chunk(obs)
@@ -261,8 +288,9 @@ def test_numpy_inputs_give_the_same_actions_as_tensors(policy):
 
 
 def test_task_list_must_match_the_batch(policy):
-    cfg = get_preset("tiny", state_dim=5, action_dim=3, goal_dim=4,
-                     goal_encoder={"type": "task", "tasks": ["a", "b"], "dim": 4})
+    cfg = get_preset(
+        "tiny", state_dim=5, action_dim=3, goal_dim=4, goal_encoder={"type": "task", "tasks": ["a", "b"], "dim": 4}
+    )
     p = MoDEPolicy(cfg).eval()
     with pytest.raises(DataError, match="batch sizes differ"):
         p.predict_action_chunk({"observation.state": torch.zeros(2, 5), "task": ["a"]})
@@ -279,13 +307,16 @@ def test_select_action_refuses_a_batch_size_change_without_reset(policy):
     assert policy.select_action(_obs(3)).shape == (3, 3)
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    ({"n_layers": "4"}, "n_layers='4': expected an integer"),
-    ({"horizon": 10.5}, "horizon=10.5"),
-    ({"causal": "yes"}, "causal='yes': expected true or false"),
-    ({"image_keys": "observation.images.a"}, "expected a list"),
-    ({"d_modell": 3}, "unknown MoDEConfig field"),
-])
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"n_layers": "4"}, "n_layers='4': expected an integer"),
+        ({"horizon": 10.5}, "horizon=10.5"),
+        ({"causal": "yes"}, "causal='yes': expected true or false"),
+        ({"image_keys": "observation.images.a"}, "expected a list"),
+        ({"d_modell": 3}, "unknown MoDEConfig field"),
+    ],
+)
 def test_config_json_fields_of_the_wrong_type(changes, fragment):
     data = {**get_preset("tiny").to_dict(), **changes}
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
@@ -322,8 +353,17 @@ def test_episodes_without_instructions_come_from_task_index_or_are_refused(world
 
 def test_diverging_training_is_one_line_and_leaves_a_restartable_stub(world, capsys):
     out = world["root"] / "diverged"
-    base = ["train", f"--dataset={world['data']}", f"--output_dir={out}", "--preset=tiny", "--language=task",
-            "--policy.goal_dim=8", "--batch_size=8", "--progress=false", "--warmup_steps=0"]
+    base = [
+        "train",
+        f"--dataset={world['data']}",
+        f"--output_dir={out}",
+        "--preset=tiny",
+        "--language=task",
+        "--policy.goal_dim=8",
+        "--batch_size=8",
+        "--progress=false",
+        "--warmup_steps=0",
+    ]
     assert cli(base + ["--lr=1e8", "--steps=30", "--log_every=1"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "lower the lr" in err

@@ -5,11 +5,21 @@ import time
 
 import pytest
 
-from mode_policy.bench import bench_latency, format_latency, paired_ratio, time_side_by_side
+from mode_policy.bench.latency import bench_latency, format_latency
+from mode_policy.bench.timing import paired_ratio, time_side_by_side
 from mode_policy.errors import ConfigError
 
-VARIANTS = {"mode_cached", "mode_cached_modules", "mode_uncached", "dense_active", "dense_active_modules",
-            "dense_total", "mode_e8_cached", "mode_e16_cached", "dense_footprint"}
+VARIANTS = {
+    "mode_cached",
+    "mode_cached_modules",
+    "mode_uncached",
+    "dense_active",
+    "dense_active_modules",
+    "dense_total",
+    "mode_e8_cached",
+    "mode_e16_cached",
+    "dense_footprint",
+}
 MAIN = VARIANTS - {"mode_e8_cached", "mode_e16_cached", "dense_footprint"}
 PROBES = {"probe_matmul", "probe_copy"}
 
@@ -40,7 +50,9 @@ def test_one_round_of_latency_bench():
     assert "cold_median_ms" not in result["latency_b64"]["mode_cached"]
     assert result["paired"]["cached_over_dense_active_b1_cold"]["rounds"] == 2
     union = result["chunk_experts"]
-    assert all(2 <= e <= 4 for e in union["experts_per_layer"]) and "experts one cached chunk reads" in format_latency(result)
+    assert all(2 <= e <= 4 for e in union["experts_per_layer"]) and "experts one cached chunk reads" in format_latency(
+        result
+    )
     # the footprint control: as many MLP weight copies as the cached chunk reads experts' worth, same actions
     assert result["footprint_copies"] == math.ceil(union["mlp_bytes_over_dense_active"] - 1e-9)
     assert result["footprint_control_equal"] and result["paired"]["cached_over_footprint_b1"]["rounds"] == 2
@@ -50,8 +62,8 @@ def test_footprint_control_reads_distinct_copies_in_blocks():
     import torch
 
     from mode_policy import MoDEPolicy, get_preset
-    from mode_policy.bench import make_batch
-    from mode_policy.footprint_control import FootprintControl, footprint_control
+    from mode_policy.bench.footprint_control import FootprintControl, footprint_control
+    from mode_policy.bench.latency import make_batch
 
     cfg = get_preset("tiny", state_dim=39, action_dim=4, routing="dense", dense_mlp_ratio=8, num_inference_steps=10)
     dense = MoDEPolicy(cfg).eval()
@@ -80,7 +92,7 @@ def test_the_experts_a_chunk_reads():
     import torch
 
     from mode_policy import MoDEPolicy, get_preset
-    from mode_policy.bench import chunk_expert_union, expert_union
+    from mode_policy.bench.latency import chunk_expert_union, expert_union
 
     # layer 0 switches from {0, 1} to {1, 3} mid-chunk (3 experts read); layer 1 keeps {2, 3}
     union = expert_union([[[0, 1], [1, 0], [3, 1], [1, 3]], [[2, 3]] * 4], top_k=2)
@@ -90,8 +102,11 @@ def test_the_experts_a_chunk_reads():
         for layer in policy.denoiser.net.moe_layers():
             layer.router.net[2].bias.copy_(torch.tensor([-50.0, 50.0, -50.0, 50.0]))
     n_layers = policy.config.n_layers
-    assert chunk_expert_union(policy) == {"pairs_per_layer": [1] * n_layers, "experts_per_layer": [2] * n_layers,
-                                          "mlp_bytes_over_dense_active": 1.0}
+    assert chunk_expert_union(policy) == {
+        "pairs_per_layer": [1] * n_layers,
+        "experts_per_layer": [2] * n_layers,
+        "mlp_bytes_over_dense_active": 1.0,
+    }
 
 
 def _burn(ms: float) -> None:
@@ -134,7 +149,8 @@ def test_bench_needs_noise_routing():
 
 def test_bounds_of_this_machine_and_weight_traffic():
     from mode_policy import MoDEPolicy, get_preset
-    from mode_policy.bench import chunk_weight_bytes, memory_gbps
+    from mode_policy.bench.latency import chunk_weight_bytes
+    from mode_policy.bench.timing import memory_gbps
 
     assert memory_gbps(megabytes=16, repeats=2) > 0.1
     policy = MoDEPolicy(get_preset("tiny", state_dim=39, action_dim=4)).eval()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mode_policy.bench_train import TrainStep, bench_train, format_train, make_train_batch, train_config
+from mode_policy.bench.training import TrainStep, bench_train, format_train, make_train_batch, train_config
 from mode_policy.cli.commands import COMMANDS
 from mode_policy.cli.parsing import parse_command
 from mode_policy.errors import ConfigError
@@ -29,7 +29,7 @@ def test_bench_train_smoke_on_the_tiny_preset():
 
 
 def test_pairs_too_large_to_hold_together_run_one_after_the_other(monkeypatch):
-    import mode_policy.bench_train as bt
+    import mode_policy.bench.training as bt
 
     monkeypatch.setattr(bt, "TOGETHER_BYTES", 0)
     entry = bench_train(("tiny",), {"tiny": 4}, steps=2, progress=False)["presets"]["tiny"]

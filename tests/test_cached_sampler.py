@@ -1,12 +1,12 @@
-"""The lean sampler (mode_policy.cached_sampler): the eval path, bitwise equal to the module path
+"""The lean sampler (mode_policy.model.lean_sampler): the eval path, bitwise equal to the module path
 for every configuration it runs, the module path for every configuration it does not."""
 
 import pytest
 import torch
 from torch import nn
 
-from mode_policy.cached_sampler import build_lean_sampler, unsupported_reason
-from mode_policy.config import get_preset
+from mode_policy.model.config import get_preset
+from mode_policy.model.lean_sampler import build_lean_sampler, unsupported_reason
 from mode_policy.policy import MoDEPolicy
 
 
@@ -15,8 +15,12 @@ def make_policy(**kw) -> MoDEPolicy:
     with torch.no_grad():  # non-trivial weights everywhere (the output head starts at zero)
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    policy.set_normalization({"action": {"min": [-2.0, 0.0, -1.0], "max": [2.0, 1.0, 3.0]},
-                              "observation.state": {"mean": [0.1] * 5, "std": [2.0] * 5}})
+    policy.set_normalization(
+        {
+            "action": {"min": [-2.0, 0.0, -1.0], "max": [2.0, 1.0, 3.0]},
+            "observation.state": {"mean": [0.1] * 5, "std": [2.0] * 5},
+        }
+    )
     return policy.eval()
 
 
@@ -110,7 +114,7 @@ def test_configurations_it_does_not_handle_run_the_module_path(name):
 
 
 def test_a_setting_it_does_not_know_falls_back_unless_at_its_default(monkeypatch):
-    import mode_policy.cached_sampler as cs
+    import mode_policy.model.lean_sampler as cs
 
     monkeypatch.setattr(cs, "HANDLED_FIELDS", cs.HANDLED_FIELDS - {"noise_token"})  # as if the switch were new
     assert make_policy().denoiser.sampling_plan().lean is not None  # at its default: today's network

@@ -12,9 +12,10 @@ from mode_policy.cli import main as cli
 from mode_policy.cli.main import _commands
 from mode_policy.cli.parsing import parse_command
 from mode_policy.cli.pipeline import QUICKSTART_TRAIN_DEFAULTS, TrainOptions
-from mode_policy.config import MoDEConfig, TrainConfig, get_preset
 from mode_policy.errors import ConfigError
-from mode_policy.run_dir import RunDir
+from mode_policy.model.config import MoDEConfig, get_preset
+from mode_policy.training.config import TrainConfig
+from mode_policy.training.run_dir import RunDir
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -27,7 +28,11 @@ def _field_docs(cls) -> dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
             docs[node.target.id] = following.value.value.strip().splitlines()[0]
     return docs
 
@@ -64,8 +69,11 @@ def test_top_level_usage_lists_commands(capsys):
 
 
 def test_preset_then_flags_and_flag_spellings():
-    opts = parse_command(TrainOptions, ["--preset=tiny", "--policy.d_model=32", "--batch-size", "8",
-                                        "--betas=[0.8,0.9]", "--resume", "--dataset=d"], "t")
+    opts = parse_command(
+        TrainOptions,
+        ["--preset=tiny", "--policy.d_model=32", "--batch-size", "8", "--betas=[0.8,0.9]", "--resume", "--dataset=d"],
+        "t",
+    )
     tiny = get_preset("tiny")
     assert opts.policy == dataclasses.replace(tiny, d_model=32)  # the rest is the preset's
     assert opts.batch_size == 8 and opts.betas == (0.8, 0.9) and opts.resume is True
@@ -96,13 +104,16 @@ def test_positional_arguments_map_to_fields():
     assert opts.path == "runs/x" and opts.episodes == 3
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--policy.d_modl=3"], "did you mean --policy.d_model"),
-    (["--policy.d_model=abc"], "Couldn't parse 'abc' into an int"),
-    (["--policy.routing=foo"], "routing='foo': expected one of"),
-    (["--preset=huge"], "unknown preset 'huge'"),
-    (["--language=klingon"], "language='klingon'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--policy.d_modl=3"], "did you mean --policy.d_model"),
+        (["--policy.d_model=abc"], "Couldn't parse 'abc' into an int"),
+        (["--policy.routing=foo"], "routing='foo': expected one of"),
+        (["--preset=huge"], "unknown preset 'huge'"),
+        (["--language=klingon"], "language='klingon'"),
+    ],
+)
 def test_bad_flags_raise_config_errors_naming_the_problem(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_command(TrainOptions, argv, "t")
@@ -124,8 +135,13 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
 
 
 def test_run_config_round_trips_exactly():
-    cfg = TrainConfig(dataset="d", preset="tiny", policy=get_preset("tiny", image_keys=["observation.images.a"]),
-                      betas=(0.8, 0.99), language="task")
+    cfg = TrainConfig(
+        dataset="d",
+        preset="tiny",
+        policy=get_preset("tiny", image_keys=["observation.images.a"]),
+        betas=(0.8, 0.99),
+        language="task",
+    )
     data = json.loads(json.dumps(cfg.to_run_dict(world_size=2)))
     assert TrainConfig.from_run_dict(data) == cfg
     assert TrainConfig.from_run_dict(data).to_run_dict(2) == data
@@ -155,10 +171,26 @@ def test_every_field_type_is_parseable_from_a_flag():
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("qs") / "quick"
-    assert cli(["quickstart", f"--out={out}", "--tasks=reach-v3", "--episodes=2", "--eval_episodes=1",
-                "--workers=1", "--train.preset=tiny", "--train.steps=4", "--train.batch_size=8",
-                "--train.language=task", "--train.policy.goal_dim=8", "--train.log_every=2",
-                "--train.progress=false"]) == 0
+    assert (
+        cli(
+            [
+                "quickstart",
+                f"--out={out}",
+                "--tasks=reach-v3",
+                "--episodes=2",
+                "--eval_episodes=1",
+                "--workers=1",
+                "--train.preset=tiny",
+                "--train.steps=4",
+                "--train.batch_size=8",
+                "--train.language=task",
+                "--train.policy.goal_dim=8",
+                "--train.log_every=2",
+                "--train.progress=false",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -170,7 +202,10 @@ def test_quickstart_leaves_data_run_eval_and_report(quickstart):
     saved = TrainConfig.from_run_dict(run.read_config())
     assert saved.steps == 4 and saved.policy.goal_dim == 8 and saved.policy.goal_encoder["type"] == "task"
     # the quickstart's own recipe fills what the command line left (steps and batch were given)
-    assert (saved.lr, saved.warmup_steps) == (QUICKSTART_TRAIN_DEFAULTS["lr"], QUICKSTART_TRAIN_DEFAULTS["warmup_steps"])
+    assert (saved.lr, saved.warmup_steps) == (
+        QUICKSTART_TRAIN_DEFAULTS["lr"],
+        QUICKSTART_TRAIN_DEFAULTS["warmup_steps"],
+    )
 
 
 def test_inspect_eval_report_on_the_quickstart_output(quickstart, capsys, tmp_path):
@@ -183,7 +218,9 @@ def test_inspect_eval_report_on_the_quickstart_output(quickstart, capsys, tmp_pa
     assert saved["per_task"]["reach-v3"]["episodes"] == 1
     assert saved["settings"]["n_action_steps"] == 2  # the override, not the policy's own 4
     capsys.readouterr()
-    assert cli(["eval", str(quickstart / "run"), "--episodes=1", f"--out={tmp_path / 'x.json'}", "--action_steps=9"]) == 2
+    assert (
+        cli(["eval", str(quickstart / "run"), "--episodes=1", f"--out={tmp_path / 'x.json'}", "--action_steps=9"]) == 2
+    )
     assert "action_steps=9: the policy predicts chunks of 4 actions" in capsys.readouterr().err
     assert cli(["report", str(quickstart / "run"), f"--out={tmp_path / 'rep'}"]) == 0
     assert (tmp_path / "rep" / "report.md").is_file()
@@ -205,11 +242,26 @@ def test_info_toy_demos_bench_convert_run(tmp_path, capsys):
     assert (tmp_path / "d" / "meta" / "info.json").is_file()
     assert cli(["bench", "latency", "--preset=tiny", "--rounds_b1=1"]) == 2
     assert "need at least 2 timed rounds" in capsys.readouterr().err
-    assert cli(["bench", "latency", "--preset=tiny", "--rounds_b1=2", "--rounds_b64=2", "--profile=false",
-                "--onnx=false", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "bench",
+                "latency",
+                "--preset=tiny",
+                "--rounds_b1=2",
+                "--rounds_b64=2",
+                "--profile=false",
+                "--onnx=false",
+                "--json",
+            ]
+        )
+        == 0
+    )
     bench = json.loads(capsys.readouterr().out)
     assert bench["preset"] == "tiny" and bench["exact_max_abs_diff"] < 1e-5
-    spec = importlib.util.spec_from_file_location("calvin_fixture", Path(__file__).parent / "data" / "test_convert_calvin.py")
+    spec = importlib.util.spec_from_file_location(
+        "calvin_fixture", Path(__file__).parent / "data" / "test_convert_calvin.py"
+    )
     fixture = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fixture)
     fixture.write_calvin_split(tmp_path / "calvin" / "training")

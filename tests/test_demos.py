@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from mode_policy.data.reader import DatasetReader
-from mode_policy.demos import DEMO_FEATURES, episode_initial_condition, generate_demos, run_expert_episode
 from mode_policy.envs.metaworld import (
     FPS,
     INSTRUCTIONS,
@@ -16,11 +15,24 @@ from mode_policy.envs.metaworld import (
     initial_condition,
     seed_split,
 )
+from mode_policy.envs.metaworld_demos import (
+    DEMO_FEATURES,
+    episode_initial_condition,
+    generate_demos,
+    run_expert_episode,
+)
 from mode_policy.errors import ConfigError, DataError, SimulatorError
 
 TASKS = ["reach-v3", "drawer-close-v3"]
 COLUMNS = [
-    "observation.state", "action", "next.reward", "next.success", "episode_index", "frame_index", "task_index", "index",
+    "observation.state",
+    "action",
+    "next.reward",
+    "next.success",
+    "episode_index",
+    "frame_index",
+    "task_index",
+    "index",
 ]
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mode_policy.diffusion import (
+from mode_policy.model.diffusion import (
     edm_scalings,
     exponential_schedule,
     karras_schedule,
@@ -85,7 +85,7 @@ def mixture_moments():
     [("ddim", "exponential", 100), ("euler", "karras", 100), ("heun", "karras", 20), ("dpmpp_2m", "karras", 25)],
 )
 def test_sampler_reproduces_gaussian_mixture(sampler_name, schedule, steps):
-    from mode_policy.diffusion import make_schedule
+    from mode_policy.model.diffusion import make_schedule
 
     sampler = make_sampler(sampler_name)
     sigmas = make_schedule(schedule, steps, 0.002, 80.0).double()
@@ -122,7 +122,7 @@ def test_ddim_with_paper_defaults_reproduces_mixture():
 
 
 def test_unknown_sampler_and_schedule():
-    from mode_policy.diffusion import make_schedule
+    from mode_policy.model.diffusion import make_schedule
 
     with pytest.raises(ValueError, match="unknown sampler"):
         make_sampler("nope")
@@ -132,8 +132,8 @@ def test_unknown_sampler_and_schedule():
 
 # --- the EDM denoiser module ---------------------------------------------------
 def tiny_denoiser(**kw):
-    from mode_policy.config import get_preset
-    from mode_policy.edm import EDMDenoiser
+    from mode_policy.model.config import get_preset
+    from mode_policy.model.edm import EDMDenoiser
 
     denoiser = EDMDenoiser(get_preset("tiny", state_dim=5, action_dim=3, goal_dim=8, **kw))
     with torch.no_grad():  # non-trivial weights (the output head starts at zero)

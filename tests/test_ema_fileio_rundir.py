@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mode_policy.ema import EMA
 from mode_policy.errors import CheckpointError, DataError
 from mode_policy.fileio import atomic_write, atomic_write_json
-from mode_policy.run_dir import RunDir
+from mode_policy.training.ema import EMA
+from mode_policy.training.run_dir import RunDir
 
 
 def test_ema_warm_up_follows_the_model_early_then_averages():

@@ -11,13 +11,20 @@ import pytest
 import torch
 
 from mode_policy import MoDEPolicy, get_preset
-from mode_policy.bench import bench_latency, format_latency
+from mode_policy.bench.latency import bench_latency, format_latency
 from mode_policy.cli.parsing import parse_command
 from mode_policy.cli.serve import COMMANDS
 from mode_policy.errors import ConfigError
-from mode_policy.export import (LEGACY_ONNX_OPSET, ONNX_OPSET, CachedSampler, example_inputs, export_sampler,
-                                onnx_opset, onnx_runtime_available)
-from mode_policy.folded_sampler import FoldedSampler
+from mode_policy.model.folded_sampler import FoldedSampler
+from mode_policy.serving.export import (
+    LEGACY_ONNX_OPSET,
+    ONNX_OPSET,
+    CachedSampler,
+    example_inputs,
+    export_sampler,
+    onnx_opset,
+    onnx_runtime_available,
+)
 
 TASKS = ["open the drawer", "press the button"]
 PARITY = 1e-5
@@ -30,8 +37,12 @@ def make_policy(**overrides) -> MoDEPolicy:
     policy = MoDEPolicy(cfg)
     with torch.no_grad():  # a non-zero output head, so actions depend on every input
         torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.5)
-    policy.set_normalization({"action": {"min": [-2.0, 0.0, 5.0], "max": [2.0, 0.5, 6.0]},
-                              "observation.state": {"mean": [0.3] * 6, "std": [2.0] * 6}})
+    policy.set_normalization(
+        {
+            "action": {"min": [-2.0, 0.0, 5.0], "max": [2.0, 0.5, 6.0]},
+            "observation.state": {"mean": [0.3] * 6, "std": [2.0] * 6},
+        }
+    )
     return policy.eval()
 
 
@@ -77,15 +88,20 @@ def test_onnx_sampler_matches_the_eager_cached_sampler(tmp_path):
     goal = policy.goal_encoder([TASKS[1]])[0].detach().numpy()
     np.testing.assert_allclose(described["goals"][TASKS[1]], goal, rtol=1e-6)
 
-    alone = subprocess.run([sys.executable, "-c", ORT_ONLY, str(path)], capture_output=True, text=True, timeout=120,
-                           input=json.dumps({k: v.tolist() for k, v in inputs.items()}))
+    alone = subprocess.run(
+        [sys.executable, "-c", ORT_ONLY, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=json.dumps({k: v.tolist() for k, v in inputs.items()}),
+    )
     assert alone.returncode == 0, alone.stderr
     assert np.abs(np.array(json.loads(alone.stdout)) - want).max() <= PARITY
 
 
 @pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
 def test_an_ort_chunk_restarts_on_another_thread_count_after_its_file_is_gone(tmp_path):
-    from mode_policy.export import OrtChunk
+    from mode_policy.serving.export import OrtChunk
 
     policy = make_policy()
     path = export_sampler(policy, tmp_path / "sampler.onnx", "onnx", batch_size=1)
@@ -115,12 +131,18 @@ def test_an_ort_chunk_restarts_on_another_thread_count_after_its_file_is_gone(tm
 def mixture_policy() -> MoDEPolicy:
     """make_policy's network normalising two datasets: 'wide' (3-d actions, 6-d states), 'narrow' (2-d, 4-d)."""
     policy = make_policy()
-    policy.set_dataset_normalization({
-        "wide": {"action": {"min": [-1.0] * 3, "max": [1.0] * 3},
-                 "observation.state": {"mean": [0.0] * 6, "std": [1.0] * 6}},
-        "narrow": {"action": {"min": [-2.0, 5.0], "max": [2.0, 6.0]},
-                   "observation.state": {"mean": [0.3, -0.2, 0.1, 0.0], "std": [2.0, 0.5, 1.0, 3.0]}},
-    })
+    policy.set_dataset_normalization(
+        {
+            "wide": {
+                "action": {"min": [-1.0] * 3, "max": [1.0] * 3},
+                "observation.state": {"mean": [0.0] * 6, "std": [1.0] * 6},
+            },
+            "narrow": {
+                "action": {"min": [-2.0, 5.0], "max": [2.0, 6.0]},
+                "observation.state": {"mean": [0.3, -0.2, 0.1, 0.0], "std": [2.0, 0.5, 1.0, 3.0]},
+            },
+        }
+    )
     return policy.eval()
 
 
@@ -140,8 +162,9 @@ def test_a_mixture_policy_exports_for_one_dataset_at_its_widths(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = example_inputs(policy, 2, seed=5, dataset="narrow")
     got = session.run(["action"], {k: v.numpy() for k, v in inputs.items()})[0]
-    want = policy.predict_action_chunk({"observation.state": inputs["observation.state"], "goal": inputs["goal"]},
-                                       inputs["noise"], dataset="narrow").numpy()
+    want = policy.predict_action_chunk(
+        {"observation.state": inputs["observation.state"], "goal": inputs["goal"]}, inputs["noise"], dataset="narrow"
+    ).numpy()
     assert got.shape == (2, 4, 2) and np.abs(got - want).max() <= PARITY
     assert (got[..., 1] >= 5.0 - 1e-5).all()  # the narrow dataset's own action range
     with pytest.raises(ConfigError, match="trained on one dataset"):
@@ -158,8 +181,9 @@ def test_the_opset_follows_what_the_installed_runtime_runs(monkeypatch):
     assert onnx_opset() == LEGACY_ONNX_OPSET
 
 
-@pytest.mark.parametrize("overrides", [{}, {"routing": "dense"}, {"shared_expert": True}],
-                         ids=["folded", "dense-folded", "module-path"])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"routing": "dense"}, {"shared_expert": True}], ids=["folded", "dense-folded", "module-path"]
+)
 def test_torch_export_program_matches_eager(tmp_path, overrides):
     policy = make_policy(**overrides)
     # the lean sampler's configurations export its folded form, the others the module path
@@ -171,10 +195,17 @@ def test_torch_export_program_matches_eager(tmp_path, overrides):
     assert np.abs(got - eager(policy, inputs)).max() <= PARITY
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"noise_token": False}, {"noise_conditioning": "none"}, {"routing": "dense"}, {"top_k": 1},
-    {"top_k": 3, "num_experts": 4},  # combinations that are weight copies, not views
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"noise_token": False},
+        {"noise_conditioning": "none"},
+        {"routing": "dense"},
+        {"top_k": 1},
+        {"top_k": 3, "num_experts": 4},  # combinations that are weight copies, not views
+    ],
+)
 def test_folded_sampler_is_the_lean_sampler_up_to_rounding(overrides):
     policy = make_policy(**overrides)
     plan = policy.denoiser.sampling_plan()
@@ -189,8 +220,11 @@ def test_folded_sampler_is_the_lean_sampler_up_to_rounding(overrides):
     pairs = {name for row in folded.mlp for name, _ in row}
     layers = policy.denoiser.net.moe_layers()
     with torch.no_grad():
-        combos = {(i, tuple(sorted(layer.router(level.noise_emb[None]).topk(layer.top_k).indices[0].tolist())))
-                  for level in plan.levels for i, layer in enumerate(layers)}
+        combos = {
+            (i, tuple(sorted(layer.router(level.noise_emb[None]).topk(layer.top_k).indices[0].tolist())))
+            for level in plan.levels
+            for i, layer in enumerate(layers)
+        }
     assert len(pairs) == (len(combos) if layers else policy.config.n_layers)
 
 
@@ -204,7 +238,10 @@ def test_export_refuses_what_it_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="--tasks needs a policy with a goal encoder"):
         export_sampler(make_policy(), tmp_path / "a.onnx", tasks=["x"])
     mixture = make_policy()
-    stats = {"action": {"min": [-1.0] * 3, "max": [1.0] * 3}, "observation.state": {"mean": [0.0] * 6, "std": [1.0] * 6}}
+    stats = {
+        "action": {"min": [-1.0] * 3, "max": [1.0] * 3},
+        "observation.state": {"mean": [0.0] * 6, "std": [1.0] * 6},
+    }
     mixture.set_dataset_normalization({"a": stats, "b": stats})
     with pytest.raises(ConfigError, match="mixture of .* name the dataset"):
         export_sampler(mixture, tmp_path / "a.onnx")
@@ -214,8 +251,9 @@ def test_export_command_writes_to_the_model_folder(tmp_path):
     policy = make_policy()
     policy.save_pretrained(tmp_path / "run" / "model")
     cmd = COMMANDS["export"]
-    opts = parse_command(cmd.options, [str(tmp_path / "run"), "--format", "torch_export", "--steps", "2"],
-                         "export", None, cmd.positional)
+    opts = parse_command(
+        cmd.options, [str(tmp_path / "run"), "--format", "torch_export", "--steps", "2"], "export", None, cmd.positional
+    )
     assert cmd.run(opts) == 0
     path = tmp_path / "run" / "model" / "export" / "sampler_b1_s2.pt2"
     assert json.loads(path.with_suffix(".json").read_text())["num_inference_steps"] == 2
@@ -224,14 +262,22 @@ def test_export_command_writes_to_the_model_folder(tmp_path):
     got = torch.export.load(str(path)).module()(*inputs.values()).detach().numpy()
     assert np.abs(got - eager(policy, inputs)).max() <= PARITY
     with pytest.raises(ConfigError, match="format='tflite'"):
-        cmd.run(parse_command(cmd.options, [str(tmp_path / "run"), "--format", "tflite"], "export", None,
-                              cmd.positional))
+        cmd.run(
+            parse_command(cmd.options, [str(tmp_path / "run"), "--format", "tflite"], "export", None, cmd.positional)
+        )
 
 
 @pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
 def test_bench_latency_times_the_onnx_sampler_beside_eager():
-    result = bench_latency("tiny", rounds_b1=2, rounds_b64=2, overrides={"num_inference_steps": 3}, profile=False,
-                           progress=False, onnx=True)
+    result = bench_latency(
+        "tiny",
+        rounds_b1=2,
+        rounds_b64=2,
+        overrides={"num_inference_steps": 3},
+        profile=False,
+        progress=False,
+        onnx=True,
+    )
     assert result["latency_b1"]["onnx_cached"]["runs"] == 2 and "onnx_cached" not in result["latency_b64"]
     assert result["onnx_max_abs_diff"] <= PARITY and result["ratios"]["onnx_over_cached_b1"] > 0
     assert result["ratios"]["onnx_cached_over_onnx_dense_active_b1"] > 0

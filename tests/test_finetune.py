@@ -15,13 +15,12 @@ from mode_policy.cli import main as cli
 from mode_policy.cli.pipeline import FINETUNE_RECIPE
 from mode_policy.data.windows import load_episodes
 from mode_policy.data.writer import DatasetWriter
-from mode_policy.demos import generate_demos
-from mode_policy.finetune import load_pretrained
+from mode_policy.envs.metaworld_demos import generate_demos
 from mode_policy.policy import MoDEPolicy
-from mode_policy.train import weights_checksum
+from mode_policy.training.finetune import load_pretrained
+from mode_policy.training.loop import weights_checksum
 
-FLAGS = ["--batch_size", "8", "--log_every", "2", "--checkpoint_every", "4", "--warmup_steps", "1",
-         "--progress=false"]
+FLAGS = ["--batch_size", "8", "--log_every", "2", "--checkpoint_every", "4", "--warmup_steps", "1", "--progress=false"]
 
 
 def router_tensors(policy: MoDEPolicy) -> dict[str, torch.Tensor]:
@@ -30,15 +29,19 @@ def router_tensors(policy: MoDEPolicy) -> dict[str, torch.Tensor]:
 
 def write_dataset(root: Path, action_dim: int, state_dim: int, camera: int = 0) -> Path:
     """Two 6-frame episodes; ``camera``: the side of an ``observation.images.top`` video (0: none)."""
-    features = {"observation.state": {"dtype": "float32", "shape": [state_dim], "names": None},
-                "action": {"dtype": "float32", "shape": [action_dim], "names": None}}
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [state_dim], "names": None},
+        "action": {"dtype": "float32", "shape": [action_dim], "names": None},
+    }
     if camera:
         features["observation.images.top"] = {"dtype": "video", "shape": [camera, camera, 3], "names": None}
     rng = np.random.default_rng(0)
     with DatasetWriter(root, fps=10, features=features) as writer:
         for _ in range(2):
-            frames = {"observation.state": rng.normal(size=(6, state_dim)).astype(np.float32),
-                      "action": rng.uniform(-1, 1, (6, action_dim)).astype(np.float32)}
+            frames = {
+                "observation.state": rng.normal(size=(6, state_dim)).astype(np.float32),
+                "action": rng.uniform(-1, 1, (6, action_dim)).astype(np.float32),
+            }
             if camera:
                 frames["observation.images.top"] = rng.integers(0, 255, (6, camera, camera, 3), dtype=np.uint8)
             writer.add_episode(frames, task="open the drawer")
@@ -51,16 +54,50 @@ def world(tmp_path_factory) -> dict[str, Path]:
     generate_demos(root / "pre", ["reach-v3", "button-press-topdown-v3"], 2, progress=False)
     generate_demos(root / "new", ["drawer-close-v3"], 2, progress=False)
     pre = root / "pretrained"
-    assert cli(["train", "--dataset", str(root / "pre"), "--out", str(pre), "--preset", "tiny", "--steps", "4",
-                "--language", "minilm", "--policy.n_layers=3", *FLAGS]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--dataset",
+                str(root / "pre"),
+                "--out",
+                str(pre),
+                "--preset",
+                "tiny",
+                "--steps",
+                "4",
+                "--language",
+                "minilm",
+                "--policy.n_layers=3",
+                *FLAGS,
+            ]
+        )
+        == 0
+    )
     return {"root": root, "pre": root / "pre", "new": root / "new", "pretrained": pre}
 
 
 @pytest.fixture(scope="module")
 def finetuned(world) -> Path:
     run = world["root"] / "ft"
-    assert cli(["finetune", str(world["pretrained"]), "--dataset", str(world["new"]), "--out", str(run),
-                "--steps", "8", "--lr", "1e-2", *FLAGS]) == 0
+    assert (
+        cli(
+            [
+                "finetune",
+                str(world["pretrained"]),
+                "--dataset",
+                str(world["new"]),
+                "--out",
+                str(run),
+                "--steps",
+                "8",
+                "--lr",
+                "1e-2",
+                *FLAGS,
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -79,17 +116,25 @@ def test_finetune_carries_the_pretrained_config_over(world, finetuned):
 def test_routers_stay_frozen_and_the_balancing_loss_is_dropped(world, finetuned):
     pre = MoDEPolicy.from_pretrained(world["pretrained"] / "model")
     ft_raw = MoDEPolicy.from_pretrained(finetuned / "checkpoints" / "step_00000008")  # the trained, non-EMA weights
-    assert router_tensors(pre) and all(torch.equal(v, router_tensors(ft_raw)[k]) for k, v in router_tensors(pre).items())
-    changed = [k for k, v in pre.state_dict().items()
-               if ".router." not in k and "normalizer" not in k and not torch.equal(v, ft_raw.state_dict()[k])]
+    assert router_tensors(pre) and all(
+        torch.equal(v, router_tensors(ft_raw)[k]) for k, v in router_tensors(pre).items()
+    )
+    changed = [
+        k
+        for k, v in pre.state_dict().items()
+        if ".router." not in k and "normalizer" not in k and not torch.equal(v, ft_raw.state_dict()[k])
+    ]
     assert len(changed) > 10  # everything else trained (lr 1e-2)
     records = [json.loads(line) for line in (finetuned / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["loss"] == r["diffusion_loss"] and "balance_loss" in r for r in records)
     # the same batch through a router-trainable copy adds gamma * balance
     ft_raw.train()
     data = load_episodes(world["new"], progress=False)
-    batch = {"observation.state": data.state[:8, None], "action": data.action[:8, None].expand(8, 4, 4),
-             "task": [data.tasks[0]] * 8}
+    batch = {
+        "observation.state": data.state[:8, None],
+        "action": data.action[:8, None].expand(8, 4, 4),
+        "task": [data.tasks[0]] * 8,
+    }
     torch.manual_seed(0)
     loss, info = ft_raw(batch)
     assert torch.equal(loss.detach(), info["diffusion_loss"])
@@ -114,11 +159,14 @@ def test_finetune_refuses_a_wider_action_and_says_how_to_adapt(world, tmp_path, 
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--language", "task"], "embeds instructions with 'minilm'"),
-    (["--policy.d_model=32"], r"policy.d_model=32 \(pretrained: 64\)"),
-    (["--policy.image_keys=[observation.images.top]"], "would need new, untrained encoders"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--language", "task"], "embeds instructions with 'minilm'"),
+        (["--policy.d_model=32"], r"policy.d_model=32 \(pretrained: 64\)"),
+        (["--policy.image_keys=[observation.images.top]"], "would need new, untrained encoders"),
+    ],
+)
 def test_finetune_refuses_another_goal_encoder_architecture_or_camera(world, tmp_path, capsys, flags, message):
     data = write_dataset(tmp_path / "cam", action_dim=4, state_dim=39, camera=16)
     out = tmp_path / "ft"
@@ -132,9 +180,29 @@ def image_run(world) -> Path:
     """A small image policy pretrained on 16 px ``observation.images.top`` frames."""
     cam = write_dataset(world["root"] / "cam16", action_dim=4, state_dim=39, camera=16)
     run = world["root"] / "image"
-    assert cli(["train", "--dataset", str(cam), "--out", str(run), "--preset", "cpu-image", "--steps", "1",
-                "--language", "minilm", "--policy.n_layers=1", "--policy.d_model=32", "--policy.n_heads=2",
-                "--policy.vision_width=8", *FLAGS]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--dataset",
+                str(cam),
+                "--out",
+                str(run),
+                "--preset",
+                "cpu-image",
+                "--steps",
+                "1",
+                "--language",
+                "minilm",
+                "--policy.n_layers=1",
+                "--policy.d_model=32",
+                "--policy.n_heads=2",
+                "--policy.vision_width=8",
+                *FLAGS,
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -146,7 +214,7 @@ def test_finetune_refuses_data_missing_a_pretrained_camera(world, image_run, tmp
 
 
 def test_finetune_keeps_the_cameras_and_resizes_other_image_sizes(image_run, tmp_path, capsys, monkeypatch):
-    import mode_policy.train as train_module
+    import mode_policy.training.loop as train_module
 
     loaded = []
     original = train_module.load_dataset
@@ -176,8 +244,9 @@ def test_finetune_run_resumes_exactly(world, finetuned, tmp_path):
         assert cli(["finetune", "--out", str(partial), "--resume"]) == 0  # everything else from the run
     finally:
         shutil.move(tmp_path / "moved", world["pretrained"])
-    assert weights_checksum(MoDEPolicy.from_pretrained(partial / "model")) == \
-        weights_checksum(MoDEPolicy.from_pretrained(finetuned / "model"))
+    assert weights_checksum(MoDEPolicy.from_pretrained(partial / "model")) == weights_checksum(
+        MoDEPolicy.from_pretrained(finetuned / "model")
+    )
 
 
 def test_pretrained_run_without_final_model_uses_its_newest_ema(world, tmp_path):

@@ -15,11 +15,11 @@ from mode_policy.envs.rendering import setup_headless_rendering
 
 setup_headless_rendering()  # before the Meta-World wrapper (via demos) imports mujoco
 
-from mode_policy.config import get_preset  # noqa: E402
 from mode_policy.data.reader import DatasetReader  # noqa: E402
 from mode_policy.data.windows import WindowSampler, dataset_cameras, load_episodes  # noqa: E402
-from mode_policy.demos import DEMO_FEATURES, demo_features, generate_demos, run_expert_episode  # noqa: E402
 from mode_policy.envs.metaworld import MetaWorldEnv, demo_seed  # noqa: E402
+from mode_policy.envs.metaworld_demos import DEMO_FEATURES, demo_features, generate_demos, run_expert_episode  # noqa: E402
+from mode_policy.model.config import get_preset  # noqa: E402
 
 TASK = "reach-v3"
 SIZE = 32
@@ -104,13 +104,21 @@ def test_loader_decodes_once_and_windows_index_history(image_dataset):
 
 def test_tiny_image_policy_trains_and_evaluates_with_rendering(image_dataset, tmp_path, monkeypatch):
     from mode_policy.evaluation.metaworld import evaluate_metaworld
-    from mode_policy.config import TrainConfig
     from mode_policy.policy import MoDEPolicy
-    from mode_policy.train import train
+    from mode_policy.training.config import TrainConfig
+    from mode_policy.training.loop import train
 
     cfg = TrainConfig(
-        dataset=str(image_dataset), output_dir=str(tmp_path / "run"), preset="tiny", steps=2, batch_size=8,
-        log_every=1, checkpoint_every=2, warmup_steps=1, progress=False, language="task",
+        dataset=str(image_dataset),
+        output_dir=str(tmp_path / "run"),
+        preset="tiny",
+        steps=2,
+        batch_size=8,
+        log_every=1,
+        checkpoint_every=2,
+        warmup_steps=1,
+        progress=False,
+        language="task",
         policy=get_preset("tiny", goal_dim=16, image_keys=[KEY], vision_width=8, n_obs_steps=2),
     )
     run = train(cfg)
@@ -154,18 +162,20 @@ def test_tiny_image_policy_trains_and_evaluates_with_rendering(image_dataset, tm
 
 
 def test_image_preset_needs_cameras_and_uses_the_datasets(image_dataset):
-    from mode_policy.config import TrainConfig
-    from mode_policy.train import build_policy, select_image_keys
+    from mode_policy.training.config import TrainConfig
+    from mode_policy.training.loop import build_policy, select_image_keys
 
-    cfg = TrainConfig(dataset=str(image_dataset), preset="cpu-image", language="task",
-                      policy=get_preset("cpu-image", goal_dim=16))
+    cfg = TrainConfig(
+        dataset=str(image_dataset), preset="cpu-image", language="task", policy=get_preset("cpu-image", goal_dim=16)
+    )
     assert select_image_keys(cfg, [KEY]) == [KEY]  # the preset's placeholder cameras are replaced
     assert get_preset("cpu-image").image_keys  # an image preset
     with pytest.raises(ValueError, match="no video or image features"):
         select_image_keys(cfg, [])
     with pytest.raises(ValueError, match="not camera features"):
-        select_image_keys(TrainConfig(dataset="d", policy=get_preset("cpu", image_keys=["observation.images.topview"])),
-                          [KEY])
+        select_image_keys(
+            TrainConfig(dataset="d", policy=get_preset("cpu", image_keys=["observation.images.topview"])), [KEY]
+        )
     assert select_image_keys(TrainConfig(dataset="d", preset="cpu"), [KEY]) == []
 
     data = load_episodes(image_dataset, image_keys=[KEY], progress=False)

@@ -30,8 +30,9 @@ def _digest(root: Path) -> str:
 
 
 def _kill_after(cmd: list[str], delay: float) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "mode_policy.cli", *cmd], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mode_policy.cli", *cmd], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -48,8 +49,9 @@ def test_killed_demos_overwrite_never_loses_the_old_dataset(tmp_path):
     delays = sorted(rng.uniform(0.3, 6.0) for _ in range(8))
     finished = 0
     for delay in delays:  # 8 moments: during start-up, generation, writing and the swap
-        rc = _kill_after(["demos", "--tasks=reach-v3,push-v3", "--episodes=2", f"--out={out}", "--workers=1",
-                          "--overwrite"], delay)
+        rc = _kill_after(
+            ["demos", "--tasks=reach-v3,push-v3", "--episodes=2", f"--out={out}", "--workers=1", "--overwrite"], delay
+        )
         # finished before the kill, or killed after the swap (before exiting): the new dataset
         # replaced the old one, completely; otherwise the old one is there, unchanged
         if rc == 0 or _digest(out) != original:
@@ -63,7 +65,9 @@ def test_killed_demos_overwrite_never_loses_the_old_dataset(tmp_path):
 def test_killed_convert_overwrite_never_loses_the_old_dataset(tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("calvin_fixture", Path(__file__).parent / "data" / "test_convert_calvin.py")
+    spec = importlib.util.spec_from_file_location(
+        "calvin_fixture", Path(__file__).parent / "data" / "test_convert_calvin.py"
+    )
     fixture = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fixture)
     fixture.write_calvin_split(tmp_path / "calvin")
@@ -79,17 +83,33 @@ def test_killed_train_always_leaves_a_resumable_run(tmp_path):
     data = tmp_path / "data"
     assert cli(["demos", "--tasks=reach-v3", "--episodes=2", f"--out={data}", "--workers=1"]) == 0
     run = tmp_path / "run"
-    base = ["train", f"--dataset={data}", f"--output_dir={run}", "--preset=tiny", "--language=task",
-            "--policy.goal_dim=8", "--batch_size=8", "--checkpoint_every=3", "--log_every=1", "--steps=400"]
+    base = [
+        "train",
+        f"--dataset={data}",
+        f"--output_dir={run}",
+        "--preset=tiny",
+        "--language=task",
+        "--policy.goal_dim=8",
+        "--batch_size=8",
+        "--checkpoint_every=3",
+        "--log_every=1",
+        "--steps=400",
+    ]
     pointer = run / "checkpoints" / "LATEST"
     rng = random.Random(1)
     for round_ in range(5):  # 5 kills, each at a random moment shortly after a new checkpoint
         before = pointer.read_text() if pointer.is_file() else ""
         resume = ["--resume"] if before else []
-        proc = subprocess.Popen([sys.executable, "-m", "mode_policy.cli", *base, *resume], env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mode_policy.cli", *base, *resume],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and (not pointer.is_file() or pointer.read_text() == before):
+        while (
+            time.time() < deadline and proc.poll() is None and (not pointer.is_file() or pointer.read_text() == before)
+        ):
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
@@ -137,8 +157,22 @@ def test_moved_aside_restores_the_old_output_after_an_interrupted_swap(tmp_path)
 def test_killed_eval_never_damages_the_previous_result(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     assert cli(["demos", "--tasks=reach-v3", "--episodes=2", f"--out={data}", "--workers=1"]) == 0
-    assert cli(["train", f"--dataset={data}", f"--output_dir={run}", "--preset=tiny", "--language=task",
-                "--policy.goal_dim=8", "--batch_size=8", "--steps=2", "--progress=false"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                f"--dataset={data}",
+                f"--output_dir={run}",
+                "--preset=tiny",
+                "--language=task",
+                "--policy.goal_dim=8",
+                "--batch_size=8",
+                "--steps=2",
+                "--progress=false",
+            ]
+        )
+        == 0
+    )
     assert cli(["eval", str(run), "--episodes=1"]) == 0
     original = (run / "eval_info.json").read_bytes()
     for delay in (1.0, 3.0, 6.0):

@@ -2,7 +2,7 @@
 
 import torch
 
-from mode_policy.toy import MODES, mode_statistics, train_toy
+from mode_policy.envs.toy import MODES, mode_statistics, train_toy
 
 
 def test_mean_regression_fails_the_criterion():
@@ -17,8 +17,10 @@ def test_mean_regression_fails_the_criterion():
 
 def test_policy_learns_both_modes():
     result = train_toy()  # 800 steps of the tiny preset, ~30 s on one CPU core
-    print(f"toy: {result.steps} steps in {result.seconds:.1f}s, modes {result.mode_fractions}, "
-          f"between {result.between_fraction:.3f}")
+    print(
+        f"toy: {result.steps} steps in {result.seconds:.1f}s, modes {result.mode_fractions}, "
+        f"between {result.between_fraction:.3f}"
+    )
     for plus, minus in result.mode_fractions:
         assert plus >= 0.25 and minus >= 0.25
     assert result.between_fraction < 0.05

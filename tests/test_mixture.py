@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from mode_policy.cli import main as cli
-from mode_policy.config import TrainConfig, get_preset
 from mode_policy.data.mixture import (
     Mixture,
     MixtureData,
@@ -22,10 +21,12 @@ from mode_policy.data.mixture import (
     read_mixture,
 )
 from mode_policy.data.windows import WindowSampler, load_episodes
-from mode_policy.demos import generate_demos
+from mode_policy.envs.metaworld_demos import generate_demos
 from mode_policy.errors import ConfigError, DataError, DataNotFoundError
+from mode_policy.model.config import get_preset
 from mode_policy.policy import MoDEPolicy
-from mode_policy.train import train, weights_checksum
+from mode_policy.training.config import TrainConfig
+from mode_policy.training.loop import train, weights_checksum
 
 LIBERO_SIZE = 16
 
@@ -50,8 +51,11 @@ def write_libero_hdf5(path: Path, lengths: list[int], seed: int = 0) -> None:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,23 +66,59 @@ def world(tmp_path_factory) -> dict[str, Path]:
     write_libero_hdf5(raw, [12, 9, 15])
     assert cli(["convert", "libero", str(raw), "--out", str(root / "libero")]) == 0
     mix = root / "mix.yaml"
-    mix.write_text("datasets:\n  - {path: metaworld, weight: 3, name: metaworld}\n"
-                   "  - {path: libero, weight: 1, name: libero}\n")
+    mix.write_text(
+        "datasets:\n  - {path: metaworld, weight: 3, name: metaworld}\n  - {path: libero, weight: 1, name: libero}\n"
+    )
     return {"root": root, "metaworld": root / "metaworld", "libero": root / "libero", "mix": mix}
 
 
 def tiny(out: Path, **kw) -> TrainConfig:
-    defaults = dict(output_dir=str(out), preset="tiny", steps=8, batch_size=16, log_every=4, checkpoint_every=4,
-                    warmup_steps=2, progress=False, language="task", policy=get_preset("tiny", goal_dim=16))
+    defaults = dict(
+        output_dir=str(out),
+        preset="tiny",
+        steps=8,
+        batch_size=16,
+        log_every=4,
+        checkpoint_every=4,
+        warmup_steps=2,
+        progress=False,
+        language="task",
+        policy=get_preset("tiny", goal_dim=16),
+    )
     return TrainConfig(**{**defaults, **kw})
 
 
 @pytest.fixture(scope="module")
 def mixture_run(world) -> Path:
     run = world["root"] / "run"
-    assert cli(["train", "--mixture", str(world["mix"]), "--out", str(run), "--preset", "tiny", "--steps", "8",
-                "--batch_size", "16", "--log_every", "4", "--checkpoint_every", "4", "--warmup_steps", "2", "--language", "task",
-                "--policy.goal_dim=16", "--progress=false"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--mixture",
+                str(world["mix"]),
+                "--out",
+                str(run),
+                "--preset",
+                "tiny",
+                "--steps",
+                "8",
+                "--batch_size",
+                "16",
+                "--log_every",
+                "4",
+                "--checkpoint_every",
+                "4",
+                "--warmup_steps",
+                "2",
+                "--language",
+                "task",
+                "--policy.goal_dim=16",
+                "--progress=false",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -90,7 +130,7 @@ def test_metaworld_and_libero_train_save_load_and_predict_each_with_its_own_norm
     policy = MoDEPolicy.from_pretrained(mixture_run / "model").eval()
     assert (policy.config.action_dim, policy.config.state_dim) == (7, 39)  # padded to the widest
     assert sorted(policy.dataset_names) == ["libero", "metaworld"]
-    for name, (actions, states) in {"metaworld": (4, 39), "libero": (7, 8)}.items():
+    for name, (actions, _states) in {"metaworld": (4, 39), "libero": (7, 8)}.items():
         data = load_episodes(world[name], progress=False)
         member = policy.dataset_normalizers.member(name)
         torch.testing.assert_close(member.action_min, data.action.min(0).values)
@@ -104,8 +144,9 @@ def test_metaworld_and_libero_train_save_load_and_predict_each_with_its_own_norm
         again = policy.predict_action_chunk(batch, noise=torch.zeros(5, 4, 7), dataset=name)
         torch.testing.assert_close(same, again)  # the batch key and the argument agree
         policy.reset()
-        assert policy.select_action({"observation.state": data.state[:2], "task": [data.tasks[0]] * 2},
-                                    dataset=name).shape == (2, actions)
+        assert policy.select_action(
+            {"observation.state": data.state[:2], "task": [data.tasks[0]] * 2}, dataset=name
+        ).shape == (2, actions)
         policy.reset()
 
 
@@ -137,8 +178,23 @@ def test_eval_plays_one_member_of_a_mixture_policy_at_its_width(mixture_run, tmp
     out = tmp_path / "eval_info.json"
     assert cli(["eval", str(mixture_run), "--tasks", "reach-v3", "--episodes", "1", "--out", str(out)]) == 2
     assert "--dataset_name" in capsys.readouterr().err
-    assert cli(["eval", str(mixture_run), "--tasks", "reach-v3", "--episodes", "1", "--out", str(out),
-                "--dataset_name", "metaworld"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                str(mixture_run),
+                "--tasks",
+                "reach-v3",
+                "--episodes",
+                "1",
+                "--out",
+                str(out),
+                "--dataset_name",
+                "metaworld",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["overall"]["episodes"] == 1
 
 
@@ -215,23 +271,49 @@ def test_mixture_run_resumes_to_the_same_weights(world, mixture_run, tmp_path):
     (partial / "checkpoints" / "LATEST").write_text("step_00000004\n")
     resumed = train(tiny(partial, mixture=str(world["mix"]), steps=8), resume=True)
     reference = mixture_run
-    assert weights_checksum(MoDEPolicy.from_pretrained(resumed / "model")) == \
-        weights_checksum(MoDEPolicy.from_pretrained(reference / "model"))
+    assert weights_checksum(MoDEPolicy.from_pretrained(resumed / "model")) == weights_checksum(
+        MoDEPolicy.from_pretrained(reference / "model")
+    )
 
 
 def test_cameras_map_onto_the_policy_cameras(world, tmp_path):
     """An image policy on two datasets whose cameras have other names: each maps its own camera."""
     root = tmp_path / "img"
-    generate_demos(root / "mw", ["reach-v3"], 1, max_steps=40, progress=False, cameras=["corner"],
-                   image_size=LIBERO_SIZE)
+    generate_demos(
+        root / "mw", ["reach-v3"], 1, max_steps=40, progress=False, cameras=["corner"], image_size=LIBERO_SIZE
+    )
     mix = root / "mix.json"
-    mix.write_text(json.dumps({"datasets": [
-        {"path": "mw", "weight": 1, "name": "mw", "cameras": {"observation.images.corner": "observation.images.static"}},
-        {"path": str(world["libero"]), "weight": 1, "name": "libero",
-         "cameras": {"observation.images.agentview": "observation.images.static"}},
-    ]}))
-    policy_cfg = get_preset("cpu-image", goal_dim=8, n_layers=1, d_model=32, n_heads=2, vision_width=8,
-                            state_encoder_hidden=32, horizon=4, n_action_steps=4)
+    mix.write_text(
+        json.dumps(
+            {
+                "datasets": [
+                    {
+                        "path": "mw",
+                        "weight": 1,
+                        "name": "mw",
+                        "cameras": {"observation.images.corner": "observation.images.static"},
+                    },
+                    {
+                        "path": str(world["libero"]),
+                        "weight": 1,
+                        "name": "libero",
+                        "cameras": {"observation.images.agentview": "observation.images.static"},
+                    },
+                ]
+            }
+        )
+    )
+    policy_cfg = get_preset(
+        "cpu-image",
+        goal_dim=8,
+        n_layers=1,
+        d_model=32,
+        n_heads=2,
+        vision_width=8,
+        state_encoder_hidden=32,
+        horizon=4,
+        n_action_steps=4,
+    )
     run = train(tiny(root / "run", mixture=str(mix), preset="cpu-image", policy=policy_cfg, steps=2, batch_size=6))
     policy = MoDEPolicy.from_pretrained(run / "model")
     assert policy.config.image_keys == ["observation.images.static"] and policy.config.image_size == LIBERO_SIZE
@@ -244,21 +326,38 @@ def _bad(world, name: str, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text, error, message", [
-    ("datasets:\n  - {path: metaworld}\n  - {path: nowhere, weight: 1}\n", DataNotFoundError, "dataset folder not found"),
-    ("datasets:\n  - {path: metaworld, weight: -1}\n", ConfigError, "weight -1 must be a finite number >= 0"),
-    ("datasets:\n  - {path: metaworld, weight: 0}\n  - {path: libero, weight: 0}\n", ConfigError, "every weight is 0"),
-    ("datasets:\n  - {path: metaworld, wieght: 2}\n", ConfigError, r"unknown key\(s\) wieght"),
-    ("dataset:\n  - {path: metaworld}\n", ConfigError, r"unknown key\(s\) dataset"),
-    ("datasets: []\n", ConfigError, "non-empty list"),
-    ("datasets:\n  - {path: metaworld, weight: true}\n", ConfigError, "weight True"),
-    ("datasets:\n  - {path: metaworld, name: a}\n  - {path: libero, name: a}\n", ConfigError, "used twice"),
-    ("datasets:\n  - {path: libero, cameras: {observation.images.top: observation.images.static}}\n", DataError,
-     r"has no camera\(s\) \['observation.images.top'\]"),
-    ("datasets:\n  - {path: libero, cameras: {observation.images.wrist: wrist}}\n", ConfigError,
-     "must look like observation.images."),
-    ("datasets: [oops\n", ConfigError, "cannot read it"),
-])
+@pytest.mark.parametrize(
+    "text, error, message",
+    [
+        (
+            "datasets:\n  - {path: metaworld}\n  - {path: nowhere, weight: 1}\n",
+            DataNotFoundError,
+            "dataset folder not found",
+        ),
+        ("datasets:\n  - {path: metaworld, weight: -1}\n", ConfigError, "weight -1 must be a finite number >= 0"),
+        (
+            "datasets:\n  - {path: metaworld, weight: 0}\n  - {path: libero, weight: 0}\n",
+            ConfigError,
+            "every weight is 0",
+        ),
+        ("datasets:\n  - {path: metaworld, wieght: 2}\n", ConfigError, r"unknown key\(s\) wieght"),
+        ("dataset:\n  - {path: metaworld}\n", ConfigError, r"unknown key\(s\) dataset"),
+        ("datasets: []\n", ConfigError, "non-empty list"),
+        ("datasets:\n  - {path: metaworld, weight: true}\n", ConfigError, "weight True"),
+        ("datasets:\n  - {path: metaworld, name: a}\n  - {path: libero, name: a}\n", ConfigError, "used twice"),
+        (
+            "datasets:\n  - {path: libero, cameras: {observation.images.top: observation.images.static}}\n",
+            DataError,
+            r"has no camera\(s\) \['observation.images.top'\]",
+        ),
+        (
+            "datasets:\n  - {path: libero, cameras: {observation.images.wrist: wrist}}\n",
+            ConfigError,
+            "must look like observation.images.",
+        ),
+        ("datasets: [oops\n", ConfigError, "cannot read it"),
+    ],
+)
 def test_bad_mixture_files_name_the_file_and_the_problem(world, text, error, message):
     path = _bad(world, "bad.yaml", text)
     with pytest.raises(error, match=message) as info:
@@ -271,8 +370,23 @@ def test_features_that_cannot_be_mapped_stop_before_anything_is_written(world, t
     mix = _bad(world, "nocam.yaml", "datasets:\n  - {path: metaworld, name: mw}\n  - {path: libero, name: lib}\n")
     before = {name: tree_digest(world[name]) for name in ("metaworld", "libero")}
     out = tmp_path / "run"
-    assert cli(["train", "--mixture", str(mix), "--out", str(out), "--preset", "cpu-image", "--steps", "2",
-                "--policy.image_keys=[observation.images.agentview]"]) == 2
+    assert (
+        cli(
+            [
+                "train",
+                "--mixture",
+                str(mix),
+                "--out",
+                str(out),
+                "--preset",
+                "cpu-image",
+                "--steps",
+                "2",
+                "--policy.image_keys=[observation.images.agentview]",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nocam.yaml" in err and "'mw' has no camera for policy camera(s) ['observation.images.agentview']" in err
     assert not out.exists()
@@ -294,8 +408,24 @@ def test_a_bad_mixture_leaves_an_existing_run_untouched(world, mixture_run, caps
 def test_finetuning_the_mixture_model_on_one_narrower_dataset(world, mixture_run, tmp_path):
     """The mixture model is 7 wide: a 4-d Meta-World fine-tune is padded, and needs no dataset name."""
     run = tmp_path / "ft"
-    assert cli(["finetune", str(mixture_run), "--dataset", str(world["metaworld"]), "--out", str(run), "--steps", "2",
-                "--batch_size", "8", "--progress=false"]) == 0
+    assert (
+        cli(
+            [
+                "finetune",
+                str(mixture_run),
+                "--dataset",
+                str(world["metaworld"]),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--batch_size",
+                "8",
+                "--progress=false",
+            ]
+        )
+        == 0
+    )
     policy = MoDEPolicy.from_pretrained(run / "model").eval()
     assert policy.dataset_names == ["metaworld"] and policy.config.freeze_router
     data = load_episodes(world["metaworld"], progress=False)
@@ -311,10 +441,34 @@ def test_ddp_ranks_each_follow_the_weights(world, tmp_path):
     import sys
 
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547",
-           "-m", "mode_policy.cli", "train", "--mixture", str(world["mix"]), "--out", str(run), "--preset", "tiny",
-           "--steps", "6", "--batch_size", "16", "--checkpoint_every", "6", "--language", "task",
-           "--policy.goal_dim=16", "--device", "cpu", "--progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29547",
+        "-m",
+        "mode_policy.cli",
+        "train",
+        "--mixture",
+        str(world["mix"]),
+        "--out",
+        str(run),
+        "--preset",
+        "tiny",
+        "--steps",
+        "6",
+        "--batch_size",
+        "16",
+        "--checkpoint_every",
+        "6",
+        "--language",
+        "task",
+        "--policy.goal_dim=16",
+        "--device",
+        "cpu",
+        "--progress=false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from mode_policy.config import MoDEConfig, get_preset
-from mode_policy.ema import EMA
 from mode_policy.errors import CheckpointError, ConfigError, DataError
+from mode_policy.model.config import MoDEConfig, get_preset
 from mode_policy.policy import LEGACY_PREFIXES, MoDEPolicy
+from mode_policy.training.ema import EMA
 
 
 def make_policy(**kw) -> MoDEPolicy:
@@ -16,10 +16,12 @@ def make_policy(**kw) -> MoDEPolicy:
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    policy.set_normalization({
-        "action": {"min": [-2.0, 0.0, -1.0], "max": [2.0, 1.0, 3.0]},
-        "observation.state": {"mean": [0.1] * 5, "std": [2.0] * 5},
-    })
+    policy.set_normalization(
+        {
+            "action": {"min": [-2.0, 0.0, -1.0], "max": [2.0, 1.0, 3.0]},
+            "observation.state": {"mean": [0.1] * 5, "std": [2.0] * 5},
+        }
+    )
     return policy
 
 
@@ -67,7 +69,7 @@ def to_legacy_names(state: dict) -> dict:
     out = {}
     for key, value in state.items():
         new = next((n for n in inverse if key.startswith(n)), None)
-        out[inverse[new] + key[len(new):] if new else key] = value
+        out[inverse[new] + key[len(new) :] if new else key] = value
     return out
 
 
@@ -203,10 +205,12 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(DataError, match="lack action.min"):
         policy.set_normalization({"observation.state": {"mean": [0] * 5, "std": [1] * 5}})
     with pytest.raises(DataError, match="NaN"):
-        policy.set_normalization({
-            "action": {"min": [0, 0, float("nan")], "max": [1, 1, 1]},
-            "observation.state": {"mean": [0] * 5, "std": [1] * 5},
-        })
+        policy.set_normalization(
+            {
+                "action": {"min": [0, 0, float("nan")], "max": [1, 1, 1]},
+                "observation.state": {"mean": [0] * 5, "std": [1] * 5},
+            }
+        )
 
 
 def test_padded_actions_do_not_count_in_loss():
@@ -263,8 +267,11 @@ def test_image_policy_tokens_and_cached_sampling():
     cams = ["observation.images.corner", "observation.images.wrist"]
     policy = make_policy(image_keys=cams, vision_width=8, n_obs_steps=2)
     assert policy.config.n_tokens == 2 + 2 * 3 + 4
-    batch = {"observation.state": torch.randn(3, 2, 5), "goal": torch.randn(3, 8),
-             **{c: torch.randint(0, 256, (3, 2, 24, 24, 3), dtype=torch.uint8) for c in cams}}
+    batch = {
+        "observation.state": torch.randn(3, 2, 5),
+        "goal": torch.randn(3, 8),
+        **{c: torch.randint(0, 256, (3, 2, 24, 24, 3), dtype=torch.uint8) for c in cams},
+    }
     loss, _ = policy({**batch, "action": torch.randn(3, 4, 3)})
     loss.backward()
     assert policy.image_encoder.cameras["observation_images_corner"].conv1.weight.grad is not None

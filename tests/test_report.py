@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from mode_policy.config import get_preset
 from mode_policy.errors import CheckpointError, RunDirError
 from mode_policy.evaluation.result import EvalResult, TaskResult
+from mode_policy.model.config import get_preset
 from mode_policy.policy import MoDEPolicy
 from mode_policy.report import EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG, expert_routing, write_report
 
@@ -27,29 +27,57 @@ def make_run(root, policy, eval_info=True, n_records=20, metrics=None):
     run = root / "run"
     policy.save_pretrained(run / "model")
     cfg = policy.config
-    (run / "config.json").write_text(json.dumps({
-        "train": {"preset": "tiny", "dataset": "data/mt3", "steps": 50 * n_records, "batch_size": 64, "lr": 3e-4},
-        "policy": cfg.to_dict(), "world_size": 1,
-    }))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "train": {
+                    "preset": "tiny",
+                    "dataset": "data/mt3",
+                    "steps": 50 * n_records,
+                    "batch_size": 64,
+                    "lr": 3e-4,
+                },
+                "policy": cfg.to_dict(),
+                "world_size": 1,
+            }
+        )
+    )
     with open(run / "metrics.jsonl", "w") as f:
         for i in range(n_records):
             step = 50 * (i + 1)
             d = 1.5 * math.exp(-step / 250) + 0.05
             usage = [[0.4, 0.3, 0.2, 0.1] for _ in range(cfg.n_layers)]
-            f.write(json.dumps({
-                "step": step, "loss": d + 0.011, "diffusion_loss": d, "balance_loss": 1.1 - 0.004 * i,
-                "lr": 3e-4 * min(1.0, step / 200), "grad_norm": 0.7, "samples_per_s": 1000.0 + i,
-                "wall_s": 0.2 * step, "expert_usage": usage,
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "loss": d + 0.011,
+                        "diffusion_loss": d,
+                        "balance_loss": 1.1 - 0.004 * i,
+                        "lr": 3e-4 * min(1.0, step / 200),
+                        "grad_norm": 0.7,
+                        "samples_per_s": 1000.0 + i,
+                        "wall_s": 0.2 * step,
+                        "expert_usage": usage,
+                    }
+                )
+                + "\n"
+            )
     (run / "train_summary.json").write_text(json.dumps({"steps": 50 * n_records, "wall_s": 200.0, "world_size": 1}))
     if eval_info:
         per_task = {
-            task: TaskResult(round(rate * 50), 50, 4.0, f"{task.removesuffix('-v3').replace('-', ' ')} the object",
-                             {"mean_steps": 210.0})
+            task: TaskResult(
+                round(rate * 50),
+                50,
+                4.0,
+                f"{task.removesuffix('-v3').replace('-', ' ')} the object",
+                {"mean_steps": 210.0},
+            )
             for task, rate in TASKS.items()
         }
-        EvalResult("metaworld", per_task, wall_s=12.5, seed=0, settings={"episodes_per_task": 50},
-                   metrics=metrics or {}).save(run / "eval_info.json")
+        EvalResult(
+            "metaworld", per_task, wall_s=12.5, seed=0, settings={"episodes_per_task": 50}, metrics=metrics or {}
+        ).save(run / "eval_info.json")
     return run
 
 
@@ -103,10 +131,10 @@ def test_expert_routing_matches_the_sampling_plan_cache():
     plan = policy.denoiser.sampling_plan()
     assert routing["sigmas"] == pytest.approx(plan.sampler.eval_sigmas(plan.sigmas).tolist())
     assert len({tuple(sorted(c)) for layer in routing["layers"] for c in layer["chosen"]}) > 1
-    for l, layer in enumerate(routing["layers"]):
+    for li, layer in enumerate(routing["layers"]):
         for m, (chosen, weights) in enumerate(zip(layer["chosen"], layer["weights"])):
             order = sorted(range(len(chosen)), key=lambda i: chosen[i])  # the cache stores ascending experts
-            mix = plan.levels[m].fused[l].mix.flatten().tolist()
+            mix = plan.levels[m].fused[li].mix.flatten().tolist()
             assert mix == pytest.approx([weights[i] for i in order], abs=1e-6)
 
 

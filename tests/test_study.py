@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from mode_policy.cli import main as cli
-from mode_policy.demos import generate_demos
+from mode_policy.envs.metaworld_demos import generate_demos
 from mode_policy.errors import ConfigError, DataNotFoundError
+from mode_policy.fileio import file_lock
 from mode_policy.study import finished_results, load_study, run_study
 from mode_policy.study.report import render_markdown, summarize
-from mode_policy.fileio import file_lock
 from mode_policy.study.runner import RESULT_NAME, STUDY_LOCK, CellResult, cell_dir
 from mode_policy.study.spec import Cell, transformer_active_params
 from mode_policy.study.stats import (
@@ -34,14 +34,33 @@ def dataset(tmp_path_factory) -> Path:
 
 def study_dict(root: Path, **top) -> dict:
     return {
-        "name": "tiny study", "dataset": str(root), "eval_episodes": 1, "seeds": [0],
-        "train": {"preset": "tiny", "steps": 3, "batch_size": 8, "warmup_steps": 1, "language": "task",
-                  "log_every": 3, "checkpoint_every": 2, "progress": False},
+        "name": "tiny study",
+        "dataset": str(root),
+        "eval_episodes": 1,
+        "seeds": [0],
+        "train": {
+            "preset": "tiny",
+            "steps": 3,
+            "batch_size": 8,
+            "warmup_steps": 1,
+            "language": "task",
+            "log_every": 3,
+            "checkpoint_every": 2,
+            "progress": False,
+        },
         "policy": {"goal_dim": 8},
         "paper_source": "the paper, LIBERO-10",
-        "variants": [{"name": "default", "paper": 0.92},
-                     {"name": "dense", "policy": {"routing": "dense"}, "match_active_params": True,
-                      "paper": 0.839, "paper_reference": 0.851, "paper_note": "normalised"}],
+        "variants": [
+            {"name": "default", "paper": 0.92},
+            {
+                "name": "dense",
+                "policy": {"routing": "dense"},
+                "match_active_params": True,
+                "paper": 0.839,
+                "paper_reference": 0.851,
+                "paper_note": "normalised",
+            },
+        ],
         **top,
     }
 
@@ -149,17 +168,31 @@ def test_verdicts():
 
 
 def fake_result(study, variant, seed, successes, episodes=10) -> CellResult:
-    return CellResult(variant, seed, study.cell_spec(Cell(variant, seed)), successes, episodes,
-                      {"reach-v3": [successes, episodes]}, {"active_params": 2_000_000, "total_params": 3_000_000},
-                      120.0, 30.0)
+    return CellResult(
+        variant,
+        seed,
+        study.cell_spec(Cell(variant, seed)),
+        successes,
+        episodes,
+        {"reach-v3": [successes, episodes]},
+        {"active_params": 2_000_000, "total_params": 3_000_000},
+        120.0,
+        30.0,
+    )
 
 
 def test_table_rows_from_cell_results(dataset, tmp_path):
     study = load_study(write(tmp_path, study_dict(dataset, seeds=[0, 1, 2])))
-    results = {r.variant + f"/seed{r.seed}": r for r in [
-        fake_result(study, "default", 0, 8), fake_result(study, "default", 1, 9), fake_result(study, "default", 2, 7),
-        fake_result(study, "dense", 0, 4), fake_result(study, "dense", 1, 5),
-    ]}
+    results = {
+        r.variant + f"/seed{r.seed}": r
+        for r in [
+            fake_result(study, "default", 0, 8),
+            fake_result(study, "default", 1, 9),
+            fake_result(study, "default", 2, 7),
+            fake_result(study, "dense", 0, 4),
+            fake_result(study, "dense", 1, 5),
+        ]
+    }
     ref, dense = summarize(study, results)
     assert ref.interval.mean == pytest.approx(0.8) and ref.delta is None
     assert dense.seed_means == [0.4, 0.5]
@@ -191,13 +224,26 @@ BAD = {
     "unknown top-level key": ({"epochs": 3}, ConfigError, "unknown key.s. epochs"),
     "missing dataset": ({"dataset": None}, ConfigError, "'dataset' is missing"),
     "dataset not found": ({"dataset": "/nonexistent/demos"}, DataNotFoundError, "not found: /nonexistent/demos"),
-    "unknown variant key": ({"variants": [{"name": "a", "polcy": {}}]}, ConfigError, "variant 'a': unknown key.s. polcy"),
-    "bad variant field": ({"variants": [{"name": "a", "policy": {"n_expert": 2}}]}, ConfigError,
-                          "variant 'a': policy: unknown key.s. n_expert"),
-    "bad variant value": ({"variants": [{"name": "a", "policy": {"top_k": "two"}}]}, ConfigError,
-                          "variant 'a': top_k='two': expected an integer"),
-    "inconsistent variant": ({"variants": [{"name": "a", "policy": {"top_k": 5}}]}, ConfigError,
-                             "variant 'a': top_k=5 must be in"),
+    "unknown variant key": (
+        {"variants": [{"name": "a", "polcy": {}}]},
+        ConfigError,
+        "variant 'a': unknown key.s. polcy",
+    ),
+    "bad variant field": (
+        {"variants": [{"name": "a", "policy": {"n_expert": 2}}]},
+        ConfigError,
+        "variant 'a': policy: unknown key.s. n_expert",
+    ),
+    "bad variant value": (
+        {"variants": [{"name": "a", "policy": {"top_k": "two"}}]},
+        ConfigError,
+        "variant 'a': top_k='two': expected an integer",
+    ),
+    "inconsistent variant": (
+        {"variants": [{"name": "a", "policy": {"top_k": 5}}]},
+        ConfigError,
+        "variant 'a': top_k=5 must be in",
+    ),
     "seed in train": ({"train": {"seed": 3}}, ConfigError, "train.seed is set by the study"),
     "unknown train field": ({"train": {"stepz": 3}}, ConfigError, "train: unknown key.s. stepz"),
     "bad seeds": ({"seeds": [0, 0]}, ConfigError, "seeds must be a list of distinct integers"),
@@ -205,11 +251,21 @@ BAD = {
     "nameless variant": ({"variants": [{"policy": {}}]}, ConfigError, r"variants\[0\] needs a name"),
     "duplicate names": ({"variants": [{"name": "a"}, {"name": "a"}]}, ConfigError, "used twice: a"),
     "unknown reference": ({"reference": "b"}, ConfigError, "reference 'b' is not a variant"),
-    "match a MoE variant": ({"variants": [{"name": "a"}, {"name": "b", "match_active_params": True}]}, ConfigError,
-                            "only dense variants are matched"),
-    "match and set the ratio": ({"variants": [{"name": "a"}, {"name": "b", "match_active_params": True,
-                                 "policy": {"routing": "dense", "dense_mlp_ratio": 8}}]}, ConfigError,
-                                "do not set it too"),
+    "match a MoE variant": (
+        {"variants": [{"name": "a"}, {"name": "b", "match_active_params": True}]},
+        ConfigError,
+        "only dense variants are matched",
+    ),
+    "match and set the ratio": (
+        {
+            "variants": [
+                {"name": "a"},
+                {"name": "b", "match_active_params": True, "policy": {"routing": "dense", "dense_mlp_ratio": 8}},
+            ]
+        },
+        ConfigError,
+        "do not set it too",
+    ),
     "bad paper number": ({"variants": [{"name": "a", "paper": "high"}]}, ConfigError, "paper must be a number"),
     "unknown task": ({"tasks": "reach-v9"}, ConfigError, "tasks: unknown Meta-World task"),
 }

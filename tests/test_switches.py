@@ -5,9 +5,9 @@ the expert cache stays exact for every variant."""
 import pytest
 import torch
 
-from mode_policy.config import MoDEConfig, get_preset
 from mode_policy.errors import ConfigError
-from mode_policy.nn.layers import modulate
+from mode_policy.model.config import MoDEConfig, get_preset
+from mode_policy.model.layers import modulate
 from mode_policy.policy import MoDEPolicy
 
 D, LAYERS = 64, 2  # the tiny preset
@@ -89,8 +89,9 @@ def test_film_starts_as_the_identity_and_learns():
 def attention_inputs(policy: MoDEPolicy, sigma: float, module: str = "attn") -> list[torch.Tensor]:
     """What each block's attention (or MLP) receives for fixed tokens at noise level ``sigma``."""
     net, seen = policy.denoiser.net, []
-    hooks = [getattr(b, module).register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
-             for b in net.blocks]
+    hooks = [
+        getattr(b, module).register_forward_pre_hook(lambda m, args: seen.append(args[0].clone())) for b in net.blocks
+    ]
     torch.manual_seed(0)
     x, cond = torch.randn(2, 4, 3), torch.randn(2, 2, D)
     with torch.no_grad():
@@ -151,8 +152,11 @@ def test_num_experts_changes_the_bank_and_the_router_only():
     a, b = shapes(four), shapes(eight)
     changed = {k for k in a if a[k] != b[k]}
     assert set(a) == set(b)
-    assert changed == {f"denoiser.net.blocks.{i}.mlp.{name}" for i in range(LAYERS)
-                       for name in ("experts.w13", "experts.w2", "router.net.2.weight", "router.net.2.bias")}
+    assert changed == {
+        f"denoiser.net.blocks.{i}.mlp.{name}"
+        for i in range(LAYERS)
+        for name in ("experts.w13", "experts.w2", "router.net.2.weight", "router.net.2.bias")
+    }
     per_expert = 3 * D * 4 * D
     router_out = 2 * D + 1  # one more output row of the router per expert
     total_gap = count(eight)[0] - count(four)[0]

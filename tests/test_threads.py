@@ -62,8 +62,15 @@ class FakeMachine:
     def governor(self, threads: int = 2):
         self.set_calls = []
         return threads_mod.ThreadGovernor(
-            threads, max_threads=2, window_s=3.0, clock=lambda: self.wall, cpu_times=lambda: tuple(self.jiffies),
-            own_cpu=lambda: self.own_s, set_threads=self.set_calls.append, cpu_count=2)
+            threads,
+            max_threads=2,
+            window_s=3.0,
+            clock=lambda: self.wall,
+            cpu_times=lambda: tuple(self.jiffies),
+            own_cpu=lambda: self.own_s,
+            set_threads=self.set_calls.append,
+            cpu_count=2,
+        )
 
 
 threads_mod = threads

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from mode_policy.cli import main as cli
-from mode_policy.config import TrainConfig, get_preset
-from mode_policy.demos import generate_demos
+from mode_policy.envs.metaworld_demos import generate_demos
 from mode_policy.errors import DataError
+from mode_policy.model.config import get_preset
 from mode_policy.policy import MoDEPolicy
-from mode_policy.train import train, weights_checksum
+from mode_policy.training.config import TrainConfig
+from mode_policy.training.loop import train, weights_checksum
 
 TASKS = ["reach-v3", "button-press-topdown-v3"]
 
@@ -30,16 +31,48 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(dataset: Path, out: Path, **kw) -> TrainConfig:
-    defaults = dict(dataset=str(dataset), output_dir=str(out), preset="tiny", steps=12, batch_size=16,
-                    log_every=4, checkpoint_every=4, warmup_steps=2, progress=False, language="task",
-                    policy=get_preset("tiny", goal_dim=16))
+    defaults = dict(
+        dataset=str(dataset),
+        output_dir=str(out),
+        preset="tiny",
+        steps=12,
+        batch_size=16,
+        log_every=4,
+        checkpoint_every=4,
+        warmup_steps=2,
+        progress=False,
+        language="task",
+        policy=get_preset("tiny", goal_dim=16),
+    )
     return TrainConfig(**{**defaults, **kw})
 
 
 def test_end_to_end_demos_train_eval_report(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli(["train", "--dataset", str(dataset), "--output_dir", str(run), "--preset", "tiny", "--steps", "6",
-                "--batch-size", "16", "--log-every", "2", "--checkpoint-every", "3", "--language", "task"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--dataset",
+                str(dataset),
+                "--output_dir",
+                str(run),
+                "--preset",
+                "tiny",
+                "--steps",
+                "6",
+                "--batch-size",
+                "16",
+                "--log-every",
+                "2",
+                "--checkpoint-every",
+                "3",
+                "--language",
+                "task",
+            ]
+        )
+        == 0
+    )
     assert (run / "model" / "model.safetensors").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6] and all("expert_usage" in r for r in records)
@@ -59,9 +92,31 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path):
     ref_weights = weights_checksum(MoDEPolicy.from_pretrained(reference / "model"))
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mode_policy.cli", "train", "--dataset", str(dataset), "--output_dir", str(run),
-           "--preset", "tiny", "--steps", str(steps), "--batch_size", "16", "--log_every", "4",
-           "--checkpoint_every", "5", "--warmup_steps", "2", "--language", "task", "--policy.goal_dim=16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mode_policy.cli",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--output_dir",
+        str(run),
+        "--preset",
+        "tiny",
+        "--steps",
+        str(steps),
+        "--batch_size",
+        "16",
+        "--log_every",
+        "4",
+        "--checkpoint_every",
+        "5",
+        "--warmup_steps",
+        "2",
+        "--language",
+        "task",
+        "--policy.goal_dim=16",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = run / "checkpoints" / "LATEST"
@@ -96,16 +151,42 @@ def test_a_checkpoint_without_sampler_state_resumes_identically(dataset, tmp_pat
     assert state.pop("sampler") == {"counts": [64]}  # 4 steps x 16 rows, all from the one dataset
     torch.save(state, state_path)
     resumed = train(tiny_cfg(dataset, partial, steps=8), resume=True)
-    assert weights_checksum(MoDEPolicy.from_pretrained(resumed / "model")) == \
-        weights_checksum(MoDEPolicy.from_pretrained(reference / "model"))
+    assert weights_checksum(MoDEPolicy.from_pretrained(resumed / "model")) == weights_checksum(
+        MoDEPolicy.from_pretrained(reference / "model")
+    )
 
 
 def test_ddp_two_cpu_processes_train_one_model(dataset, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "mode_policy.cli", "train", "--dataset", str(dataset), "--output_dir", str(run), "--preset", "tiny",
-           "--steps", "6", "--batch_size", "16", "--log_every", "2", "--checkpoint_every", "3",
-           "--language", "task", "--policy.goal_dim=16", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "mode_policy.cli",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--output_dir",
+        str(run),
+        "--preset",
+        "tiny",
+        "--steps",
+        "6",
+        "--batch_size",
+        "16",
+        "--log_every",
+        "2",
+        "--checkpoint_every",
+        "3",
+        "--language",
+        "task",
+        "--policy.goal_dim=16",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -135,11 +216,15 @@ def test_bad_inputs_give_clear_errors(dataset, tmp_path, capsys):
     from mode_policy.data.writer import DatasetWriter
 
     other = tmp_path / "other"
-    features = {"observation.state": {"dtype": "float32", "shape": [39], "names": None},
-                "action": {"dtype": "float32", "shape": [7], "names": None}}
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [39], "names": None},
+        "action": {"dtype": "float32", "shape": [7], "names": None},
+    }
     with DatasetWriter(other, fps=10, features=features) as writer:
-        writer.add_episode({"observation.state": np.zeros((5, 39), np.float32),
-                            "action": np.zeros((5, 7), np.float32)}, task="reach the goal position")
+        writer.add_episode(
+            {"observation.state": np.zeros((5, 39), np.float32), "action": np.zeros((5, 7), np.float32)},
+            task="reach the goal position",
+        )
     with pytest.raises(DataError, match="action_dim=7, checkpoint .* expects 4"):
         train(tiny_cfg(other, run, steps=8), resume=True)
 

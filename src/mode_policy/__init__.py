@@ -1,7 +1,8 @@
 """mode-policy: Mixture-of-Denoising-Experts diffusion policies (Reuss et al., ICLR 2025)."""
 
-from .config import MoDEConfig, get_preset
+from .model.config import PRESETS, MoDEConfig, get_preset
 from .policy import MoDEPolicy
+from .training.config import TrainConfig
 
-__all__ = ["MoDEConfig", "MoDEPolicy", "get_preset"]
-__version__ = "0.1.0"
+__all__ = ["PRESETS", "MoDEConfig", "MoDEPolicy", "TrainConfig", "get_preset"]
+__version__ = "0.2.0"

@@ -74,11 +74,11 @@ class DatasetPolicy:
         """As :meth:`MoDEPolicy.goal_vector`."""
         return self.policy.goal_vector(batch)
 
-    def train(self, mode: bool = True) -> "DatasetPolicy":
+    def train(self, mode: bool = True) -> DatasetPolicy:
         self.policy.train(mode)
         return self
 
-    def eval(self) -> "DatasetPolicy":
+    def eval(self) -> DatasetPolicy:
         return self.train(False)
 
     def parameters(self) -> Iterator[Tensor]:
@@ -92,21 +92,26 @@ def for_dataset(policy: MoDEPolicy, dataset: str = "") -> MoDEPolicy | DatasetPo
     names = policy.dataset_names
     if not names:
         if dataset:
-            raise ConfigError(f"dataset_name={dataset!r}: this policy was trained on one dataset and has no "
-                              "per-dataset normalisation; leave dataset_name out")
+            raise ConfigError(
+                f"dataset_name={dataset!r}: this policy was trained on one dataset and has no "
+                "per-dataset normalisation; leave dataset_name out"
+            )
         return policy
     if not dataset:
         if len(names) > 1:
-            raise ConfigError(f"this policy was trained on a mixture of {names}: choose the dataset whose "
-                              "normalisation and action width to use with --dataset_name")
+            raise ConfigError(
+                f"this policy was trained on a mixture of {names}: choose the dataset whose "
+                "normalisation and action width to use with --dataset_name"
+            )
         dataset = names[0]
     if dataset not in names:
         raise ConfigError(f"dataset_name={dataset!r} is not one of the policy's datasets {names}")
     return DatasetPolicy(policy, dataset)
 
 
-def load_dataset_policy(model_dir: str, device: str = "cpu", steps: int = 0, dataset: str = "",
-                        action_steps: int = 0) -> Any:
+def load_dataset_policy(
+    model_dir: str, device: str = "cpu", steps: int = 0, dataset: str = "", action_steps: int = 0
+) -> Any:
     """A saved policy seen through ``dataset`` (what an evaluation worker process plays)."""
     from .evaluation.parallel import load_saved_policy
 

@@ -8,8 +8,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -164,6 +165,8 @@ def file_lock(path: str | os.PathLike, wait: bool = True, holder: str = "another
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise ConfigError(f"{holder} is using {Path(path).parent} (it holds the lock {path}); "
-                              "wait for it to finish or stop it first") from None
+            raise ConfigError(
+                f"{holder} is using {Path(path).parent} (it holds the lock {path}); "
+                "wait for it to finish or stop it first"
+            ) from None
         yield

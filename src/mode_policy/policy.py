@@ -3,7 +3,7 @@
 Batch keys: ``observation.state`` (B, [n_obs,] S), ``goal`` (B, goal_dim)
 (or ``task``: list of instructions when a goal encoder is attached),
 ``action`` (B, H, A) and ``action_is_pad`` (B, H) for training.
-The encoders turn a batch into condition tokens; :class:`~mode_policy.edm.EDMDenoiser`
+The encoders turn a batch into condition tokens; :class:`~mode_policy.model.edm.EDMDenoiser`
 does the diffusion (training loss and sampling).
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import MoDEConfig
 from .constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY, TASK_KEY
-from .edm import EDMDenoiser
 from .encoders.state import StateEncoder
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write, atomic_write_text
-from .nn.moe import balancing_loss
-from .normalize import DATASET_KEY, DatasetNormalizers, Normalizer
+from .model.config import MoDEConfig
+from .model.edm import EDMDenoiser
+from .model.moe import balancing_loss
+from .model.normalize import DATASET_KEY, DatasetNormalizers, Normalizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -43,7 +44,7 @@ def upgrade_state_dict(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in tensors.items():
         old = next((p for p in LEGACY_PREFIXES if key.startswith(p)), None)
-        out[LEGACY_PREFIXES[old] + key[len(old):] if old else key] = value
+        out[LEGACY_PREFIXES[old] + key[len(old) :] if old else key] = value
     return out
 
 
@@ -71,8 +72,12 @@ class MoDEPolicy(nn.Module):
             from .encoders.resnet import ImageEncoder
 
             self.image_encoder = ImageEncoder(
-                list(config.image_keys), depth=config.vision_depth, cond_dim=config.goal_dim, out_dim=d,
-                width=config.vision_width, pretrained=config.vision_pretrained or None,
+                list(config.image_keys),
+                depth=config.vision_depth,
+                cond_dim=config.goal_dim,
+                out_dim=d,
+                width=config.vision_width,
+                pretrained=config.vision_pretrained or None,
                 shift_pad=config.image_shift_pad,
             )
         self.goal_proj = nn.Linear(config.goal_dim, d, bias=not official)  # the official goal embedding has none
@@ -122,8 +127,10 @@ class MoDEPolicy(nn.Module):
             return None
         name = batch.get(DATASET_KEY)
         if name is None and len(names) > 1:
-            raise DataError(f"this policy normalises each of its datasets ({', '.join(names)}) separately: name "
-                            f"one, e.g. predict_action_chunk(batch, dataset={names[0]!r}) or batch[{DATASET_KEY!r}]")
+            raise DataError(
+                f"this policy normalises each of its datasets ({', '.join(names)}) separately: name "
+                f"one, e.g. predict_action_chunk(batch, dataset={names[0]!r}) or batch[{DATASET_KEY!r}]"
+            )
         name = names[0] if name is None else name
         if isinstance(name, str):
             name = [name] * size
@@ -258,8 +265,10 @@ class MoDEPolicy(nn.Module):
         batch = self.check_inputs(batch if dataset is None else {**batch, DATASET_KEY: dataset})
         names = batch.get(DATASET_KEY)
         if self.dataset_names and isinstance(names, (list, tuple)) and len(set(names)) > 1:
-            raise DataError("predict_action_chunk: every row of a batch must name the same dataset "
-                            "(datasets differ in action width)")
+            raise DataError(
+                "predict_action_chunk: every row of a batch must name the same dataset "
+                "(datasets differ in action width)"
+            )
         cond = self.encode_condition(batch)  # encoders run once per chunk
         actions = self.denoiser.sample(cond, noise).clamp(-1.0, 1.0)  # (B, H, A), normalised
         rows = self._dataset_rows(batch, actions.shape[0])
@@ -353,7 +362,7 @@ class MoDEPolicy(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MoDEPolicy":
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MoDEPolicy:
         """Rebuild a policy from ``save_pretrained`` output, or from a ``lerobot-train`` checkpoint
         of the ``lerobot_policy_mode`` plugin (whose MoDE config is ``mode_config.json``, beside
         LeRobot's own ``config.json``), in eval mode (expert cache on, no dropout; ``.train()``
@@ -404,13 +413,16 @@ class MoDEPolicy(nn.Module):
             raise CheckpointError(f"{source} does not fit the model config: " + " | ".join(problems))
         broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if broken:
-            raise CheckpointError(f"{source} holds NaN or inf weights in {', '.join(broken[:8])}"
-                                  + (" ..." if len(broken) > 8 else "") + " (training diverged?)")
+            raise CheckpointError(
+                f"{source} holds NaN or inf weights in {', '.join(broken[:8])}"
+                + (" ..." if len(broken) > 8 else "")
+                + " (training diverged?)"
+            )
         self.load_state_dict(tensors, strict=True)
 
 
 def _upgrade_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
     """load_state_dict pre-hook: rename legacy keys in place (e.g. an EMA state of an old run)."""
     legacy = [k for k in state_dict if any(k.startswith(prefix + p) for p in LEGACY_PREFIXES)]
-    for key, value in upgrade_state_dict({k[len(prefix):]: state_dict.pop(k) for k in legacy}).items():
+    for key, value in upgrade_state_dict({k[len(prefix) :]: state_dict.pop(k) for k in legacy}).items():
         state_dict[prefix + key] = value

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -87,12 +87,17 @@ class ThreadGovernor:
     work, e.g. an evaluation with worker processes). ``changes``: (step, threads, others' cores).
     """
 
-    def __init__(self, threads: int, max_threads: int, window_s: float = 3.0,
-                 clock: Callable[[], float] = time.perf_counter,
-                 cpu_times: Callable[[], tuple[float, float] | None] = _cpu_times,
-                 own_cpu: Callable[[], float] = time.process_time,
-                 set_threads: Callable[[int], None] = torch.set_num_threads,
-                 cpu_count: int | None = None) -> None:
+    def __init__(
+        self,
+        threads: int,
+        max_threads: int,
+        window_s: float = 3.0,
+        clock: Callable[[], float] = time.perf_counter,
+        cpu_times: Callable[[], tuple[float, float] | None] = _cpu_times,
+        own_cpu: Callable[[], float] = time.process_time,
+        set_threads: Callable[[int], None] = torch.set_num_threads,
+        cpu_count: int | None = None,
+    ) -> None:
         self.threads, self.max_threads, self.window_s = threads, max(1, max_threads), window_s
         self._clock, self._cpu_times, self._own_cpu, self._set = clock, cpu_times, own_cpu, set_threads
         self._cpu_count = cpu_count or os.cpu_count() or 1
@@ -145,8 +150,9 @@ class ThreadGovernor:
         return want
 
 
-def make_governor(requested: int, threads: int, processes: int = 1,
-                  set_threads: Callable[[int], None] = torch.set_num_threads) -> ThreadGovernor | None:
+def make_governor(
+    requested: int, threads: int, processes: int = 1, set_threads: Callable[[int], None] = torch.set_num_threads
+) -> ThreadGovernor | None:
     """A :class:`ThreadGovernor` for a job that chose ``threads`` by itself (``requested`` 0, no
     ``OMP_NUM_THREADS``), alone on this machine (``processes`` 1: DDP ranks would count each
     other as neighbours) and on Linux; else None (the count stays as it is). ``set_threads``

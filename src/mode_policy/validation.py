@@ -71,12 +71,19 @@ def check_field_types(obj: Any) -> None:
         object.__setattr__(obj, f.name, value)
 
 
-def check_range(obj: Any, name: str, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_range(
+    obj: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """ConfigError unless ``low <= obj.name <= high`` (open ends exclude the bound)."""
     value = getattr(obj, name)
-    ok = ((low is None or (value > low if low_open else value >= low))
-          and (high is None or (value < high if high_open else value <= high)))
+    ok = (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high)
+    )
     if not ok:
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"

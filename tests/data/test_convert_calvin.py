@@ -87,8 +87,12 @@ def test_round_trip_windows_become_episodes(tmp_path: Path) -> None:
     for k, (start, end) in enumerate(WINDOWS):
         ep = ds.episode(k)
         idx = range(start, end + 1)
-        for key, feature in (("robot_obs", "observation.state"), ("scene_obs", "observation.environment_state"),
-                             ("rel_actions", "action"), ("actions", "absolute_action")):
+        for key, feature in (
+            ("robot_obs", "observation.state"),
+            ("scene_obs", "observation.environment_state"),
+            ("rel_actions", "action"),
+            ("actions", "absolute_action"),
+        ):
             want = np.stack([raw[i][key] for i in idx]).astype(np.float32)
             np.testing.assert_allclose(ep[feature], want, err_msg=f"{k} {feature}")
         for key, feature in (("rgb_static", STATIC), ("rgb_gripper", GRIPPER)):
@@ -101,19 +105,26 @@ def test_round_trip_windows_become_episodes(tmp_path: Path) -> None:
 def test_resize_and_max_episodes(tmp_path: Path) -> None:
     split = tmp_path / "validation"
     write_calvin_split(split)
-    ds = DatasetReader(convert_calvin(split, tmp_path / "ds", progress=False, static_size=96, gripper_size=64,
-                                       max_episodes=2))
+    ds = DatasetReader(
+        convert_calvin(split, tmp_path / "ds", progress=False, static_size=96, gripper_size=64, max_episodes=2)
+    )
     assert ds.num_episodes == 2
     assert ds.features[STATIC]["shape"] == [96, 96, 3]
     assert ds.episode(1)[GRIPPER].shape == (6, 64, 64, 3)
 
 
 def test_read_language_windows(tmp_path: Path) -> None:
-    write_calvin_split(tmp_path, frames=range(100, 101), windows=[(100, 100)], anns=["  stack   the blocks "],
-                       tasks=["stack_block"])
+    write_calvin_split(
+        tmp_path, frames=range(100, 101), windows=[(100, 100)], anns=["  stack   the blocks "], tasks=["stack_block"]
+    )
     (window,) = read_language_windows(tmp_path)
     assert (window.start, window.end, window.length, window.instruction, window.task) == (
-        100, 100, 1, "stack the blocks", "stack_block")
+        100,
+        100,
+        1,
+        "stack the blocks",
+        "stack_block",
+    )
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -139,8 +150,11 @@ def test_malformed_annotations(tmp_path: Path) -> None:
 def test_missing_frame_names_file_and_window(tmp_path: Path) -> None:
     write_calvin_split(tmp_path)
     frame_path(tmp_path, 106).unlink()
-    with pytest.raises(CalvinFormatError, match=r"episode_0000106\.npz: frame file not found \(needed by language "
-                                                r"window 1: frames 103\.\.108\)"):
+    with pytest.raises(
+        CalvinFormatError,
+        match=r"episode_0000106\.npz: frame file not found \(needed by language "
+        r"window 1: frames 103\.\.108\)",
+    ):
         convert_calvin(tmp_path, tmp_path / "ds", progress=False)
     assert not (tmp_path / "ds").exists()
 
@@ -157,15 +171,19 @@ def test_missing_key_and_wrong_shape(tmp_path: Path) -> None:
     frame = _frame(107)
     frame["robot_obs"] = np.zeros(14)
     np.savez_compressed(frame_path(tmp_path, 107), **frame)
-    with pytest.raises(CalvinFormatError,
-                       match=r"episode_0000107\.npz: 'robot_obs' has shape \(14,\), expected \(15,\)"):
+    with pytest.raises(
+        CalvinFormatError, match=r"episode_0000107\.npz: 'robot_obs' has shape \(14,\), expected \(15,\)"
+    ):
         convert_calvin(tmp_path, tmp_path / "ds", progress=False)
 
     frame = _frame(107)
     frame["rgb_static"] = _image(100, 107)
     np.savez_compressed(frame_path(tmp_path, 107), **frame)
-    with pytest.raises(CalvinFormatError, match=r"episode_0000107\.npz: 'rgb_static' is 100x100, but "
-                                                r"episode_0000100\.npz has 200x200"):
+    with pytest.raises(
+        CalvinFormatError,
+        match=r"episode_0000107\.npz: 'rgb_static' is 100x100, but "
+        r"episode_0000100\.npz has 200x200",
+    ):
         convert_calvin(tmp_path, tmp_path / "ds", progress=False)
 
 

@@ -15,9 +15,9 @@ from mode_policy.data.convert_libero import (
     convert_libero,
     instruction_from_filename,
 )
+from mode_policy.data.images import libero_image_transform, resize_images
 from mode_policy.data.reader import DatasetReader
 from mode_policy.errors import DataError
-from mode_policy.images import libero_image_transform, resize_images
 
 os.environ.setdefault("SVT_LOG", "1")
 
@@ -69,8 +69,11 @@ def write_libero_file(
         grp = f.create_group("data")
         grp.attrs["env_name"] = "Libero_Kitchen_Tabletop_Manipulation"
         if instruction is not None:
-            problem = {"problem_name": "libero_kitchen_tabletop_manipulation", "domain_name": "robosuite",
-                       "language_instruction": instruction}
+            problem = {
+                "problem_name": "libero_kitchen_tabletop_manipulation",
+                "domain_name": "robosuite",
+                "language_instruction": instruction,
+            }
             grp.attrs["problem_info"] = json.dumps(problem)
         grp.attrs["macros_image_convention"] = "opengl"
         grp.attrs["bddl_file_name"] = f"libero/bddl_files/{path.stem}.bddl"
@@ -100,13 +103,19 @@ def write_libero_file(
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it_demo.hdf5",
-         "turn on the stove and put the moka pot on it"),
+        (
+            "KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it_demo.hdf5",
+            "turn on the stove and put the moka pot on it",
+        ),
         ("KITCHEN_SCENE10_close_the_top_drawer_of_the_cabinet_demo.hdf5", "close the top drawer of the cabinet"),
-        ("LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket_demo.hdf5",
-         "put both the alphabet soup and the tomato sauce in the basket"),
-        ("pick_up_the_black_bowl_next_to_the_ramekin_and_place_it_on_the_plate_demo.hdf5",
-         "pick up the black bowl next to the ramekin and place it on the plate"),
+        (
+            "LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket_demo.hdf5",
+            "put both the alphabet soup and the tomato sauce in the basket",
+        ),
+        (
+            "pick_up_the_black_bowl_next_to_the_ramekin_and_place_it_on_the_plate_demo.hdf5",
+            "pick up the black bowl next to the ramekin and place it on the plate",
+        ),
         ("open_the_middle_drawer_of_the_cabinet.hdf5", "open the middle drawer of the cabinet"),
     ],
 )
@@ -121,8 +130,11 @@ def test_instruction_rule_matches_libero_for_every_task() -> None:
         from libero.libero.benchmark import grab_language_from_filename, libero_task_map
     except Exception as e:  # noqa: BLE001 - any broken install: skip, this is only a cross-check
         pytest.skip(f"libero.libero.benchmark not importable: {e}")
-    names = {name for suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-             for name in libero_task_map[suite]}
+    names = {
+        name
+        for suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+        for name in libero_task_map[suite]
+    }
     assert len(names) >= 130
     for name in names:
         assert instruction_from_filename(f"{name}_demo.hdf5") == grab_language_from_filename(name + ".bddl")

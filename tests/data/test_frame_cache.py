@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from mode_policy.config import TrainConfig
+from mode_policy.bench.data import bench_data, format_data, measure, write_synthetic_dataset
 from mode_policy.data import frame_cache
-from mode_policy.data.benchmark import bench_data, format_data, measure, write_synthetic_dataset
 from mode_policy.data.frame_cache import (
     DiskFrames,
     cache_entry,
@@ -29,6 +28,7 @@ from mode_policy.data.frame_cache import (
 from mode_policy.data.reader import DatasetReader
 from mode_policy.data.windows import WindowSampler, load_episodes
 from mode_policy.errors import ConfigError, DataError
+from mode_policy.training.config import TrainConfig
 
 CAMS = ["observation.images.corner", "observation.images.gripperPOV"]
 LENGTH, EPISODES, SIZE = 12, 3, 16
@@ -250,15 +250,18 @@ def test_full_disk_is_refused_and_damages_nothing(dataset, tmp_path, monkeypatch
     monkeypatch.undo()
     after = _snapshot(cache)
     assert {k: v for k, v in after.items() if not k.endswith(".lock")} == {
-        k: v for k, v in before.items() if not k.endswith(".lock")}  # no partial build left, old entry intact
+        k: v for k, v in before.items() if not k.endswith(".lock")
+    }  # no partial build left, old entry intact
     assert _snapshot(dataset) == dataset_before
 
 
 def test_concurrent_loads_build_once(dataset, tmp_path, decodes):
     ds = DatasetReader(dataset)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cached_camera(ds, CAMS[0], None, tmp_path / "c")))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cached_camera(ds, CAMS[0], None, tmp_path / "c")))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -277,23 +280,48 @@ def test_options_are_validated(dataset):
 
 
 def test_benchmark_measures_a_variant_and_formats(dataset, tmp_path):
-    task = {"dataset": str(dataset), "cache_dir": str(tmp_path / "cache"), "memory_budget_mb": 0.01,
-            "batch_size": 8, "n_obs_steps": 2, "batches": 2, "threads": 1, "train_batch_size": 4,
-            "variant": "bounded_cold", "train_steps": 1}
+    task = {
+        "dataset": str(dataset),
+        "cache_dir": str(tmp_path / "cache"),
+        "memory_budget_mb": 0.01,
+        "batch_size": 8,
+        "n_obs_steps": 2,
+        "batches": 2,
+        "threads": 1,
+        "train_batch_size": 4,
+        "variant": "bounded_cold",
+        "train_steps": 1,
+    }
     row = measure(task)
     assert row["on_disk"] == CAMS and row["samples_per_s"] > 0 and row["train_peak_rss_mb"] >= row["rss_start_mb"]
-    result = {"dataset": str(dataset), "num_frames": 36, "cameras": {k: [SIZE, SIZE, 3] for k in CAMS},
-              "decoded_mb": 0.05, "memory_budget_mb": 0.01, "batch_size": 8, "n_obs_steps": 2,
-              "train_batch_size": 4, "threads": 1,
-              "results": {"bounded_cold": row, "decode_on_demand": {"samples_per_s": 3.0}}}
+    result = {
+        "dataset": str(dataset),
+        "num_frames": 36,
+        "cameras": {k: [SIZE, SIZE, 3] for k in CAMS},
+        "decoded_mb": 0.05,
+        "memory_budget_mb": 0.01,
+        "batch_size": 8,
+        "n_obs_steps": 2,
+        "train_batch_size": 4,
+        "threads": 1,
+        "results": {"bounded_cold": row, "decode_on_demand": {"samples_per_s": 3.0}},
+    }
     text = format_data(result)
     assert "5.0 x the memory budget" in text and "bounded_cold" in text and "decode_on_demand" in text
 
 
 @pytest.mark.slow
 def test_bench_data_end_to_end(tmp_path):
-    result = bench_data(memory_budget_mb=0.1, workdir=str(tmp_path), image_size=16, batch_size=8, batches=2,
-                        train_steps=1, train_batch_size=4, progress=False)
+    result = bench_data(
+        memory_budget_mb=0.1,
+        workdir=str(tmp_path),
+        image_size=16,
+        batch_size=8,
+        batches=2,
+        train_steps=1,
+        train_batch_size=4,
+        progress=False,
+    )
     rows = result["results"]
     assert set(rows) == {"in_memory", "bounded_cold", "bounded_reused", "memmap", "decode_on_demand"}
     assert result["decoded_mb"] >= 4 * result["memory_budget_mb"]

@@ -273,6 +273,7 @@ def _v3_table(frames: list[dict[str, np.ndarray]]) -> pa.Table:
 def _pandas_tasks(index_field: str) -> pa.Table:
     """tasks.parquet as pandas writes DataFrame({"task_index"}, index=Index(tasks, name="task"))."""
     table = pa.table({"task_index": pa.array([1, 0], pa.int64()), index_field: ["open the drawer", "pick up the cube"]})
+
     def column(name, field_name, kind, np_type, meta=None):
         return {"name": name, "field_name": field_name, "pandas_type": kind, "numpy_type": np_type, "metadata": meta}
 
@@ -353,8 +354,16 @@ def _build_v3(root: Path, index_field: str = "task") -> tuple[list[dict], np.nda
                 "dtype": "video",
                 "shape": [64, 64, 3],
                 "names": ["height", "width", "channels"],
-                "info": {"video.height": 64, "video.width": 64, "video.codec": "av1", "video.pix_fmt": "yuv420p",
-                         "video.is_depth_map": False, "video.fps": FPS, "video.channels": 3, "has_audio": False},
+                "info": {
+                    "video.height": 64,
+                    "video.width": 64,
+                    "video.codec": "av1",
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": FPS,
+                    "video.channels": 3,
+                    "has_audio": False,
+                },
             },
             "timestamp": scalar,
             "frame_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -365,8 +374,17 @@ def _build_v3(root: Path, index_field: str = "task") -> tuple[list[dict], np.nda
         "some_future_key": {"anything": [1, 2]},
     }
     (root / "meta/info.json").write_text(json.dumps(info, indent=4))
-    stats = {"action": {"mean": [0.0, 0.0], "std": [1.0, 1.0], "min": [-3.0, -3.0], "max": [3.0, 3.0], "count": [20],
-                        "q01": [-2.0, -2.0], "q99": [2.0, 2.0]}}
+    stats = {
+        "action": {
+            "mean": [0.0, 0.0],
+            "std": [1.0, 1.0],
+            "min": [-3.0, -3.0],
+            "max": [3.0, 3.0],
+            "count": [20],
+            "q01": [-2.0, -2.0],
+            "q99": [2.0, 2.0],
+        }
+    }
     (root / "meta/stats.json").write_text(json.dumps(stats))
     return frames, video
 
@@ -415,8 +433,16 @@ def test_reads_handbuilt_v21(tmp_path):
         "task_index": {"dtype": "int64", "shape": [1], "names": None},
     }
     info = {
-        "codebase_version": "v2.1", "robot_type": "aloha", "total_episodes": 2, "total_frames": 13, "total_tasks": 2,
-        "total_videos": 2, "total_chunks": 1, "chunks_size": 1000, "fps": FPS, "splits": {"train": "0:2"},
+        "codebase_version": "v2.1",
+        "robot_type": "aloha",
+        "total_episodes": 2,
+        "total_frames": 13,
+        "total_tasks": 2,
+        "total_videos": 2,
+        "total_chunks": 1,
+        "chunks_size": 1000,
+        "fps": FPS,
+        "splits": {"train": "0:2"},
         "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
         "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
         "features": features,
@@ -434,15 +460,17 @@ def test_reads_handbuilt_v21(tmp_path):
     for i, n in enumerate(lengths):
         rng = np.random.default_rng(i)
         state = rng.normal(size=(n, 3)).astype(np.float32)
-        table = pa.table({
-            "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), 3),
-            "action": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(2 * n, np.float32)), 2),
-            "timestamp": pa.array((np.arange(n) / FPS).astype(np.float32)),
-            "frame_index": pa.array(np.arange(n)),
-            "episode_index": pa.array(np.full(n, i)),
-            "index": pa.array(np.arange(start, start + n)),
-            "task_index": pa.array(np.full(n, i)),
-        })
+        table = pa.table(
+            {
+                "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), 3),
+                "action": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(2 * n, np.float32)), 2),
+                "timestamp": pa.array((np.arange(n) / FPS).astype(np.float32)),
+                "frame_index": pa.array(np.arange(n)),
+                "episode_index": pa.array(np.full(n, i)),
+                "index": pa.array(np.arange(start, start + n)),
+                "task_index": pa.array(np.full(n, i)),
+            }
+        )
         (tmp_path / "data/chunk-000").mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp_path / f"data/chunk-000/episode_{i:06d}.parquet")
         videos.append(_images(n, 32, i))

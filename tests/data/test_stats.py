@@ -85,7 +85,9 @@ def test_compute_stats_names_shapes_and_single_frame_episode():
     stats = compute_stats(frames, {**FEATURES, "frame_index": {"dtype": "int64", "shape": [1]}})
     assert list(stats["action"]) == STAT_ORDER
     assert {k: v.shape for k, v in stats["observation.state"].items()} == {
-        **{k: (3,) for k in STAT_ORDER}, "count": (1,)}
+        **{k: (3,) for k in STAT_ORDER},
+        "count": (1,),
+    }
     assert all(stats[CAM][k].shape == (3, 1, 1) for k in STAT_ORDER if k != "count")
     assert stats[CAM]["count"].tolist() == [9]
     assert stats["frame_index"]["q50"].shape == (1,)
@@ -165,8 +167,9 @@ def test_old_dataset_without_quantiles_still_loads(tmp_path):
     pq.write_table(table.drop([n for n in table.column_names if n.split("/")[-1] in QUANTILE_NAMES]), path)
     stats_path = root / "meta/stats.json"
     stats = json.loads(stats_path.read_text())
-    stats_path.write_text(json.dumps({k: {s: v for s, v in ft.items() if s not in QUANTILE_NAMES}
-                                      for k, ft in stats.items()}))
+    stats_path.write_text(
+        json.dumps({k: {s: v for s, v in ft.items() if s not in QUANTILE_NAMES} for k, ft in stats.items()})
+    )
     ds = DatasetReader(root)
     assert ds.num_episodes == 2 and ds.episode(1)["action"].shape == (30, 2)
     assert set(ds.stats["action"]) == {"min", "max", "mean", "std", "count"}
@@ -174,7 +177,7 @@ def test_old_dataset_without_quantiles_still_loads(tmp_path):
 
 def test_fresh_demos_dataset_holds_quantiles(tmp_path):
     pytest.importorskip("metaworld")
-    from mode_policy.demos import generate_demos
+    from mode_policy.envs.metaworld_demos import generate_demos
 
     root = generate_demos(tmp_path / "demos", ["reach-v3", "button-press-topdown-v3"], 1, seed=0, progress=False)
     ds = DatasetReader(root)

@@ -177,8 +177,13 @@ def test_minilm_unit_norm_384_and_distinct(minilm):
 
 def test_minilm_similar_sentences_are_closer(minilm):
     a, b, c, d, e = minilm.encode(
-        ["open the drawer", "pull the drawer open", "turn on the light bulb",
-         "pick up the red block", "grasp the red cube"]
+        [
+            "open the drawer",
+            "pull the drawer open",
+            "turn on the light bulb",
+            "pick up the red block",
+            "grasp the red cube",
+        ]
     )
     assert a @ b > a @ c + 0.1
     assert d @ e > d @ c + 0.1
@@ -237,9 +242,15 @@ def tiny_clip_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_clip")
     tokenizer = _tiny_clip_tokenizer()
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, projection_dim=16, max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=16,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)

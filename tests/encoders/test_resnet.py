@@ -10,7 +10,6 @@ from safetensors.torch import save_file
 from mode_policy.encoders.resnet import FiLMResNet, ImageEncoder, RandomShift
 from mode_policy.errors import DataError
 
-
 # ---------------------------------------------------------------------------
 # torchvision's naming pattern, written out independently of the module under test
 
@@ -170,8 +169,12 @@ def test_load_torchvision_resnet18(resnet18_file):
     own = model.state_dict()
     expected = {k: v for k, v in torchvision_resnet18_shapes().items() if not k.startswith("fc.")}
     assert {k: tuple(v.shape) for k, v in model.backbone_state_dict().items()} == expected
-    for k in ("conv1.weight", "layer4.1.conv2.weight", "layer2.0.downsample.1.running_var",
-              "layer3.0.bn1.num_batches_tracked"):
+    for k in (
+        "conv1.weight",
+        "layer4.1.conv2.weight",
+        "layer2.0.downsample.1.running_var",
+        "layer3.0.bn1.num_batches_tracked",
+    ):
         assert torch.equal(own[k], state[k]), k
     assert all(torch.count_nonzero(lin.weight) == 0 for lin in model.film)  # FiLM untouched
     with torch.no_grad():
@@ -240,8 +243,12 @@ def test_random_shift_identity_in_eval_and_shifts_in_train():
     padded = F.pad(images.float(), (pad,) * 4, mode="replicate")
     offsets = []
     for b in range(len(images)):
-        hits = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                if torch.equal(padded[b, :, dy:dy + 12, dx:dx + 10], out[b].float())]
+        hits = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(padded[b, :, dy : dy + 12, dx : dx + 10], out[b].float())
+        ]
         assert hits, f"sample {b} is not a shifted crop"
         offsets.append(hits[0])
     assert len(set(offsets)) > 1

@@ -14,8 +14,12 @@ from mode_policy.envs.calvin import (
 )
 
 #: World positions of the table's links in calvin_scene_D with everything closed / off.
-LINKS = {"button_link": (-0.12, -0.12, 0.472), "switch_link": (0.3, 0.0302, 0.5219),
-         "slide_link": (-0.24, 0.0609, 0.5434), "drawer_link": (0.18, -0.0791, 0.3466)}
+LINKS = {
+    "button_link": (-0.12, -0.12, 0.472),
+    "switch_link": (0.3, 0.0302, 0.5219),
+    "slide_link": (-0.24, 0.0609, 0.5434),
+    "drawer_link": (0.18, -0.0791, 0.3466),
+}
 LINK_IDS = {name: i for i, name in enumerate([*LINKS, "led_link", "light_link", "plank_link"])}
 
 

@@ -34,26 +34,66 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "calvin"
 # The official calvin_agent get_sequences(10), computed with the official algorithm.
 # (red, blue, pink block placement, tasks); led/lightbulb 0, slider right, drawer closed for all ten.
 OFFICIAL_10 = [
-    ("table", "slider_right", "table",
-     "turn_on_led push_pink_block_left lift_pink_block_table stack_block move_slider_left"),
-    ("slider_right", "slider_left", "table",
-     "lift_blue_block_slider place_in_slider turn_on_led open_drawer rotate_pink_block_right"),
-    ("table", "slider_left", "table",
-     "move_slider_left open_drawer turn_on_lightbulb rotate_red_block_right lift_pink_block_table"),
-    ("slider_left", "table", "table",
-     "lift_blue_block_table place_in_slider turn_on_lightbulb push_pink_block_right open_drawer"),
-    ("table", "table", "slider_left",
-     "push_blue_block_right open_drawer turn_on_led lift_blue_block_table place_in_drawer"),
-    ("slider_right", "table", "table",
-     "rotate_blue_block_right lift_blue_block_table place_in_slider turn_on_lightbulb open_drawer"),
-    ("slider_right", "table", "slider_left",
-     "push_blue_block_left lift_blue_block_table place_in_slider open_drawer move_slider_left"),
-    ("table", "slider_right", "slider_left",
-     "push_red_block_left open_drawer lift_pink_block_slider place_in_drawer lift_red_block_table"),
-    ("table", "table", "slider_right",
-     "open_drawer turn_on_lightbulb move_slider_left rotate_red_block_left lift_red_block_table"),
-    ("table", "slider_left", "slider_right",
-     "open_drawer turn_on_led rotate_red_block_left lift_blue_block_slider place_in_drawer"),
+    (
+        "table",
+        "slider_right",
+        "table",
+        "turn_on_led push_pink_block_left lift_pink_block_table stack_block move_slider_left",
+    ),
+    (
+        "slider_right",
+        "slider_left",
+        "table",
+        "lift_blue_block_slider place_in_slider turn_on_led open_drawer rotate_pink_block_right",
+    ),
+    (
+        "table",
+        "slider_left",
+        "table",
+        "move_slider_left open_drawer turn_on_lightbulb rotate_red_block_right lift_pink_block_table",
+    ),
+    (
+        "slider_left",
+        "table",
+        "table",
+        "lift_blue_block_table place_in_slider turn_on_lightbulb push_pink_block_right open_drawer",
+    ),
+    (
+        "table",
+        "table",
+        "slider_left",
+        "push_blue_block_right open_drawer turn_on_led lift_blue_block_table place_in_drawer",
+    ),
+    (
+        "slider_right",
+        "table",
+        "table",
+        "rotate_blue_block_right lift_blue_block_table place_in_slider turn_on_lightbulb open_drawer",
+    ),
+    (
+        "slider_right",
+        "table",
+        "slider_left",
+        "push_blue_block_left lift_blue_block_table place_in_slider open_drawer move_slider_left",
+    ),
+    (
+        "table",
+        "slider_right",
+        "slider_left",
+        "push_red_block_left open_drawer lift_pink_block_slider place_in_drawer lift_red_block_table",
+    ),
+    (
+        "table",
+        "table",
+        "slider_right",
+        "open_drawer turn_on_lightbulb move_slider_left rotate_red_block_left lift_red_block_table",
+    ),
+    (
+        "table",
+        "slider_left",
+        "slider_right",
+        "open_drawer turn_on_led rotate_red_block_left lift_blue_block_slider place_in_drawer",
+    ),
 ]
 OFFICIAL_1000_SHA256 = "4606e5b70781aa67002f82bfd899cc5cd7ab8b0bf90625469ccd9716dffb97f5"
 
@@ -65,7 +105,11 @@ def test_task_tables() -> None:
     assert len(CALVIN_TASKS) == 34
     assert CALVIN_TASKS[:3] == ["rotate_red_block_right", "rotate_red_block_left", "rotate_blue_block_right"]
     assert CALVIN_TASKS[-5:] == [
-        "turn_on_lightbulb", "turn_off_lightbulb", "turn_on_led", "turn_off_led", "push_into_drawer"
+        "turn_on_lightbulb",
+        "turn_off_lightbulb",
+        "turn_on_led",
+        "turn_off_led",
+        "push_into_drawer",
     ]
     for table in (TASK_CATEGORIES, TASK_ORACLE_SPEC, VAL_INSTRUCTIONS):
         assert set(table) == set(CALVIN_TASKS)
@@ -87,8 +131,16 @@ def test_initial_conditions() -> None:
 
 
 def test_valid_chain_rules() -> None:
-    scene = {"led": 0, "lightbulb": 0, "slider": "right", "drawer": "closed", "red_block": "table",
-             "blue_block": "table", "pink_block": "slider_left", "grasped": 0}
+    scene = {
+        "led": 0,
+        "lightbulb": 0,
+        "slider": "right",
+        "drawer": "closed",
+        "red_block": "table",
+        "blue_block": "table",
+        "pink_block": "slider_left",
+        "grasped": 0,
+    }
     chain = ["open_drawer", "lift_red_block_table", "place_in_drawer", "turn_on_led", "move_slider_left"]
     assert valid_chain(scene, chain)
     assert not valid_chain(scene, ["close_drawer", "turn_on_led"])  # drawer is closed already
@@ -144,8 +196,13 @@ def test_full_sequence_list_matches_official() -> None:
     chains = get_sequences(1000)
     blob = json.dumps([[sorted(c.items()), list(t)] for c, t in chains]).encode()
     assert hashlib.sha256(blob).hexdigest() == OFFICIAL_1000_SHA256
-    assert list(chains[0][1]) == ["rotate_blue_block_right", "move_slider_right", "lift_red_block_slider",
-                                  "place_in_slider", "turn_off_lightbulb"]
+    assert list(chains[0][1]) == [
+        "rotate_blue_block_right",
+        "move_slider_right",
+        "lift_red_block_slider",
+        "place_in_slider",
+        "turn_off_lightbulb",
+    ]
 
 
 # ---------------------------------------------------------------------------------- initial states
@@ -158,8 +215,16 @@ def test_fnv1_32_matches_pyhash_vectors() -> None:
 
 
 def test_env_state_for_initial_condition() -> None:
-    cond = {"led": 1, "lightbulb": 1, "slider": "left", "drawer": "open", "red_block": "slider_right",
-            "blue_block": "table", "pink_block": "table", "grasped": 0}
+    cond = {
+        "led": 1,
+        "lightbulb": 1,
+        "slider": "left",
+        "drawer": "open",
+        "red_block": "slider_right",
+        "blue_block": "table",
+        "pink_block": "table",
+        "grasped": 0,
+    }
     robot, scene = get_env_state_for_initial_condition(cond)
     assert robot.shape == (15,) and scene.shape == (24,)
     assert robot[-1] == 1.0  # gripper open
@@ -186,14 +251,20 @@ def test_env_state_for_initial_condition() -> None:
 def test_observation_and_action_mapping() -> None:
     rng = np.random.default_rng(0)
     obs = {
-        "rgb_obs": {"rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
-                    "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8)},
+        "rgb_obs": {
+            "rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
+            "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8),
+        },
         "depth_obs": {},
         "robot_obs": rng.normal(size=15),
         "scene_obs": rng.normal(size=24),
     }
-    batch = calvin_observation(obs, "open the drawer", ["observation.images.static", "observation.images.gripper"],
-                               {"observation.images.static": 96})
+    batch = calvin_observation(
+        obs,
+        "open the drawer",
+        ["observation.images.static", "observation.images.gripper"],
+        {"observation.images.static": 96},
+    )
     assert batch["task"] == ["open the drawer"]
     np.testing.assert_allclose(batch["observation.state"].numpy(), obs["robot_obs"][None].astype(np.float32))
     assert "observation.environment_state" not in batch

@@ -17,7 +17,12 @@ from mode_policy.data.convert_calvin import convert_calvin
 from mode_policy.data.reader import DatasetReader
 from mode_policy.envs import calvin_record
 from mode_policy.envs.calvin import (
-    CALVIN_TASKS, TASK_CATEGORIES, VAL_INSTRUCTIONS, check_task_subset, get_sequences, initial_conditions,
+    CALVIN_TASKS,
+    TASK_CATEGORIES,
+    VAL_INSTRUCTIONS,
+    check_task_subset,
+    get_sequences,
+    initial_conditions,
     valid_chain,
 )
 from mode_policy.envs.calvin_annotations import TRAIN_INSTRUCTIONS
@@ -25,8 +30,16 @@ from mode_policy.envs.calvin_scripted import SCRIPTED_TASKS, CalvinExpert
 from mode_policy.errors import ConfigError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "calvin"
-ARTICULATED = ["move_slider_left", "move_slider_right", "open_drawer", "close_drawer", "turn_on_lightbulb",
-               "turn_off_lightbulb", "turn_on_led", "turn_off_led"]
+ARTICULATED = [
+    "move_slider_left",
+    "move_slider_right",
+    "open_drawer",
+    "close_drawer",
+    "turn_on_lightbulb",
+    "turn_off_lightbulb",
+    "turn_on_led",
+    "turn_off_led",
+]
 
 
 def test_train_instructions_are_the_published_training_annotations() -> None:
@@ -69,8 +82,11 @@ def test_restricted_chains_follow_the_official_rules() -> None:
     # red's lift must close every chain (the fifth category), so scenes without red on the table have none
     from mode_policy.envs.calvin import _has_chain
 
-    tasks = [t for t in CALVIN_TASKS if t in ARTICULATED + ["push_red_block_right", "push_red_block_left",
-                                                            "lift_red_block_table"]]
+    tasks = [
+        t
+        for t in CALVIN_TASKS
+        if t in ARTICULATED + ["push_red_block_right", "push_red_block_left", "lift_red_block_table"]
+    ]
     with_red = [(i, s) for i, s in enumerate(initial_conditions()) if s["red_block"] == "table"]
     assert [(i, s) for i, s in enumerate(initial_conditions()) if _has_chain(s, tasks)] == with_red
     state = np.random.get_state()
@@ -166,8 +182,9 @@ def test_recorder_writes_calvin_layout_that_converts(tmp_path: Path, monkeypatch
     oracle = StepsOracle(steps=4, never=frozenset({"turn_off_led"}))
     monkeypatch.setattr(calvin_record, "import_calvin_env", lambda: type("M", (), {"Tasks": oracle}))
     tasks = ARTICULATED + ["push_red_block_right", "push_red_block_left", "lift_red_block_table"]
-    summary = calvin_record.record_scripted_demos(tmp_path / "demos", 1, tasks, seed=3, env=FakePlayTable(),
-                                                  progress=False, max_chains=10)
+    summary = calvin_record.record_scripted_demos(
+        tmp_path / "demos", 1, tasks, seed=3, env=FakePlayTable(), progress=False, max_chains=10
+    )
     split = tmp_path / "demos" / "training"
     lang = np.load(split / "lang_annotations" / "auto_lang_ann.npy", allow_pickle=True).item()
     windows, anns, names = lang["info"]["indx"], lang["language"]["ann"], lang["language"]["task"]
@@ -209,8 +226,9 @@ def test_real_expert_chains_and_recording(tmp_path: Path) -> None:
     env = make_calvin_env([])
     result = evaluate_calvin(ExpertPolicy(env), num_sequences=2, tasks=SCRIPTED_TASKS, env=env, progress=False)
     assert result.metrics["avg_len"] >= 4
-    summary = calvin_record.record_scripted_demos(tmp_path / "demos", 1, SCRIPTED_TASKS, env=env, max_chains=1,
-                                                  progress=False)
+    summary = calvin_record.record_scripted_demos(
+        tmp_path / "demos", 1, SCRIPTED_TASKS, env=env, max_chains=1, progress=False
+    )
     assert summary["chains"] == 1 and summary["windows"] >= 4
     ds = DatasetReader(convert_calvin(tmp_path / "demos" / "training", tmp_path / "ds", progress=False))
     assert ds.num_episodes == summary["windows"] and ds.features["observation.state"]["shape"] == [15]

@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 
 from mode_policy.envs.calvin import (
-    CALVIN_TASKS, TASK_ORACLE_SPEC, get_env_state_for_initial_condition, get_sequences,
+    CALVIN_TASKS,
+    TASK_ORACLE_SPEC,
+    get_env_state_for_initial_condition,
+    get_sequences,
 )
 from mode_policy.envs.calvin_sim import dataset_config_path, import_calvin_env, make_calvin_env
 from mode_policy.errors import ConfigError, SimulatorError
 
-needs_calvin_env = pytest.mark.skipif(importlib.util.find_spec("calvin_env") is None,
-                                      reason="calvin_env is not installed (scripts/install_calvin.sh)")
+needs_calvin_env = pytest.mark.skipif(
+    importlib.util.find_spec("calvin_env") is None, reason="calvin_env is not installed (scripts/install_calvin.sh)"
+)
 STATIC = "observation.images.static"
 
 
@@ -59,8 +63,16 @@ def physics_env():
 
 
 def _scene(**changes):
-    condition = {"led": 0, "lightbulb": 0, "slider": "right", "drawer": "closed", "red_block": "table",
-                 "blue_block": "table", "pink_block": "slider_left", "grasped": 0}
+    condition = {
+        "led": 0,
+        "lightbulb": 0,
+        "slider": "right",
+        "drawer": "closed",
+        "red_block": "table",
+        "blue_block": "table",
+        "pink_block": "slider_left",
+        "grasped": 0,
+    }
     return get_env_state_for_initial_condition({**condition, **changes})
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from mode_policy.data.images import libero_image_transform
 from mode_policy.envs.libero import CAMERAS, import_libero, libero_observation, libero_state, quat2axisangle
 from mode_policy.errors import SimulatorError
-from mode_policy.images import libero_image_transform
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -44,13 +44,15 @@ def test_observation_mapping_matches_converter() -> None:
     raw = []
     for _ in range(3):
         q = rng.normal(size=4)
-        raw.append({
-            "robot0_eef_pos": rng.normal(size=3),
-            "robot0_eef_quat": q / np.linalg.norm(q),
-            "robot0_gripper_qpos": rng.normal(size=2),
-            "agentview_image": rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8),
-            "robot0_eye_in_hand_image": rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8),
-        })
+        raw.append(
+            {
+                "robot0_eef_pos": rng.normal(size=3),
+                "robot0_eef_quat": q / np.linalg.norm(q),
+                "robot0_gripper_qpos": rng.normal(size=2),
+                "agentview_image": rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8),
+                "robot0_eye_in_hand_image": rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8),
+            }
+        )
     batch = libero_observation(raw, "open the drawer", list(CAMERAS), None)
     assert batch["task"] == ["open the drawer"] * 3
     state = batch["observation.state"]
@@ -82,7 +84,8 @@ def test_config_prompt_never_reached(tmp_path: Path) -> None:
     (pkg / "envs").mkdir(parents=True)
     (pkg / "bddl_files").mkdir()
     (pkg.parent / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         import os, yaml
         path = os.environ.get("LIBERO_CONFIG_PATH", os.path.expanduser("~/.libero"))
         file = os.path.join(path, "config.yaml")
@@ -92,7 +95,8 @@ def test_config_prompt_never_reached(tmp_path: Path) -> None:
         benchmark = object()
         def get_libero_path(key):
             return config[key]
-    """))
+    """)
+    )
     (pkg / "envs" / "__init__.py").write_text("OffScreenRenderEnv = object\n")
     code = textwrap.dedent("""
         import json
@@ -104,8 +108,9 @@ def test_config_prompt_never_reached(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "LIBERO_CONFIG_PATH"}
     env |= {"HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), SRC])}
     pytest.importorskip("yaml")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     paths = json.loads(proc.stdout.strip().splitlines()[-1])
     assert paths["benchmark_root"] == str(pkg)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mode_policy.errors import ConfigError
-
 from mode_policy.envs.rendering import setup_headless_rendering
+from mode_policy.errors import ConfigError
 
 setup_headless_rendering()  # before the Meta-World wrapper below imports mujoco
 
@@ -222,7 +221,7 @@ def test_render_corner_camera():
     env = MetaWorldEnv("reach-v3", seed=demo_seed("reach-v3", 0))
     try:
         img = env.render("corner2", size=(48, 64))
-    except Exception as exc:  # no usable GL backend on this machine
+    except Exception as exc:  # noqa: BLE001 - no usable GL backend on this machine
         pytest.skip(f"offscreen rendering unavailable: {exc!r}")
     assert img.shape == (48, 64, 3) and img.dtype == np.uint8
     assert img.std() > 5  # not a blank frame

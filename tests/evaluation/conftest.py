@@ -24,8 +24,9 @@ def fake_calvin(monkeypatch: pytest.MonkeyPatch) -> FakeCalvinEnv:
 @pytest.fixture(scope="session")
 def metaworld_result():
     policy = ExpertChunkPolicy()
-    return evaluate_metaworld(policy, ["reach-v3", "push-v3"], episodes_per_task=2, batch_size=3, max_steps=60,
-                              progress=False)
+    return evaluate_metaworld(
+        policy, ["reach-v3", "push-v3"], episodes_per_task=2, batch_size=3, max_steps=60, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +34,9 @@ def libero_result():
     if not libero_available():
         pytest.skip("the `libero` package is not installed")
     policy = ScriptedPolicy(np.zeros(7))
-    return evaluate_libero(policy, "libero_goal", n_rollouts_per_task=2, max_steps=3, num_settle_steps=1,
-                           tasks=[1], progress=False), policy
+    return evaluate_libero(
+        policy, "libero_goal", n_rollouts_per_task=2, max_steps=3, num_settle_steps=1, tasks=[1], progress=False
+    ), policy
 
 
 @pytest.fixture

@@ -37,8 +37,13 @@ class ScriptedPolicy(torch.nn.Module):
         super().__init__()
         self.action = torch.as_tensor(np.asarray(action), dtype=torch.float32)
         self.config = SimpleNamespace(
-            state_dim=state_dim, action_dim=len(self.action), horizon=horizon, n_obs_steps=1, n_action_steps=1,
-            image_keys=list(image_keys), image_size=0,
+            state_dim=state_dim,
+            action_dim=len(self.action),
+            horizon=horizon,
+            n_obs_steps=1,
+            n_action_steps=1,
+            image_keys=list(image_keys),
+            image_size=0,
         )
         self.batches: list[dict] = []
         self.resets = 0

@@ -56,9 +56,18 @@ def lucky(monkeypatch):
 
 
 def _run(log=None, chain_ids=None, writer="main"):
-    return evaluate_calvin(SamplingPolicy(), num_sequences=12, ep_len=4, progress=False, env=ActionEnv(),
-                           chain_ids=chain_ids, log=log, log_writer=writer, num_inference_steps=None,
-                           sigma_min=None)
+    return evaluate_calvin(
+        SamplingPolicy(),
+        num_sequences=12,
+        ep_len=4,
+        progress=False,
+        env=ActionEnv(),
+        chain_ids=chain_ids,
+        log=log,
+        log_writer=writer,
+        num_inference_steps=None,
+        sigma_min=None,
+    )
 
 
 def _score(result):
@@ -103,15 +112,18 @@ def test_two_real_worker_processes_match_one(tmp_path):
     from mode_policy.evaluation.parallel import evaluate_calvin_in_workers
 
     tasks = sorted(set(VAL_INSTRUCTIONS.values()))
-    cfg = get_preset("tiny", state_dim=15, action_dim=7, goal_dim=8,
-                     goal_encoder={"type": "task", "tasks": tasks, "dim": 8})
+    cfg = get_preset(
+        "tiny", state_dim=15, action_dim=7, goal_dim=8, goal_encoder={"type": "task", "tasks": tasks, "dim": 8}
+    )
     policy = MoDEPolicy(cfg)
-    policy.set_normalization({"action": {"min": [-1.0] * 7, "max": [1.0] * 7},
-                              "observation.state": {"mean": [0.0] * 15, "std": [1.0] * 15}})
+    policy.set_normalization(
+        {"action": {"min": [-1.0] * 7, "max": [1.0] * 7}, "observation.state": {"mean": [0.0] * 15, "std": [1.0] * 15}}
+    )
     policy.save_pretrained(tmp_path / "model")
     kwargs = dict(num_sequences=4, ep_len=3, renderer="tiny")
     two = evaluate_calvin_in_workers(policy, tmp_path / "model", UnitLog(tmp_path / "two", {}), 2, range(4), **kwargs)
-    one = evaluate_calvin(MoDEPolicy.from_pretrained(tmp_path / "model"), log=UnitLog(tmp_path / "one", {}),
-                          progress=False, **kwargs)
+    one = evaluate_calvin(
+        MoDEPolicy.from_pretrained(tmp_path / "model"), log=UnitLog(tmp_path / "one", {}), progress=False, **kwargs
+    )
     assert _score(two) == _score(one)
     assert len(list((tmp_path / "two").glob("units-worker*.jsonl"))) == 2

@@ -38,12 +38,11 @@ def test_state_with_the_scene(fake_calvin) -> None:
 
 def test_restricted_chains_are_played(fake_calvin) -> None:
     policy = ScriptedPolicy(np.zeros(7), state_dim=15)
-    result = evaluate_calvin(policy, num_sequences=4, ep_len=3, progress=False, env=fake_calvin,
-                             tasks=SCRIPTED_TASKS)
+    result = evaluate_calvin(policy, num_sequences=4, ep_len=3, progress=False, env=fake_calvin, tasks=SCRIPTED_TASKS)
     chains = get_sequences(4, SCRIPTED_TASKS)
     assert result.settings["tasks"] == list(SCRIPTED_TASKS)
     assert set(result.per_task) <= set(SCRIPTED_TASKS)
-    for (robot, scene), (condition, _) in zip(fake_calvin.resets, chains):
+    for (_robot, scene), (condition, _) in zip(fake_calvin.resets, chains):
         np.testing.assert_array_equal(scene, get_env_state_for_initial_condition(condition)[1])
     with pytest.raises(ConfigError, match="holds 4 chains, num_sequences is 5"):
         evaluate_calvin(policy, num_sequences=5, env=fake_calvin, sequences=chains)
@@ -73,7 +72,8 @@ def test_torchrun_ranks_share_the_chains(fake_calvin, tmp_path: Path, monkeypatc
     merged = evaluate_sharded(evaluate_calvin, "chain_ids", policy, None, log, groups, progress=False, **kwargs)
     assert merged.metrics == whole.metrics and merged.settings["ranks"] == 2
     assert {t: (r.successes, r.episodes) for t, r in merged.per_task.items()} == {
-        t: (r.successes, r.episodes) for t, r in whole.per_task.items()}
+        t: (r.successes, r.episodes) for t, r in whole.per_task.items()
+    }
 
 
 @pytest.fixture
@@ -82,17 +82,20 @@ def saved_policy(tmp_path: Path) -> Path:
     from mode_policy.envs.calvin import VAL_INSTRUCTIONS
 
     tasks = sorted(set(VAL_INSTRUCTIONS.values()))
-    cfg = get_preset("tiny", state_dim=39, action_dim=7, goal_dim=8,
-                     goal_encoder={"type": "task", "tasks": tasks, "dim": 8})
+    cfg = get_preset(
+        "tiny", state_dim=39, action_dim=7, goal_dim=8, goal_encoder={"type": "task", "tasks": tasks, "dim": 8}
+    )
     policy = MoDEPolicy(cfg)
-    policy.set_normalization({"action": {"min": [-1.0] * 7, "max": [1.0] * 7},
-                              "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39}})
+    policy.set_normalization(
+        {"action": {"min": [-1.0] * 7, "max": [1.0] * 7}, "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39}}
+    )
     policy.save_pretrained(tmp_path / "model")
     return tmp_path / "model"
 
 
-def test_cli_eval_on_the_scripted_chains_resumes(saved_policy: Path, tmp_path: Path, capsys,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_eval_on_the_scripted_chains_resumes(
+    saved_policy: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mode_policy.cli.pipeline import EvalOptions, run_eval
 
     monkeypatch.setattr(calvin_eval, "import_calvin_env", lambda: SimpleNamespace(Tasks=FakeTasks))
@@ -113,16 +116,26 @@ def test_cli_eval_on_the_scripted_chains_resumes(saved_policy: Path, tmp_path: P
         run_eval(EvalOptions(path=str(saved_policy), env="calvin", episodes=3, out=str(out)))  # all 34 tasks
 
 
-def test_cli_eval_with_the_policys_own_sampling(saved_policy: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_eval_with_the_policys_own_sampling(
+    saved_policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mode_policy.cli.pipeline import EvalOptions, run_eval
 
     monkeypatch.setattr(calvin_eval, "import_calvin_env", lambda: SimpleNamespace(Tasks=FakeTasks))
     monkeypatch.setattr(calvin_eval, "make_calvin_env", lambda *args, **kwargs: FakeCalvinEnv())
     out = tmp_path / "eval_info.json"
-    run_eval(EvalOptions(path=str(saved_policy), env="calvin", episodes=1, out=str(out),
-                         calvin_official_sampling=False))
+    run_eval(
+        EvalOptions(path=str(saved_policy), env="calvin", episodes=1, out=str(out), calvin_official_sampling=False)
+    )
     assert json.loads(out.read_text())["settings"]["sampling"] == {}  # nothing replaced
-    run_eval(EvalOptions(path=str(saved_policy), env="calvin", episodes=1, out=str(tmp_path / "b.json"),
-                         calvin_official_sampling=False, steps=3))
+    run_eval(
+        EvalOptions(
+            path=str(saved_policy),
+            env="calvin",
+            episodes=1,
+            out=str(tmp_path / "b.json"),
+            calvin_official_sampling=False,
+            steps=3,
+        )
+    )
     assert json.loads((tmp_path / "b.json").read_text())["settings"]["sampling"] == {"num_inference_steps": 3}

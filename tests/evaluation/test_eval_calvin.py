@@ -15,7 +15,12 @@ from mode_policy.envs.calvin import VAL_INSTRUCTIONS, get_env_state_for_initial_
 from mode_policy.errors import ConfigError, SimulatorError
 from mode_policy.evaluation import calvin as calvin_eval
 from mode_policy.evaluation.calvin import (
-    CALVIN_OFFICIAL, average_chain_length, count_success, evaluate_calvin, format_chain_success, run_chains,
+    CALVIN_OFFICIAL,
+    average_chain_length,
+    count_success,
+    evaluate_calvin,
+    format_chain_success,
+    run_chains,
 )
 
 
@@ -98,13 +103,15 @@ def test_sampling_settings_apply_during_the_run_only(fake_calvin) -> None:
     policy = ScriptedPolicy(np.zeros(7), state_dim=15)
     policy.config = SamplingConfig(**vars(policy.config), num_inference_steps=10, sigma_min=0.001)
     seen = []
-    policy.select_action = lambda batch: seen.append((policy.config.num_inference_steps,
-                                                      policy.config.sigma_min)) or torch.zeros(1, 7)
+    policy.select_action = lambda batch: (
+        seen.append((policy.config.num_inference_steps, policy.config.sigma_min)) or torch.zeros(1, 7)
+    )
     result = evaluate_calvin(policy, num_sequences=1, ep_len=2, progress=False, env=fake_calvin)
     assert set(seen) == {(5, 1.0)} and result.settings["sampling"] == {"num_inference_steps": 5, "sigma_min": 1.0}
     assert (policy.config.num_inference_steps, policy.config.sigma_min) == (10, 0.001)  # restored
-    evaluate_calvin(policy, num_sequences=1, ep_len=2, progress=False, env=fake_calvin, num_inference_steps=None,
-                    sigma_min=None)
+    evaluate_calvin(
+        policy, num_sequences=1, ep_len=2, progress=False, env=fake_calvin, num_inference_steps=None, sigma_min=None
+    )
     assert seen[-1] == (10, 0.001)  # None keeps the policy's own
     with pytest.raises(ConfigError, match="sigma_min too large"):
         evaluate_calvin(policy, num_sequences=1, progress=False, env=fake_calvin, sigma_min=100.0)
@@ -120,8 +127,11 @@ def test_env_is_built_with_the_policys_cameras(fake_calvin, monkeypatch: pytest.
     monkeypatch.setattr(calvin_eval, "make_calvin_env", lambda *a, **k: calls.append((a, k)) or fake_calvin)
     policy = ScriptedPolicy(np.zeros(7), state_dim=15, image_keys=("observation.images.gripper",))
     policy.select_action = lambda batch: torch.zeros(1, 7)
-    fake_calvin.get_obs = lambda: {"robot_obs": np.zeros(15), "scene_obs": np.zeros(24),
-                                   "rgb_obs": {"rgb_gripper": np.zeros((84, 84, 3), np.uint8)}}
+    fake_calvin.get_obs = lambda: {
+        "robot_obs": np.zeros(15),
+        "scene_obs": np.zeros(24),
+        "rgb_obs": {"rgb_gripper": np.zeros((84, 84, 3), np.uint8)},
+    }
     result = evaluate_calvin(policy, num_sequences=1, ep_len=1, progress=False, scene="A")
     evaluate_calvin(policy, "/data/task_D_D", num_sequences=1, ep_len=1, progress=False, renderer="tiny")
     assert calls == [

@@ -27,8 +27,16 @@ def test_real_rollout_images_state_video(tmp_path: Path) -> None:
     policy = ScriptedPolicy(np.array([0.0, 0.0, 0.2, 0.0, 0.0, 0.0, -1.0]))
     policy.train()
     result = evaluate_libero(
-        policy, "libero_10", n_rollouts_per_task=1, max_steps=6, num_settle_steps=2, tasks=[0],
-        image_keys=list(CAMERAS), image_size=64, video_dir=tmp_path / "videos", progress=False,
+        policy,
+        "libero_10",
+        n_rollouts_per_task=1,
+        max_steps=6,
+        num_settle_steps=2,
+        tasks=[0],
+        image_keys=list(CAMERAS),
+        image_size=64,
+        video_dir=tmp_path / "videos",
+        progress=False,
     )
     assert policy.training  # restored after evaluation
     ((name, task),) = result.per_task.items()

@@ -32,8 +32,9 @@ def test_results_match_the_expert_and_do_not_depend_on_batching(metaworld_result
         assert r.extra["mean_steps"] == pytest.approx(np.mean(steps))
         assert r.instruction == mw.INSTRUCTIONS[task]
     assert result.per_task["reach-v3"].successes == 2  # the expert reaches within 60 steps
-    one_batch = evaluate_metaworld(ExpertChunkPolicy(), ["reach-v3", "push-v3"], episodes_per_task=2,
-                                   batch_size=100, max_steps=60, progress=False)
+    one_batch = evaluate_metaworld(
+        ExpertChunkPolicy(), ["reach-v3", "push-v3"], episodes_per_task=2, batch_size=100, max_steps=60, progress=False
+    )
     assert {t: (r.successes, r.extra) for t, r in one_batch.per_task.items()} == {
         t: (r.successes, r.extra) for t, r in result.per_task.items()
     }
@@ -44,8 +45,15 @@ def test_results_match_the_expert_and_do_not_depend_on_batching(metaworld_result
 
 
 def test_videos_are_written_for_the_first_episodes(tmp_path: Path) -> None:
-    result = evaluate_metaworld(ExpertChunkPolicy(), ["reach-v3"], episodes_per_task=2, max_steps=8,
-                                video_dir=tmp_path, videos_per_task=1, progress=False)
+    result = evaluate_metaworld(
+        ExpertChunkPolicy(),
+        ["reach-v3"],
+        episodes_per_task=2,
+        max_steps=8,
+        video_dir=tmp_path,
+        videos_per_task=1,
+        progress=False,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reach-v3_ep000.mp4"]
     with av.open(str(tmp_path / "reach-v3_ep000.mp4")) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]

@@ -54,14 +54,18 @@ class LuckyEnv:
 
     @staticmethod
     def _obs() -> dict:
-        return {"robot0_eef_pos": np.zeros(3), "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
-                "robot0_gripper_qpos": np.zeros(2)}
+        return {
+            "robot0_eef_pos": np.zeros(3),
+            "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
+            "robot0_gripper_qpos": np.zeros(2),
+        }
 
 
 @pytest.fixture
 def fake_libero(monkeypatch: pytest.MonkeyPatch) -> None:
-    tasks = [SimpleNamespace(name=f"task{i}", language=f"do thing {i}", problem_folder="p", bddl_file="b")
-             for i in range(3)]
+    tasks = [
+        SimpleNamespace(name=f"task{i}", language=f"do thing {i}", problem_folder="p", bddl_file="b") for i in range(3)
+    ]
     suite = SimpleNamespace(n_tasks=3, get_task=lambda i: tasks[i])
     monkeypatch.setattr(libero_eval, "import_libero", lambda: SimpleNamespace(get_libero_path=lambda key: "/x"))
     monkeypatch.setattr(libero_eval, "_load_suite", lambda lib, name: suite)
@@ -71,8 +75,17 @@ def fake_libero(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _run(**kwargs):
-    return evaluate_libero(SamplingPolicy(), "fake", n_rollouts_per_task=5, max_steps=3, num_settle_steps=1,
-                           tasks=[0, 2], num_envs=2, progress=False, **kwargs)
+    return evaluate_libero(
+        SamplingPolicy(),
+        "fake",
+        n_rollouts_per_task=5,
+        max_steps=3,
+        num_settle_steps=1,
+        tasks=[0, 2],
+        num_envs=2,
+        progress=False,
+        **kwargs,
+    )
 
 
 def _score(result):
@@ -114,27 +127,39 @@ def test_torchrun_ranks_share_the_waves(fake_libero, tmp_path: Path, monkeypatch
     log = UnitLog(tmp_path / "log", {})
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert evaluate_sharded(evaluate_libero, "units", SamplingPolicy(), None, log, groups, progress=False,
-                            **kwargs) is None  # a rank > 0 only plays its share
+    assert (
+        evaluate_sharded(evaluate_libero, "units", SamplingPolicy(), None, log, groups, progress=False, **kwargs)
+        is None
+    )  # a rank > 0 only plays its share
     assert sorted(log.records()) == shard(groups, 1, 2)
     monkeypatch.setenv("RANK", "0")
     merged = evaluate_sharded(evaluate_libero, "units", SamplingPolicy(), None, log, groups, progress=False, **kwargs)
     assert _score(merged) == _score(whole) and merged.settings["ranks"] == 2
-    assert sorted(p.name for p in (tmp_path / "log").glob("units-*")) == ["units-rank0-main.jsonl",
-                                                                          "units-rank1-main.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "log").glob("units-*")) == [
+        "units-rank0-main.jsonl",
+        "units-rank1-main.jsonl",
+    ]
 
 
 @needs_libero
 @pytest.mark.slow
 def test_two_real_worker_processes_match_one(tmp_path: Path) -> None:
     """Two spawned workers on the real libero_goal (two tasks, short rollouts) log every rollout."""
-    kwargs = dict(suite="libero_goal", n_rollouts_per_task=3, max_steps=2, num_settle_steps=1, tasks=[0, 1],
-                  num_envs=2)
+    kwargs = dict(suite="libero_goal", n_rollouts_per_task=3, max_steps=2, num_settle_steps=1, tasks=[0, 1], num_envs=2)
     policy = ScriptedPolicy(np.zeros(7))
     loader = functools.partial(ScriptedPolicy, np.zeros(7))
     groups = libero_waves([0, 1], 3, 2)
-    two = evaluate_sharded(evaluate_libero, "units", policy, loader, UnitLog(tmp_path / "two", {}), groups,
-                           workers=2, progress=False, **kwargs)
+    two = evaluate_sharded(
+        evaluate_libero,
+        "units",
+        policy,
+        loader,
+        UnitLog(tmp_path / "two", {}),
+        groups,
+        workers=2,
+        progress=False,
+        **kwargs,
+    )
     one = evaluate_libero(policy, log=UnitLog(tmp_path / "one", {}), progress=False, **kwargs)
     assert _score(two) == _score(one) and sum(t.episodes for t in two.per_task.values()) == 6
     assert len(list((tmp_path / "two").glob("units-worker*.jsonl"))) == 2
@@ -146,11 +171,17 @@ def test_cli_eval_logs_rollouts_and_resumes(fake_libero, tmp_path: Path) -> None
     from mode_policy import MoDEPolicy, get_preset
     from mode_policy.cli.pipeline import EvalOptions, run_eval
 
-    cfg = get_preset("tiny", state_dim=8, action_dim=7, goal_dim=8,
-                     goal_encoder={"type": "task", "tasks": [f"do thing {i}" for i in range(3)], "dim": 8})
+    cfg = get_preset(
+        "tiny",
+        state_dim=8,
+        action_dim=7,
+        goal_dim=8,
+        goal_encoder={"type": "task", "tasks": [f"do thing {i}" for i in range(3)], "dim": 8},
+    )
     policy = MoDEPolicy(cfg)
-    policy.set_normalization({"action": {"min": [-1.0] * 7, "max": [1.0] * 7},
-                              "observation.state": {"mean": [0.0] * 8, "std": [1.0] * 8}})
+    policy.set_normalization(
+        {"action": {"min": [-1.0] * 7, "max": [1.0] * 7}, "observation.state": {"mean": [0.0] * 8, "std": [1.0] * 8}}
+    )
     policy.save_pretrained(tmp_path / "model")
     out = tmp_path / "eval_info.json"
     opts = EvalOptions(path=str(tmp_path / "model"), env="libero", suite="libero_goal", episodes=2, out=str(out))

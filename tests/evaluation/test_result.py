@@ -27,8 +27,15 @@ def _result() -> EvalResult:
         "reach-v3": TaskResult(3, 4, 1.5, "reach the goal position", {"mean_steps": 61.25}),
         "push-v3": TaskResult(0, 4, 2.5, "push the puck to the goal", {"mean_steps": 500.0}),
     }
-    return EvalResult("metaworld", per_task, 4.25, seed=7, policy="runs/a/model", settings={"episodes_per_task": 4},
-                      metrics={"avg_len": 1.5})
+    return EvalResult(
+        "metaworld",
+        per_task,
+        4.25,
+        seed=7,
+        policy="runs/a/model",
+        settings={"episodes_per_task": 4},
+        metrics={"avg_len": 1.5},
+    )
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -83,8 +90,11 @@ def test_every_evaluator_writes_the_same_schema(metaworld_result, libero_result,
 def test_saved_result_keeps_the_evaluation_order_and_formats_metric_lists(tmp_path):
     from mode_policy.evaluation.result import EvalResult, TaskResult
 
-    result = EvalResult("calvin", {"zeta": TaskResult(1, 2), "alpha": TaskResult(2, 2)},
-                        metrics={"avg_len": 1.23456, "chain_success": [0.5, 0.25]})
+    result = EvalResult(
+        "calvin",
+        {"zeta": TaskResult(1, 2), "alpha": TaskResult(2, 2)},
+        metrics={"avg_len": 1.23456, "chain_success": [0.5, 0.25]},
+    )
     loaded = EvalResult.load(result.save(tmp_path / "eval_info.json"))
     assert list(loaded.per_task) == ["zeta", "alpha"]
     table = loaded.format_table()

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from mode_policy.config import get_preset
-from mode_policy.nn.layers import swiglu
-from mode_policy.nn.moe import ExpertBank, MoELayer, balancing_loss, choose_experts
+from mode_policy.model.config import get_preset
+from mode_policy.model.layers import swiglu
+from mode_policy.model.moe import ExpertBank, MoELayer, balancing_loss, choose_experts
 from mode_policy.policy import MoDEPolicy
 
 

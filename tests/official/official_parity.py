@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mode_policy.nn.moe import balancing_loss
+from mode_policy.model.moe import balancing_loss
 from mode_policy.official.convert import CAMERAS, canonical_names, convert_state_dict, official_config
 from mode_policy.official.network import mask_goal
 from mode_policy.policy import MoDEPolicy

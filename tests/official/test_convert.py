@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from official_parity import FIXTURE, official_checkpoint
 from safetensors.torch import save_file
 
 from mode_policy.cli import main as cli
 from mode_policy.errors import CheckpointError
 from mode_policy.official.convert import REPORT_NAME, convert_official, read_official_checkpoint
 from mode_policy.policy import MoDEPolicy
-from official_parity import FIXTURE, official_checkpoint
 
 VARIANT = FIXTURE / "experts"
 
@@ -46,8 +46,9 @@ def test_converts_every_tensor_and_loads(tmp_path, official, official_file):
     # spot checks of the mapping
     net = "denoiser.net.blocks.1."
     assert torch.equal(ours[net + "attn.query.bias"], official["model.inner_model.blocks.1.attn.query.bias"])
-    assert torch.equal(ours[net + "mlp.experts.w_in"][2],
-                       official["model.inner_model.blocks.1.experts.expert_2.mlp.0.project.weight"])
+    assert torch.equal(
+        ours[net + "mlp.experts.w_in"][2], official["model.inner_model.blocks.1.experts.expert_2.mlp.0.project.weight"]
+    )
     camera = "image_encoder.cameras.observation_images_gripper."
     assert torch.equal(ours[camera + "film3.beta.weight"], official["gripper_resnet.film3.beta.weight"])
     written = json.loads((tmp_path / "model" / REPORT_NAME).read_text())
@@ -68,7 +69,7 @@ def test_pretraining_aliases_convert_like_the_official_loader(tmp_path, official
     for name, value in official.items():
         for old, new in renames:
             if name.startswith(old):
-                name = new + name[len(old):]
+                name = new + name[len(old) :]
         aliased[name] = value
     save_file(aliased, str(tmp_path / "aliased.safetensors"))
     convert_official(official_file, tmp_path / "a")
@@ -119,8 +120,19 @@ def test_folder_with_model_cleaned_safetensors(tmp_path, official_file):
 
 def test_cli_convert_official(tmp_path, official, official_file, capsys):
     out = tmp_path / "model"
-    assert cli(["convert", "official", str(official_file), f"--out={out}", "--language=none",
-                "--cameras=image,wrist_image"]) == 0
+    assert (
+        cli(
+            [
+                "convert",
+                "official",
+                str(official_file),
+                f"--out={out}",
+                "--language=none",
+                "--cameras=image,wrist_image",
+            ]
+        )
+        == 0
+    )
     assert "set by the converter" in capsys.readouterr().out
     policy = MoDEPolicy.from_pretrained(out)
     assert policy.config.image_keys == ["observation.images.image", "observation.images.wrist_image"]

@@ -6,17 +6,17 @@ import json
 
 import pytest
 import torch
+from official_parity import FIXTURE, official_checkpoint
 from safetensors.torch import save_file
+from timm_layout import TIMM_RESNET34_PARAMS, TIMM_RESNET50_PARAMS, camera_shapes
 
 from mode_policy.cli import main as cli
-from mode_policy.config import MoDEConfig, get_preset
 from mode_policy.encoders.resnet import FiLMResNet
 from mode_policy.errors import ConfigError
+from mode_policy.model.config import MoDEConfig, get_preset
 from mode_policy.official.convert import convert_official
 from mode_policy.official.vision import OfficialFiLMResNet, OfficialImageEncoder
 from mode_policy.policy import MoDEPolicy
-from official_parity import FIXTURE, official_checkpoint
-from timm_layout import TIMM_RESNET34_PARAMS, TIMM_RESNET50_PARAMS, camera_shapes
 
 # Counted with the official code (intuitive-robots/MoDE_Diffusion_Policy @ 72cf8a2) at the
 # paper-official configuration (obs_dim=2048, goal_dim=512, action_dim=7, embed_dim=1024,
@@ -37,8 +37,11 @@ def official_counts(shared: bool) -> dict:
     total = OFFICIAL_MODEDIT[shared] + 2 * (TIMM_RESNET50_PARAMS + OFFICIAL_FILM)
     idle = 12 * 2 * OFFICIAL_EXPERT
     transformer = OFFICIAL_MODEDIT[shared] - OFFICIAL_INPUT_PROJECTIONS
-    return {"total_params": total, "active_params": total - idle,
-            "transformer": {"total": transformer, "active": transformer - idle}}
+    return {
+        "total_params": total,
+        "active_params": total - idle,
+        "transformer": {"total": transformer, "active": transformer - idle},
+    }
 
 
 def test_info_paper_official_matches_the_official_counts(capsys):
@@ -86,8 +89,18 @@ def test_camera_trunk_and_film_compute_the_published_resnet():
 
 
 def tiny_official(**overrides) -> MoDEConfig:
-    return get_preset("paper-official", n_layers=2, d_model=16, n_heads=2, goal_dim=8, vision_width=2, horizon=4,
-                      n_action_steps=4, image_shift_pad=0, **overrides)
+    return get_preset(
+        "paper-official",
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        goal_dim=8,
+        vision_width=2,
+        horizon=4,
+        n_action_steps=4,
+        image_shift_pad=0,
+        **overrides,
+    )
 
 
 def image_batch(cfg: MoDEConfig, b: int = 3) -> dict:
@@ -130,10 +143,18 @@ def test_training_routes_every_token_and_sampling_runs():
     assert actions.shape == (3, cfg.horizon, cfg.action_dim) and torch.isfinite(actions).all()
 
 
-@pytest.mark.parametrize("field, value", [
-    ("routing", "token"), ("state_dim", 4), ("image_keys", []), ("n_obs_steps", 2), ("causal", False),
-    ("vision_depth", 18), ("mlp_ratio", 2),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("routing", "token"),
+        ("state_dim", 4),
+        ("image_keys", []),
+        ("n_obs_steps", 2),
+        ("causal", False),
+        ("vision_depth", 18),
+        ("mlp_ratio", 2),
+    ],
+)
 def test_official_config_rejects_what_the_official_network_cannot_do(field, value):
     with pytest.raises(ConfigError, match=f"architecture='official': {field}="):
         tiny_official(**{field: value})
@@ -174,6 +195,7 @@ def test_image_encoder_uses_clip_pixel_statistics():
     encoder = OfficialImageEncoder(tiny_official())
     grey = torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)
     torch.testing.assert_close(encoder.normalize(grey), encoder.normalize(grey.float() / 255))
-    assert torch.allclose(encoder.normalize(torch.zeros(1, 3, 1, 1)).flatten(),
-                          -torch.tensor([0.48145466, 0.4578275, 0.40821073]) / torch.tensor([0.26862954, 0.26130258,
-                                                                                                0.27577711]))
+    assert torch.allclose(
+        encoder.normalize(torch.zeros(1, 3, 1, 1)).flatten(),
+        -torch.tensor([0.48145466, 0.4578275, 0.40821073]) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+    )

@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from official_parity import FIXTURE, VARIANTS, parity
+from safetensors.torch import load_file
 
 TOLERANCE = 1e-5
 

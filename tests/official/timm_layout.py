@@ -13,8 +13,13 @@ TIMM_RESNET34_PARAMS = 21_284_672  # timm/torchvision resnet34: 21,797,672 param
 
 
 def _bn(name: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-            f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+    return {
+        f"{name}.weight": (c,),
+        f"{name}.bias": (c,),
+        f"{name}.running_mean": (c,),
+        f"{name}.running_var": (c,),
+        f"{name}.num_batches_tracked": (),
+    }
 
 
 def resnet_shapes(depth: int = 50, width: int = 64) -> dict[str, tuple[int, ...]]:
@@ -28,12 +33,21 @@ def resnet_shapes(depth: int = 50, width: int = 64) -> dict[str, tuple[int, ...]
         for j in range(n):
             p = f"layer{stage + 1}.{j}."
             if bottleneck:
-                shapes |= {p + "conv1.weight": (planes, in_ch, 1, 1), **_bn(p + "bn1", planes),
-                           p + "conv2.weight": (planes, planes, 3, 3), **_bn(p + "bn2", planes),
-                           p + "conv3.weight": (out_ch, planes, 1, 1), **_bn(p + "bn3", out_ch)}
+                shapes |= {
+                    p + "conv1.weight": (planes, in_ch, 1, 1),
+                    **_bn(p + "bn1", planes),
+                    p + "conv2.weight": (planes, planes, 3, 3),
+                    **_bn(p + "bn2", planes),
+                    p + "conv3.weight": (out_ch, planes, 1, 1),
+                    **_bn(p + "bn3", out_ch),
+                }
             else:
-                shapes |= {p + "conv1.weight": (planes, in_ch, 3, 3), **_bn(p + "bn1", planes),
-                           p + "conv2.weight": (planes, planes, 3, 3), **_bn(p + "bn2", planes)}
+                shapes |= {
+                    p + "conv1.weight": (planes, in_ch, 3, 3),
+                    **_bn(p + "bn1", planes),
+                    p + "conv2.weight": (planes, planes, 3, 3),
+                    **_bn(p + "bn2", planes),
+                }
             if j == 0 and (stage > 0 or in_ch != out_ch):
                 shapes |= {p + "downsample.0.weight": (out_ch, in_ch, 1, 1), **_bn(p + "downsample.1", out_ch)}
             in_ch = out_ch

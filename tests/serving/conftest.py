@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from served import RunningServer, make_policy
 
 from mode_policy import MoDEPolicy
 from mode_policy.serving import PolicyServer
-from served import RunningServer, make_policy
 
 
 @pytest.fixture

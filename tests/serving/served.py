@@ -16,13 +16,15 @@ ACTION_MIN, ACTION_MAX = [-2.0, -1.0, 0.0, 5.0], [2.0, 1.0, 1.0, 6.0]
 
 def make_policy() -> MoDEPolicy:
     torch.manual_seed(0)
-    cfg = get_preset("tiny", state_dim=39, action_dim=4, goal_dim=8,
-                     goal_encoder={"type": "task", "tasks": TASKS, "dim": 8})
+    cfg = get_preset(
+        "tiny", state_dim=39, action_dim=4, goal_dim=8, goal_encoder={"type": "task", "tasks": TASKS, "dim": 8}
+    )
     policy = MoDEPolicy(cfg)
     with torch.no_grad():  # a non-zero output head, so actions depend on the inputs
         torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.5)
-    policy.set_normalization({"action": {"min": ACTION_MIN, "max": ACTION_MAX},
-                              "observation.state": {"mean": [0.5] * 39, "std": [2.0] * 39}})
+    policy.set_normalization(
+        {"action": {"min": ACTION_MIN, "max": ACTION_MAX}, "observation.state": {"mean": [0.5] * 39, "std": [2.0] * 39}}
+    )
     return policy.eval()
 
 

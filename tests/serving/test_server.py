@@ -13,14 +13,13 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from served import ACTION_MAX, ACTION_MIN, TASKS, RunningServer, make_policy
 from websockets.sync.client import connect
 
 from mode_policy.errors import DataError
-from mode_policy.export import onnx_runtime_available
 from mode_policy.serving import PolicyClient, PolicyServer
+from mode_policy.serving.export import onnx_runtime_available
 from mode_policy.serving.protocol import pack, unpack
-
-from served import ACTION_MAX, ACTION_MIN, TASKS, RunningServer, make_policy
 
 
 def obs(rows: int = 1, seed: int = 0) -> dict:
@@ -53,8 +52,10 @@ def test_bad_requests_get_errors_and_the_connection_goes_on(serve):
             ({**obs(), "observation.state": np.full((1, 39), np.nan, np.float32)}, "contains NaN"),
             ({**obs(), "observation.state": np.zeros((1, 39), np.int32)}, "dtype int32"),
             ({**obs(), "task": "fly to the moon"}, "'fly to the moon' is not an instruction"),
-            ({**obs(), "observation.images.wrist": np.zeros((1, 8, 8, 3), np.uint8)},
-             "unknown observation key 'observation.images.wrist'"),
+            (
+                {**obs(), "observation.images.wrist": np.zeros((1, 8, 8, 3), np.uint8)},
+                "unknown observation key 'observation.images.wrist'",
+            ),
         ]:
             with pytest.raises(DataError, match=message):
                 client.predict(bad)
@@ -67,11 +68,13 @@ def test_raw_garbage_and_pickle_get_error_replies(serve):
     server = serve()
     with connect(f"ws://127.0.0.1:{server.port}", proxy=None) as ws:
         unpack(ws.recv(timeout=10))  # metadata
-        for frame, message in [(b"\xc1garbage", "not a msgpack message"),
-                               (__import__("pickle").dumps({"type": "predict"}), "msgpack"),
-                               ("text", "text frame"),
-                               (pack({"type": "train", "id": 3}), "unknown message type 'train'"),
-                               (pack({"type": "predict", "id": 4, "obs": [1]}), "obs must be a map")]:
+        for frame, message in [
+            (b"\xc1garbage", "not a msgpack message"),
+            (__import__("pickle").dumps({"type": "predict"}), "msgpack"),
+            ("text", "text frame"),
+            (pack({"type": "train", "id": 3}), "unknown message type 'train'"),
+            (pack({"type": "predict", "id": 4, "obs": [1]}), "obs must be a map"),
+        ]:
             ws.send(frame)
             reply = unpack(ws.recv(timeout=10))
             assert reply["ok"] is False and message in reply["error"]
@@ -133,11 +136,18 @@ def test_a_client_gone_mid_request_leaves_the_server_serving(serve):
 
 def test_sigterm_shuts_down_gracefully(tmp_path):
     make_policy().save_pretrained(tmp_path / "model")
-    code = ("import sys; from mode_policy.cli.parsing import parse_command; from mode_policy.cli.serve import COMMANDS;"
-            "c = COMMANDS['serve']; sys.exit(c.run(parse_command(c.options, sys.argv[1:], 'serve', None, c.positional)))")
+    code = (
+        "import sys; from mode_policy.cli.parsing import parse_command; from mode_policy.cli.serve import COMMANDS;"
+        "c = COMMANDS['serve']; sys.exit(c.run(parse_command(c.options, sys.argv[1:], 'serve', None, c.positional)))"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "model"), "--port", "0", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "model"), "--port", "0", "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert "serving" in line, proc.stderr.read()
@@ -187,17 +197,24 @@ def _mixture_policy():
     torch.manual_seed(0)
     from mode_policy import MoDEPolicy, get_preset
 
-    cfg = get_preset("tiny", state_dim=39, action_dim=7, goal_dim=8,
-                     goal_encoder={"type": "task", "tasks": TASKS, "dim": 8})
+    cfg = get_preset(
+        "tiny", state_dim=39, action_dim=7, goal_dim=8, goal_encoder={"type": "task", "tasks": TASKS, "dim": 8}
+    )
     policy = MoDEPolicy(cfg)
     with torch.no_grad():
         torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.5)
-    policy.set_dataset_normalization({
-        "wide": {"action": {"min": [-1.0] * 7, "max": [1.0] * 7},
-                 "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39}},
-        "narrow": {"action": {"min": ACTION_MIN, "max": ACTION_MAX},
-                   "observation.state": {"mean": [0.5] * 8, "std": [2.0] * 8}},
-    })
+    policy.set_dataset_normalization(
+        {
+            "wide": {
+                "action": {"min": [-1.0] * 7, "max": [1.0] * 7},
+                "observation.state": {"mean": [0.0] * 39, "std": [1.0] * 39},
+            },
+            "narrow": {
+                "action": {"min": ACTION_MIN, "max": ACTION_MAX},
+                "observation.state": {"mean": [0.5] * 8, "std": [2.0] * 8},
+            },
+        }
+    )
     return policy.eval()
 
 
@@ -217,8 +234,9 @@ def test_a_mixture_policy_is_served_through_one_datasets_widths_and_normalisatio
             with pytest.raises(DataError, match="expected \\(B, 8\\)"):  # the widest state is not this dataset's
                 client.predict({"observation.state": np.zeros((1, 39), np.float32), "task": TASKS[0]})
         torch.manual_seed(5)
-        want = policy.predict_action_chunk({"observation.state": torch.from_numpy(state), "task": [TASKS[1]] * 2},
-                                           dataset="narrow")
+        want = policy.predict_action_chunk(
+            {"observation.state": torch.from_numpy(state), "task": [TASKS[1]] * 2}, dataset="narrow"
+        )
         assert reply.actions.shape == (2, 4, 4)
         np.testing.assert_allclose(reply.actions, want.numpy(), atol=1e-6)
         low, high = np.array(ACTION_MIN) - 1e-6, np.array(ACTION_MAX) + 1e-6
@@ -247,8 +265,9 @@ def test_forwards_run_on_the_servers_thread_count_and_step_its_governor(policy, 
 
     calls = []
     real = torch.set_num_threads
-    monkeypatch.setattr(batcher.torch, "set_num_threads",
-                        lambda n: calls.append((th.current_thread().name, n)) or real(n))
+    monkeypatch.setattr(
+        batcher.torch, "set_num_threads", lambda n: calls.append((th.current_thread().name, n)) or real(n)
+    )
 
     class Governor:
         threads, changes = 1, []
@@ -275,10 +294,14 @@ def test_serve_loads_on_one_thread_and_forwards_on_the_chosen_count(tmp_path, mo
     from mode_policy.cli import serve as serve_cli
 
     seen = {}
-    monkeypatch.setattr(serve_cli, "_load_policy",
-                        lambda path, device: seen.setdefault("load_threads", torch.get_num_threads()) and make_policy())
-    monkeypatch.setattr("mode_policy.serving.run_server",
-                        lambda server, ready: seen.setdefault("server_threads", server.threads))
+    monkeypatch.setattr(
+        serve_cli,
+        "_load_policy",
+        lambda path, device: seen.setdefault("load_threads", torch.get_num_threads()) and make_policy(),
+    )
+    monkeypatch.setattr(
+        "mode_policy.serving.run_server", lambda server, ready: seen.setdefault("server_threads", server.threads)
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # as a fresh process would start on this machine
     try:
@@ -295,7 +318,9 @@ def test_onnx_backend_serves_a_mixture_policys_dataset():
 
     policy = _mixture_policy()
     single_row = _onnx_single_row(policy, threads=1, dataset="narrow")
-    running = RunningServer(PolicyServer(for_dataset(policy, "narrow"), host="127.0.0.1", port=0, single_row=single_row))
+    running = RunningServer(
+        PolicyServer(for_dataset(policy, "narrow"), host="127.0.0.1", port=0, single_row=single_row)
+    )
     state = np.random.default_rng(2).normal(size=(1, 8)).astype(np.float32)
     try:
         with PolicyClient(port=running.port) as client:
@@ -304,7 +329,8 @@ def test_onnx_backend_serves_a_mixture_policys_dataset():
     finally:
         running.stop()
     torch.manual_seed(11)  # the server drew the noise at the policy's full action width, as eager does
-    want = policy.predict_action_chunk({"observation.state": torch.from_numpy(state), "task": [TASKS[0]]},
-                                       dataset="narrow")
+    want = policy.predict_action_chunk(
+        {"observation.state": torch.from_numpy(state), "task": [TASKS[0]]}, dataset="narrow"
+    )
     assert reply.actions.shape == (1, 4, 4)
     np.testing.assert_allclose(reply.actions, want.numpy(), atol=1e-5)

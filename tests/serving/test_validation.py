@@ -28,25 +28,30 @@ def test_a_valid_observation_gets_its_history_axis_and_float32():
     assert single.tasks is None and single.signature() != obs.signature()
 
 
-@pytest.mark.parametrize("obs, message", [
-    ({"observation.state": state(1, 5), "task": "open", "extra": 1}, "unknown observation key 'extra'"),
-    ({"task": "open"}, "lacks 'observation.state'"),
-    ({"observation.state": state(1, 5)}, "exactly one goal"),
-    ({"observation.state": state(1, 5), "task": "open", "goal": state(1, 3)}, "exactly one goal"),
-    ({"observation.state": state(1, 4), "task": "open"}, r"shape \(1, 4\), expected \(B, 5\)"),
-    ({"observation.state": state(1, 5, dtype=np.int64), "task": "open"}, "dtype int64, expected a float"),
-    ({"observation.state": np.array([[0, 0, np.nan, 0, 0]]), "task": "open"}, "observation.state contains NaN"),
-    ({"observation.state": np.array([[0, 0, 0, 0, 0], [0, np.inf, 0, 0, 0]]), "task": ["open", "open"]},
-     r"contains inf \(first at batch row 1\)"),
-    ({"observation.state": state(1, 5), "task": "fly"}, "task 'fly' is not an instruction"),
-    ({"observation.state": state(1, 5), "task": [1]}, "task must be a string"),
-    ({"observation.state": state(2, 5), "task": "open"}, "batch sizes differ"),
-    ({"observation.state": state(9, 5), "task": ["open"] * 9}, "batch size 9: the server takes 1 to 8"),
-    ({"observation.state": [[0.0] * 5], "task": "open"}, "must be a numpy array, got list"),
-    ({"observation.state": state(1, 5), "goal": state(1, 4)}, r"goal has shape \(1, 4\)"),
-    ({"observation.state": state(1, 5), "goal": np.array([[0.0, np.nan, 0.0]])}, "goal contains NaN"),
-    ("not a map", "obs must be a map"),
-])
+@pytest.mark.parametrize(
+    "obs, message",
+    [
+        ({"observation.state": state(1, 5), "task": "open", "extra": 1}, "unknown observation key 'extra'"),
+        ({"task": "open"}, "lacks 'observation.state'"),
+        ({"observation.state": state(1, 5)}, "exactly one goal"),
+        ({"observation.state": state(1, 5), "task": "open", "goal": state(1, 3)}, "exactly one goal"),
+        ({"observation.state": state(1, 4), "task": "open"}, r"shape \(1, 4\), expected \(B, 5\)"),
+        ({"observation.state": state(1, 5, dtype=np.int64), "task": "open"}, "dtype int64, expected a float"),
+        ({"observation.state": np.array([[0, 0, np.nan, 0, 0]]), "task": "open"}, "observation.state contains NaN"),
+        (
+            {"observation.state": np.array([[0, 0, 0, 0, 0], [0, np.inf, 0, 0, 0]]), "task": ["open", "open"]},
+            r"contains inf \(first at batch row 1\)",
+        ),
+        ({"observation.state": state(1, 5), "task": "fly"}, "task 'fly' is not an instruction"),
+        ({"observation.state": state(1, 5), "task": [1]}, "task must be a string"),
+        ({"observation.state": state(2, 5), "task": "open"}, "batch sizes differ"),
+        ({"observation.state": state(9, 5), "task": ["open"] * 9}, "batch size 9: the server takes 1 to 8"),
+        ({"observation.state": [[0.0] * 5], "task": "open"}, "must be a numpy array, got list"),
+        ({"observation.state": state(1, 5), "goal": state(1, 4)}, r"goal has shape \(1, 4\)"),
+        ({"observation.state": state(1, 5), "goal": np.array([[0.0, np.nan, 0.0]])}, "goal contains NaN"),
+        ("not a map", "obs must be a map"),
+    ],
+)
 def test_problems_are_named(obs, message):
     with pytest.raises(DataError, match=message):
         check(obs)

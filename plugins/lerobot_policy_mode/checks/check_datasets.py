@@ -67,7 +67,9 @@ def compare_stats(root: Path) -> dict[str, float]:
     for key, stats in ours.stats.items():
         assert set(stats) == set(lr.meta.stats[key]), key
         assert set(QUANTILE_NAMES) <= set(stats), key
-        out[f"stats.json/{key}"] = max(float(np.abs(np.asarray(lr.meta.stats[key][s]) - v).max()) for s, v in stats.items())
+        out[f"stats.json/{key}"] = max(
+            float(np.abs(np.asarray(lr.meta.stats[key][s]) - v).max()) for s, v in stats.items()
+        )
     episodes = pq.read_table(sorted((root / "meta/episodes").rglob("*.parquet"))[0]).to_pylist()
     for key, ft in ours.features.items():
         if ft["dtype"] in ("video", "image") or key not in ours.stats:
@@ -120,9 +122,11 @@ def append_with_lerobot(root: Path, work: Path) -> dict[str, float]:
         if key in ours.video_keys:
             theirs = np.stack([lr[lo + t][key].numpy().transpose(1, 2, 0) for t in range(length)])
             out[f"appended/{key} (LeRobot vs our reader, decoded)"] = float(
-                np.abs(theirs.astype(np.int16) - values.astype(np.int16)).max())
+                np.abs(theirs.astype(np.int16) - values.astype(np.int16)).max()
+            )
             out[f"appended/{key} (vs the frames added, lossy codec)"] = float(
-                np.abs(first[key].astype(np.int16) - values.astype(np.int16)).max())
+                np.abs(first[key].astype(np.int16) - values.astype(np.int16)).max()
+            )
         elif key in first and key not in INDEX_KEYS:
             theirs = np.stack([lr[lo + t][key].numpy().reshape(values[0].shape) for t in range(length)])
             out[f"appended/{key}"] = max(
@@ -137,11 +141,17 @@ def main(argv: list[str]) -> int:
     failed = False
     for arg in argv[1:]:
         root = Path(arg)
-        report = {"dataset": root.name, "values": compare_values(root), "stats": compare_stats(root),
-                  "append": append_with_lerobot(root, work)}
+        report = {
+            "dataset": root.name,
+            "values": compare_values(root),
+            "stats": compare_stats(root),
+            "append": append_with_lerobot(root, work),
+        }
         print(json.dumps(report))
         bad = {k: v for k, v in report["values"].items() if v != 0.0}
-        bad |= {k: v for k, v in report["stats"].items() if v > (STD_TOLERANCE if k.endswith("/std") else STATS_TOLERANCE)}
+        bad |= {
+            k: v for k, v in report["stats"].items() if v > (STD_TOLERANCE if k.endswith("/std") else STATS_TOLERANCE)
+        }
         bad |= {k: v for k, v in report["append"].items() if "lossy" not in k and v != 0.0}
         if bad:
             print(f"MISMATCH in {root}: {bad}", file=sys.stderr)

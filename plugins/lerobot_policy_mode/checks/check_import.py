@@ -12,13 +12,13 @@ import json
 import sys
 from pathlib import Path
 
+import lerobot_policy_mode  # noqa: F401  (registers --policy.type=mode)
 import torch
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.policies.factory import make_policy, make_pre_post_processors
 from lerobot.processor import NormalizerProcessorStep
 
-import lerobot_policy_mode  # noqa: F401  (registers --policy.type=mode)
 from mode_policy.policy import MoDEPolicy
 
 
@@ -41,8 +41,11 @@ def main(converted: str, model_dir: str, root: str) -> int:
     frame = {k: v for k, v in ds[0].items() if k.startswith("observation.") or k == "task"}
     batch = pre(frame)
     noise = torch.randn(1, ours.config.horizon, ours.config.action_dim, generator=torch.Generator().manual_seed(0))
-    chunk_diff = float((policy.model.predict_action_chunk(batch, noise=noise)
-                        - ours.predict_action_chunk(batch, noise=noise)).abs().max())
+    chunk_diff = float(
+        (policy.model.predict_action_chunk(batch, noise=noise) - ours.predict_action_chunk(batch, noise=noise))
+        .abs()
+        .max()
+    )
 
     steps = ours.config.n_action_steps + 1  # re-plans once
     policy.reset()
@@ -55,9 +58,14 @@ def main(converted: str, model_dir: str, root: str) -> int:
     assert torch.isfinite(theirs_actions).all()
     select_diff = float((theirs_actions - ours_actions).abs().max())
 
-    report = {"converted": converted, "mode_config_fields_equal": True, "weights_max_abs_diff": weights_diff,
-              "chunk_max_abs_diff": chunk_diff, "select_action_max_abs_diff": select_diff,
-              "select_action_steps": steps}
+    report = {
+        "converted": converted,
+        "mode_config_fields_equal": True,
+        "weights_max_abs_diff": weights_diff,
+        "chunk_max_abs_diff": chunk_diff,
+        "select_action_max_abs_diff": select_diff,
+        "select_action_steps": steps,
+    }
     print(json.dumps(report))
     return 0 if weights_diff == chunk_diff == select_diff == 0.0 else 1
 

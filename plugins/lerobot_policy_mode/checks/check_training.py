@@ -16,8 +16,8 @@ from lerobot.configs.policies import PreTrainedConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.policies.factory import make_policy, make_pre_post_processors
 from lerobot.processor import NormalizerProcessorStep
-
 from lerobot_policy_mode.modeling_mode import export_mode_checkpoint
+
 from mode_policy.policy import MoDEPolicy
 
 
@@ -44,8 +44,11 @@ def main(ckpt: str, root: str, work: str) -> int:
     noise = torch.randn(1, ours.config.horizon, ours.config.action_dim, generator=torch.Generator().manual_seed(0))
     a = policy.model.predict_action_chunk(batch, noise=noise)
     b = ours.predict_action_chunk(batch, noise=noise)
-    report = {"checkpoint": ckpt, "select_action": action[:, 0].tolist(),
-              "lerobot_vs_mode_policy_chunk_max_abs_diff": float((a - b).abs().max())}
+    report = {
+        "checkpoint": ckpt,
+        "select_action": action[:, 0].tolist(),
+        "lerobot_vs_mode_policy_chunk_max_abs_diff": float((a - b).abs().max()),
+    }
     print(json.dumps(report))
     return 0 if report["lerobot_vs_mode_policy_chunk_max_abs_diff"] == 0.0 else 1
 

@@ -16,9 +16,10 @@ from typing import Any
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.types import FeatureType
 from lerobot.optim.optimizers import AdamWConfig
-from mode_policy.config import PRESETS, MoDEConfig
+
 from mode_policy.constants import IMAGES_PREFIX, STATE_KEY
 from mode_policy.errors import ConfigError
+from mode_policy.model.config import PRESETS, MoDEConfig
 
 DERIVED_FIELDS = ("state_dim", "action_dim", "image_keys", "image_size", "n_obs_steps", "goal_encoder")
 """MoDEConfig fields set from the dataset features / LeRobot's config, not from the command line."""
@@ -93,8 +94,11 @@ class ModeConfig(PreTrainedConfig, _MoDEOverrides):
         """``saved`` (a checkpoint's own MoDEConfig) if it fits these features and windows;
         ConfigError naming ``source`` and every field that differs."""
         expected = {**self.feature_shapes(), "horizon": self.chunk_length()}
-        diffs = [f"{k}: checkpoint {getattr(saved, k)!r} vs LeRobot config {v!r}"
-                 for k, v in expected.items() if getattr(saved, k) != v]
+        diffs = [
+            f"{k}: checkpoint {getattr(saved, k)!r} vs LeRobot config {v!r}"
+            for k, v in expected.items()
+            if getattr(saved, k) != v
+        ]
         if diffs:
             raise ConfigError(f"{source} does not fit the LeRobot config: " + "; ".join(diffs))
         return saved
@@ -127,8 +131,11 @@ class ModeConfig(PreTrainedConfig, _MoDEOverrides):
     def validate_features(self) -> None:
         if self.action_feature is None:
             raise ConfigError("MoDE needs an 'action' output feature")
-        unknown = [k for k, ft in self.input_features.items()
-                   if ft.type is FeatureType.VISUAL and not k.startswith(IMAGES_PREFIX)]
+        unknown = [
+            k
+            for k, ft in self.input_features.items()
+            if ft.type is FeatureType.VISUAL and not k.startswith(IMAGES_PREFIX)
+        ]
         if unknown:
             raise ConfigError(f"camera features must be named {IMAGES_PREFIX}<camera>, got {unknown}")
         if self.robot_state_feature is None and not self.image_features:

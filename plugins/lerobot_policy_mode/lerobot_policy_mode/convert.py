@@ -22,12 +22,13 @@ from pathlib import Path
 
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.utils.constants import ACTION
-from mode_policy.config import PRESETS, MoDEConfig, get_preset
+
 from mode_policy.constants import STATE_KEY
 from mode_policy.errors import CheckpointError, ConfigError, ModePolicyError
 from mode_policy.fileio import replacing
+from mode_policy.model.config import PRESETS, MoDEConfig, get_preset
 from mode_policy.policy import CONFIG_NAME, WEIGHTS_NAME
-from mode_policy.run_dir import RunDir
+from mode_policy.training.run_dir import RunDir
 
 from .configuration_mode import DERIVED_FIELDS, ModeConfig
 from .modeling_mode import MODE_CONFIG_NAME, read_mode_config
@@ -47,8 +48,10 @@ def model_folder(path: str | Path) -> Path:
 def lerobot_features(mode: MoDEConfig) -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
     """LeRobot's (input_features, output_features) of a MoDEConfig: state (S,), cameras (3, H, W), action (A,)."""
     if mode.image_keys and mode.image_size <= 0:
-        raise ConfigError("LeRobot's ModeConfig needs square cameras of one size; "
-                          f"this policy's cameras {mode.image_keys} have image_size={mode.image_size}")
+        raise ConfigError(
+            "LeRobot's ModeConfig needs square cameras of one size; "
+            f"this policy's cameras {mode.image_keys} have image_size={mode.image_size}"
+        )
     inputs = {}
     if mode.state_dim:
         inputs[STATE_KEY] = PolicyFeature(type=FeatureType.STATE, shape=(mode.state_dim,))
@@ -61,8 +64,10 @@ def lerobot_config(mode: MoDEConfig, preset: str | None = None, device: str = "c
     """The ModeConfig whose preset + overrides + features rebuild ``mode`` (goal encoder options
     aside, which live in ``mode_config.json``); ``preset=None`` picks the one with fewest overrides."""
     if not mode.goal_encoder:
-        raise ConfigError("this policy takes goal vectors, but LeRobot hands it task strings: "
-                          "train it with --language minilm, clip or task")
+        raise ConfigError(
+            "this policy takes goal vectors, but LeRobot hands it task strings: "
+            "train it with --language minilm, clip or task"
+        )
     inputs, outputs = lerobot_features(mode)
     values = mode.to_dict()
     candidates = []
@@ -70,10 +75,18 @@ def lerobot_config(mode: MoDEConfig, preset: str | None = None, device: str = "c
         base = get_preset(name).to_dict()
         overrides = {k: v for k, v in values.items() if k not in DERIVED_FIELDS and base[k] != v}
         overrides["goal_dim"] = mode.goal_dim  # ModeConfig's default follows language_encoder, not the preset
-        candidates.append(ModeConfig(
-            preset=name, language_encoder=mode.goal_encoder["type"], n_obs_steps=mode.n_obs_steps,
-            input_features=inputs, output_features=outputs, device=device, push_to_hub=False, **overrides,
-        ))
+        candidates.append(
+            ModeConfig(
+                preset=name,
+                language_encoder=mode.goal_encoder["type"],
+                n_obs_steps=mode.n_obs_steps,
+                input_features=inputs,
+                output_features=outputs,
+                device=device,
+                push_to_hub=False,
+                **overrides,
+            )
+        )
     config = min(candidates, key=lambda c: len(c.overrides()))
     rebuilt = config.mode_config().to_dict()
     differ = sorted(k for k, v in values.items() if k != "goal_encoder" and rebuilt[k] != v)
@@ -82,8 +95,9 @@ def lerobot_config(mode: MoDEConfig, preset: str | None = None, device: str = "c
     return config
 
 
-def import_mode_checkpoint(model_dir: str | Path, out_dir: str | Path, preset: str | None = None,
-                           device: str = "cpu", overwrite: bool = False) -> Path:
+def import_mode_checkpoint(
+    model_dir: str | Path, out_dir: str | Path, preset: str | None = None, device: str = "cpu", overwrite: bool = False
+) -> Path:
     """Write ``out_dir`` (atomically) as a LeRobot pretrained_model folder of the mode-policy
     model in ``model_dir`` (a run directory or its ``model/``); returns ``out_dir``."""
     src = model_folder(model_dir)
@@ -113,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModePolicyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"lerobot_pretrained_model": str(out), "preset": json.loads(
-        (out / CONFIG_NAME).read_text())["preset"]}))
+    print(
+        json.dumps(
+            {"lerobot_pretrained_model": str(out), "preset": json.loads((out / CONFIG_NAME).read_text())["preset"]}
+        )
+    )
     return 0
 
 

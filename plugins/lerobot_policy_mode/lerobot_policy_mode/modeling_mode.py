@@ -21,12 +21,13 @@ import torch
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION
-from mode_policy.config import MoDEConfig
-from mode_policy.constants import ACTION_IS_PAD_KEY, TASK_KEY
-from mode_policy.errors import CheckpointError
-from mode_policy.policy import CONFIG_NAME, WEIGHTS_NAME, MoDEPolicy
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from mode_policy.constants import ACTION_IS_PAD_KEY, TASK_KEY
+from mode_policy.errors import CheckpointError
+from mode_policy.model.config import MoDEConfig
+from mode_policy.policy import CONFIG_NAME, WEIGHTS_NAME, MoDEPolicy
 
 from .configuration_mode import ModeConfig
 
@@ -40,8 +41,13 @@ class ModePolicy(PreTrainedPolicy):
     config_class = ModeConfig
     name = "mode"
 
-    def __init__(self, config: ModeConfig, dataset_stats: dict[str, dict[str, Any]] | None = None,
-                 saved_mode_config: MoDEConfig | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: ModeConfig,
+        dataset_stats: dict[str, dict[str, Any]] | None = None,
+        saved_mode_config: MoDEConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
         """``saved_mode_config``: a checkpoint's own MoDEConfig (else preset + overrides + features)."""
         super().__init__(config)
         config.validate_features()
@@ -87,8 +93,9 @@ class ModePolicy(PreTrainedPolicy):
         (save_directory / MODE_CONFIG_NAME).write_text(self.model.config.to_json() + "\n")
 
     @classmethod
-    def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: PreTrainedConfig | None = None,
-                        **kwargs: Any) -> "ModePolicy":
+    def from_pretrained(
+        cls, pretrained_name_or_path: str | Path, *, config: PreTrainedConfig | None = None, **kwargs: Any
+    ) -> ModePolicy:
         """LeRobot's loader; a local folder with ``mode_config.json`` is built from that config
         (checked against LeRobot's features and windows), as it was trained."""
         mode_json = Path(pretrained_name_or_path) / MODE_CONFIG_NAME
@@ -99,8 +106,7 @@ class ModePolicy(PreTrainedPolicy):
         return super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
 
     @classmethod
-    def _load_as_safetensor(cls, model: "ModePolicy", model_file: str, map_location: str,
-                            strict: bool) -> "ModePolicy":
+    def _load_as_safetensor(cls, model: ModePolicy, model_file: str, map_location: str, strict: bool) -> ModePolicy:
         model.model.load_weights(load_file(model_file, device=str(map_location)), source=model_file)
         return model
 

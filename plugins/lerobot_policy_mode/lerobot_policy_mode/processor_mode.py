@@ -23,7 +23,9 @@ from .configuration_mode import ModeConfig
 
 def make_mode_pre_post_processors(
     config: ModeConfig, dataset_stats: dict[str, dict[str, Any]] | None = None
-) -> tuple[PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]]:
+) -> tuple[
+    PolicyProcessorPipeline[dict[str, Any], dict[str, Any]], PolicyProcessorPipeline[PolicyAction, PolicyAction]
+]:
     """(preprocessor, postprocessor); ``dataset_stats`` go to the policy, not here."""
     pre = PolicyProcessorPipeline[dict[str, Any], dict[str, Any]](
         steps=[

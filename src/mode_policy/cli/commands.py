@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..config import MoDEConfig, get_preset, preset_overrides
 from ..errors import ConfigError
 from ..fileio import check_writable, replacing
+from ..model.config import MoDEConfig, get_preset, preset_overrides
 from ..validation import check_range
 from .main import Command
 
@@ -37,8 +37,10 @@ def run_info(opts: InfoOptions) -> int:
         print(json.dumps({"preset": opts.preset, **counts}, indent=2))
     else:
         t = counts["transformer"]
-        print(f"preset {opts.preset}: {cfg.n_layers} layers, d={cfg.d_model}, {cfg.n_heads} heads, "
-              f"routing={cfg.routing}, {cfg.num_experts} experts, top-{cfg.top_k}")
+        print(
+            f"preset {opts.preset}: {cfg.n_layers} layers, d={cfg.d_model}, {cfg.n_heads} heads, "
+            f"routing={cfg.routing}, {cfg.num_experts} experts, top-{cfg.top_k}"
+        )
         print(f"  policy       total {counts['total_params']:>14,}  active {counts['active_params']:>14,}")
         print(f"  transformer  total {t['total']:>14,}  active {t['active']:>14,}")
     return 0
@@ -55,7 +57,7 @@ class ToyOptions:
 
 
 def run_toy(opts: ToyOptions) -> int:
-    from ..toy import train_toy
+    from ..envs.toy import train_toy
 
     result = train_toy(steps=opts.steps, seed=opts.seed, progress=True)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s (final loss {result.final_loss:.3f})")
@@ -95,15 +97,24 @@ class DemosOptions:
 
 
 def run_demos(opts: DemosOptions) -> int:
-    from ..demos import generate_demos
     from ..envs.metaworld import resolve_tasks
+    from ..envs.metaworld_demos import generate_demos
 
     check_writable(opts.out)
     tasks = resolve_tasks(opts.tasks)
     cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()]
     with replacing(opts.out, opts.overwrite) as target:
-        generate_demos(target, tasks, opts.episodes, seed=opts.seed, workers=opts.workers,
-                       overwrite=True, progress=True, cameras=cameras, image_size=opts.image_size)
+        generate_demos(
+            target,
+            tasks,
+            opts.episodes,
+            seed=opts.seed,
+            workers=opts.workers,
+            overwrite=True,
+            progress=True,
+            cameras=cameras,
+            image_size=opts.image_size,
+        )
     out = opts.out
     images = f" with {opts.image_size} px images from {', '.join(cameras)}" if cameras else ""
     print(f"wrote {len(tasks)} tasks x {opts.episodes} successful expert episodes{images} to {out}")
@@ -172,12 +183,21 @@ def _convert_official(opts: ConvertOptions) -> int:
         raise ConfigError(f"convert official: language={opts.language!r}: expected 'clip' or 'none'")
     goal_encoder = {"type": "clip", "path": opts.language_path or DEFAULT_CLIP} if opts.language == "clip" else None
     cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()] or None
-    report = convert_official(opts.source, opts.out, allow_pickle=opts.allow_pickle, top_k=opts.top_k,
-                              camera_names=cameras, goal_encoder=goal_encoder, overwrite=opts.overwrite)
+    report = convert_official(
+        opts.source,
+        opts.out,
+        allow_pickle=opts.allow_pickle,
+        top_k=opts.top_k,
+        camera_names=cameras,
+        goal_encoder=goal_encoder,
+        overwrite=opts.overwrite,
+    )
     cfg = report.config
-    print(f"wrote {opts.out}: {report.mapped} tensors from {report.source} "
-          f"({cfg.n_layers} layers, d={cfg.d_model}, {cfg.num_experts} experts top-{cfg.top_k}"
-          f"{', shared expert' if cfg.shared_expert else ''}, cameras {', '.join(cfg.image_keys)})")
+    print(
+        f"wrote {opts.out}: {report.mapped} tensors from {report.source} "
+        f"({cfg.n_layers} layers, d={cfg.d_model}, {cfg.num_experts} experts top-{cfg.top_k}"
+        f"{', shared expert' if cfg.shared_expert else ''}, cameras {', '.join(cfg.image_keys)})"
+    )
     reasons: dict[str, int] = {}
     for reason in report.ignored.values():
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -270,24 +290,29 @@ class BenchOptions:
 def run_bench(opts: BenchOptions) -> int:
     import torch
 
-    from ..bench import bench_latency, format_latency
+    from ..bench.latency import bench_latency, format_latency
 
     check_range(opts, "threads", 0)
     check_range(opts, "batch_size", 0)
     if opts.what not in ("latency", "train", "data"):
         raise ConfigError(f"bench: unknown benchmark {opts.what!r} (available: latency, train, data)")
     if opts.what == "data":
-        from ..data.benchmark import bench_data, format_data
+        from ..bench.data import bench_data, format_data
 
         check_range(opts, "memory_budget_mb", 0, low_open=True)
-        result = bench_data(opts.dataset or None, memory_budget_mb=opts.memory_budget_mb,
-                            batch_size=opts.batch_size or 256, threads=opts.threads or 1, progress=not opts.json)
+        result = bench_data(
+            opts.dataset or None,
+            memory_budget_mb=opts.memory_budget_mb,
+            batch_size=opts.batch_size or 256,
+            threads=opts.threads or 1,
+            progress=not opts.json,
+        )
         print(json.dumps(result, indent=2) if opts.json else format_data(result))
         return 0
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.what == "train":
-        from ..bench_train import bench_train, format_train
+        from ..bench.training import bench_train, format_train
 
         presets = tuple(p.strip() for p in opts.train_presets.split(",") if p.strip())
         if not presets:
@@ -299,8 +324,16 @@ def run_bench(opts: BenchOptions) -> int:
         print(json.dumps(result, indent=2) if opts.json else format_train(result))
         return 0
     overrides = preset_overrides(opts.preset, opts.policy) if opts.policy else {}
-    result = bench_latency(opts.preset, rounds_b1=opts.rounds_b1, rounds_b64=opts.rounds_b64, overrides=overrides,
-                           profile=opts.profile, progress=not opts.json, onnx=opts.onnx, repeat_b1=opts.repeat_b1)
+    result = bench_latency(
+        opts.preset,
+        rounds_b1=opts.rounds_b1,
+        rounds_b64=opts.rounds_b64,
+        overrides=overrides,
+        profile=opts.profile,
+        progress=not opts.json,
+        onnx=opts.onnx,
+        repeat_b1=opts.repeat_b1,
+    )
     print(json.dumps(result, indent=2) if opts.json else format_latency(result))
     return 0
 
@@ -308,13 +341,21 @@ def run_bench(opts: BenchOptions) -> int:
 COMMANDS = {
     "info": Command(InfoOptions, run_info, "parameter counts of a preset"),
     "demos": Command(DemosOptions, run_demos, "generate scripted Meta-World demonstrations (LeRobot format)"),
-    "convert": Command(ConvertOptions, run_convert,
-                       "convert LIBERO/CALVIN data to a LeRobot dataset, or an official MoDE checkpoint to a model",
-                       positional=("format", "source")),
+    "convert": Command(
+        ConvertOptions,
+        run_convert,
+        "convert LIBERO/CALVIN data to a LeRobot dataset, or an official MoDE checkpoint to a model",
+        positional=("format", "source"),
+    ),
     "inspect": Command(InspectOptions, run_inspect, "show what a LeRobot-format dataset holds", positional=("path",)),
-    "report": Command(ReportOptions, run_report, "markdown report with pictures for a run directory",
-                      positional=("run_dir",)),
-    "bench": Command(BenchOptions, run_bench, "benchmarks of inference, training and data loading (measured side by side)",
-                     positional=("what",)),
+    "report": Command(
+        ReportOptions, run_report, "markdown report with pictures for a run directory", positional=("run_dir",)
+    ),
+    "bench": Command(
+        BenchOptions,
+        run_bench,
+        "benchmarks of inference, training and data loading (measured side by side)",
+        positional=("what",),
+    ),
     "toy": Command(ToyOptions, run_toy, "train on the bimodal toy task and check both modes are kept"),
 }

@@ -9,8 +9,9 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..envs.rendering import setup_headless_rendering
 from ..errors import ModePolicyError

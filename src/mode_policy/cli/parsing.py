@@ -15,23 +15,23 @@ Beyond plain draccus:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import json
 import os
 import tempfile
-from pathlib import Path
-from typing import Any, Sequence, TypeVar
-
-import argparse
-import difflib
 import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import draccus
 import yaml
 from draccus.utils import DraccusException
 
-from ..config import PRESETS, get_preset
 from ..errors import ConfigError, ModePolicyError
+from ..model.config import PRESETS, get_preset
 
 T = TypeVar("T")
 
@@ -61,7 +61,7 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 def _pop_flag(argv: list[str], name: str) -> tuple[list[str], str | None]:
     value = _flag_value(argv, name)
     kept, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
             continue
@@ -189,8 +189,9 @@ def parse_command(
     """
     args = normalise_flags(argv)
     for short, name in (aliases or {}).items():
-        args = [f"--{name}" + a[len(short) + 2:] if a == f"--{short}" or a.startswith(f"--{short}=") else a
-                for a in args]
+        args = [
+            f"--{name}" + a[len(short) + 2 :] if a == f"--{short}" or a.startswith(f"--{short}=") else a for a in args
+        ]
     leading = []
     while args and not args[0].startswith("-") and len(leading) < len(positional):
         leading.append(args.pop(0))
@@ -206,8 +207,10 @@ def parse_command(
         if not isinstance(user_file, dict):
             raise ConfigError(f"--config_path {config_path}: expected a mapping of field names to values")
     for prefix in _preset_paths(cls):
-        name = _flag_value(args, f"{prefix}preset") or _lookup(user_file, f"{prefix}preset") or _lookup(
-            file_values, f"{prefix}preset"
+        name = (
+            _flag_value(args, f"{prefix}preset")
+            or _lookup(user_file, f"{prefix}preset")
+            or _lookup(file_values, f"{prefix}preset")
         )
         if name is None:
             name = next(f.default for f in dataclasses.fields(_resolve(cls, prefix)) if f.name == "preset")

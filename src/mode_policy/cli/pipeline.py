@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
 from ..errors import ConfigError
 from ..fileio import check_writable, moved_aside
-from ..run_dir import RunDir
+from ..training.config import TrainConfig
+from ..training.run_dir import RunDir
 from ..validation import check_range
 from .main import Command
 
@@ -47,8 +47,10 @@ def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
 
     def run(policy, step: int) -> dict[str, Any]:
         result = evaluate_metaworld(policy, tasks, episodes, seed=seed, progress=False)
-        return {"success_rate": result.overall.success_rate,
-                "per_task": {t: r.success_rate for t, r in result.per_task.items()}}
+        return {
+            "success_rate": result.overall.success_rate,
+            "per_task": {t: r.success_rate for t, r in result.per_task.items()},
+        }
 
     return run
 
@@ -56,12 +58,15 @@ def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
 def _saved_with_given_flags(cfg: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
     """For ``--resume``: the run's saved config with only the flags the user gave (those that differ
     from the command's defaults, ``recipe`` on top of TrainConfig's) applied;
-    :func:`mode_policy.train.resumed_config` then refuses the ones a resumed run may not change."""
+    :func:`mode_policy.training.loop.resumed_config` then refuses the ones a resumed run may not change."""
     run = RunDir(cfg.output_dir)
     saved = TrainConfig.from_run_dict(run.read_config(), str(run.config))
     defaults = dataclasses.replace(TrainConfig(preset=cfg.preset), **recipe)
-    given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
-             if f.name not in ("policy", "preset") and getattr(cfg, f.name) != getattr(defaults, f.name)}
+    given = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("policy", "preset") and getattr(cfg, f.name) != getattr(defaults, f.name)
+    }
     if cfg.preset != TrainConfig.preset:
         given["preset"] = cfg.preset
     policy = dataclasses.replace(saved.policy, **cfg.policy_overrides())
@@ -69,17 +74,21 @@ def _saved_with_given_flags(cfg: TrainConfig, recipe: dict[str, Any]) -> TrainCo
 
 
 def run_train(opts: TrainOptions, recipe: dict[str, Any] | None = None) -> int:
-    from ..train import train
+    from ..training.loop import train
 
     cfg = TrainConfig(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig)})
     if opts.resume and RunDir(cfg.output_dir).config.is_file():
         cfg = _saved_with_given_flags(cfg, recipe or {})
     if not cfg.dataset and not cfg.mixture:
-        raise ConfigError("train needs --dataset=PATH (a LeRobot-format dataset folder) or --mixture=FILE "
-                          "(a YAML/JSON list of datasets with weights)")
+        raise ConfigError(
+            "train needs --dataset=PATH (a LeRobot-format dataset folder) or --mixture=FILE "
+            "(a YAML/JSON list of datasets with weights)"
+        )
     if recipe is not None and not cfg.init_from:
-        raise ConfigError("finetune needs the pretrained model first: "
-                          "`mode-policy finetune PRETRAINED_RUN_OR_MODEL --dataset D --out RUN`")
+        raise ConfigError(
+            "finetune needs the pretrained model first: "
+            "`mode-policy finetune PRETRAINED_RUN_OR_MODEL --dataset D --out RUN`"
+        )
     eval_fn = None
     if cfg.eval_every:
         tasks = _dataset_metaworld_tasks(cfg.dataset) if cfg.dataset else []
@@ -206,8 +215,9 @@ def _rank_device(device: str) -> str:
     return device
 
 
-def _sharded_eval(opts: EvalOptions, env: str, policy: Any, model_dir: Path, log: Any, groups: list[list[int]],
-                  **kwargs: Any) -> Any:
+def _sharded_eval(
+    opts: EvalOptions, env: str, policy: Any, model_dir: Path, log: Any, groups: list[list[int]], **kwargs: Any
+) -> Any:
     """The evaluation split over torchrun ranks and --workers processes (None on ranks > 0)."""
     import functools
 
@@ -219,14 +229,24 @@ def _sharded_eval(opts: EvalOptions, env: str, policy: Any, model_dir: Path, log
         from ..evaluation.libero import evaluate_libero as evaluate
     from ..dataset_view import load_dataset_policy
 
-    loader = functools.partial(load_dataset_policy, str(model_dir), _rank_device(opts.device), opts.steps,
-                               opts.dataset_name, opts.action_steps)
+    loader = functools.partial(
+        load_dataset_policy, str(model_dir), _rank_device(opts.device), opts.steps, opts.dataset_name, opts.action_steps
+    )
 
     def waiting(missing: int) -> None:
         print(f"rank 0: waiting for the other ranks ({missing} units to go, log {log.folder})", flush=True)
 
-    return parallel.evaluate_sharded(evaluate, "chain_ids" if env == "calvin" else "units", policy, loader, log,
-                                     groups, opts.workers, on_wait=waiting, **kwargs)
+    return parallel.evaluate_sharded(
+        evaluate,
+        "chain_ids" if env == "calvin" else "units",
+        policy,
+        loader,
+        log,
+        groups,
+        opts.workers,
+        on_wait=waiting,
+        **kwargs,
+    )
 
 
 def run_eval(opts: EvalOptions) -> int:
@@ -244,7 +264,7 @@ def run_eval(opts: EvalOptions) -> int:
     check_writable(out)
     video_dir = out.parent / "videos" if opts.videos else None
     from ..threads import apply_threads
-    from ..train import resolve_device
+    from ..training.loop import resolve_device
 
     device = resolve_device(_rank_device(opts.device))
     if device.type == "cpu":
@@ -259,8 +279,13 @@ def run_eval(opts: EvalOptions) -> int:
     if opts.env == "libero":
         from ..evaluation.parallel import libero_groups
 
-        log = _unit_log(opts, model_dir, out, ".rollouts", {"env": "libero", "suite": opts.suite,
-                                                             "rollouts": opts.episodes, "videos": bool(opts.videos)})
+        log = _unit_log(
+            opts,
+            model_dir,
+            out,
+            ".rollouts",
+            {"env": "libero", "suite": opts.suite, "rollouts": opts.episodes, "videos": bool(opts.videos)},
+        )
         kwargs = dict(suite=opts.suite, n_rollouts_per_task=opts.episodes, seed=opts.seed, video_dir=video_dir)
         result = _sharded_eval(opts, "libero", policy, model_dir, log, libero_groups(policy, **kwargs), **kwargs)
         headline = f"(rollouts in {log.folder})\n"
@@ -270,14 +295,31 @@ def run_eval(opts: EvalOptions) -> int:
 
         tasks = _calvin_tasks(opts.calvin_tasks)
         official = opts.calvin_official_sampling
-        log = _unit_log(opts, model_dir, out, ".chains", {
-            "env": "calvin", "chains": opts.episodes, "scene": opts.calvin_scene, "dataset": opts.calvin_dataset,
-            **({"tasks": tasks} if tasks else {}), **({} if official else {"official_sampling": False})})
-        kwargs = dict(dataset_path=opts.calvin_dataset, num_sequences=opts.episodes, seed=opts.seed,
-                      scene=opts.calvin_scene, renderer=opts.calvin_renderer, tasks=tasks,
-                      num_inference_steps=opts.steps or (CALVIN_OFFICIAL.num_inference_steps if official else None),
-                      sigma_min=CALVIN_OFFICIAL.sigma_min if official else None,
-                      sequences=get_sequences(opts.episodes, tasks))
+        log = _unit_log(
+            opts,
+            model_dir,
+            out,
+            ".chains",
+            {
+                "env": "calvin",
+                "chains": opts.episodes,
+                "scene": opts.calvin_scene,
+                "dataset": opts.calvin_dataset,
+                **({"tasks": tasks} if tasks else {}),
+                **({} if official else {"official_sampling": False}),
+            },
+        )
+        kwargs = dict(
+            dataset_path=opts.calvin_dataset,
+            num_sequences=opts.episodes,
+            seed=opts.seed,
+            scene=opts.calvin_scene,
+            renderer=opts.calvin_renderer,
+            tasks=tasks,
+            num_inference_steps=opts.steps or (CALVIN_OFFICIAL.num_inference_steps if official else None),
+            sigma_min=CALVIN_OFFICIAL.sigma_min if official else None,
+            sequences=get_sequences(opts.episodes, tasks),
+        )
         result = _sharded_eval(opts, "calvin", policy, model_dir, log, [[i] for i in range(opts.episodes)], **kwargs)
         if result is not None:
             which = "the scripted subtasks" if opts.calvin_tasks == "scripted" else f"{len(tasks or [])} subtasks"
@@ -292,8 +334,15 @@ def run_eval(opts: EvalOptions) -> int:
             tasks = _dataset_metaworld_tasks(dataset) if dataset else None  # a mixture run: say --tasks
         if not tasks:
             raise ConfigError("say which tasks to evaluate with --tasks (e.g. mt10)")
-        result = evaluate_metaworld(policy, tasks, opts.episodes, seed=opts.seed, batch_size=opts.batch_size,
-                                    video_dir=video_dir, videos_per_task=opts.videos)
+        result = evaluate_metaworld(
+            policy,
+            tasks,
+            opts.episodes,
+            seed=opts.seed,
+            batch_size=opts.batch_size,
+            video_dir=video_dir,
+            videos_per_task=opts.videos,
+        )
     if result is None:  # a torchrun rank > 0: its units are in the log, rank 0 writes the result
         print(f"this rank's share is done; rank 0 writes {out}")
         return 0
@@ -346,12 +395,12 @@ def run_quickstart(opts: QuickstartOptions) -> int:
 
 
 def _quickstart(opts: QuickstartOptions, out: Path) -> int:
-    from ..demos import generate_demos
     from ..envs.metaworld import resolve_tasks
+    from ..envs.metaworld_demos import generate_demos
     from ..evaluation.metaworld import evaluate_metaworld
     from ..policy import MoDEPolicy
     from ..report import write_report
-    from ..train import train
+    from ..training.loop import train
 
     tasks = resolve_tasks(opts.tasks)
     timings = {}
@@ -385,12 +434,25 @@ def _quickstart(opts: QuickstartOptions, out: Path) -> int:
 
 
 COMMANDS = {
-    "train": Command(TrainOptions, run_train, "train a MoDE policy on a LeRobot-format dataset or a mixture",
-                     aliases={"out": "output_dir"}),
-    "finetune": Command(FinetuneOptions, run_finetune, "fine-tune a pretrained policy on new data (routers frozen)",
-                        positional=("init_from",), defaults=FINETUNE_RECIPE, aliases={"out": "output_dir"}),
+    "train": Command(
+        TrainOptions,
+        run_train,
+        "train a MoDE policy on a LeRobot-format dataset or a mixture",
+        aliases={"out": "output_dir"},
+    ),
+    "finetune": Command(
+        FinetuneOptions,
+        run_finetune,
+        "fine-tune a pretrained policy on new data (routers frozen)",
+        positional=("init_from",),
+        defaults=FINETUNE_RECIPE,
+        aliases={"out": "output_dir"},
+    ),
     "eval": Command(EvalOptions, run_eval, "evaluate a trained policy in simulation", positional=("path",)),
-    "quickstart": Command(QuickstartOptions, run_quickstart,
-                          "the main job: demos, training, evaluation and report on MT10",
-                          defaults={"train": QUICKSTART_TRAIN_DEFAULTS}),
+    "quickstart": Command(
+        QuickstartOptions,
+        run_quickstart,
+        "the main job: demos, training, evaluation and report on MT10",
+        defaults={"train": QUICKSTART_TRAIN_DEFAULTS},
+    ),
 }

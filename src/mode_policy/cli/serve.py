@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..run_dir import RunDir
+from ..training.run_dir import RunDir
 from .main import Command
 
 
@@ -67,13 +67,23 @@ def run_serve(opts: ServeOptions) -> int:
     governor = None
     if opts.device == "cpu":
         governor = make_governor(opts.threads, threads, set_threads=thread_setter(single_row))
-    server = PolicyServer(served, opts.host, opts.port, opts.batch_window_ms, opts.max_batch, single_row=single_row,
-                          threads=threads, governor=governor)
+    server = PolicyServer(
+        served,
+        opts.host,
+        opts.port,
+        opts.batch_window_ms,
+        opts.max_batch,
+        single_row=single_row,
+        threads=threads,
+        governor=governor,
+    )
 
     def ready(port: int) -> None:
         dataset = f" (dataset {opts.dataset_name})" if opts.dataset_name else ""
-        print(f"serving {opts.path}{dataset} on ws://{opts.host}:{port} (health: http://{opts.host}:{port}/healthz)",
-              flush=True)
+        print(
+            f"serving {opts.path}{dataset} on ws://{opts.host}:{port} (health: http://{opts.host}:{port}/healthz)",
+            flush=True,
+        )
 
     run_server(server, ready)
     print(f"stopped after {server.counts['requests']} requests ({server.counts['errors']} errors)", flush=True)
@@ -98,7 +108,7 @@ def _onnx_single_row(policy, threads: int, dataset: str = ""):
     session; for a mixture policy, for ``dataset``."""
     import tempfile
 
-    from ..export import OrtChunk, export_sampler, onnx_runtime_available
+    from ..serving.export import OrtChunk, export_sampler, onnx_runtime_available
 
     if not onnx_runtime_available():
         raise ConfigError("backend=onnx needs onnxruntime, onnx and onnxscript: pip install -e '.[onnx]'")
@@ -132,7 +142,7 @@ class ExportOptions:
 
 
 def run_export(opts: ExportOptions) -> int:
-    from ..export import export_sampler
+    from ..serving.export import export_sampler
 
     if opts.steps < 0:
         raise ConfigError(f"steps={opts.steps} must be >= 1 (or 0 for the policy's own)")
@@ -152,8 +162,10 @@ def run_export(opts: ExportOptions) -> int:
 
 
 COMMANDS = {
-    "serve": Command(ServeOptions, run_serve, "serve a policy over a websocket (msgpack, numpy arrays)",
-                     positional=("path",)),
-    "export": Command(ExportOptions, run_export, "export the cached sampler as ONNX or a torch.export program",
-                      positional=("path",)),
+    "serve": Command(
+        ServeOptions, run_serve, "serve a policy over a websocket (msgpack, numpy arrays)", positional=("path",)
+    ),
+    "export": Command(
+        ExportOptions, run_export, "export the cached sampler as ONNX or a torch.export program", positional=("path",)
+    ),
 }

@@ -44,6 +44,10 @@ def run_study_command(opts: StudyOptions) -> int:
 
 
 COMMANDS = {
-    "study": Command(StudyOptions, run_study_command, "train and evaluate a grid of variants x seeds (resumable)",
-                     positional=("study",)),
+    "study": Command(
+        StudyOptions,
+        run_study_command,
+        "train and evaluate a grid of variants x seeds (resumable)",
+        positional=("study",),
+    ),
 }

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..constants import ACTION_KEY, ENV_STATE_KEY, IMAGES_PREFIX, STATE_KEY
 from ..errors import ConfigError, DataError, DataNotFoundError
-from ..images import resize_images
+from .images import resize_images
 from .writer import DatasetWriter
 
 __all__ = [
@@ -80,13 +80,28 @@ FRAME_KEYS: dict[str, tuple[str, tuple[int, ...] | None]] = {
     "actions": ("absolute_action", (7,)),
 }
 ROBOT_OBS_NAMES = [
-    "tcp_pos_x", "tcp_pos_y", "tcp_pos_z", "tcp_euler_x", "tcp_euler_y", "tcp_euler_z",
-    "gripper_opening_width", *[f"arm_joint_{i}" for i in range(7)], "gripper_action",
+    "tcp_pos_x",
+    "tcp_pos_y",
+    "tcp_pos_z",
+    "tcp_euler_x",
+    "tcp_euler_y",
+    "tcp_euler_z",
+    "gripper_opening_width",
+    *[f"arm_joint_{i}" for i in range(7)],
+    "gripper_action",
 ]
 SCENE_OBS_NAMES = [
-    "sliding_door", "drawer", "button", "switch", "lightbulb", "green_light",
-    *[f"{block}_block_{c}" for block in ("red", "blue", "pink")
-      for c in ("x", "y", "z", "euler_x", "euler_y", "euler_z")],
+    "sliding_door",
+    "drawer",
+    "button",
+    "switch",
+    "lightbulb",
+    "green_light",
+    *[
+        f"{block}_block_{c}"
+        for block in ("red", "blue", "pink")
+        for c in ("x", "y", "z", "euler_x", "euler_y", "euler_z")
+    ],
 ]
 ACTION_NAMES = ["x", "y", "z", "euler_x", "euler_y", "euler_z", "gripper"]
 LANG_FILE = "auto_lang_ann.npy"
@@ -207,9 +222,11 @@ def _frame_size(path: Path) -> dict[str, tuple[int, int]]:
     return {FRAME_KEYS[k][0]: tuple(frame[k].shape[:2]) for k in IMAGE_KEYS if k in frame}  # type: ignore[misc]
 
 
-def features_for(static_shape: tuple[int, int] | None, gripper_shape: tuple[int, int] | None,
-                 scene_in_state: bool = False) -> dict[str, dict]:
+def features_for(
+    static_shape: tuple[int, int] | None, gripper_shape: tuple[int, int] | None, scene_in_state: bool = False
+) -> dict[str, dict]:
     """The LeRobot feature spec of a converted CALVIN dataset (a camera of shape None is left out)."""
+
     def video(hw: tuple[int, int]) -> dict:
         return {"dtype": "video", "shape": [int(hw[0]), int(hw[1]), 3], "names": ["height", "width", "channels"]}
 
@@ -330,7 +347,10 @@ def convert_calvin(
     out_dir = Path(out_dir)
     cleanup = overwrite or not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir()))
     writer = DatasetWriter(
-        out_dir, FPS, features, robot_type="franka_panda",
+        out_dir,
+        FPS,
+        features,
+        robot_type="franka_panda",
         overwrite=overwrite,
     )
     bar = tqdm(total=len(windows), desc="CALVIN -> LeRobot", unit="episode", disable=not progress)

@@ -23,7 +23,7 @@ Output features (names follow LeRobot's LIBERO datasets where they make sense):
 Image orientation. robosuite renders with the OpenGL convention, so LIBERO's stored
 images (and the simulator's observations) are upside down. Both this converter and
 :mod:`mode_policy.envs.libero` pass every image through
-:func:`mode_policy.images.libero_image_transform`, which rotates it by 180 degrees (flips
+:func:`mode_policy.data.images.libero_image_transform`, which rotates it by 180 degrees (flips
 rows and columns), the convention of LeRobot's ``HuggingFaceVLA/libero`` datasets, OpenVLA
 and openpi. Training data and evaluation observations therefore always match, also for
 policies trained on those public datasets.
@@ -49,7 +49,7 @@ import numpy as np
 
 from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
 from ..errors import ConfigError, DataError, DataNotFoundError
-from ..images import libero_image_transform, resize_images
+from .images import libero_image_transform, resize_images
 from .writer import DatasetWriter
 
 __all__ = [
@@ -356,9 +356,7 @@ def convert_libero(
     out_dir = Path(out_dir)
     # remove our partial output on failure, but never a folder that held something else
     cleanup = overwrite or not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir()))
-    writer = DatasetWriter(
-        out_dir, FPS, features_for(out_size), robot_type="panda", overwrite=overwrite
-    )
+    writer = DatasetWriter(out_dir, FPS, features_for(out_size), robot_type="panda", overwrite=overwrite)
     bar = tqdm(total=total, desc="LIBERO -> LeRobot", unit="demo", disable=not progress)
     with bar, writer.removed_on_error(cleanup):
         for path, demo, instruction, frames in _iter_demos(plan, size):

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError, ModePolicyError
 from ..fileio import atomic_write_json, check_writable, file_lock, replacing
-from ..images import resize_images
+from .images import resize_images
 from .reader import DatasetReader
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ CACHE_FORMAT = 1
 FRAMES_FILE = "frames.u8"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
-RESIZE = "bilinear-antialias"  # how frames are brought to the cache's size (mode_policy.images.resize_images)
+RESIZE = "bilinear-antialias"  # how frames are brought to the cache's size (mode_policy.data.images.resize_images)
 _SAVE_PROGRESS_S = 5.0  # a killed build loses at most this much decoding
 _FINGERPRINTED = ("meta", "data", "videos", "images")
 
@@ -123,8 +123,15 @@ class CacheEntry:
 
     def identity(self) -> dict:
         """What a manifest or a build's progress must match for the frames to be these."""
-        return {"format": CACHE_FORMAT, "camera": self.camera, "fingerprint": self.fingerprint,
-                "num_frames": self.num_frames, "height": self.height, "width": self.width, "resize": RESIZE}
+        return {
+            "format": CACHE_FORMAT,
+            "camera": self.camera,
+            "fingerprint": self.fingerprint,
+            "num_frames": self.num_frames,
+            "height": self.height,
+            "width": self.width,
+            "resize": RESIZE,
+        }
 
 
 def cache_entry(ds: DatasetReader, key: str, size: tuple[int, int] | None, cache_dir: str | Path) -> CacheEntry:
@@ -135,8 +142,15 @@ def cache_entry(ds: DatasetReader, key: str, size: tuple[int, int] | None, cache
     height, width = size or shape[:2]
     root = Path(ds.root).resolve()
     ds_dir = Path(cache_dir) / f"{_safe_name(root.name)}-{hashlib.sha256(str(root).encode()).hexdigest()[:10]}"
-    return CacheEntry(root, key, ds.num_frames, int(height), int(width), dataset_fingerprint(root),
-                      ds_dir / f"{_safe_name(key)}-{height}x{width}")
+    return CacheEntry(
+        root,
+        key,
+        ds.num_frames,
+        int(height),
+        int(width),
+        dataset_fingerprint(root),
+        ds_dir / f"{_safe_name(key)}-{height}x{width}",
+    )
 
 
 def _read_json(path: Path) -> dict | None:
@@ -172,7 +186,10 @@ def cache_problem(entry: CacheEntry) -> tuple[str, str] | None:
 
 
 def cached_camera(
-    ds: DatasetReader, key: str, size: tuple[int, int] | None, cache_dir: str | Path,
+    ds: DatasetReader,
+    key: str,
+    size: tuple[int, int] | None,
+    cache_dir: str | Path,
     advance: Callable[[int], None] = lambda n: None,
 ) -> CacheEntry:
     """The finished cache of camera ``key`` (decoding and writing it first if missing, stale or
@@ -189,8 +206,10 @@ def cached_camera(
         reason = f"{err.strerror} ({err.filename})" if isinstance(err, OSError) else str(err)
         if problem[0] == "corrupt":
             raise DataError(f"{problem[1]}, and it cannot be rebuilt: {reason}") from None
-        raise ConfigError(f"cannot cache camera {key!r} of {ds.root} in frame cache folder {Path(cache_dir)}: "
-                          f"{reason}; choose another frame_cache_dir") from None
+        raise ConfigError(
+            f"cannot cache camera {key!r} of {ds.root} in frame cache folder {Path(cache_dir)}: "
+            f"{reason}; choose another frame_cache_dir"
+        ) from None
     with file_lock(entry.lock):
         problem = cache_problem(entry)  # another process may have built it while we waited
         if problem is None:
@@ -204,9 +223,11 @@ def cached_camera(
             raise
         except OSError as err:
             shutil.rmtree(entry.build, ignore_errors=True)
-            raise ConfigError(f"cannot write the frame cache in {entry.folder.parent}: "
-                              f"{err.strerror or err} ({err.filename or entry.build}); the dataset and any older "
-                              "cache are unchanged: free space or choose another frame_cache_dir") from None
+            raise ConfigError(
+                f"cannot write the frame cache in {entry.folder.parent}: "
+                f"{err.strerror or err} ({err.filename or entry.build}); the dataset and any older "
+                "cache are unchanged: free space or choose another frame_cache_dir"
+            ) from None
     return entry
 
 
@@ -214,8 +235,13 @@ def _resumable(entry: CacheEntry) -> int:
     """Episodes already written by an interrupted build of the same frames (0: start afresh)."""
     progress = _read_json(entry.build / PROGRESS_FILE)
     frames = entry.build / FRAMES_FILE
-    if (progress is not None and progress.get("identity") == entry.identity() and frames.is_file()
-            and frames.stat().st_size == entry.total_bytes and isinstance(progress.get("episodes_done"), int)):
+    if (
+        progress is not None
+        and progress.get("identity") == entry.identity()
+        and frames.is_file()
+        and frames.stat().st_size == entry.total_bytes
+        and isinstance(progress.get("episodes_done"), int)
+    ):
         return progress["episodes_done"]
     shutil.rmtree(entry.build, ignore_errors=True)
     return 0
@@ -227,8 +253,10 @@ def _check_space(entry: CacheEntry, folder: Path) -> None:
         have = (entry.build / FRAMES_FILE).stat().st_blocks * 512  # what the interrupted build already holds
     need, free = entry.total_bytes - have, shutil.disk_usage(folder).free
     if need > free:
-        raise ConfigError(f"frame cache folder {folder}: caching camera {entry.camera!r} needs {need / 2**20:.0f} MB, "
-                          f"only {free / 2**20:.0f} MB free; free space or choose another frame_cache_dir")
+        raise ConfigError(
+            f"frame cache folder {folder}: caching camera {entry.camera!r} needs {need / 2**20:.0f} MB, "
+            f"only {free / 2**20:.0f} MB free; free space or choose another frame_cache_dir"
+        )
 
 
 def _build(ds: DatasetReader, entry: CacheEntry, advance: Callable[[int], None]) -> None:
@@ -247,8 +275,10 @@ def _build(ds: DatasetReader, entry: CacheEntry, advance: Callable[[int], None])
             lo, hi = bounds[i]
             frames = episode_frames(ds, entry.camera, i, size)  # (T, h, w, 3)
             if not 0 <= lo <= hi <= entry.num_frames:
-                raise DataError(f"dataset {ds.root}: episode {int(ds.episode_indices[i])} spans frames {lo}..{hi}, "
-                                f"outside the dataset's {entry.num_frames}")
+                raise DataError(
+                    f"dataset {ds.root}: episode {int(ds.episode_indices[i])} spans frames {lo}..{hi}, "
+                    f"outside the dataset's {entry.num_frames}"
+                )
             if os.pwrite(f.fileno(), memoryview(frames).cast("B"), lo * entry.frame_bytes) != frames.nbytes:
                 raise OSError(errno.ENOSPC, "short write", str(entry.build / FRAMES_FILE))
             advance(hi - lo)
@@ -307,8 +337,10 @@ class DiskFrames:
         for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, flat.size].tolist()):
             want = (hi - lo) * self._frame_bytes
             if os.preadv(fd, [out[lo:hi]], int(flat[lo]) * self._frame_bytes) != want:
-                raise DataError(f"frame cache file {self.path} is shorter than its manifest says (truncated "
-                                "while in use?); delete its folder to rebuild it")
+                raise DataError(
+                    f"frame cache file {self.path} is shorter than its manifest says (truncated "
+                    "while in use?); delete its folder to rebuild it"
+                )
         return torch.from_numpy(out).view(*idx.shape, *self.shape[1:])
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
 from ..errors import ConfigError, DataError, DataNotFoundError
-from ..normalize import DATASET_KEY, DATASET_NAME
+from ..model.normalize import DATASET_KEY, DATASET_NAME
 from .windows import EpisodeData, WindowSampler, dataset_cameras
 
 MIXTURE_KEYS = ("datasets",)
@@ -73,7 +74,7 @@ class Mixture:
     from_file: bool
 
     @classmethod
-    def single(cls, dataset: str | Path) -> "Mixture":
+    def single(cls, dataset: str | Path) -> Mixture:
         """The one-member mixture of a plain ``--dataset`` run."""
         path = Path(dataset)
         if not path.exists():
@@ -91,9 +92,11 @@ class Mixture:
         for member in self.members:
             for key, shape in member.policy_cameras().items():
                 if out.setdefault(key, shape) != shape:
-                    raise DataError(f"{self.source}: camera {key} is {_size(out[key])} in one dataset and "
-                                    f"{_size(shape)} in {member.name!r}; convert them to one size "
-                                    "(e.g. `mode-policy convert libero ... --image_size N`)")
+                    raise DataError(
+                        f"{self.source}: camera {key} is {_size(out[key])} in one dataset and "
+                        f"{_size(shape)} in {member.name!r}; convert them to one size "
+                        "(e.g. `mode-policy convert libero ... --image_size N`)"
+                    )
         return out
 
 
@@ -115,8 +118,9 @@ def read_mixture(path: str | Path) -> Mixture:
         raise ConfigError(f"mixture file {path}: expected a mapping with a 'datasets' list")
     unknown = sorted(set(raw) - set(MIXTURE_KEYS))
     if unknown:
-        raise ConfigError(f"mixture file {path}: unknown key(s) {', '.join(map(str, unknown))} "
-                          f"(known: {', '.join(MIXTURE_KEYS)})")
+        raise ConfigError(
+            f"mixture file {path}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(MIXTURE_KEYS)})"
+        )
     entries = raw.get("datasets")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"mixture file {path}: 'datasets' must be a non-empty list of datasets")
@@ -124,8 +128,9 @@ def read_mixture(path: str | Path) -> Mixture:
     names = [m.name for m in members]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ConfigError(f"mixture file {path}: dataset name(s) {', '.join(twice)} used twice "
-                          "(give each dataset its own 'name')")
+        raise ConfigError(
+            f"mixture file {path}: dataset name(s) {', '.join(twice)} used twice (give each dataset its own 'name')"
+        )
     if not any(m.weight > 0 for m in members):
         raise ConfigError(f"mixture file {path}: every weight is 0; at least one dataset needs a weight > 0")
     return Mixture(tuple(members), str(path), from_file=True)
@@ -149,8 +154,7 @@ def _member(entry: Any, i: int, path: Path) -> MixtureMember:
         raise ConfigError(f"{where}: weight {weight!r} must be a finite number >= 0")
     name = entry.get("name", root.resolve().name)
     if not isinstance(name, str) or not DATASET_NAME.match(name):
-        raise ConfigError(f"{where}: dataset name {name!r} must be letters, digits, '_' or '-' "
-                          "(set 'name' explicitly)")
+        raise ConfigError(f"{where}: dataset name {name!r} must be letters, digits, '_' or '-' (set 'name' explicitly)")
     cameras = entry.get("cameras") or {}
     if not isinstance(cameras, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in cameras.items()):
         raise ConfigError(f"{where}: 'cameras' must map dataset camera keys to policy camera keys")
@@ -163,14 +167,15 @@ def _member(entry: Any, i: int, path: Path) -> MixtureMember:
     have = dataset_cameras(root)
     missing = [k for k in cameras if k not in have]
     if missing:
-        raise DataError(f"{where}: dataset {root} has no camera(s) {missing} (its cameras: "
-                        f"{', '.join(have) or 'none'})")
+        raise DataError(
+            f"{where}: dataset {root} has no camera(s) {missing} (its cameras: {', '.join(have) or 'none'})"
+        )
     return MixtureMember(name, root, float(weight), dict(cameras))
 
 
 # ------------------------------------------------------------------- loaded data
 Loader = Callable[[Path, list[str]], EpisodeData]
-"""Loads one dataset with the given (dataset) camera keys: :func:`mode_policy.train` routes it."""
+"""Loads one dataset with the given (dataset) camera keys: :func:`mode_policy.training.loop` routes it."""
 
 
 @dataclass
@@ -182,7 +187,7 @@ class MixtureData:
     image_keys: list[str]
 
     @classmethod
-    def load(cls, mixture: Mixture, image_keys: Sequence[str], load: Loader) -> "MixtureData":
+    def load(cls, mixture: Mixture, image_keys: Sequence[str], load: Loader) -> MixtureData:
         """Load every member with the dataset cameras behind the policy cameras ``image_keys``;
         DataError naming the source and the dataset when a member cannot provide one."""
         members = []
@@ -191,9 +196,11 @@ class MixtureData:
             lacking = [k for k in image_keys if k not in cameras]
             if lacking:
                 where = f"{mixture.source}: dataset {member.name!r}" if mixture.from_file else f"dataset {member.path}"
-                raise DataError(f"{where} has no camera for policy camera(s) {lacking} (it gives: "
-                                f"{', '.join(cameras) or 'no cameras'}); map one of its cameras with 'cameras:' in "
-                                "a mixture file, or leave those cameras out (policy.image_keys=[...])")
+                raise DataError(
+                    f"{where} has no camera for policy camera(s) {lacking} (it gives: "
+                    f"{', '.join(cameras) or 'no cameras'}); map one of its cameras with 'cameras:' in "
+                    "a mixture file, or leave those cameras out (policy.image_keys=[...])"
+                )
             data = load(member.path, [member.source_camera(k) for k in image_keys])
             data.images = {k: data.images[member.source_camera(k)] for k in image_keys}
             members.append(data)
@@ -262,8 +269,9 @@ class WeightSchedule:
 
     def load_state_dict(self, state: dict[str, list[int]]) -> None:
         if len(state["counts"]) != len(self.counts):
-            raise ConfigError(f"the checkpoint's sampler has {len(state['counts'])} datasets, "
-                              f"this mixture {len(self.counts)}")
+            raise ConfigError(
+                f"the checkpoint's sampler has {len(state['counts'])} datasets, this mixture {len(self.counts)}"
+            )
         self.counts = [int(c) for c in state["counts"]]
 
 
@@ -277,8 +285,14 @@ class MixtureSampler:
     ``goal_table`` (num_tasks, goal_dim) is indexed by :attr:`MixtureData.tasks`.
     """
 
-    def __init__(self, data: MixtureData, n_obs_steps: int, horizon: int, goal_table: Tensor | None = None,
-                 tag_rows: bool = False) -> None:
+    def __init__(
+        self,
+        data: MixtureData,
+        n_obs_steps: int,
+        horizon: int,
+        goal_table: Tensor | None = None,
+        tag_rows: bool = False,
+    ) -> None:
         self.data, self.tag_rows = data, tag_rows
         union = {t: i for i, t in enumerate(data.tasks)}
         self.samplers = []

@@ -8,8 +8,8 @@ windows are built from its columns by :mod:`mode_policy.data.windows`.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa

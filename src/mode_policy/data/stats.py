@@ -24,8 +24,9 @@ so that LeRobot can append episodes to our datasets and read them back:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -8,9 +8,9 @@ The codec is libx264 when the av build has it, else mpeg4.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import av
 import numpy as np

@@ -159,8 +159,10 @@ def _episode_instructions(ds: DatasetReader, bounds: np.ndarray, root: str | Pat
                 tasks[i] = ds.tasks[index]
         missing = [i for i, t in enumerate(tasks) if not t.strip()]
     if missing:
-        raise DataError(f"dataset {root}: episode(s) {missing[:8]} have no task instruction (neither in the "
-                        "episode metadata nor through task_index); MoDE is conditioned on it")
+        raise DataError(
+            f"dataset {root}: episode(s) {missing[:8]} have no task instruction (neither in the "
+            "episode metadata nor through task_index); MoDE is conditioned on it"
+        )
     return tasks
 
 
@@ -177,12 +179,16 @@ def _check_cameras(ds: DatasetReader, keys: list[str], cameras: dict[str, tuple[
 def _progress_bar(total: int, progress: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="decoding camera frames", unit="frame", unit_scale=True,
-                disable=not progress, delay=2.0)
+    return tqdm(
+        total=total, desc="decoding camera frames", unit="frame", unit_scale=True, disable=not progress, delay=2.0
+    )
 
 
 def _decode_cameras(
-    ds: DatasetReader, keys: list[str], cameras: dict[str, tuple[int, ...]], size: tuple[int, int] | None,
+    ds: DatasetReader,
+    keys: list[str],
+    cameras: dict[str, tuple[int, ...]],
+    size: tuple[int, int] | None,
     progress: bool,
 ) -> dict[str, Tensor]:
     """Decode every episode of each camera in ``keys`` into one (N, h, w, 3) uint8 tensor."""
@@ -205,8 +211,13 @@ def _decode_cameras(
 
 
 def _cached_cameras(
-    ds: DatasetReader, keys: list[str], cameras: dict[str, tuple[int, ...]], size: tuple[int, int] | None,
-    cache_dir: Path, budget_bytes: float, progress: bool,
+    ds: DatasetReader,
+    keys: list[str],
+    cameras: dict[str, tuple[int, ...]],
+    size: tuple[int, int] | None,
+    cache_dir: Path,
+    budget_bytes: float,
+    progress: bool,
 ) -> dict[str, Frames]:
     """Each camera in ``keys`` from the frame cache (built first where needed): read whole into
     memory while the cameras so far fit in ``budget_bytes``, else left on disk."""
@@ -245,9 +256,7 @@ class WindowSampler:
     carries ``task`` strings instead.
     """
 
-    def __init__(
-        self, data: EpisodeData, n_obs_steps: int, horizon: int, goal_table: Tensor | None = None
-    ) -> None:
+    def __init__(self, data: EpisodeData, n_obs_steps: int, horizon: int, goal_table: Tensor | None = None) -> None:
         self.data = data
         self.goal_table = goal_table
         self.obs_offsets = torch.arange(-n_obs_steps + 1, 1)  # (n_obs,)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import av
 import numpy as np
@@ -152,15 +153,12 @@ class DatasetWriter:
             raise DataError(f"{self.root}: exists and is not a folder")
         if self.root.is_dir() and any(self.root.iterdir()):
             if not overwrite:
-                raise DataError(
-                    f"{self.root}: folder exists and is not empty; pass overwrite=True to replace it"
-                )
+                raise DataError(f"{self.root}: folder exists and is not empty; pass overwrite=True to replace it")
             known = {"meta", "data", "videos", "images", "README.md", ".gitattributes", ".cache"}
             foreign = sorted(p.name for p in self.root.iterdir() if p.name not in known)
             if foreign:
                 raise DataError(
-                    f"{self.root}: does not look like a LeRobotDataset (contains {foreign[:5]}); "
-                    "refusing to delete it"
+                    f"{self.root}: does not look like a LeRobotDataset (contains {foreign[:5]}); refusing to delete it"
                 )
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -331,7 +329,7 @@ class DatasetWriter:
         self._closed = True
 
     @contextmanager
-    def removed_on_error(self, remove: bool = True) -> Iterator["DatasetWriter"]:
+    def removed_on_error(self, remove: bool = True) -> Iterator[DatasetWriter]:
         """On any exception inside the block, close the writer and (if ``remove``)
         delete the unfinished dataset folder, then re-raise. For converters whose
         output folder held nothing of the user's."""
@@ -383,7 +381,7 @@ class DatasetWriter:
         self._finalized = True
         return self.root
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

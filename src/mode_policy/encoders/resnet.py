@@ -23,6 +23,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 class WeightsNotFoundError(CheckpointError, FileNotFoundError):
     """A pretrained weights file (or model folder) named in the config does not exist."""
 
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -210,12 +211,14 @@ class FiLMResNet(nn.Module):
         ]
         if missing or unexpected or mismatched:
             lines = [
-                f"cannot load ResNet weights from {source} into "
-                f"FiLMResNet(depth={self.depth}, width={self.width}):",
+                f"cannot load ResNet weights from {source} into FiLMResNet(depth={self.depth}, width={self.width}):",
                 f"  file looks like: {_guess_layout(state)}",
             ]
-            for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches", mismatched)):
+            for title, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            ):
                 if items:
                     lines.append(f"  {title} ({len(items)}):")
                     lines += [f"    {item}" for item in items[:8]]
@@ -259,7 +262,7 @@ def _clean_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 stripped = True
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 

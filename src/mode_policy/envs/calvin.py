@@ -31,14 +31,25 @@ import numpy as np
 import torch
 
 from ..constants import ENV_STATE_KEY, IMAGES_PREFIX, STATE_KEY, TASK_KEY
+from ..data.images import resize_images
 from ..errors import ConfigError
-from ..images import resize_images
 
 __all__ = [
-    "CALVIN_TASKS", "CAMERAS", "CHAIN_LENGTH", "NUM_SEQUENCES", "TASK_CATEGORIES", "TASK_ORACLE_SPEC",
-    "VAL_INSTRUCTIONS", "calvin_observation", "check_task_subset", "fnv1_32", "get_env_state_for_initial_condition",
+    "CALVIN_TASKS",
+    "CAMERAS",
+    "CHAIN_LENGTH",
+    "NUM_SEQUENCES",
+    "TASK_CATEGORIES",
+    "TASK_ORACLE_SPEC",
+    "VAL_INSTRUCTIONS",
+    "calvin_observation",
+    "check_task_subset",
+    "fnv1_32",
+    "get_env_state_for_initial_condition",
     "get_sequences",
-    "initial_conditions", "to_env_action", "valid_chain",
+    "initial_conditions",
+    "to_env_action",
+    "valid_chain",
 ]
 
 NUM_SEQUENCES = 1000
@@ -82,13 +93,17 @@ def _task_rules() -> dict[str, list[Rule]]:
     ]
     pairs = [(top, bottom) for top in _BLOCKS for bottom in _BLOCKS if top != bottom]
     rules["stack_block"] = [
-        ({f"{t}_block": "grasped", f"{u}_block": "table", "grasped": 1},
-         {f"{t}_block": "stacked_top", f"{u}_block": "stacked_bottom", "grasped": 0})
+        (
+            {f"{t}_block": "grasped", f"{u}_block": "table", "grasped": 1},
+            {f"{t}_block": "stacked_top", f"{u}_block": "stacked_bottom", "grasped": 0},
+        )
         for t, u in pairs
     ]
     rules["unstack_block"] = [
-        ({f"{t}_block": "stacked_top", f"{u}_block": "stacked_bottom", "grasped": 0},
-         {f"{t}_block": "table", f"{u}_block": "table"})
+        (
+            {f"{t}_block": "stacked_top", f"{u}_block": "stacked_bottom", "grasped": 0},
+            {f"{t}_block": "table", f"{u}_block": "table"},
+        )
         for t, u in pairs
     ]
     rules["turn_on_lightbulb"] = [({"lightbulb": 0, "grasped": 0}, {"lightbulb": 1})]
@@ -96,8 +111,15 @@ def _task_rules() -> dict[str, list[Rule]]:
     rules["turn_on_led"] = [({"led": 0, "grasped": 0}, {"led": 1})]
     rules["turn_off_led"] = [({"led": 1, "grasped": 0}, {"led": 0})]
     rules["push_into_drawer"] = [
-        ({f"{b}_block": "table", **{f"{o}_block": _SLIDER_SPOTS for o in _BLOCKS if o != b}, "drawer": "open",
-          "grasped": 0}, {f"{b}_block": "drawer", "grasped": 0})
+        (
+            {
+                f"{b}_block": "table",
+                **{f"{o}_block": _SLIDER_SPOTS for o in _BLOCKS if o != b},
+                "drawer": "open",
+                "grasped": 0,
+            },
+            {f"{b}_block": "drawer", "grasped": 0},
+        )
         for b in _BLOCKS
     ]
     return rules
@@ -110,13 +132,22 @@ CALVIN_TASKS: list[str] = list(TASK_RULES)
 #: Tasks of one category never appear twice in a chain.
 TASK_CATEGORIES: dict[str, int] = {
     **{f"{v}_{b}_block_{s}": 1 for v in ("rotate", "push") for b in _BLOCKS for s in ("right", "left")},
-    "move_slider_left": 2, "move_slider_right": 2, "open_drawer": 3, "close_drawer": 3,
+    "move_slider_left": 2,
+    "move_slider_right": 2,
+    "open_drawer": 3,
+    "close_drawer": 3,
     **{f"lift_{b}_block_table": 4 for b in _BLOCKS},
     **{f"lift_{b}_block_slider": 5 for b in _BLOCKS},
     **{f"lift_{b}_block_drawer": 6 for b in _BLOCKS},
-    "place_in_slider": 7, "place_in_drawer": 7,
-    "turn_on_lightbulb": 8, "turn_off_lightbulb": 8, "turn_on_led": 8, "turn_off_led": 8,
-    "push_into_drawer": 9, "stack_block": 10, "unstack_block": 11,
+    "place_in_slider": 7,
+    "place_in_drawer": 7,
+    "turn_on_lightbulb": 8,
+    "turn_off_lightbulb": 8,
+    "turn_on_led": 8,
+    "turn_off_led": 8,
+    "push_into_drawer": 9,
+    "stack_block": 10,
+    "unstack_block": 11,
 }
 
 #: Symbolic initial scenes: every combination, keys in this order (it matters for seeding).
@@ -185,8 +216,9 @@ def _scene_chains(scene: Mapping[str, Any], index: int, count: int, tasks: Seque
     return chains
 
 
-def _has_chain(state: Mapping[str, Any], tasks: Sequence[str], used: frozenset[int] = frozenset(),
-               length: int = CHAIN_LENGTH) -> bool:
+def _has_chain(
+    state: Mapping[str, Any], tasks: Sequence[str], used: frozenset[int] = frozenset(), length: int = CHAIN_LENGTH
+) -> bool:
     """Whether a valid chain of ``length`` of ``tasks`` (no category of ``used``) starts at ``state``."""
     if length == 0:
         return True
@@ -209,14 +241,17 @@ def check_task_subset(tasks: Sequence[str] | None) -> tuple[str, ...]:
         raise ConfigError(f"unknown CALVIN task(s) {unknown}; known: {', '.join(CALVIN_TASKS)}")
     subset = tuple(t for t in CALVIN_TASKS if t in set(tasks))
     if len({TASK_CATEGORIES[t] for t in subset}) < CHAIN_LENGTH:
-        raise ConfigError(f"the tasks {list(subset)} span fewer than {CHAIN_LENGTH} task categories, and a chain "
-                          f"never repeats a category: no chain of {CHAIN_LENGTH} can be built from them")
+        raise ConfigError(
+            f"the tasks {list(subset)} span fewer than {CHAIN_LENGTH} task categories, and a chain "
+            f"never repeats a category: no chain of {CHAIN_LENGTH} can be built from them"
+        )
     return subset
 
 
 @lru_cache(maxsize=8)
-def _sequences(num_sequences: int,
-               tasks: tuple[str, ...]) -> tuple[tuple[tuple[tuple[str, Any], ...], tuple[str, ...]], ...]:
+def _sequences(
+    num_sequences: int, tasks: tuple[str, ...]
+) -> tuple[tuple[tuple[tuple[str, Any], ...], tuple[str, ...]], ...]:
     indexed = list(enumerate(initial_conditions()))
     if tasks != tuple(CALVIN_TASKS):
         indexed = [(i, scene) for i, scene in indexed if _has_chain(scene, tasks)]
@@ -231,8 +266,9 @@ def _sequences(num_sequences: int,
     return tuple((tuple(scene.items()), chain) for scene, chain in chains)
 
 
-def get_sequences(num_sequences: int = NUM_SEQUENCES,
-                  tasks: Sequence[str] | None = None) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+def get_sequences(
+    num_sequences: int = NUM_SEQUENCES, tasks: Sequence[str] | None = None
+) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
     """The CALVIN evaluation chains: ``[(initial_condition, (task_1, ..., task_5)), ...]``.
 
     Same list, in the same order, as the official ``get_sequences(num_sequences)``: chains
@@ -256,10 +292,25 @@ def get_sequences(num_sequences: int = NUM_SEQUENCES,
 # Initial condition -> simulator state
 # --------------------------------------------------------------------------------------
 
-_ROBOT_OBS = np.array([
-    0.02586889, -0.2313129, 0.5712808, 3.09045411, -0.02908596, 1.50013585, 0.07999963,
-    -1.21779124, 1.03987629, 2.11978254, -2.34205014, -0.87015899, 1.64119093, 0.55344928, 1.0,
-])
+_ROBOT_OBS = np.array(
+    [
+        0.02586889,
+        -0.2313129,
+        0.5712808,
+        3.09045411,
+        -0.02908596,
+        1.50013585,
+        0.07999963,
+        -1.21779124,
+        1.03987629,
+        2.11978254,
+        -2.34205014,
+        -0.87015899,
+        1.64119093,
+        0.55344928,
+        1.0,
+    ]
+)
 _SLIDER_LEFT = np.array([-2.40851662e-01, 9.24044687e-02, 4.60990009e-01])
 _SLIDER_RIGHT = np.array([7.03416330e-02, 9.24044687e-02, 4.60990009e-01])
 _TABLE_SPOTS = (
@@ -316,17 +367,29 @@ def get_env_state_for_initial_condition(condition: Mapping[str, Any]) -> tuple[n
 
 #: Arguments of ``calvin_env.envs.tasks.Tasks`` (``conf/callbacks/rollout/tasks/new_playtable_tasks.yaml``).
 TASK_ORACLE_SPEC: dict[str, list[Any]] = {
-    **{f"rotate_{b}_block_{s}": ["rotate_object", f"block_{b}", deg] for b in _BLOCKS
-       for s, deg in (("right", -60), ("left", 60))},
-    **{f"push_{b}_block_{s}": ["push_object", f"block_{b}", dx, 0] for b in _BLOCKS
-       for s, dx in (("right", 0.1), ("left", -0.1))},
+    **{
+        f"rotate_{b}_block_{s}": ["rotate_object", f"block_{b}", deg]
+        for b in _BLOCKS
+        for s, deg in (("right", -60), ("left", 60))
+    },
+    **{
+        f"push_{b}_block_{s}": ["push_object", f"block_{b}", dx, 0]
+        for b in _BLOCKS
+        for s, dx in (("right", 0.1), ("left", -0.1))
+    },
     "move_slider_left": ["move_door_rel", "base__slide", 0.15],
     "move_slider_right": ["move_door_rel", "base__slide", -0.15],
     "open_drawer": ["move_door_rel", "base__drawer", 0.12],
     "close_drawer": ["move_door_rel", "base__drawer", -0.12],
-    **{f"lift_{b}_block_{where}": ["lift_object", f"block_{b}", dz, "table", link] for b in _BLOCKS
-       for where, dz, link in (("table", 0.05, "base_link"), ("slider", 0.03, "plank_link"),
-                               ("drawer", 0.05, "drawer_link"))},
+    **{
+        f"lift_{b}_block_{where}": ["lift_object", f"block_{b}", dz, "table", link]
+        for b in _BLOCKS
+        for where, dz, link in (
+            ("table", 0.05, "base_link"),
+            ("slider", 0.03, "plank_link"),
+            ("drawer", 0.05, "drawer_link"),
+        )
+    },
     "place_in_slider": ["place_object", "table", "plank_link"],
     "place_in_drawer": ["place_object", "table", "drawer_link"],
     "stack_block": ["stack_objects"],
@@ -335,16 +398,25 @@ TASK_ORACLE_SPEC: dict[str, list[Any]] = {
     "turn_off_lightbulb": ["toggle_light", "lightbulb", 1, 0],
     "turn_on_led": ["toggle_light", "led", 0, 1],
     "turn_off_led": ["toggle_light", "led", 1, 0],
-    "push_into_drawer": ["push_object_into", ["block_red", "block_blue", "block_pink"], "table", "base_link",
-                         "table", "drawer_link"],
+    "push_into_drawer": [
+        "push_object_into",
+        ["block_red", "block_blue", "block_pink"],
+        "table",
+        "base_link",
+        "table",
+        "drawer_link",
+    ],
 }
 
 #: The instruction given for each task in evaluation: the (only) validation annotation of
 #: ``calvin_models/conf/annotations/new_playtable_validation.yaml`` in ``mees/calvin``
 #: (commit fa03f01f), as the official evaluation gives it; verbatim, capital letters included.
 VAL_INSTRUCTIONS: dict[str, str] = {
-    **{f"rotate_{b}_block_{s}": f"take the {b} block and rotate it to the {s}" for b in _BLOCKS
-       for s in ("right", "left")},
+    **{
+        f"rotate_{b}_block_{s}": f"take the {b} block and rotate it to the {s}"
+        for b in _BLOCKS
+        for s in ("right", "left")
+    },
     **{f"push_{b}_block_{s}": f"go push the {b} block {s}" for b in _BLOCKS for s in ("right", "left")},
     "move_slider_left": "push the sliding door to the left side",
     "move_slider_right": "push the sliding door to the right side",

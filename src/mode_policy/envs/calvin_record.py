@@ -33,7 +33,12 @@ import numpy as np
 from ..errors import ConfigError
 from ..fileio import atomic_write_json, replacing
 from .calvin import (
-    CAMERAS, CHAIN_LENGTH, TASK_ORACLE_SPEC, get_env_state_for_initial_condition, initial_conditions, valid_chain,
+    CAMERAS,
+    CHAIN_LENGTH,
+    TASK_ORACLE_SPEC,
+    get_env_state_for_initial_condition,
+    initial_conditions,
+    valid_chain,
 )
 from .calvin_annotations import TRAIN_INSTRUCTIONS
 from .calvin_scripted import SCRIPTED_TASKS, CalvinExpert, check_tasks, run_subtask
@@ -45,8 +50,13 @@ EP_LEN = 360  # steps a subtask may take, as in the evaluation
 _TABLE_BLOCK_Z = 0.47  # a block whose centre is lower than this rests on the table (or the cabinet's floor)
 
 
-def sample_chain(condition: dict[str, Any], tasks: Sequence[str], rng: np.random.Generator,
-                 wanted: set[str] | None = None, tries: int = 20_000) -> tuple[str, ...] | None:
+def sample_chain(
+    condition: dict[str, Any],
+    tasks: Sequence[str],
+    rng: np.random.Generator,
+    wanted: set[str] | None = None,
+    tries: int = 20_000,
+) -> tuple[str, ...] | None:
     """A random valid chain of 5 of ``tasks`` from the symbolic scene ``condition`` (the
     evaluation's rules), containing a task of ``wanted`` when given; None if none was found."""
     pool = list(tasks)
@@ -64,7 +74,7 @@ def jittered_scene(condition: dict[str, Any], rng: np.random.Generator) -> tuple
     for k, color in enumerate(("red", "blue", "pink")):
         if condition[f"{color}_block"] == "table":
             base = 6 + 6 * k
-            scene_obs[base:base + 2] += rng.uniform(-0.01, 0.01, 2)
+            scene_obs[base : base + 2] += rng.uniform(-0.01, 0.01, 2)
             scene_obs[base + 5] += rng.uniform(-0.15, 0.15)
     return robot_obs, scene_obs
 
@@ -148,8 +158,9 @@ def record_scripted_demos(
         split = root / "training"
         (split / "lang_annotations").mkdir(parents=True)
         frames = _Frames(split, env, cameras)
-        bar = tqdm(total=episodes_per_task * len(tasks), desc="scripted CALVIN demos", unit="window",
-                   disable=not progress)
+        bar = tqdm(
+            total=episodes_per_task * len(tasks), desc="scripted CALVIN demos", unit="window", disable=not progress
+        )
         with bar:
             while chains_played < limit:
                 wanted = {t for t in tasks if successes[t] < episodes_per_task}
@@ -186,8 +197,14 @@ def record_scripted_demos(
         lang = {"info": {"indx": windows, "episodes": []}, "language": {"ann": anns, "task": names}}
         np.save(split / "lang_annotations" / "auto_lang_ann.npy", np.array(lang, dtype=object), allow_pickle=True)
         summary = {
-            "scene": "D", "seed": seed, "episodes_per_task": episodes_per_task, "tasks": tasks,
-            "cameras": cameras, "chains": chains_played, "frames": frames.next_index, "windows": len(windows),
+            "scene": "D",
+            "seed": seed,
+            "episodes_per_task": episodes_per_task,
+            "tasks": tasks,
+            "cameras": cameras,
+            "chains": chains_played,
+            "frames": frames.next_index,
+            "windows": len(windows),
             "per_task": {t: {"successes": successes[t], "attempts": attempts[t]} for t in tasks},
             "short": sorted(t for t in tasks if successes[t] < episodes_per_task),
         }

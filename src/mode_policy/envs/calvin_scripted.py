@@ -33,10 +33,16 @@ _COLORS = ("red", "blue", "pink")
 #: The subtasks the expert can do, in CALVIN's task order.
 SCRIPTED_TASKS: tuple[str, ...] = (
     *[f"{verb}_{c}_block_{side}" for verb in ("rotate", "push") for c in _COLORS for side in ("right", "left")],
-    "move_slider_left", "move_slider_right", "open_drawer", "close_drawer",
+    "move_slider_left",
+    "move_slider_right",
+    "open_drawer",
+    "close_drawer",
     *[f"lift_{c}_block_table" for c in _COLORS],
     "place_in_drawer",
-    "turn_on_lightbulb", "turn_off_lightbulb", "turn_on_led", "turn_off_led",
+    "turn_on_lightbulb",
+    "turn_off_lightbulb",
+    "turn_on_led",
+    "turn_off_led",
 )
 #: Block footprints (length along the block's x, width along its y) in scene D (URDF sizes x 0.8).
 BLOCK_SIZES: dict[str, tuple[float, float]] = {"red": (0.056, 0.04), "blue": (0.04, 0.04), "pink": (0.08, 0.04)}
@@ -194,8 +200,12 @@ class CalvinExpert:
         else:
             y = com[1] - 0.183 - _FINGER - 0.012  # in front of the handle
             end = com[1] - 0.183 + d - _FINGER + 0.004  # the handle's front when closed
-        return [*self._travel(x, y, CLOSED), Waypoint((x, y, 0.46), _YAW, CLOSED, 0.6),
-                Waypoint((x, y, z), _YAW, CLOSED, 0.4), Waypoint((x, end, z), _YAW, CLOSED, speed)]
+        return [
+            *self._travel(x, y, CLOSED),
+            Waypoint((x, y, 0.46), _YAW, CLOSED, 0.6),
+            Waypoint((x, y, z), _YAW, CLOSED, 0.4),
+            Waypoint((x, end, z), _YAW, CLOSED, speed),
+        ]
 
     def _slider(self, left: bool) -> list[Waypoint]:
         """Push the sliding door's handle sideways with the closed fingers."""
@@ -206,22 +216,31 @@ class CalvinExpert:
         goal = min(s + 0.2, 0.27) if left else max(s - 0.2, 0.01)
         x1 = (handle + s - goal) + side * 0.036
         y, z = 0.01 + self._noise(0.003)[1], 0.555 + self._noise(0.004)[2]
-        return [*self._travel(x0, -0.07, CLOSED), Waypoint((x0, -0.07, z), _YAW, CLOSED, 0.6),
-                Waypoint((x0, y, z), _YAW, CLOSED, 0.4), Waypoint((x1, y, z), _YAW, CLOSED, self._speed())]
+        return [
+            *self._travel(x0, -0.07, CLOSED),
+            Waypoint((x0, -0.07, z), _YAW, CLOSED, 0.6),
+            Waypoint((x0, y, z), _YAW, CLOSED, 0.4),
+            Waypoint((x1, y, z), _YAW, CLOSED, self._speed()),
+        ]
 
     def _button(self) -> list[Waypoint]:
         """Press the LED button (each press toggles the LED) and come back up."""
         b = self._link("button_link") + self._noise(0.004) * np.array([1, 1, 0])
-        return [*self._travel(b[0], b[1], CLOSED), Waypoint((b[0], b[1], b[2] + 0.06), _YAW, CLOSED, 0.6),
-                Waypoint((b[0], b[1], b[2] - 0.035), _YAW, CLOSED, self._speed(0.25, 0.4)),
-                Waypoint((b[0], b[1], b[2] + 0.07), _YAW, CLOSED, 0.5)]
+        return [
+            *self._travel(b[0], b[1], CLOSED),
+            Waypoint((b[0], b[1], b[2] + 0.06), _YAW, CLOSED, 0.6),
+            Waypoint((b[0], b[1], b[2] - 0.035), _YAW, CLOSED, self._speed(0.25, 0.4)),
+            Waypoint((b[0], b[1], b[2] + 0.07), _YAW, CLOSED, 0.5),
+        ]
 
     def _switch_up(self) -> list[Waypoint]:
         """Push the light switch's bar back from the front; it slides up its slot (bulb on)."""
         c = self._link("switch_link") + self._noise(0.003) * np.array([3, 1, 1])
-        return [*self._travel(c[0], c[1] - 0.07, CLOSED),
-                Waypoint((c[0], c[1] - 0.07, c[2]), _YAW, CLOSED, 0.6),
-                Waypoint((c[0], c[1] + 0.045, c[2] + 0.012), _YAW, CLOSED, self._speed(0.3, 0.5))]
+        return [
+            *self._travel(c[0], c[1] - 0.07, CLOSED),
+            Waypoint((c[0], c[1] - 0.07, c[2]), _YAW, CLOSED, 0.6),
+            Waypoint((c[0], c[1] + 0.045, c[2] + 0.012), _YAW, CLOSED, self._speed(0.3, 0.5)),
+        ]
 
     def _switch_down(self) -> list[Waypoint]:
         """Press the light switch's bar down its slot from above (bulb off), at its end nearer
@@ -230,9 +249,11 @@ class CalvinExpert:
         c[0] -= 0.05
         bottom = c - self._scene()[3] * _SWITCH_AXIS  # the bar's place when the switch is down
         tilt = -0.3
-        return [Waypoint((c[0], c[1] - 0.07, c[2] + 0.045), _YAW, CLOSED, self._speed(0.5, 0.8), tilt=tilt),
-                Waypoint((c[0], c[1], c[2] + 0.04), _YAW, CLOSED, 0.4, tilt=tilt),
-                Waypoint((bottom[0], bottom[1] - 0.01, bottom[2]), _YAW, CLOSED, self._speed(0.3, 0.5), tilt=tilt)]
+        return [
+            Waypoint((c[0], c[1] - 0.07, c[2] + 0.045), _YAW, CLOSED, self._speed(0.5, 0.8), tilt=tilt),
+            Waypoint((c[0], c[1], c[2] + 0.04), _YAW, CLOSED, 0.4, tilt=tilt),
+            Waypoint((bottom[0], bottom[1] - 0.01, bottom[2]), _YAW, CLOSED, self._speed(0.3, 0.5), tilt=tilt),
+        ]
 
     def _block(self, color: str) -> tuple[np.ndarray, float]:
         """A block's position (3,) and the TCP yaw that closes the fingers across its width."""
@@ -245,9 +266,12 @@ class CalvinExpert:
         pos, yaw = self._block(color)
         pos = pos + self._noise(0.003) * np.array([1, 1, 0])
         z = pos[2] + 0.005 + self._noise(0.002)[2]
-        plan = [*self._travel(pos[0], pos[1], OPEN, yaw), Waypoint((pos[0], pos[1], pos[2] + 0.06), yaw, OPEN, 0.6),
-                Waypoint((pos[0], pos[1], z), yaw, OPEN, self._speed(0.25, 0.4)),
-                Waypoint((pos[0], pos[1], z), yaw, CLOSED, 0.5, hold=15)]
+        plan = [
+            *self._travel(pos[0], pos[1], OPEN, yaw),
+            Waypoint((pos[0], pos[1], pos[2] + 0.06), yaw, OPEN, 0.6),
+            Waypoint((pos[0], pos[1], z), yaw, OPEN, self._speed(0.25, 0.4)),
+            Waypoint((pos[0], pos[1], z), yaw, CLOSED, 0.5, hold=15),
+        ]
         return plan, np.array([pos[0], pos[1], z]), yaw
 
     def _lift(self, color: str) -> list[Waypoint]:
@@ -261,8 +285,11 @@ class CalvinExpert:
         turn = (1.0 if left else -1.0) * (1.5 + self._noise(0.05)[0])
         press = (at[0], at[1], at[2] - 0.006)  # a little down: the block must keep touching the table
         # and let go at the end, so that a block the turning hand raised off the table drops back
-        return [*plan, Waypoint(press, yaw + turn, CLOSED, self._speed(0.4, 0.6)),
-                Waypoint(press, yaw + turn, OPEN, 0.5, hold=6)]
+        return [
+            *plan,
+            Waypoint(press, yaw + turn, CLOSED, self._speed(0.4, 0.6)),
+            Waypoint(press, yaw + turn, OPEN, 0.5, hold=6),
+        ]
 
     def _push(self, color: str, left: bool) -> list[Waypoint]:
         """Slide the block 13 cm along x with the side of the closed fingers."""
@@ -274,8 +301,12 @@ class CalvinExpert:
         x0 = pos[0] + side * (half_x + _FINGER + 0.02)
         y, z = pos[1] + self._noise(0.004)[1], pos[2] + 0.01
         x1 = pos[0] - side * (0.13 - half_x - _FINGER)
-        return [*self._travel(x0, y, CLOSED), Waypoint((x0, y, z + 0.05), _YAW, CLOSED, 0.6),
-                Waypoint((x0, y, z), _YAW, CLOSED, 0.3), Waypoint((x1, y, z), _YAW, CLOSED, self._speed(0.3, 0.5))]
+        return [
+            *self._travel(x0, y, CLOSED),
+            Waypoint((x0, y, z + 0.05), _YAW, CLOSED, 0.6),
+            Waypoint((x0, y, z), _YAW, CLOSED, 0.3),
+            Waypoint((x1, y, z), _YAW, CLOSED, self._speed(0.3, 0.5)),
+        ]
 
     def _place_in_drawer(self) -> list[Waypoint]:
         """Carry the held block over the open part of the drawer, turned so its length lies
@@ -285,9 +316,13 @@ class CalvinExpert:
         yaw = float(self.env.robot.target_orn[2])
         yaw = yaw - np.pi / 2 if yaw > 0.5 else yaw + np.pi / 2
         x, y = com[0] + self._noise(0.02)[0], -0.176 - d / 2 + self._noise(0.004)[1]
-        return [*self._travel(x, y, CLOSED, yaw), Waypoint((x, y, 0.47), yaw, CLOSED, 0.5),
-                Waypoint((x, y, 0.435), yaw, CLOSED, 0.3), Waypoint((x, y, 0.435), yaw, OPEN, 0.5, hold=8),
-                Waypoint((x, y, 0.5), yaw, OPEN, 0.5)]
+        return [
+            *self._travel(x, y, CLOSED, yaw),
+            Waypoint((x, y, 0.47), yaw, CLOSED, 0.5),
+            Waypoint((x, y, 0.435), yaw, CLOSED, 0.3),
+            Waypoint((x, y, 0.435), yaw, OPEN, 0.5, hold=8),
+            Waypoint((x, y, 0.5), yaw, OPEN, 0.5),
+        ]
 
 
 def run_subtask(env, expert: CalvinExpert, oracle, task: str, max_steps: int, on_step=None) -> tuple[bool, int]:

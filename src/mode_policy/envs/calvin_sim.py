@@ -29,8 +29,15 @@ from ..errors import ConfigError, SimulatorError
 from .calvin import CAMERAS
 from .rendering import setup_headless_rendering
 
-__all__ = ["CALVIN_ENV_COMMIT", "INSTALL_HINT", "RENDERERS", "SCENES", "import_calvin_env", "make_calvin_env",
-           "dataset_config_path"]
+__all__ = [
+    "CALVIN_ENV_COMMIT",
+    "INSTALL_HINT",
+    "RENDERERS",
+    "SCENES",
+    "import_calvin_env",
+    "make_calvin_env",
+    "dataset_config_path",
+]
 
 CALVIN_ENV_COMMIT = "797142c588c21e76717268b7b430958dbd13bf48"
 """The ``mees/calvin_env`` commit this wrapper was checked against (its HEAD; the older commit
@@ -61,8 +68,10 @@ def import_calvin_env() -> SimpleNamespace:
         raise SimulatorError(f"cannot import calvin_env ({e}).\n{INSTALL_HINT}") from e
     conf_dir = Path(calvin_env.__file__).resolve().parents[1] / "conf"
     if not (conf_dir / "config_data_collection.yaml").is_file():
-        raise SimulatorError(f"calvin_env at {calvin_env.__file__} has no conf/ folder beside it: install it "
-                             f"editable from a checkout.\n{INSTALL_HINT}")
+        raise SimulatorError(
+            f"calvin_env at {calvin_env.__file__} has no conf/ folder beside it: install it "
+            f"editable from a checkout.\n{INSTALL_HINT}"
+        )
     return SimpleNamespace(Tasks=Tasks, conf_dir=conf_dir)
 
 
@@ -74,8 +83,10 @@ def dataset_config_path(dataset_path: str | Path) -> Path:
         config = folder / ".hydra" / "merged_config.yaml"
         if config.is_file():
             return config
-    raise ConfigError(f"{path} is not a CALVIN dataset: neither {path}/.hydra/merged_config.yaml nor "
-                      f"{path}/validation/.hydra/merged_config.yaml exists")
+    raise ConfigError(
+        f"{path} is not a CALVIN dataset: neither {path}/.hydra/merged_config.yaml nor "
+        f"{path}/validation/.hydra/merged_config.yaml exists"
+    )
 
 
 def _camera_names(image_keys: Sequence[str]) -> list[str]:
@@ -90,8 +101,12 @@ def _compose_default(conf_dir: Path, scene: str) -> Any:
     """calvin_env's data-collection config for ``scene``, as a CALVIN dataset records it."""
     from hydra import compose, initialize_config_dir
 
-    overrides = ["cameras=static_and_gripper", f"scene=calvin_scene_{scene}", "robot=panda_longer_finger",
-                 "use_vr=false"]
+    overrides = [
+        "cameras=static_and_gripper",
+        f"scene=calvin_scene_{scene}",
+        "robot=panda_longer_finger",
+        "use_vr=false",
+    ]
     with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
         return compose(config_name="config_data_collection", overrides=overrides)
 
@@ -131,5 +146,4 @@ def make_calvin_env(
         del config.cameras[name]
     use_egl = renderer == "egl" and bool(cameras)  # nothing to render: no renderer plugin
     with hydra.initialize_config_dir(config_dir=str(calvin.conf_dir), version_base=None):
-        return hydra.utils.instantiate(config.env, show_gui=False, use_vr=False, use_scene_info=True,
-                                       use_egl=use_egl)
+        return hydra.utils.instantiate(config.env, show_gui=False, use_vr=False, use_scene_info=True, use_egl=use_egl)

@@ -7,7 +7,7 @@ Observations use exactly the names, image orientation and state vector of
 ``[eef_pos, axis_angle(eef_quat), gripper_qpos]`` (LIBERO's HDF5 ``ee_pos, ee_ori,
 gripper_states``), ``observation.images.agentview`` / ``observation.images.wrist``
 (B, 3, H, W) float32 in [0, 1], rotated by 180 degrees like the converted datasets
-(:func:`~mode_policy.images.libero_image_transform`), and ``task``: the instruction, once
+(:func:`~mode_policy.data.images.libero_image_transform`), and ``task``: the instruction, once
 per env. Envs without cameras are built with no renderer at all: rendering dominates the
 cost (on one CPU core roughly 60-95 env steps/s without cameras, 4-6 with two 128 px
 cameras) and the memory (about 1 GB per rendering env, 0.3 GB without).
@@ -43,14 +43,29 @@ import numpy as np
 import torch
 
 from ..constants import IMAGES_PREFIX, STATE_KEY, TASK_KEY
+from ..data.images import libero_image_transform, resize_images
 from ..errors import SimulatorError
-from ..images import libero_image_transform, resize_images
 from .rendering import setup_headless_rendering
 
 __all__ = [
-    "ACTION_DIM", "CAMERAS", "DEFAULT_MAX_STEPS", "DUMMY_ACTION", "FPS", "INSTALL_HINT", "NUM_INIT_STATES",
-    "STATE_DIM", "SUITE_MAX_STEPS", "check_assets", "image_convention", "import_libero", "libero_observation",
-    "libero_state", "load_init_states", "make_libero_env", "prepare_libero_config", "quat2axisangle",
+    "ACTION_DIM",
+    "CAMERAS",
+    "DEFAULT_MAX_STEPS",
+    "DUMMY_ACTION",
+    "FPS",
+    "INSTALL_HINT",
+    "NUM_INIT_STATES",
+    "STATE_DIM",
+    "SUITE_MAX_STEPS",
+    "check_assets",
+    "image_convention",
+    "import_libero",
+    "libero_observation",
+    "libero_state",
+    "load_init_states",
+    "make_libero_env",
+    "prepare_libero_config",
+    "quat2axisangle",
 ]
 
 INSTALL_HINT = "pip install 'mode-policy[libero]'"
@@ -92,7 +107,9 @@ def _libero_root() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise SimulatorError(f"LIBERO is not installed: the `libero` package is missing. Install it with {INSTALL_HINT}")
+        raise SimulatorError(
+            f"LIBERO is not installed: the `libero` package is missing. Install it with {INSTALL_HINT}"
+        )
     for location in spec.submodule_search_locations:
         root = Path(location) / "libero"
         if (root / "__init__.py").is_file():
@@ -172,6 +189,7 @@ def import_libero() -> SimpleNamespace:
         with _no_stdin():
             from libero.libero import benchmark, get_libero_path
             from libero.libero.envs import OffScreenRenderEnv
+
             try:
                 from libero.libero.envs.env_wrapper import ControlEnv
             except ImportError:  # pragma: no cover - every known version has it
@@ -184,7 +202,10 @@ def import_libero() -> SimpleNamespace:
     except ImportError as e:
         raise SimulatorError(f"cannot import LIBERO ({e}). Install it with {INSTALL_HINT}") from e
     return SimpleNamespace(
-        benchmark=benchmark, get_libero_path=get_libero_path, OffScreenRenderEnv=OffScreenRenderEnv, ControlEnv=ControlEnv
+        benchmark=benchmark,
+        get_libero_path=get_libero_path,
+        OffScreenRenderEnv=OffScreenRenderEnv,
+        ControlEnv=ControlEnv,
     )
 
 
@@ -289,11 +310,17 @@ def make_libero_env(lib: SimpleNamespace, bddl: Path, cameras: Sequence[str], si
     renderer at all (a third of the memory, faster to create; same physics)."""
     if cameras or lib.ControlEnv is None:
         return lib.OffScreenRenderEnv(
-            bddl_file_name=str(bddl), camera_heights=size, camera_widths=size, use_camera_obs=bool(cameras),
-            camera_names=list(cameras) or ["agentview"], horizon=horizon,
+            bddl_file_name=str(bddl),
+            camera_heights=size,
+            camera_widths=size,
+            use_camera_obs=bool(cameras),
+            camera_names=list(cameras) or ["agentview"],
+            horizon=horizon,
         )
     return lib.ControlEnv(
-        bddl_file_name=str(bddl), use_camera_obs=False, has_renderer=False, has_offscreen_renderer=False,
+        bddl_file_name=str(bddl),
+        use_camera_obs=False,
+        has_renderer=False,
+        has_offscreen_renderer=False,
         horizon=horizon,
     )
-

@@ -33,10 +33,9 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 import metaworld  # noqa: F401  (registers envs; imports mujoco: set up rendering first, see .rendering)
 import mujoco
+import numpy as np
 from metaworld import env_dict as _mw_env_dict
 from metaworld.policies import ENV_POLICY_MAP as _ENV_POLICY_MAP
 from metaworld.sawyer_xyz_env import SawyerXYZEnv
@@ -44,10 +43,27 @@ from metaworld.sawyer_xyz_env import SawyerXYZEnv
 from ..errors import ConfigError
 
 __all__ = [
-    "ACTION_DIM", "ALL_TASKS", "CAMERAS", "DEMO_SEED_BASE", "EVAL_SEED_BASE", "EXPERT_POLICIES", "FPS",
-    "INSTRUCTIONS", "MAX_EPISODE_STEPS", "OBS_DIM", "SEED_SPAN", "TASK_SETS", "UPSIDE_DOWN_CAMERAS",
-    "MetaWorldBatch", "MetaWorldEnv", "ScriptedExpert", "demo_seed", "eval_seed", "initial_condition",
-    "resolve_tasks", "seed_split",
+    "ACTION_DIM",
+    "ALL_TASKS",
+    "CAMERAS",
+    "DEMO_SEED_BASE",
+    "EVAL_SEED_BASE",
+    "EXPERT_POLICIES",
+    "FPS",
+    "INSTRUCTIONS",
+    "MAX_EPISODE_STEPS",
+    "OBS_DIM",
+    "SEED_SPAN",
+    "TASK_SETS",
+    "UPSIDE_DOWN_CAMERAS",
+    "MetaWorldBatch",
+    "MetaWorldEnv",
+    "ScriptedExpert",
+    "demo_seed",
+    "eval_seed",
+    "initial_condition",
+    "resolve_tasks",
+    "seed_split",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -350,7 +366,7 @@ class MetaWorldEnv:
         for renderer in self._renderers.values():
             try:
                 renderer.close()
-            except Exception:  # pragma: no cover - best effort
+            except Exception:  # noqa: BLE001 - best effort: a renderer that fails to close is dropped anyway
                 pass
         self._renderers.clear()
 
@@ -358,7 +374,7 @@ class MetaWorldEnv:
         self.close_renderers()
         try:
             self.env.close()
-        except Exception:  # pragma: no cover
+        except Exception:  # noqa: BLE001 - best effort on shutdown
             pass
 
     def __repr__(self) -> str:
@@ -368,7 +384,7 @@ class MetaWorldEnv:
 # Close offscreen GL contexts before interpreter teardown: their finalizers otherwise
 # print EGL errors at exit. The handler is registered after the first GL context exists,
 # so that it runs before mujoco's own atexit ``eglTerminate`` (atexit is LIFO).
-_RENDERING_ENVS: "weakref.WeakSet[MetaWorldEnv]" = weakref.WeakSet()
+_RENDERING_ENVS: weakref.WeakSet[MetaWorldEnv] = weakref.WeakSet()
 _ATEXIT_REGISTERED = False
 
 
@@ -377,7 +393,7 @@ def _close_renderers() -> None:
         env.close_renderers()
 
 
-def _track_renderer(env: "MetaWorldEnv") -> None:
+def _track_renderer(env: MetaWorldEnv) -> None:
     global _ATEXIT_REGISTERED
     _RENDERING_ENVS.add(env)
     if not _ATEXIT_REGISTERED:

@@ -28,8 +28,17 @@ import numpy as np
 import torch
 
 from ..envs.calvin import (
-    CALVIN_TASKS, CAMERAS, CHAIN_LENGTH, NUM_SEQUENCES, TASK_ORACLE_SPEC, VAL_INSTRUCTIONS, calvin_observation,
-    check_task_subset, get_env_state_for_initial_condition, get_sequences, to_env_action,
+    CALVIN_TASKS,
+    CAMERAS,
+    CHAIN_LENGTH,
+    NUM_SEQUENCES,
+    TASK_ORACLE_SPEC,
+    VAL_INSTRUCTIONS,
+    calvin_observation,
+    check_task_subset,
+    get_env_state_for_initial_condition,
+    get_sequences,
+    to_env_action,
 )
 from ..envs.calvin_sim import import_calvin_env, make_calvin_env
 from ..errors import ConfigError
@@ -174,8 +183,10 @@ def evaluate_calvin(
     if scene_in_state is None:
         scene_in_state = state_dim == ROBOT_OBS_DIM + SCENE_OBS_DIM
     if state_dim not in (0, ROBOT_OBS_DIM + SCENE_OBS_DIM * scene_in_state):
-        raise ConfigError(f"the policy reads a state of {state_dim} values; CALVIN gives robot_obs "
-                          f"({ROBOT_OBS_DIM}), or robot_obs + scene_obs ({ROBOT_OBS_DIM + SCENE_OBS_DIM})")
+        raise ConfigError(
+            f"the policy reads a state of {state_dim} values; CALVIN gives robot_obs "
+            f"({ROBOT_OBS_DIM}), or robot_obs + scene_obs ({ROBOT_OBS_DIM + SCENE_OBS_DIM})"
+        )
     if sequences is None:
         sequences = get_sequences(num_sequences, tasks)
     elif len(sequences) != num_sequences:
@@ -204,8 +215,13 @@ def evaluate_calvin(
         torch.manual_seed(seed * 1_000_003 + todo[c])
 
     def chain_done(c: int, completed: int) -> None:
-        record = {"unit": todo[c], "completed": completed, "attempts": dict(attempts),
-                  "successes": dict(successes), "wall_s": dict(wall)}
+        record = {
+            "unit": todo[c],
+            "completed": completed,
+            "attempts": dict(attempts),
+            "successes": dict(successes),
+            "wall_s": dict(wall),
+        }
         records[todo[c]] = record
         if log is not None:
             log.append(log_writer, record)
@@ -231,8 +247,11 @@ def evaluate_calvin(
                 return True
         return False
 
-    with eval_mode(policy), torch.random.fork_rng(devices=[]), \
-            sampling_overrides(policy, num_inference_steps=num_inference_steps, sigma_min=sigma_min) as sampling:
+    with (
+        eval_mode(policy),
+        torch.random.fork_rng(devices=[]),
+        sampling_overrides(policy, num_inference_steps=num_inference_steps, sigma_min=sigma_min) as sampling,
+    ):
         if sequences:
             run_chains(sequences, reset, attempt, progress, chain_done)
     lengths = [records[i]["completed"] for i in ids]
@@ -242,7 +261,8 @@ def evaluate_calvin(
             counter.update(records[i][key])
     per_task = {
         t: TaskResult(total["successes"][t], total["attempts"][t], total["wall_s"][t], VAL_INSTRUCTIONS[t])
-        for t in CALVIN_TASKS if total["attempts"][t]
+        for t in CALVIN_TASKS
+        if total["attempts"][t]
     }
     counts = Counter(lengths)
     metrics = {
@@ -250,10 +270,19 @@ def evaluate_calvin(
         "chain_success": count_success(lengths),
         "chain_length_counts": [counts[n] for n in range(CHAIN_LENGTH + 1)],
     }
-    settings = {"num_sequences": num_sequences, "chain_ids": None if chain_ids is None else ids, "ep_len": ep_len,
-                "tasks": None if tasks is None else list(check_task_subset(tasks)), "scene_in_state": scene_in_state,
-                "image_keys": keys, "image_sizes": dict(image_sizes or {}), "include_scene_obs": include_scene_obs,
-                "sampling": sampling, "env": env_source, "chains_played_now": len(todo)}
+    settings = {
+        "num_sequences": num_sequences,
+        "chain_ids": None if chain_ids is None else ids,
+        "ep_len": ep_len,
+        "tasks": None if tasks is None else list(check_task_subset(tasks)),
+        "scene_in_state": scene_in_state,
+        "image_keys": keys,
+        "image_sizes": dict(image_sizes or {}),
+        "include_scene_obs": include_scene_obs,
+        "sampling": sampling,
+        "env": env_source,
+        "chains_played_now": len(todo),
+    }
     return EvalResult("calvin", per_task, time.perf_counter() - start_time, seed, settings=settings, metrics=metrics)
 
 

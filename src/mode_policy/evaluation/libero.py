@@ -32,13 +32,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.images import libero_image_transform
 from ..data.video import write_mp4
 from ..envs.libero import (
-    ACTION_DIM, CAMERAS, DEFAULT_MAX_STEPS, DUMMY_ACTION, FPS, SUITE_MAX_STEPS, check_assets, image_convention,
-    import_libero, libero_observation, load_init_states, make_libero_env,
+    ACTION_DIM,
+    CAMERAS,
+    DEFAULT_MAX_STEPS,
+    DUMMY_ACTION,
+    FPS,
+    SUITE_MAX_STEPS,
+    check_assets,
+    image_convention,
+    import_libero,
+    libero_observation,
+    load_init_states,
+    make_libero_env,
 )
 from ..errors import ConfigError
-from ..images import libero_image_transform
 from .protocol import Policy, eval_mode, policy_device
 from .result import EvalResult, TaskResult
 from .unit_log import UnitLog
@@ -76,8 +86,11 @@ def libero_waves(task_ids: Sequence[int], n_rollouts_per_task: int, n_envs: int)
     """The rollouts of each task in waves of ``n_envs`` (rollouts 0..n-1, n..2n-1, ...), as unit
     ids. A wave is played whole: its rollouts share the policy's sampling noise, so a
     rollout's outcome depends on its wave, and sharding deals whole waves."""
-    return [[t * UNIT_STRIDE + r for r in range(w, min(w + n_envs, n_rollouts_per_task))]
-            for t in task_ids for w in range(0, n_rollouts_per_task, n_envs)]
+    return [
+        [t * UNIT_STRIDE + r for r in range(w, min(w + n_envs, n_rollouts_per_task))]
+        for t in task_ids
+        for w in range(0, n_rollouts_per_task, n_envs)
+    ]
 
 
 def evaluate_libero(
@@ -205,12 +218,29 @@ def evaluate_libero(
                         envs.append(make_libero_env(lib, bddl, cameras, render_size, steps + num_settle_steps + 10))
                     for wave in task_waves:
                         rollouts = [u % UNIT_STRIDE for u in wave]
-                        _run_wave(policy, envs[: len(rollouts)], init_states, rollouts, task, suite, task_id, steps,
-                                  num_settle_steps, keys, image_size, convention, device, video_path, seed,
-                                  episode_done)
+                        _run_wave(
+                            policy,
+                            envs[: len(rollouts)],
+                            init_states,
+                            rollouts,
+                            task,
+                            suite,
+                            task_id,
+                            steps,
+                            num_settle_steps,
+                            keys,
+                            image_size,
+                            convention,
+                            device,
+                            video_path,
+                            seed,
+                            episode_done,
+                        )
                         bar.update(len(rollouts))
-                        bar.set_postfix(success=f"{sum(records[u]['success'] for u in covered if u in records)}/"
-                                                f"{sum(u in records for u in covered)}")
+                        bar.set_postfix(
+                            success=f"{sum(records[u]['success'] for u in covered if u in records)}/"
+                            f"{sum(u in records for u in covered)}"
+                        )
                 finally:
                     for env in envs:
                         with contextlib.suppress(Exception):
@@ -227,16 +257,25 @@ def evaluate_libero(
         for r in mine:  # a wave took as long as its last rollout
             wave_wall[r["wave"]] = max(wave_wall.get(r["wave"], 0.0), float(r["wall_s"]))
         extra = {"task_id": task_id, "episode_lengths": lengths, "mean_steps": float(np.mean(lengths))}
-        per_task[task.name] = TaskResult(sum(bool(r["success"]) for r in mine), len(mine), sum(wave_wall.values()),
-                                         task.language, extra)
+        per_task[task.name] = TaskResult(
+            sum(bool(r["success"]) for r in mine), len(mine), sum(wave_wall.values()), task.language, extra
+        )
     settings = {
-        "suite": suite, "tasks": task_ids, "n_rollouts_per_task": n_rollouts_per_task, "max_steps": steps,
-        "num_settle_steps": num_settle_steps, "image_keys": keys, "image_size": image_size,
-        "render_size": render_size, "num_envs": n_envs, "rollouts_played_now": sum(map(len, todo)),
+        "suite": suite,
+        "tasks": task_ids,
+        "n_rollouts_per_task": n_rollouts_per_task,
+        "max_steps": steps,
+        "num_settle_steps": num_settle_steps,
+        "image_keys": keys,
+        "image_size": image_size,
+        "render_size": render_size,
+        "num_envs": n_envs,
+        "rollouts_played_now": sum(map(len, todo)),
     }
     env_steps = sum(int(records[u]["env_steps"]) for u in covered)
-    return EvalResult("libero", per_task, time.perf_counter() - start_time, seed, settings=settings,
-                      metrics={"env_steps": env_steps})
+    return EvalResult(
+        "libero", per_task, time.perf_counter() - start_time, seed, settings=settings, metrics={"env_steps": env_steps}
+    )
 
 
 def _run_wave(
@@ -274,9 +313,16 @@ def _run_wave(
     frames = [[libero_image_transform(obs[video_key], convention)] for obs in raw] if video_dir is not None else []
 
     def finish(i: int, success: bool, length: int) -> None:
-        on_episode({"unit": task_id * UNIT_STRIDE + rollouts[i], "wave": task_id * UNIT_STRIDE + rollouts[0],
-                    "success": success, "length": length, "env_steps": num_settle_steps + length,
-                    "wall_s": time.perf_counter() - wave_start})
+        on_episode(
+            {
+                "unit": task_id * UNIT_STRIDE + rollouts[i],
+                "wave": task_id * UNIT_STRIDE + rollouts[0],
+                "success": success,
+                "length": length,
+                "env_steps": num_settle_steps + length,
+                "wall_s": time.perf_counter() - wave_start,
+            }
+        )
 
     active = np.ones(n, dtype=bool)
     success = np.zeros(n, dtype=bool)

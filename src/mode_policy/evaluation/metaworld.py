@@ -7,7 +7,7 @@ call per chunk for every env still running.
 
 Image policies (``config.image_keys`` = ``observation.images.<camera>`` with Meta-World
 camera names) get each camera rendered at ``config.image_size`` on the CPU, as in
-:func:`mode_policy.demos.generate_demos`: only for the active envs and only at the steps
+:func:`mode_policy.envs.metaworld_demos.generate_demos`: only for the active envs and only at the steps
 that enter an observation history (the re-planning step and the ``n_obs_steps - 1``
 before it). State-only policies render nothing.
 
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def policy_cameras(policy: Policy) -> dict[str, str]:
     cfg = policy.config
     cameras = {}
     for key in cfg.image_keys:
-        name = key[len(IMAGES_PREFIX):] if key.startswith(IMAGES_PREFIX) else ""
+        name = key[len(IMAGES_PREFIX) :] if key.startswith(IMAGES_PREFIX) else ""
         if name not in cameras_available:
             raise ConfigError(
                 f"policy camera {key!r} is not a Meta-World camera; expected {IMAGES_PREFIX}<name> with a name "
@@ -207,10 +208,15 @@ def evaluate_metaworld(
     if bar is not None:
         bar.close()
     per_task = {
-        t: TaskResult(successes[t], episodes_per_task, wall[t], mw.INSTRUCTIONS[t],
-                      {"mean_steps": float(np.mean(lengths[t]))})
+        t: TaskResult(
+            successes[t], episodes_per_task, wall[t], mw.INSTRUCTIONS[t], {"mean_steps": float(np.mean(lengths[t]))}
+        )
         for t in task_list
     }
-    settings = {"episodes_per_task": episodes_per_task, "batch_size": batch_size, "max_steps": max_steps,
-                "n_action_steps": policy.config.n_action_steps}
+    settings = {
+        "episodes_per_task": episodes_per_task,
+        "batch_size": batch_size,
+        "max_steps": max_steps,
+        "n_action_steps": policy.config.n_action_steps,
+    }
     return EvalResult("metaworld", per_task, time.perf_counter() - start, seed, settings=settings)

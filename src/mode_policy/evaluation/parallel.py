@@ -28,8 +28,16 @@ from ..errors import ConfigError
 from .result import EvalResult
 from .unit_log import UnitLog
 
-__all__ = ["distributed_rank", "evaluate_calvin_in_workers", "evaluate_sharded", "libero_groups", "load_saved_policy",
-           "play_in_workers", "shard", "wait_for_units"]
+__all__ = [
+    "distributed_rank",
+    "evaluate_calvin_in_workers",
+    "evaluate_sharded",
+    "libero_groups",
+    "load_saved_policy",
+    "play_in_workers",
+    "shard",
+    "wait_for_units",
+]
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -37,8 +45,9 @@ def distributed_rank() -> tuple[int, int]:
     try:
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        raise ConfigError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
-                          "are not integers") from None
+        raise ConfigError(
+            f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} are not integers"
+        ) from None
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
     return rank, world
@@ -69,8 +78,9 @@ def load_saved_policy(model_dir: str, device: str = "cpu", steps: int = 0, actio
     return with_sampling(MoDEPolicy.from_pretrained(model_dir, map_location=device), steps, action_steps)
 
 
-def _play_shard(job: tuple[Callable[..., EvalResult], str, Callable[[], Any], list[int], str, dict, dict, str,
-                           bool]) -> None:
+def _play_shard(
+    job: tuple[Callable[..., EvalResult], str, Callable[[], Any], list[int], str, dict, dict, str, bool],
+) -> None:
     evaluate, units_arg, load_policy, units, folder, settings, kwargs, writer, progress = job
     import torch
 
@@ -78,13 +88,27 @@ def _play_shard(job: tuple[Callable[..., EvalResult], str, Callable[[], Any], li
 
     setup_headless_rendering()
     torch.set_num_threads(1)
-    evaluate(load_policy(), log=UnitLog(folder, settings), log_writer=writer, progress=progress,
-             **{units_arg: units}, **kwargs)
+    evaluate(
+        load_policy(),
+        log=UnitLog(folder, settings),
+        log_writer=writer,
+        progress=progress,
+        **{units_arg: units},
+        **kwargs,
+    )
 
 
-def play_in_workers(evaluate: Callable[..., EvalResult], units_arg: str, load_policy: Callable[[], Any],
-                    log: UnitLog, workers: int, groups: Sequence[Sequence[int]], writer: str = "worker",
-                    progress: bool = True, **kwargs: Any) -> int:
+def play_in_workers(
+    evaluate: Callable[..., EvalResult],
+    units_arg: str,
+    load_policy: Callable[[], Any],
+    log: UnitLog,
+    workers: int,
+    groups: Sequence[Sequence[int]],
+    writer: str = "worker",
+    progress: bool = True,
+    **kwargs: Any,
+) -> int:
     """Play the groups of units ``log`` does not hold yet in ``workers`` spawned processes:
     each calls ``evaluate(load_policy(), <units_arg>=its units, log=log, ...)`` with ``kwargs``
     (``evaluate`` and ``load_policy`` must be picklable: module-level functions or partials of
@@ -94,16 +118,30 @@ def play_in_workers(evaluate: Callable[..., EvalResult], units_arg: str, load_po
     done = log.records()
     todo = [list(g) for g in groups if any(int(u) not in done for u in g)]
     shards = [shard(todo, k, workers) for k in range(workers)]
-    jobs = [(evaluate, units_arg, load_policy, units, str(log.folder), log.settings, kwargs, f"{writer}{k}",
-             progress and k == 0) for k, units in enumerate(shards) if units]
+    jobs = [
+        (
+            evaluate,
+            units_arg,
+            load_policy,
+            units,
+            str(log.folder),
+            log.settings,
+            kwargs,
+            f"{writer}{k}",
+            progress and k == 0,
+        )
+        for k, units in enumerate(shards)
+        if units
+    ]
     if jobs:
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             pool.map(_play_shard, jobs)
     return sum(map(len, shards))
 
 
-def wait_for_units(log: UnitLog, units: Sequence[int], poll_s: float = 10.0,
-                   on_wait: Callable[[int], None] | None = None) -> None:
+def wait_for_units(
+    log: UnitLog, units: Sequence[int], poll_s: float = 10.0, on_wait: Callable[[int], None] | None = None
+) -> None:
     """Return once ``log`` holds every unit of ``units`` (other ranks are still playing);
     ``on_wait(missing)`` is called before each wait."""
     wanted = {int(u) for u in units}
@@ -117,9 +155,16 @@ def wait_for_units(log: UnitLog, units: Sequence[int], poll_s: float = 10.0,
 
 
 def evaluate_sharded(
-    evaluate: Callable[..., EvalResult], units_arg: str, policy: Any, load_policy: Callable[[], Any], log: UnitLog,
-    groups: Sequence[Sequence[int]], workers: int = 1, progress: bool = True,
-    on_wait: Callable[[int], None] | None = None, **kwargs: Any,
+    evaluate: Callable[..., EvalResult],
+    units_arg: str,
+    policy: Any,
+    load_policy: Callable[[], Any],
+    log: UnitLog,
+    groups: Sequence[Sequence[int]],
+    workers: int = 1,
+    progress: bool = True,
+    on_wait: Callable[[int], None] | None = None,
+    **kwargs: Any,
 ) -> EvalResult | None:
     """This process's part of an evaluation over the units of ``groups``, split over torchrun
     ranks (:func:`distributed_rank`: rank r takes groups r, r + world_size, ...) and, within a
@@ -136,8 +181,9 @@ def evaluate_sharded(
     if workers > 1:
         play_in_workers(evaluate, units_arg, load_policy, log, workers, mine, f"{writer}worker", progress, **kwargs)
     elif mine:
-        result = evaluate(policy, **{units_arg: shard(mine, 0, 1)}, log=log, log_writer=f"{writer}main",
-                          progress=progress, **kwargs)
+        result = evaluate(
+            policy, **{units_arg: shard(mine, 0, 1)}, log=log, log_writer=f"{writer}main", progress=progress, **kwargs
+        )
         if world == 1:
             return result
     if rank != 0:
@@ -155,8 +201,15 @@ def evaluate_sharded(
 
 
 def evaluate_calvin_in_workers(
-    policy: Any, model_dir: str | Path, log: UnitLog, workers: int, chain_ids: Sequence[int],
-    device: str = "cpu", steps: int = 0, action_steps: int = 0, **kwargs: Any,
+    policy: Any,
+    model_dir: str | Path,
+    log: UnitLog,
+    workers: int,
+    chain_ids: Sequence[int],
+    device: str = "cpu",
+    steps: int = 0,
+    action_steps: int = 0,
+    **kwargs: Any,
 ) -> EvalResult:
     """:func:`~mode_policy.evaluation.calvin.evaluate_calvin` of ``chain_ids`` over ``workers``
     processes (each loads the policy saved in ``model_dir``, with ``steps`` sampling steps and
@@ -168,15 +221,23 @@ def evaluate_calvin_in_workers(
     if "sequences" not in kwargs:  # computed once here, not again in every worker
         kwargs["sequences"] = get_sequences(kwargs.get("num_sequences", 1000), kwargs.get("tasks"))
     loader = functools.partial(load_saved_policy, str(model_dir), device, steps, action_steps)
-    result = evaluate_sharded(evaluate_calvin, "chain_ids", policy, loader, log, [[int(i)] for i in chain_ids],
-                              workers, **kwargs)
+    result = evaluate_sharded(
+        evaluate_calvin, "chain_ids", policy, loader, log, [[int(i)] for i in chain_ids], workers, **kwargs
+    )
     assert result is not None  # rank 0 (or no torchrun)
     return result
 
 
-def libero_groups(policy: Any, suite: str, n_rollouts_per_task: int, tasks: Sequence[int] | None = None,
-                  num_envs: int | None = None, image_keys: Sequence[str] | None = None,
-                  video_dir: Any = None, **_: Any) -> list[list[int]]:
+def libero_groups(
+    policy: Any,
+    suite: str,
+    n_rollouts_per_task: int,
+    tasks: Sequence[int] | None = None,
+    num_envs: int | None = None,
+    image_keys: Sequence[str] | None = None,
+    video_dir: Any = None,
+    **_: Any,
+) -> list[list[int]]:
     """The LIBERO waves an ``evaluate_libero`` call with these arguments plays, as unit ids."""
     from ..envs.libero import CAMERAS
     from .libero import libero_num_envs, libero_suite_size, libero_waves

@@ -9,9 +9,10 @@ and rejects files that do not follow the schema.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import DataError
 from ..fileio import atomic_write_json
@@ -56,12 +57,17 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "successes": self.successes, "episodes": self.episodes, "success_rate": self.success_rate,
-            "ci95": list(self.ci95), "wall_s": self.wall_s, "instruction": self.instruction, **self.extra,
+            "successes": self.successes,
+            "episodes": self.episodes,
+            "success_rate": self.success_rate,
+            "ci95": list(self.ci95),
+            "wall_s": self.wall_s,
+            "instruction": self.instruction,
+            **self.extra,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> "TaskResult":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> TaskResult:
         try:
             successes, episodes = int(data["successes"]), int(data["episodes"])
         except (KeyError, TypeError, ValueError) as err:
@@ -98,22 +104,32 @@ class EvalResult:
         overall = self.overall.to_dict()
         overall.pop("instruction")
         return {
-            "schema_version": SCHEMA_VERSION, "env": self.env, "seed": self.seed, "policy": self.policy,
-            "wall_s": self.wall_s, "settings": self.settings, "metrics": self.metrics,
-            "per_task": {name: r.to_dict() for name, r in self.per_task.items()}, "overall": overall,
+            "schema_version": SCHEMA_VERSION,
+            "env": self.env,
+            "seed": self.seed,
+            "policy": self.policy,
+            "wall_s": self.wall_s,
+            "settings": self.settings,
+            "metrics": self.metrics,
+            "per_task": {name: r.to_dict() for name, r in self.per_task.items()},
+            "overall": overall,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "eval_info.json") -> "EvalResult":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "eval_info.json") -> EvalResult:
         if data.get("schema_version") != SCHEMA_VERSION or not isinstance(data.get("per_task"), Mapping):
             raise DataError(
-                f"{where}: not an evaluation result of schema version {SCHEMA_VERSION} "
-                "(written by `mode-policy eval`)"
+                f"{where}: not an evaluation result of schema version {SCHEMA_VERSION} (written by `mode-policy eval`)"
             )
         per_task = {str(k): TaskResult.from_dict(v, f"{where}: task {k!r}") for k, v in data["per_task"].items()}
         return cls(
-            str(data.get("env", "")), per_task, float(data.get("wall_s", 0.0)), int(data.get("seed", 0)),
-            str(data.get("policy", "")), dict(data.get("settings", {})), dict(data.get("metrics", {})),
+            str(data.get("env", "")),
+            per_task,
+            float(data.get("wall_s", 0.0)),
+            int(data.get("seed", 0)),
+            str(data.get("policy", "")),
+            dict(data.get("settings", {})),
+            dict(data.get("metrics", {})),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -121,7 +137,7 @@ class EvalResult:
         return atomic_write_json(path, self.to_dict(), sort_keys=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> "EvalResult":
+    def load(cls, path: str | Path) -> EvalResult:
         import json
 
         path = Path(path)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_json, read_jsonl
@@ -31,8 +32,10 @@ class UnitLog:
             held = json.loads(path.read_text(encoding="utf-8"))
             if held != self.settings:
                 changed = sorted(k for k in set(held) | set(self.settings) if held.get(k) != self.settings.get(k))
-                raise ConfigError(f"{self.folder} holds results of another evaluation (differs in: "
-                                  f"{', '.join(changed)}); remove it or pass --resume=false to start over")
+                raise ConfigError(
+                    f"{self.folder} holds results of another evaluation (differs in: "
+                    f"{', '.join(changed)}); remove it or pass --resume=false to start over"
+                )
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, self.settings)

@@ -17,17 +17,18 @@ shape that does not fit raises :class:`~mode_policy.errors.CheckpointError` nami
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..config import MoDEConfig
 from ..encoders.resnet import RESNET_LAYOUTS
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text, replacing
+from ..model.config import MoDEConfig
 
 NET = "model.inner_model."
 CAMERAS = {"static": "static_resnet.", "gripper": "gripper_resnet."}
@@ -61,8 +62,12 @@ class ConversionReport:
     set_by_converter: list[str] = field(default_factory=list)  # ours, not in the official file
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "mapped_tensors": self.mapped, "ignored": self.ignored,
-                "set_by_converter": self.set_by_converter}
+        return {
+            "source": self.source,
+            "mapped_tensors": self.mapped,
+            "ignored": self.ignored,
+            "set_by_converter": self.set_by_converter,
+        }
 
 
 # ------------------------------------------------------------------ reading
@@ -101,10 +106,10 @@ def _unpickle(path: Path) -> dict[str, Tensor]:
     other objects (its hyper-parameters) is unpickled in full, as the user allowed."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # non-tensor objects in the pickle (OmegaConf hyper-parameters, ...)
+    except Exception:  # noqa: BLE001 - non-tensor objects in the pickle (OmegaConf hyper-parameters, ...)
         try:
             data = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
             raise CheckpointError(f"{path}: cannot read it as a torch checkpoint ({err})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
@@ -126,7 +131,7 @@ def canonical_names(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict
         if not name.startswith((NET, *CAMERAS.values())):
             old = next((a for a in ALIASES if name.startswith(a[0])), None)
             if old is not None:
-                target = old[1] + name[len(old[0]):]
+                target = old[1] + name[len(old[0]) :]
         if target in canonical:
             if target in aliased:  # two aliases for one tensor: the official loader keeps the later one
                 ignored[aliased[target]] = f"overwritten by {name} (as in the official loader)"
@@ -149,6 +154,7 @@ def official_config(
     """The ``architecture="official"`` config whose shapes these official tensors have.
     ``top_k`` is not stored in a checkpoint (the official configs use 2); ``camera_names``
     name our cameras in the official order (static, gripper)."""
+
     def get(name: str) -> Tensor:
         if name not in tensors:
             raise CheckpointError(f"official checkpoint lacks {name} (is it an official MoDE checkpoint?)")
@@ -167,15 +173,28 @@ def official_config(
     depth = _resnet_depth(tensors, trunk)
     try:
         return MoDEConfig(
-            architecture="official", routing="noise", state_dim=0, n_obs_steps=1,
-            d_model=d, n_layers=len(layers), n_heads=d // get(NET + "blocks.0.attn.q_norm.g").shape[0],
+            architecture="official",
+            routing="noise",
+            state_dim=0,
+            n_obs_steps=1,
+            d_model=d,
+            n_layers=len(layers),
+            n_heads=d // get(NET + "blocks.0.attn.q_norm.g").shape[0],
             num_experts=get(NET + "blocks.0.router.router.mlp.3.weight").shape[0] + int(shared),
-            top_k=top_k, shared_expert=shared,
-            action_dim=get(NET + "out.weight").shape[0], horizon=get(NET + "pos_emb").shape[1] - 1,
-            n_action_steps=get(NET + "pos_emb").shape[1] - 1, goal_dim=get(NET + "goal_emb.weight").shape[1],
+            top_k=top_k,
+            shared_expert=shared,
+            action_dim=get(NET + "out.weight").shape[0],
+            horizon=get(NET + "pos_emb").shape[1] - 1,
+            n_action_steps=get(NET + "pos_emb").shape[1] - 1,
+            goal_dim=get(NET + "goal_emb.weight").shape[1],
             image_keys=[n if n.startswith("observation.images.") else f"observation.images.{n}" for n in names],
-            image_size=224, vision_depth=depth, vision_width=get(trunk + "conv1.weight").shape[0],
-            attn_dropout=0.3, resid_dropout=0.1, goal_dropout=0.1, goal_encoder=dict(goal_encoder or {}),
+            image_size=224,
+            vision_depth=depth,
+            vision_width=get(trunk + "conv1.weight").shape[0],
+            attn_dropout=0.3,
+            resid_dropout=0.1,
+            goal_dropout=0.1,
+            goal_encoder=dict(goal_encoder or {}),
         )
     except ConfigError as err:
         raise CheckpointError(f"the official tensors give an unusable config: {err}") from None
@@ -242,7 +261,7 @@ def tensor_rules(cfg: MoDEConfig, ours: dict[str, Tensor]) -> dict[str, Rule]:
         ours_prefix = f"image_encoder.cameras.{key.replace('.', '_')}."
         for name in ours:
             if name.startswith(ours_prefix):
-                rules[name] = ((official + name[len(ours_prefix):],), _same)
+                rules[name] = ((official + name[len(ours_prefix) :],), _same)
     return rules
 
 
@@ -281,14 +300,19 @@ def convert_state_dict(
         used.update(sources)
         value = build(*(canonical[s] for s in sources))
         if name in expected and value.shape != expected[name].shape:
-            shapes.append(f"{name}: from {', '.join(sources[:2])} {tuple(value.shape)}, expected "
-                          f"{tuple(expected[name].shape)}")
+            shapes.append(
+                f"{name}: from {', '.join(sources[:2])} {tuple(value.shape)}, expected {tuple(expected[name].shape)}"
+            )
         out[name] = value.detach().to(torch.float32 if value.is_floating_point() else value.dtype).contiguous()
     unused = sorted(set(canonical) - used)
     unfilled = sorted(set(expected) - set(rules) - set(fixed))
     problems = []
-    for title, items in (("missing official tensors", missing), ("official tensors this layout does not use",
-                         unused), ("shape mismatches", shapes), ("tensors of ours nothing fills", unfilled)):
+    for title, items in (
+        ("missing official tensors", missing),
+        ("official tensors this layout does not use", unused),
+        ("shape mismatches", shapes),
+        ("tensors of ours nothing fills", unfilled),
+    ):
         if items:
             problems.append(f"{title} ({len(items)}): " + "; ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
     if problems:

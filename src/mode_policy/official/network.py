@@ -1,7 +1,7 @@
 """The official MoDE denoising transformer (``architecture="official"``).
 
 The network function of the official ``MoDeDiT``, with this library's names and call
-interface (that of :class:`mode_policy.denoiser.MoDETransformer`). Over the sequence
+interface (that of :class:`mode_policy.model.transformer.MoDETransformer`). Over the sequence
 ``[phi, goal, camera_1 .. camera_n, action_1 .. action_H]`` every block computes::
 
     x = x + Attn(RMSNorm(x) + phi)      # causal, q/k/v with biases, QK-norm
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import MoDEConfig
-from ..nn.moe import Routing
+from ..model.config import MoDEConfig
+from ..model.moe import Routing
 from .spec import OFFICIAL_MLP_RATIO, vision_feature_dim
 
 ROUTER_PROB_CLAMP = 1e-9
@@ -150,7 +150,7 @@ class OfficialMoE(nn.Module):
         k experts drawn per token in training (top-k in evaluation), renormalised weights.
 
         ``Routing.probs`` is ``k`` times the dense renormalised weights (zeros where not
-        chosen): :func:`mode_policy.nn.moe.balancing_loss` of it is the official balancing
+        chosen): :func:`mode_policy.model.moe.balancing_loss` of it is the official balancing
         term ``E * sum_i mean(weight_i) * (fraction of tokens routed to i)``.
         """
         probs = self.router(noise_emb)  # (B, E)
@@ -205,7 +205,7 @@ class NoiseEmbedding(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The first layer's weight: the device and dtype :class:`~mode_policy.edm.EDMDenoiser` reads."""
+        """The first layer's weight: the device and dtype :class:`~mode_policy.model.edm.EDMDenoiser` reads."""
         return self.linear1.weight
 
     def forward(self, c_noise: Tensor) -> Tensor:
@@ -260,12 +260,15 @@ class OfficialTransformer(nn.Module):
             raise ValueError("the official network has no expert cache (EDMDenoiser.use_expert_cache=False)")
         horizon = noisy_actions.shape[1]
         pos = self.pos_emb
-        x = torch.cat([
-            noise_emb.unsqueeze(1),  # no position
-            cond_tokens[:, :1] + pos[:, :1],  # goal: position 0
-            cond_tokens[:, 1:] + pos[:, 1:2],  # every camera token: position 1
-            self.action_in(noisy_actions) + pos[:, 1 : 1 + horizon],  # actions: positions 1..H
-        ], dim=1)  # (B, T, d)
+        x = torch.cat(
+            [
+                noise_emb.unsqueeze(1),  # no position
+                cond_tokens[:, :1] + pos[:, :1],  # goal: position 0
+                cond_tokens[:, 1:] + pos[:, 1:2],  # every camera token: position 1
+                self.action_in(noisy_actions) + pos[:, 1 : 1 + horizon],  # actions: positions 1..H
+            ],
+            dim=1,
+        )  # (B, T, d)
         routings = []
         for block in self.blocks:
             x, routing = block(x, noise_emb)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import MoDEConfig
+    from ..model.config import MoDEConfig
 
 OFFICIAL_VISION_DEPTHS = (34, 50)
 OFFICIAL_MLP_RATIO = 4
@@ -24,8 +24,9 @@ def vision_feature_dim(depth: int, width: int) -> int:
     return width * 8 * (4 if depth >= 50 else 1)
 
 
-def check_official_config(cfg: "MoDEConfig") -> None:
+def check_official_config(cfg: MoDEConfig) -> None:
     """Raise ConfigError naming the first field ``architecture="official"`` cannot honour."""
+
     def fail(field: str, why: str) -> None:
         raise ConfigError(f"architecture='official': {field}={getattr(cfg, field)!r} {why}")
 

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..config import MoDEConfig
 from ..encoders.resnet import RESNET_LAYOUTS, BasicBlock, Bottleneck, RandomShift, read_state_dict, to_channels_first
 from ..errors import CheckpointError, DataError
+from ..model.config import MoDEConfig
 from .spec import vision_feature_dim
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -68,16 +68,21 @@ class ResNetTrunk(nn.Module):
         state = dict(read_state_dict(path))
         for prefix in _WRAPPER_PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         own = self.state_dict()
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in state if k not in own]
-        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in own.items() if k in state and state[k].shape != v.shape]
+        shapes = [
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
+        ]
         if missing or unexpected or shapes:
-            raise CheckpointError(f"{path} does not fit this ResNet: missing {missing[:8]}, "
-                                  f"unexpected {unexpected[:8]}, shapes {shapes[:8]}")
+            raise CheckpointError(
+                f"{path} does not fit this ResNet: missing {missing[:8]}, "
+                f"unexpected {unexpected[:8]}, shapes {shapes[:8]}"
+            )
         self.load_state_dict(state, strict=False)
 
 
@@ -128,10 +133,12 @@ class OfficialImageEncoder(nn.Module):
         super().__init__()
         self.camera_keys = list(config.image_keys)
         self.aug = RandomShift(config.image_shift_pad)
-        self.cameras = nn.ModuleDict({
-            key.replace(".", "_"): OfficialFiLMResNet(config.vision_depth, config.goal_dim, config.vision_width)
-            for key in self.camera_keys
-        })
+        self.cameras = nn.ModuleDict(
+            {
+                key.replace(".", "_"): OfficialFiLMResNet(config.vision_depth, config.goal_dim, config.vision_width)
+                for key in self.camera_keys
+            }
+        )
         features = vision_feature_dim(config.vision_depth, config.vision_width)
         self.proj = nn.Linear(features, config.d_model, bias=False)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)

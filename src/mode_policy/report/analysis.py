@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import RunDirError
-from ..nn.moe import choose_experts
+from ..model.moe import choose_experts
 from ..policy import MoDEPolicy
-from ..run_dir import RunDir
+from ..training.run_dir import RunDir
 
 
 @torch.no_grad()
@@ -52,11 +53,13 @@ def expert_routing(policy: MoDEPolicy) -> dict[str, Any]:
     for layer in policy.denoiser.net.moe_layers():
         probs = layer.router(plan.noise_emb)  # (M, E), float32 softmax
         index, weights = choose_experts(probs, layer.top_k, sample=False)  # eval rule: top-k
-        out["layers"].append({
-            "probs": probs.cpu().tolist(),
-            "chosen": index.cpu().tolist(),
-            "weights": weights.float().cpu().tolist(),
-        })
+        out["layers"].append(
+            {
+                "probs": probs.cpu().tolist(),
+                "chosen": index.cpu().tolist(),
+                "weights": weights.float().cpu().tolist(),
+            }
+        )
     return out
 
 

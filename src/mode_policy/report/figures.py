@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -51,12 +52,28 @@ def plot_success(result: EvalResult, path: str | Path) -> Path:
     err = [[r.success_rate - r.ci95[0] for r in rows], [r.ci95[1] - r.success_rate for r in rows]]
     err = [[max(0.0, e) for e in side] for side in err]
     cmap = colormaps["RdYlGn"]
-    ax.barh(y, rates, height=0.7, color=[cmap(0.15 + 0.7 * r) for r in rates], edgecolor="0.3", linewidth=0.5,
-            xerr=err, error_kw={"ecolor": "0.2", "elinewidth": 1.0, "capsize": 3}, label="success rate (95% CI)")
+    ax.barh(
+        y,
+        rates,
+        height=0.7,
+        color=[cmap(0.15 + 0.7 * r) for r in rates],
+        edgecolor="0.3",
+        linewidth=0.5,
+        xerr=err,
+        error_kw={"ecolor": "0.2", "elinewidth": 1.0, "capsize": 3},
+        label="success rate (95% CI)",
+    )
     for yi, r in zip(y, rows):
-        ax.text(min(r.ci95[1], 1.0) + 0.015, yi, f"{r.success_rate:.2f}  ({r.successes}/{r.episodes})",
-                va="center", fontsize=8, color="0.15", zorder=4,
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
+        ax.text(
+            min(r.ci95[1], 1.0) + 0.015,
+            yi,
+            f"{r.success_rate:.2f}  ({r.successes}/{r.episodes})",
+            va="center",
+            fontsize=8,
+            color="0.15",
+            zorder=4,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6},
+        )
     mean = result.overall.success_rate
     ax.axvline(mean, color="tab:blue", linestyle="--", linewidth=1.5, label=f"overall {mean:.3f}")
     ax.set_yticks(y, [_short_task(name) for name in names], fontsize=9)
@@ -127,15 +144,22 @@ def plot_loss(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         ax_lr.tick_params(axis="y", colors="0.35")
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax_lr.set_ylim(bottom=0)
-        h, l = ax_lr.get_legend_handles_labels()
-        handles, labels = handles + h, labels + l
+        lr_handles, lr_labels = ax_lr.get_legend_handles_labels()
+        handles, labels = handles + lr_handles, labels + lr_labels
     ax.legend(handles, labels, loc="upper right", fontsize=8, framealpha=0.9)
     ax.set_title(f"Training loss ({steps[-1]} steps, final loss {records[-1]['loss']:.4g})")
     if ax_bal is not None:
         pts = [(r["step"], r["balance_loss"]) for r in records if "balance_loss" in r]
         xs, vs = zip(*pts)
-        ax_bal.plot(xs, vs, color="tab:green", linewidth=1.4, marker="o" if not smooth else None, markersize=2.5,
-                    label="balance loss")
+        ax_bal.plot(
+            xs,
+            vs,
+            color="tab:green",
+            linewidth=1.4,
+            marker="o" if not smooth else None,
+            markersize=2.5,
+            label="balance loss",
+        )
         ax_bal.axhline(1.0, color="0.4", linestyle="--", linewidth=1.0, label="uniform routing (1.0)")
         ax_bal.set_ylabel("balance loss")
         ax_bal.grid(alpha=0.3)
@@ -182,8 +206,16 @@ def plot_expert_routing(routing: Mapping[str, Any], path: str | Path) -> Path:
         image = ax.imshow(probs, aspect="auto", cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
         xs = [j for j, chosen in enumerate(layer["chosen"]) for _ in chosen]
         ys = [e for chosen in layer["chosen"] for e in chosen]
-        ax.scatter(xs, ys, s=22, facecolor="white", edgecolor="black", linewidth=0.8, zorder=3,
-                   label=f"chosen (top-{len(layer['chosen'][0])})")
+        ax.scatter(
+            xs,
+            ys,
+            s=22,
+            facecolor="white",
+            edgecolor="black",
+            linewidth=0.8,
+            zorder=3,
+            label=f"chosen (top-{len(layer['chosen'][0])})",
+        )
         ax.set_xticks(range(m), step_labels, rotation=90, fontsize=7)
         ax.set_xticks([j - 0.5 for j in range(1, m)], minor=True)
         ax.set_yticks(range(n_exp), [f"E{e}" for e in range(n_exp)], fontsize=8)

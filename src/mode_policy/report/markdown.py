@@ -1,20 +1,21 @@
 """The markdown report of a run directory: ``write_report(run_dir)``.
 
 Reads what training and evaluation leave in a run directory (see
-:class:`mode_policy.run_dir.RunDir`) and writes ``report/report.md`` next to
+:class:`mode_policy.training.run_dir.RunDir`) and writes ``report/report.md`` next to
 the figures of :mod:`mode_policy.report.figures`. Only ``model/`` is required;
 a section whose input is missing says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..evaluation.result import EvalResult
 from ..fileio import atomic_write_text
 from ..policy import MoDEPolicy
-from ..run_dir import RunDir
+from ..training.run_dir import RunDir
 from .analysis import expert_routing, load_run_policy, median_throughput, routing_changes
 from .figures import EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG, plot_expert_routing, plot_loss, plot_success
 
@@ -48,8 +49,13 @@ def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _facts_section(run: RunDir, run_cfg: Mapping[str, Any] | None, summary: Mapping[str, Any] | None,
-                   records: Sequence[Mapping[str, Any]], policy: MoDEPolicy) -> list[str]:
+def _facts_section(
+    run: RunDir,
+    run_cfg: Mapping[str, Any] | None,
+    summary: Mapping[str, Any] | None,
+    records: Sequence[Mapping[str, Any]],
+    policy: MoDEPolicy,
+) -> list[str]:
     cfg = policy.config
     train_cfg = (run_cfg or {}).get("train", {})
     experts = "—" if cfg.routing == "dense" else f"{cfg.num_experts} (top-{cfg.top_k})"
@@ -59,8 +65,11 @@ def _facts_section(run: RunDir, run_cfg: Mapping[str, Any] | None, summary: Mapp
         ("routing", cfg.routing + (" (router sees only the noise level)" if cfg.routing == "noise" else "")),
         ("experts per layer", experts),
         ("action chunk", f"horizon {cfg.horizon}, {cfg.n_action_steps} executed, {cfg.n_obs_steps} obs step(s)"),
-        ("sampler", f"{cfg.sampler}, {cfg.schedule} schedule, {cfg.num_inference_steps} steps, "
-                    f"σ {cfg.sigma_max:g} → {cfg.sigma_min:g}"),
+        (
+            "sampler",
+            f"{cfg.sampler}, {cfg.schedule} schedule, {cfg.num_inference_steps} steps, "
+            f"σ {cfg.sigma_max:g} → {cfg.sigma_min:g}",
+        ),
     ]
     if cfg.goal_encoder:
         facts.append(("goal encoder", str(cfg.goal_encoder.get("type"))))
@@ -89,16 +98,27 @@ def _facts_section(run: RunDir, run_cfg: Mapping[str, Any] | None, summary: Mapp
         facts.append(("final loss", final))
     lines = ["## Run", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_md_cell(v)} |" for k, v in facts]
-    missing = [path.name for path, present in ((run.config, run_cfg is not None),
-                                               (run.summary, summary is not None),
-                                               (run.metrics, bool(records))) if not present]
+    missing = [
+        path.name
+        for path, present in (
+            (run.config, run_cfg is not None),
+            (run.summary, summary is not None),
+            (run.metrics, bool(records)),
+        )
+        if not present
+    ]
     if missing:
-        lines += ["", f"_Not found in the run directory: {', '.join(missing)}; "
-                      "the facts above come from what is there._"]
+        lines += [
+            "",
+            f"_Not found in the run directory: {', '.join(missing)}; the facts above come from what is there._",
+        ]
     counts = policy.parameter_counts()
     lines += [
-        "", "### Parameters", "",
-        "| | total | active per forward pass |", "|---|---:|---:|",
+        "",
+        "### Parameters",
+        "",
+        "| | total | active per forward pass |",
+        "|---|---:|---:|",
         f"| policy | {counts['total_params']:,} ({_fmt_count(counts['total_params'])}) "
         f"| {counts['active_params']:,} ({_fmt_count(counts['active_params'])}) |",
         f"| transformer | {counts['transformer']['total']:,} ({_fmt_count(counts['transformer']['total'])}) "
@@ -106,16 +126,21 @@ def _facts_section(run: RunDir, run_cfg: Mapping[str, Any] | None, summary: Mapp
     ]
     if cfg.routing != "dense":
         unit = "sample (all its tokens)" if cfg.routing == "noise" else "token"
-        lines += ["", f"Active parameters count the top-{cfg.top_k} experts per layer that one {unit} "
-                      f"runs through, leaving out the other {cfg.num_experts - cfg.top_k} of {cfg.num_experts}."]
+        lines += [
+            "",
+            f"Active parameters count the top-{cfg.top_k} experts per layer that one {unit} "
+            f"runs through, leaving out the other {cfg.num_experts - cfg.top_k} of {cfg.num_experts}.",
+        ]
     return lines
 
 
 def _success_section(result: EvalResult | None, out_dir: Path) -> list[str]:
     lines = ["## Evaluation", ""]
     if result is None:
-        return lines + [f"_No evaluation: `{EVAL_INFO_NAME}` is not in the run directory "
-                        "(evaluate the model to add success rates to this report)._"]
+        return lines + [
+            f"_No evaluation: `{EVAL_INFO_NAME}` is not in the run directory "
+            "(evaluate the model to add success rates to this report)._"
+        ]
     if not result.per_task:
         return lines + [f"_`{EVAL_INFO_NAME}` lists no tasks._"]
     extra = [f"environment: {result.env}"] if result.env else []
@@ -124,14 +149,18 @@ def _success_section(result: EvalResult | None, out_dir: Path) -> list[str]:
     lines += ["; ".join(extra) + ".", ""]
     lines += ["| task | instruction | success | 95% CI | episodes |", "|---|---|---:|---|---:|"]
     for name, r in result.per_task.items():
-        lines.append(f"| {_md_cell(name)} | {_md_cell(r.instruction)} | {r.success_rate:.2f} "
-                     f"| [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}] | {r.episodes} |")
+        lines.append(
+            f"| {_md_cell(name)} | {_md_cell(r.instruction)} | {r.success_rate:.2f} "
+            f"| [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}] | {r.episodes} |"
+        )
     o = result.overall
     lines.append(f"| **overall** | | **{o.success_rate:.3f}** | [{o.ci95[0]:.2f}, {o.ci95[1]:.2f}] | {o.episodes} |")
     if result.metrics:
         lines += ["", "| metric | value |", "|---|---:|"]
-        lines += [f"| {_md_cell(k)} | {_md_cell(f'{v:.3f}' if isinstance(v, float) else v)} |"
-                  for k, v in result.metrics.items()]
+        lines += [
+            f"| {_md_cell(k)} | {_md_cell(f'{v:.3f}' if isinstance(v, float) else v)} |"
+            for k, v in result.metrics.items()
+        ]
     plot_success(result, out_dir / SUCCESS_PNG)
     lines += ["", f"![Success rate per task with 95% Wilson intervals]({SUCCESS_PNG})"]
     return lines
@@ -144,14 +173,21 @@ def _loss_section(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[s
     plot_loss(records, out_dir / LOSS_PNG)
     lines.append(f"![Training loss and learning rate against the step]({LOSS_PNG})")
     if any("balance_loss" in r for r in records):
-        lines += ["", "The balancing loss is `E * sum_i f_i * P_i` (1.0 for perfectly uniform expert use); "
-                      "it is logged unweighted."]
+        lines += [
+            "",
+            "The balancing loss is `E * sum_i f_i * P_i` (1.0 for perfectly uniform expert use); "
+            "it is logged unweighted.",
+        ]
     usage = [r["expert_usage"] for r in records if "expert_usage" in r]
     if usage:
         last = usage[-1]
-        lines += ["", "Share of routing assignments per expert in the last logged training batch:", "",
-                  "| layer | " + " | ".join(f"E{e}" for e in range(len(last[0]))) + " |",
-                  "|---|" + "---:|" * len(last[0])]
+        lines += [
+            "",
+            "Share of routing assignments per expert in the last logged training batch:",
+            "",
+            "| layer | " + " | ".join(f"E{e}" for e in range(len(last[0]))) + " |",
+            "|---|" + "---:|" * len(last[0]),
+        ]
         lines += [f"| {i} | " + " | ".join(f"{u:.2f}" for u in row) + " |" for i, row in enumerate(last)]
     return lines
 
@@ -205,8 +241,11 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     lines = [title, "", f"Run directory: `{run.root}`" + (f" · preset `{preset}`" if preset else ""), ""]
     if result is not None:
         o = result.overall
-        lines += [f"**Overall success: {o.success_rate:.3f}** "
-                  f"(95% CI [{o.ci95[0]:.2f}, {o.ci95[1]:.2f}], {o.episodes} episodes)", ""]
+        lines += [
+            f"**Overall success: {o.success_rate:.3f}** "
+            f"(95% CI [{o.ci95[0]:.2f}, {o.ci95[1]:.2f}], {o.episodes} episodes)",
+            "",
+        ]
     for section in (
         _facts_section(run, run_cfg, summary, records, policy),
         _success_section(result, out_dir),

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,8 +47,14 @@ class _Pending:
 class MicroBatcher:
     """Collects requests from all connections and runs them in batches on one thread."""
 
-    def __init__(self, forward: ForwardFn, window_s: float, max_rows: int, open_connections: Callable[[], int],
-                 threads: int | None = None):
+    def __init__(
+        self,
+        forward: ForwardFn,
+        window_s: float,
+        max_rows: int,
+        open_connections: Callable[[], int],
+        threads: int | None = None,
+    ):
         """``threads``: torch threads of the model thread (None: torch's default). It must be set
         there: a new thread runs torch operations on the default thread count, whatever
         ``torch.set_num_threads`` was given in another thread (``torch.get_num_threads`` still
@@ -59,9 +65,12 @@ class MicroBatcher:
         self.open_connections = open_connections
         self.batches = 0
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mode-policy-model",
-                                            initializer=None if threads is None else torch.set_num_threads,
-                                            initargs=() if threads is None else (threads,))
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="mode-policy-model",
+            initializer=None if threads is None else torch.set_num_threads,
+            initargs=() if threads is None else (threads,),
+        )
 
     async def submit(self, obs: Observation) -> tuple[np.ndarray, Timing]:
         """Actions (B, H, A) of one request and its timing; raises what its forward raised."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from websockets.sync.client import connect
@@ -52,8 +53,9 @@ class PolicyClient:
         self.metadata = unpack(self._ws.recv(timeout=timeout))
         if self.metadata.get("protocol") != PROTOCOL_VERSION:
             self.close()
-            raise DataError(f"{self.uri} speaks protocol {self.metadata.get('protocol')}, "
-                            f"this client {PROTOCOL_VERSION}")
+            raise DataError(
+                f"{self.uri} speaks protocol {self.metadata.get('protocol')}, this client {PROTOCOL_VERSION}"
+            )
         policy = self.metadata["policy"]
         self.n_action_steps = int(policy["n_action_steps"])
         self.n_obs_steps = int(policy["n_obs_steps"])
@@ -115,7 +117,7 @@ class PolicyClient:
     def close(self) -> None:
         self._stack.close()
 
-    def __enter__(self) -> "PolicyClient":
+    def __enter__(self) -> PolicyClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

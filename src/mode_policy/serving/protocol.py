@@ -33,8 +33,8 @@ MAX_MESSAGE_BYTES = 64 * 2**20
 """Largest message either side accepts (camera images included)."""
 NDARRAY_EXT = 1
 WIRE_DTYPES = frozenset(
-    np.dtype(t).str for t in ("bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32",
-                              "float64")
+    np.dtype(t).str
+    for t in ("bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64")
 )
 """The array dtypes the wire carries (numpy ``dtype.str``, little-endian)."""
 

@@ -24,7 +24,7 @@ Behaviour:
 * SIGINT / SIGTERM stop accepting, answer the requests in flight, close the
   connections (code 1001) and return;
 * with ``single_row`` (``mode-policy serve --backend onnx``: the policy's cached sampler
-  exported for batch 1 and run by ONNX Runtime, :class:`~mode_policy.export.OrtChunk`), a
+  exported for batch 1 and run by ONNX Runtime, :class:`~mode_policy.serving.export.OrtChunk`), a
   forward of one row runs there, the robot's usual case and the fastest CPU path; larger
   forwards run on the policy.
 """
@@ -36,8 +36,9 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,10 +48,10 @@ from websockets.exceptions import ConnectionClosed
 from ..constants import GOAL_KEY, TASK_KEY
 from ..dataset_view import DatasetPolicy
 from ..errors import ModePolicyError
-from ..export import OrtChunk
 from ..policy import MoDEPolicy
 from ..threads import ThreadGovernor
 from .batcher import MicroBatcher
+from .export import OrtChunk
 from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, error_reply, pack, unpack
 from .validation import Observation, validate_observation
 
@@ -65,10 +66,16 @@ class PolicyServer:
     its normalisation, state and action widths."""
 
     def __init__(
-        self, policy: MoDEPolicy | DatasetPolicy, host: str = "127.0.0.1", port: int = 8000,
+        self,
+        policy: MoDEPolicy | DatasetPolicy,
+        host: str = "127.0.0.1",
+        port: int = 8000,
         batch_window_ms: float = 2.0,
-        max_batch: int = 64, drain_timeout_s: float = 10.0, single_row: OrtChunk | None = None,
-        threads: int | None = None, governor: ThreadGovernor | None = None,
+        max_batch: int = 64,
+        drain_timeout_s: float = 10.0,
+        single_row: OrtChunk | None = None,
+        threads: int | None = None,
+        governor: ThreadGovernor | None = None,
     ) -> None:
         """``threads``: torch threads of the forwards (default: this thread's count now, e.g. what
         :func:`~mode_policy.threads.apply_threads` chose); ``governor``: follows neighbours that start
@@ -108,8 +115,15 @@ class PolicyServer:
             "known_tasks": sorted(self.known_tasks) if self.known_tasks is not None else None,
             "actions": [cfg.horizon, cfg.action_dim],
         }
-        return {"type": "metadata", "protocol": PROTOCOL_VERSION, "policy": cfg.to_dict(), "features": features,
-                "dataset": getattr(self.policy, "dataset", None), "max_batch": self.max_rows, "backend": self.backend}
+        return {
+            "type": "metadata",
+            "protocol": PROTOCOL_VERSION,
+            "policy": cfg.to_dict(),
+            "features": features,
+            "dataset": getattr(self.policy, "dataset", None),
+            "max_batch": self.max_rows,
+            "backend": self.backend,
+        }
 
     @property
     def backend(self) -> str:
@@ -117,9 +131,16 @@ class PolicyServer:
 
     def health(self) -> dict[str, Any]:
         threads = self.threads if self.governor is None else self.governor.threads
-        return {"type": "health", "ok": not self.closing, "uptime_s": time.time() - self.started,
-                "connections": self.connections, "in_flight": self.in_flight, "torch_threads": threads,
-                "batches": self.batcher.batches if self.batcher else 0, **self.counts}
+        return {
+            "type": "health",
+            "ok": not self.closing,
+            "uptime_s": time.time() - self.started,
+            "connections": self.connections,
+            "in_flight": self.in_flight,
+            "torch_threads": threads,
+            "batches": self.batcher.batches if self.batcher else 0,
+            **self.counts,
+        }
 
     # ---------------------------------------------------------- forward
     def forward(self, group: list[Observation]) -> np.ndarray:
@@ -160,8 +181,13 @@ class PolicyServer:
                 return error_reply(request_id, f"unknown message type {kind!r} (expected 'predict' or 'health')")
             if self.closing:
                 return error_reply(request_id, "server is shutting down")
-            obs = validate_observation(message.get("obs"), self.policy.config, self.policy.goal_encoder is not None,
-                                       self.known_tasks, self.max_rows)
+            obs = validate_observation(
+                message.get("obs"),
+                self.policy.config,
+                self.policy.goal_encoder is not None,
+                self.known_tasks,
+                self.max_rows,
+            )
             actions, timing = await self.batcher.submit(obs)
         except ModePolicyError as err:
             return error_reply(request_id, str(err))
@@ -171,9 +197,16 @@ class PolicyServer:
             log.exception("request failed")
             return error_reply(request_id, f"internal error: {type(err).__name__}: {err}")
         return {
-            "type": "result", "id": request_id, "ok": True, "actions": actions, "batch_size": timing.batch_rows,
-            "latency_ms": {"server": (time.perf_counter() - received) * 1e3, "queue": timing.queue_ms,
-                           "compute": timing.compute_ms},
+            "type": "result",
+            "id": request_id,
+            "ok": True,
+            "actions": actions,
+            "batch_size": timing.batch_rows,
+            "latency_ms": {
+                "server": (time.perf_counter() - received) * 1e3,
+                "queue": timing.queue_ms,
+                "compute": timing.compute_ms,
+            },
         }
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -202,12 +235,19 @@ class PolicyServer:
     # ------------------------------------------------------------ serve
     async def serve(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
         """Serve until ``stop`` is set, then shut down gracefully; ``ready(port)`` once listening."""
-        self.batcher = MicroBatcher(self.forward, self.window_s, self.max_rows, lambda: self.connections,
-                                    threads=self.threads)
+        self.batcher = MicroBatcher(
+            self.forward, self.window_s, self.max_rows, lambda: self.connections, threads=self.threads
+        )
         batching = asyncio.create_task(self.batcher.run())
         try:
-            async with serve(self._handle, self.host, self.port, process_request=self._http,
-                             max_size=MAX_MESSAGE_BYTES, compression=None) as server:
+            async with serve(
+                self._handle,
+                self.host,
+                self.port,
+                process_request=self._http,
+                max_size=MAX_MESSAGE_BYTES,
+                compression=None,
+            ) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 if ready is not None:
                     ready(self.port)

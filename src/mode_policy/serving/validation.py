@@ -15,14 +15,15 @@ what is wrong (unknown key, shape, dtype, NaN or inf, unknown instruction).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from ..config import MoDEConfig
 from ..constants import GOAL_KEY, STATE_KEY, TASK_KEY
 from ..errors import DataError
+from ..model.config import MoDEConfig
 
 
 @dataclass
@@ -75,8 +76,10 @@ def _image(key: str, value: np.ndarray, cfg: MoDEConfig) -> np.ndarray:
     channels_last = value.dtype == np.uint8
     if value.dtype != np.uint8 and value.dtype.kind != "f":
         raise DataError(f"{key} has dtype {value.dtype}, expected uint8 (H, W, 3) or float (3, H, W) images")
-    ok_shape = value.ndim == 5 and value.shape[1] == cfg.n_obs_steps and (
-        value.shape[-1] == 3 if channels_last else value.shape[2] == 3
+    ok_shape = (
+        value.ndim == 5
+        and value.shape[1] == cfg.n_obs_steps
+        and (value.shape[-1] == 3 if channels_last else value.shape[2] == 3)
     )
     if not ok_shape:
         layout = "H, W, 3" if channels_last else "3, H, W"
@@ -97,7 +100,10 @@ def _tasks(value: Any, known: frozenset[str] | None) -> list[str]:
 
 
 def validate_observation(
-    obs: Any, cfg: MoDEConfig, has_goal_encoder: bool, known_tasks: frozenset[str] | None = None,
+    obs: Any,
+    cfg: MoDEConfig,
+    has_goal_encoder: bool,
+    known_tasks: frozenset[str] | None = None,
     max_rows: int = 256,
 ) -> Observation:
     """The checked :class:`Observation` of ``obs``; DataError naming the first problem.
@@ -124,8 +130,9 @@ def validate_observation(
     if GOAL_KEY in obs:
         goal = _array(obs, GOAL_KEY)
         if goal.dtype.kind != "f" or goal.ndim != 2 or goal.shape[1] != cfg.goal_dim:
-            raise DataError(f"{GOAL_KEY} has shape {tuple(goal.shape)} and dtype {goal.dtype}, "
-                            f"expected float (B, {cfg.goal_dim})")
+            raise DataError(
+                f"{GOAL_KEY} has shape {tuple(goal.shape)} and dtype {goal.dtype}, expected float (B, {cfg.goal_dim})"
+            )
         _check_finite(GOAL_KEY, goal)
         arrays[GOAL_KEY] = goal.astype(np.float32, copy=False)
     else:

@@ -8,9 +8,9 @@ and the success per task.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..fileio import atomic_write, atomic_write_text
 from .runner import CellResult
@@ -44,15 +44,18 @@ class VariantSummary:
 
 def summarize(study: Study, results: dict[str, CellResult]) -> list[VariantSummary]:
     """Per variant: its finished cells, the interval of its mean and of its difference to the reference."""
-    per_variant = {v.name: [results[c.key] for c in study.cells() if c.variant == v.name and c.key in results]
-                   for v in study.variants}
+    per_variant = {
+        v.name: [results[c.key] for c in study.cells() if c.variant == v.name and c.key in results]
+        for v in study.variants
+    }
     ref = [r.success_rate for r in per_variant[study.reference]]
     summaries = []
     for v in study.variants:
         cells = per_variant[v.name]
         means = [r.success_rate for r in cells]
-        interval = (seed_interval(means, sum(r.successes for r in cells), sum(r.episodes for r in cells))
-                    if cells else None)
+        interval = (
+            seed_interval(means, sum(r.successes for r in cells), sum(r.episodes for r in cells)) if cells else None
+        )
         delta = difference_interval(means, ref) if v.name != study.reference else None
         summaries.append(VariantSummary(v, cells, interval, delta))
     return summaries
@@ -100,9 +103,11 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
     train = ", ".join(f"{k}={v}" for k, v in study.train.items()) or "TrainConfig defaults"
     base = ", ".join(f"{k}={v}" for k, v in study.policy.items())
     lines = [
-        f"# {study.name}", "",
+        f"# {study.name}",
+        "",
         f"{len(results)} of {len(cells)} cells finished ({len(study.variants)} variants x {len(study.seeds)} seeds "
-        f"{study.seeds}). Study file: `{study.path}`.", "",
+        f"{study.seeds}). Study file: `{study.path}`.",
+        "",
         f"- data: `{study.dataset}`; evaluated on {len(study.tasks)} Meta-World task(s), "
         f"{study.eval_episodes} held-out episode(s) per task and cell (evaluation seed {study.eval_seed}, "
         "the same episodes for every cell)",
@@ -118,9 +123,12 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
     ]
     if study.paper_source:
         lines.append(f"- paper numbers: {study.paper_source}")
-    lines += ["", "| variant | changes | success | 95% CI | Δ vs " + ref + " | 95% CI of Δ | paper | paper Δ "
-              "| verdict | seeds | params active / total | min per cell |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| variant | changes | success | 95% CI | Δ vs " + ref + " | 95% CI of Δ | paper | paper Δ "
+        "| verdict | seeds | params active / total | min per cell |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         v = s.variant
         paper = _num(v.paper) + (f" ({v.paper_note})" if v.paper_note else "")
@@ -151,8 +159,14 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
     lines += ["", "## Cells", "", "| cell | success | episodes | train s | eval s |", "|---|---|---|---|---|"]
     for cell in cells:
         r = results.get(cell.key)
-        lines.append(f"| {cell.key} | " + (f"{r.success_rate:.3f} | {r.episodes} | {r.train_s:.0f} | {r.eval_s:.0f} |"
-                                          if r else "not run yet | | | |"))
+        lines.append(
+            f"| {cell.key} | "
+            + (
+                f"{r.success_rate:.3f} | {r.episodes} | {r.train_s:.0f} | {r.eval_s:.0f} |"
+                if r
+                else "not run yet | | | |"
+            )
+        )
     if results:
         lines += _per_task(study, summaries)
     return "\n".join(lines) + "\n"
@@ -160,8 +174,13 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
 
 def _per_task(study: Study, summaries: list[VariantSummary]) -> list[str]:
     shown = [s for s in summaries if s.results]
-    lines = ["", "## Success per task (mean over finished seeds)", "",
-             "| task | " + " | ".join(s.variant.name for s in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    lines = [
+        "",
+        "## Success per task (mean over finished seeds)",
+        "",
+        "| task | " + " | ".join(s.variant.name for s in shown) + " |",
+        "|---" * (len(shown) + 1) + "|",
+    ]
     for task in study.tasks:
         row = []
         for s in shown:
@@ -186,17 +205,31 @@ def plot_study(study: Study, results: dict[str, CellResult], path: Path) -> Path
         if s.interval is None:
             continue
         i = s.interval
-        left.barh(y, i.mean, height=0.6, color="tab:blue" if s.variant.name != study.reference else "tab:gray",
-                  alpha=0.6)
+        left.barh(
+            y, i.mean, height=0.6, color="tab:blue" if s.variant.name != study.reference else "tab:gray", alpha=0.6
+        )
         left.errorbar(i.mean, y, xerr=[[i.mean - i.low], [i.high - i.mean]], color="0.1", capsize=3, lw=1)
         left.scatter(s.seed_means, [y] * len(s.seed_means), color="0.1", s=10, zorder=3)
         if s.delta is not None:
             d = s.delta
-            right.errorbar(d.mean, y, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color="tab:blue",
-                           capsize=3, label=OURS_LABEL if OURS_LABEL not in _labels(right) else None)
+            right.errorbar(
+                d.mean,
+                y,
+                xerr=[[d.mean - d.low], [d.high - d.mean]],
+                fmt="o",
+                color="tab:blue",
+                capsize=3,
+                label=OURS_LABEL if OURS_LABEL not in _labels(right) else None,
+            )
         if s.variant.paper_delta is not None and s.variant.name != study.reference:
-            right.scatter(s.variant.paper_delta, y, marker="D", color="tab:red", zorder=4,
-                          label=PAPER_LABEL if PAPER_LABEL not in _labels(right) else None)
+            right.scatter(
+                s.variant.paper_delta,
+                y,
+                marker="D",
+                color="tab:red",
+                zorder=4,
+                label=PAPER_LABEL if PAPER_LABEL not in _labels(right) else None,
+            )
     left.set_yticks(ys, [s.variant.name for s in summaries])
     left.set_ylim(n - 0.5, -0.5)
     left.set_xlim(0, 1)

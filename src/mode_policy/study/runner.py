@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_json, file_lock
@@ -53,7 +54,7 @@ class CellResult:
         return self.successes / self.episodes
 
     @classmethod
-    def load(cls, path: Path) -> "CellResult":
+    def load(cls, path: Path) -> CellResult:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(**{k: data[k] for k in cls.__dataclass_fields__})
@@ -87,8 +88,9 @@ def finished_results(study: Study, out: Path) -> dict[str, CellResult]:
     return results
 
 
-def run_study(study: Study, out: str | Path, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, CellResult]:
+def run_study(
+    study: Study, out: str | Path, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, CellResult]:
     """Train and evaluate every unfinished cell, in order; the report is rewritten after each one.
     ConfigError if another process is running a study on ``out`` (its half-finished cell would be
     taken for a killed one and removed)."""
@@ -116,8 +118,10 @@ def _run_cells(study: Study, out: Path, progress: bool, log: Callable[[str], Non
         log(f"[{i}/{len(cells)}] {cell.key}: training {study.train_config(cell, '').steps} steps")
         done[cell.key] = run_cell(study, cell, folder, progress)
         r = done[cell.key]
-        log(f"[{i}/{len(cells)}] {cell.key}: success {r.success_rate:.3f} ({r.successes}/{r.episodes}), "
-            f"train {r.train_s:.0f} s, eval {r.eval_s:.0f} s")
+        log(
+            f"[{i}/{len(cells)}] {cell.key}: success {r.success_rate:.3f} ({r.successes}/{r.episodes}), "
+            f"train {r.train_s:.0f} s, eval {r.eval_s:.0f} s"
+        )
         write_study_report(study, out, done)
     if all(c.key in skipped for c in cells):
         write_study_report(study, out, done)  # nothing ran in this call: render what there is
@@ -128,8 +132,8 @@ def run_cell(study: Study, cell: Cell, folder: Path, progress: bool) -> CellResu
     """Train the cell's policy, evaluate it on the study's held-out episodes, record the result."""
     from ..evaluation.metaworld import evaluate_metaworld
     from ..policy import MoDEPolicy
-    from ..run_dir import RunDir
-    from ..train import train
+    from ..training.loop import train
+    from ..training.run_dir import RunDir
 
     cfg = study.train_config(cell, folder / "run")
     cfg.progress = progress and cfg.progress
@@ -138,16 +142,30 @@ def run_cell(study: Study, cell: Cell, folder: Path, progress: bool) -> CellResu
     train_s = time.perf_counter() - start
     policy = MoDEPolicy.from_pretrained(run.model)
     start = time.perf_counter()
-    result = evaluate_metaworld(policy, study.tasks, study.eval_episodes, seed=study.eval_seed,
-                                batch_size=study.eval_batch_size, progress=progress)
+    result = evaluate_metaworld(
+        policy,
+        study.tasks,
+        study.eval_episodes,
+        seed=study.eval_seed,
+        batch_size=study.eval_batch_size,
+        progress=progress,
+    )
     eval_s = time.perf_counter() - start
     result.policy = str(run.model)
     result.save(folder / "eval_info.json")
     shutil.rmtree(run.checkpoints, ignore_errors=True)  # the EMA model in run/model is what was evaluated
     overall = result.overall
-    record = CellResult(cell.variant, cell.seed, study.cell_spec(cell), overall.successes, overall.episodes,
-                        {t: [r.successes, r.episodes] for t, r in result.per_task.items()},
-                        policy.parameter_counts(), train_s, eval_s)
+    record = CellResult(
+        cell.variant,
+        cell.seed,
+        study.cell_spec(cell),
+        overall.successes,
+        overall.episodes,
+        {t: [r.successes, r.episodes] for t, r in result.per_task.items()},
+        policy.parameter_counts(),
+        train_s,
+        eval_s,
+    )
     atomic_write_json(folder / RESULT_NAME, asdict(record))
     return record
 
@@ -155,9 +173,15 @@ def run_cell(study: Study, cell: Cell, folder: Path, progress: bool) -> CellResu
 def study_record(study: Study) -> dict[str, Any]:
     """The resolved study as JSON: what every variant trains, and how dense variants were matched."""
     return {
-        "name": study.name, "study_file": str(study.path), "dataset": study.dataset, "tasks": study.tasks,
-        "eval_episodes": study.eval_episodes, "eval_seed": study.eval_seed, "seeds": study.seeds,
-        "reference": study.reference, "paper_source": study.paper_source,
+        "name": study.name,
+        "study_file": str(study.path),
+        "dataset": study.dataset,
+        "tasks": study.tasks,
+        "eval_episodes": study.eval_episodes,
+        "eval_seed": study.eval_seed,
+        "seeds": study.seeds,
+        "reference": study.reference,
+        "paper_source": study.paper_source,
         "variants": [{**asdict(v), "policy_config": study.policy_config(v.name).to_dict()} for v in study.variants],
         "cells": {c.key: study.cell_spec(c) for c in study.cells()},
     }

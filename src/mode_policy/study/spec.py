@@ -36,11 +36,24 @@ from typing import Any
 
 import torch
 
-from ..config import MoDEConfig, TrainConfig, get_preset
 from ..errors import ConfigError, DataNotFoundError
+from ..model.config import MoDEConfig, get_preset
+from ..training.config import TrainConfig
 
-STUDY_KEYS = ("name", "dataset", "tasks", "eval_episodes", "eval_seed", "eval_batch_size", "seeds", "train",
-              "policy", "reference", "paper_source", "variants")
+STUDY_KEYS = (
+    "name",
+    "dataset",
+    "tasks",
+    "eval_episodes",
+    "eval_seed",
+    "eval_batch_size",
+    "seeds",
+    "train",
+    "policy",
+    "reference",
+    "paper_source",
+    "variants",
+)
 VARIANT_KEYS = ("name", "description", "policy", "match_active_params", "paper", "paper_reference", "paper_note")
 TRAIN_SET_BY_STUDY = {
     "dataset": "give it at the top level of the study",
@@ -122,19 +135,31 @@ class Study:
         return [Cell(v.name, s) for s in self.seeds for v in self.variants]
 
     def policy_config(self, variant: str) -> MoDEConfig:
-        return get_preset(self.train.get("preset", TrainConfig.preset), **{**self.policy, **self.variant(variant).policy})
+        return get_preset(
+            self.train.get("preset", TrainConfig.preset), **{**self.policy, **self.variant(variant).policy}
+        )
 
     def train_config(self, cell: Cell, output_dir: str | Path) -> TrainConfig:
-        return TrainConfig(**self.train, dataset=self.dataset, output_dir=str(output_dir), seed=cell.seed,
-                           policy=self.policy_config(cell.variant))
+        return TrainConfig(
+            **self.train,
+            dataset=self.dataset,
+            output_dir=str(output_dir),
+            seed=cell.seed,
+            policy=self.policy_config(cell.variant),
+        )
 
     def cell_spec(self, cell: Cell) -> dict[str, Any]:
         """What a cell computes (a finished cell is reused only while this stays the same)."""
         run = self.train_config(cell, "").to_run_dict()
         for name in SPEC_IGNORES:
             run["train"].pop(name)
-        return {"train": run["train"], "policy": run["policy"], "tasks": self.tasks,
-                "eval_episodes": self.eval_episodes, "eval_seed": self.eval_seed}
+        return {
+            "train": run["train"],
+            "policy": run["policy"],
+            "tasks": self.tasks,
+            "eval_episodes": self.eval_episodes,
+            "eval_seed": self.eval_seed,
+        }
 
 
 # ------------------------------------------------------------------ loading
@@ -168,8 +193,12 @@ def parse_study(data: Any, path: Path) -> Study:
             raise ConfigError(f"{where}: train.{key} is set by the study ({why})")
     _no_unknown(train, [f.name for f in dataclasses.fields(TrainConfig)], f"{where}: train")
     seeds = data.get("seeds", [0])
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
         raise ConfigError(f"{where}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
     eval_episodes = _int(data, "eval_episodes", 5, where, low=1)
     eval_seed = _int(data, "eval_seed", 0, where, low=0)
@@ -187,9 +216,21 @@ def parse_study(data: Any, path: Path) -> Study:
     reference = str(data.get("reference", names[0]))
     if reference not in names:
         raise ConfigError(f"{where}: reference {reference!r} is not a variant (variants: {', '.join(names)})")
-    study = Study(path, str(data.get("name", path.stem)), dataset, _tasks(data.get("tasks"), dataset, where),
-                  eval_episodes, eval_seed, eval_batch_size, seeds, train, base_policy, reference,
-                  str(data.get("paper_source", "")), variants)
+    study = Study(
+        path,
+        str(data.get("name", path.stem)),
+        dataset,
+        _tasks(data.get("tasks"), dataset, where),
+        eval_episodes,
+        eval_seed,
+        eval_batch_size,
+        seeds,
+        train,
+        base_policy,
+        reference,
+        str(data.get("paper_source", "")),
+        variants,
+    )
     study = _resolve(study, raw_variants, where)
     for variant in study.variants:  # every cell's configuration is valid (types, ranges, consistency)
         try:
@@ -203,14 +244,18 @@ def _variant(raw: Any, index: int, where: str) -> Variant:
     raw = _mapping(raw, f"{where}: variants[{index}]")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ConfigError(f"{where}: variants[{index}] needs a name of letters, digits, '.', '_' or '-' "
-                          f"(it names the cell folders), got {name!r}")
+        raise ConfigError(
+            f"{where}: variants[{index}] needs a name of letters, digits, '.', '_' or '-' "
+            f"(it names the cell folders), got {name!r}"
+        )
     at = f"{where}: variant {name!r}"
     _no_unknown(raw, VARIANT_KEYS, at)
     policy = dict(_mapping(raw.get("policy", {}), f"{at}: policy"))
     _check_policy_fields(policy, f"{at}: policy")
     paper, paper_reference = _number(raw, "paper", at), _number(raw, "paper_reference", at)
-    return Variant(name, policy, str(raw.get("description", "")), paper, paper_reference, str(raw.get("paper_note", "")))
+    return Variant(
+        name, policy, str(raw.get("description", "")), paper, paper_reference, str(raw.get("paper_note", ""))
+    )
 
 
 def _resolve(study: Study, raw_variants: list[dict], where: str) -> Study:
@@ -238,7 +283,7 @@ def _resolve(study: Study, raw_variants: list[dict], where: str) -> Study:
 
 def transformer_active_params(config: MoDEConfig) -> int:
     """Active parameters of the denoising transformer of ``config`` (counted without allocating)."""
-    from ..denoiser import MoDETransformer
+    from ..model.transformer import MoDETransformer
 
     with torch.device("meta"):
         net = MoDETransformer(config)

@@ -11,8 +11,8 @@ With a single seed there is no seed spread: the Wilson interval of that seed's e
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..evaluation.result import wilson_interval
 

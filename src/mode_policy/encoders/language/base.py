@@ -66,7 +66,7 @@ class LanguageEncoder(ABC):
         """Where returned tensors land."""
 
     @abstractmethod
-    def to(self, device: str | torch.device) -> "LanguageEncoder":
+    def to(self, device: str | torch.device) -> LanguageEncoder:
         """Move outputs (and any parameters) to ``device``; returns self."""
 
     @abstractmethod
@@ -107,7 +107,7 @@ class CachedLanguageEncoder(LanguageEncoder):
     def device(self) -> torch.device:
         return self._device
 
-    def to(self, device: str | torch.device) -> "CachedLanguageEncoder":
+    def to(self, device: str | torch.device) -> CachedLanguageEncoder:
         device = torch.device(device)
         if device != self._device:
             self._device = device
@@ -133,7 +133,7 @@ class CachedLanguageEncoder(LanguageEncoder):
         self._table = None
         self._table_on_device = None
 
-    def precompute(self, texts: Iterable[str] | None = None) -> "CachedLanguageEncoder":
+    def precompute(self, texts: Iterable[str] | None = None) -> CachedLanguageEncoder:
         """Embed ``texts`` (and any pending ``tasks``) now; returns self."""
         self._add(_as_text_list(texts) if texts is not None else [])
         return self
@@ -146,7 +146,9 @@ class CachedLanguageEncoder(LanguageEncoder):
         new = self.encode(missing)
         self.num_encode_calls += 1
         if new.dim() != 2 or new.shape[0] != len(missing):
-            raise RuntimeError(f"{type(self).__name__}.encode returned shape {tuple(new.shape)} for {len(missing)} texts")
+            raise RuntimeError(
+                f"{type(self).__name__}.encode returned shape {tuple(new.shape)} for {len(missing)} texts"
+            )
         new = new.detach().to("cpu", torch.float32).clone()  # clone: a normal tensor even if made in inference mode
         start = len(self._index)
         self._table = new if self._table is None else torch.cat([self._table, new])
@@ -168,7 +170,7 @@ class CachedLanguageEncoder(LanguageEncoder):
     # -- copying: EMA deep-copies the policy; the frozen model is shared, never copied.
     _SHARED: ClassVar[tuple[str, ...]] = ("_model",)
 
-    def __deepcopy__(self, memo: dict) -> "CachedLanguageEncoder":
+    def __deepcopy__(self, memo: dict) -> CachedLanguageEncoder:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():

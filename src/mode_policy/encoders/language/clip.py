@@ -75,9 +75,7 @@ class CLIPTextEncoder(CachedLanguageEncoder):
 
         local_only = not self.allow_download
         tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
-        model = CLIPTextModelWithProjection.from_pretrained(
-            self.path, local_files_only=local_only, dtype=torch.float32
-        )
+        model = CLIPTextModelWithProjection.from_pretrained(self.path, local_files_only=local_only, dtype=torch.float32)
         return tokenizer, model.to("cpu").eval().requires_grad_(False)
 
     @property
@@ -103,8 +101,11 @@ class CLIPTextEncoder(CachedLanguageEncoder):
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
                 tok = tokenizer(
-                    texts[i : i + self.batch_size], padding=True, truncation=True,
-                    max_length=max_len, return_tensors="pt",
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_len,
+                    return_tensors="pt",
                 )
                 out = model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"))
                 chunks.append(out.text_embeds.float())

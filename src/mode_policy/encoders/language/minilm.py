@@ -12,7 +12,6 @@ from torch import Tensor
 from ..resnet import WeightsNotFoundError
 from .base import CachedLanguageEncoder, MissingPackageError, _as_text_list, _set_offline_env, _shared_model
 
-
 # ---------------------------------------------------------------------------
 # MiniLM (default)
 
@@ -94,8 +93,11 @@ class MiniLMEncoder(CachedLanguageEncoder):
             return torch.empty(0, self.dim)
         with torch.no_grad():
             out = self.model.encode(
-                texts, batch_size=self.batch_size, convert_to_tensor=True,
-                normalize_embeddings=True, show_progress_bar=False,
+                texts,
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
             )
         return out.detach().to("cpu", torch.float32).clone()
 

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from ...errors import ConfigError, DataError
 from .base import LanguageEncoder, _as_text_list, _unique
 
-
 # ---------------------------------------------------------------------------
 # learned task embedding
 

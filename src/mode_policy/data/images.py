@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def libero_image_transform(images: np.ndarray, convention: str = "opengl") -> np.ndarray:

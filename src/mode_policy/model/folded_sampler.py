@@ -1,7 +1,7 @@
 """The lean sampler with its per-plan constants folded into the weights: the network the
-exported artefact runs (:mod:`mode_policy.export`).
+exported artefact runs (:mod:`mode_policy.serving.export`).
 
-:class:`~mode_policy.cached_sampler.LeanSampler` keeps the module path's operations, so its
+:class:`~mode_policy.model.lean_sampler.LeanSampler` keeps the module path's operations, so its
 actions are bitwise those of the module path. A graph runtime (ONNX Runtime) gains from
 fewer operations with constant, two-dimensional weights (it pre-packs those once), so here,
 once per plan:
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cached_sampler import LeanSampler
 from .diffusion import Sampler
+from .lean_sampler import LeanSampler
 
 
 class FoldedSampler(nn.Module):
@@ -65,7 +65,11 @@ class FoldedSampler(nn.Module):
             for i, (layer, fused) in enumerate(zip(lean.layers, step.experts)):
                 if step.phi is not None:
                     self.register_buffer(f"qkv_bias_{j}_{i}", F.linear(step.phi, layer.qkv))  # (1, 1, 3d)
-                key = (i, "dense") if fused is None else (i, fused.w13.data_ptr(), fused.w13.stride(0), fused.w13.shape[0])
+                key = (
+                    (i, "dense")
+                    if fused is None
+                    else (i, fused.w13.data_ptr(), fused.w13.stride(0), fused.w13.shape[0])
+                )
                 if key not in pairs:
                     pairs[key] = f"mlp_{len(pairs)}"
                     w_in, w_out = _concatenated(*(layer.dense if fused is None else (fused.w13, fused.w2)))
@@ -101,7 +105,9 @@ class FoldedSampler(nn.Module):
             if self.conditioned:
                 a = a + getattr(self, f"qkv_bias_{j}_{i}")
             # slices, not split/unbind: those export as ONNX sequence operators, slower per call
-            q, k, v = (a[..., i * d : (i + 1) * d].reshape(b, t, heads, d // heads) for i in range(3))  # (B, T, heads, hd)
+            q, k, v = (
+                a[..., i * d : (i + 1) * d].reshape(b, t, heads, d // heads) for i in range(3)
+            )  # (B, T, heads, hd)
             q = F.rms_norm(q, (d // heads,), getattr(self, f"q_norm_{i}"), self.eps_qk[i][0]).transpose(1, 2)
             k = F.rms_norm(k, (d // heads,), getattr(self, f"k_norm_{i}"), self.eps_qk[i][1]).transpose(1, 2)
             y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=self.causal)  # (B, heads, T, hd)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import get_preset
-from .constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY
-from .policy import MoDEPolicy
+from ..constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY
+from ..model.config import get_preset
+from ..policy import MoDEPolicy
 
 MODES = torch.tensor([[0.6, 0.6], [0.6, -0.6]])  # (goals, action_dim): +/- each row
 NEAR = 0.5 * float(MODES[0].norm())  # half the distance from the mean to a mode
@@ -65,7 +65,11 @@ def mode_statistics(samples: Tensor, goal_idx: Tensor) -> tuple[list[list[float]
 
 
 def train_toy(
-    steps: int = 800, batch_size: int = 256, lr: float = 3e-3, seed: int = 0, n_eval: int = 1000,
+    steps: int = 800,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
+    n_eval: int = 1000,
     progress: bool = False,
 ) -> ToyResult:
     """Train the ``tiny`` MoDE preset (single-action chunks) on the toy task and
@@ -74,10 +78,12 @@ def train_toy(
     gen = torch.Generator().manual_seed(seed)
     cfg = get_preset("tiny", state_dim=2, action_dim=2, goal_dim=2, goal_dropout=0.0, horizon=1, n_action_steps=1)
     policy = MoDEPolicy(cfg)
-    policy.set_normalization({
-        "action": {"min": [-1.0, -1.0], "max": [1.0, 1.0]},
-        STATE_KEY: {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
-    })
+    policy.set_normalization(
+        {
+            "action": {"min": [-1.0, -1.0], "max": [1.0, 1.0]},
+            STATE_KEY: {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
+        }
+    )
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     start = time.perf_counter()

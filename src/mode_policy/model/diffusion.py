@@ -10,12 +10,12 @@ advance is what lets MoDE cache its experts per evaluation.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DenoiseFn = Callable[[Tensor, int], Tensor]
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .errors import CheckpointError, DataError, RunDirError
-from .fileio import atomic_write_json, atomic_write_text, read_jsonl
+from ..errors import CheckpointError, DataError, RunDirError
+from ..fileio import atomic_write_json, atomic_write_text, read_jsonl
 
 CHECKPOINT_PREFIX = "step_"
 TRAINING_STATE = "training_state.pt"
@@ -113,8 +114,18 @@ class RunDir:
         (config, stats, metrics, TensorBoard), no checkpoint and no model. Safe to start over."""
         if self.is_empty() or self.latest_pointer.exists() or self.model.exists():
             return False
-        stub_files = {p.name for p in (self.config, self.stats, self.metrics, self.evals, self.tensorboard,
-                                       self.summary, self.checkpoints)}
+        stub_files = {
+            p.name
+            for p in (
+                self.config,
+                self.stats,
+                self.metrics,
+                self.evals,
+                self.tensorboard,
+                self.summary,
+                self.checkpoints,
+            )
+        }
         return all(p.name in stub_files for p in self.root.iterdir()) and not any(
             p for p in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
         )
@@ -146,7 +157,7 @@ class RunDir:
         return inner if (inner / MODEL_CONFIG).is_file() else path
 
     @staticmethod
-    def of_model(model_dir: str | os.PathLike) -> "RunDir | None":
+    def of_model(model_dir: str | os.PathLike) -> RunDir | None:
         """The run directory a saved model folder belongs to (None for a stand-alone model)."""
         parent = RunDir(Path(model_dir).parent)
         return parent if parent.config.is_file() and parent.model == Path(model_dir) else None
@@ -169,7 +180,7 @@ class RunDir:
 
     def read_eval_info(self):
         """The :class:`~mode_policy.evaluation.EvalResult` in ``eval_info.json``, or None."""
-        from .evaluation.result import EvalResult
+        from ..evaluation.result import EvalResult
 
         return EvalResult.load(self.eval_info) if self.eval_info.is_file() else None
 

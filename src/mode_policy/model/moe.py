@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-
 from .layers import SwiGLU, swiglu
 
 
@@ -95,11 +94,7 @@ class ExpertBank(nn.Module):
         # unbind, not w13[e]: its backward stacks the experts' gradients into one bank-sized
         # tensor, where indexing would zero-fill a bank-sized gradient per expert
         w13, w2 = self.w13.unbind(0), self.w2.unbind(0)
-        outs = [
-            swiglu(chunk, w13[e], w2[e])
-            for e, chunk in enumerate(grouped.split(counts))
-            if counts[e] > 0
-        ]
+        outs = [swiglu(chunk, w13[e], w2[e]) for e, chunk in enumerate(grouped.split(counts)) if counts[e] > 0]
         mix = weights.reshape(-1).index_select(0, order).to(x.dtype)
         y = torch.cat(outs) * mix.view(-1, *([1] * (x.dim() - 1)))
         return torch.zeros_like(x).index_add_(0, unit_ids, y)
@@ -152,9 +147,7 @@ class MoELayer(nn.Module):
         index, weights = choose_experts(probs, self.top_k, sample=self.training)
         return Routing(probs, index, weights)
 
-    def forward(
-        self, x: Tensor, noise_emb: Tensor, fused: FusedExperts | None = None
-    ) -> tuple[Tensor, Routing | None]:
+    def forward(self, x: Tensor, noise_emb: Tensor, fused: FusedExperts | None = None) -> tuple[Tensor, Routing | None]:
         """x: (B, T, d); noise_emb: (B, d) -> ((B, T, d), routing). With ``fused`` (cached
         sampling) this step's experts run fused, without the router, and routing is None."""
         if fused is not None:

@@ -9,10 +9,10 @@ positional embeddings. Each block is pre-norm:
 
 where ``phi(sigma)`` is a linear embedding of ``c_noise = ln(sigma)/4``. Its
 layer ``sigma_embed`` belongs to this network (phi is its first token and enters
-every block); :class:`mode_policy.edm.EDMDenoiser` applies it and scales the
+every block); :class:`mode_policy.model.edm.EDMDenoiser` applies it and scales the
 network's input and output.
 
-Ablation switches (:class:`~mode_policy.config.MoDEConfig`): ``noise_token=False``
+Ablation switches (:class:`~mode_policy.model.config.MoDEConfig`): ``noise_token=False``
 drops the noise token; ``noise_conditioning`` is ``"attention"`` (above),
 ``"film"`` (``h = FiLM_phi(RMSNorm(x))`` before the attention and before the MLP,
 nothing added) or ``"none"`` (plain ``Attn(RMSNorm(x))``). The routers see phi in
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import MoDEConfig
-from .nn.expert_cache import FusedExperts
-from .nn.layers import CausalSelfAttention, FiLM, RMSNorm, SwiGLU, modulate
-from .nn.moe import ExpertBank, MoELayer, Routing
+from .expert_cache import FusedExperts
+from .layers import CausalSelfAttention, FiLM, RMSNorm, SwiGLU, modulate
+from .moe import ExpertBank, MoELayer, Routing
 
 
 class Block(nn.Module):
@@ -42,16 +42,12 @@ class Block(nn.Module):
         if cfg.routing == "dense":
             self.mlp: nn.Module = SwiGLU(d, cfg.dense_mlp_ratio * d)
         else:
-            self.mlp = MoELayer(
-                d, cfg.mlp_ratio * d, cfg.num_experts, cfg.top_k, cfg.routing, cfg.shared_expert
-            )
+            self.mlp = MoELayer(d, cfg.mlp_ratio * d, cfg.num_experts, cfg.top_k, cfg.routing, cfg.shared_expert)
         self.mlp_dropout = nn.Dropout(cfg.resid_dropout)
         self.noise_attention = cfg.noise_conditioning == "attention"
         self.film = FiLM(d, sites=2) if cfg.noise_conditioning == "film" else None
 
-    def forward(
-        self, x: Tensor, noise_emb: Tensor, fused: FusedExperts | None
-    ) -> tuple[Tensor, Routing | None]:
+    def forward(self, x: Tensor, noise_emb: Tensor, fused: FusedExperts | None) -> tuple[Tensor, Routing | None]:
         """x: (B, T, d); noise_emb: (B, d) -> (B, T, d) and the MLP's routing (None if dense or fused)."""
         h = self.norm1(x)
         if self.film is not None:

@@ -2,24 +2,26 @@
 
 From scratch (:func:`build_policy`) the data decide the shapes (a mixture: its widest
 dataset) and the preset the rest; fine-tuning (:func:`finetune_policy`) takes the
-pretrained config that :func:`mode_policy.finetune.plan_finetune` adapted. Either way the
+pretrained config that :func:`mode_policy.training.finetune.plan_finetune` adapted. Either way the
 policy normalises with the data's statistics: per dataset name for a mixture file or data
 narrower than the policy, else the one dataset's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .config import PRESETS, MoDEConfig, TrainConfig, get_preset
-from .data.mixture import Mixture, MixtureData, MixtureMember
-from .data.windows import EpisodeData
-from .errors import DataError
+from ..data.mixture import Mixture, MixtureData, MixtureMember
+from ..data.windows import EpisodeData
+from ..errors import DataError
+from ..model.config import PRESETS, MoDEConfig, get_preset
+from ..policy import MoDEPolicy
+from .config import TrainConfig
 from .finetune import check_tasks
-from .policy import MoDEPolicy
 
 
 def select_image_keys(cfg: TrainConfig, cameras: Sequence[str], source: str | None = None) -> list[str]:
@@ -61,7 +63,7 @@ def build_policy(cfg: TrainConfig, data: MixtureData | EpisodeData) -> tuple[MoD
     Cameras follow :func:`select_image_keys`; their images must have been loaded
     (:meth:`MixtureData.load`, or ``load_episodes(root, image_keys=...)`` for one
     :class:`EpisodeData`), and ``image_size`` is set from them."""
-    from .encoders.language import make_language_encoder
+    from ..encoders.language import make_language_encoder
 
     if isinstance(data, EpisodeData):
         data = _one_dataset(cfg, data)
@@ -70,9 +72,11 @@ def build_policy(cfg: TrainConfig, data: MixtureData | EpisodeData) -> tuple[MoD
     overrides = cfg.policy_overrides()
     for name, have in (("action_dim", data.action_dim), ("state_dim", data.state_dim)):
         if name in overrides and overrides[name] not in (have, 0 if name == "state_dim" else have):
-            raise DataError(f"policy.{name}={overrides[name]} does not match dataset {source}, whose "
-                            f"{name} is {have}; leave it out (training takes it from the data)"
-                            + (" or set 0 for an image-only policy" if name == "state_dim" else ""))
+            raise DataError(
+                f"policy.{name}={overrides[name]} does not match dataset {source}, whose "
+                f"{name} is {have}; leave it out (training takes it from the data)"
+                + (" or set 0 for an image-only policy" if name == "state_dim" else "")
+            )
     if cfg.language == "task":
         spec.update(tasks=data.tasks, dim=overrides.get("goal_dim", 64))
     elif cfg.language == "clip":
@@ -114,8 +118,9 @@ def _one_dataset(cfg: TrainConfig, data: EpisodeData) -> MixtureData:
     not_loaded = [k for k in image_keys if k not in data.images]
     if not_loaded:
         raise DataError(f"camera(s) {not_loaded} were not loaded: use load_episodes(root, image_keys=...)")
-    mixture = Mixture((MixtureMember(Path(cfg.dataset).name or "dataset", Path(cfg.dataset), 1.0),), cfg.dataset,
-                      from_file=False)
+    mixture = Mixture(
+        (MixtureMember(Path(cfg.dataset).name or "dataset", Path(cfg.dataset), 1.0),), cfg.dataset, from_file=False
+    )
     return MixtureData(mixture, [data], image_keys)
 
 
@@ -148,7 +153,7 @@ def goal_table(policy: MoDEPolicy, tasks: list[str]) -> torch.Tensor | None:
 
 
 def finetune_policy(cfg: TrainConfig, data: MixtureData, config: MoDEConfig) -> tuple[MoDEPolicy, torch.Tensor | None]:
-    """The fine-tuned policy (``config`` from :func:`mode_policy.finetune.plan_finetune`), with the
+    """The fine-tuned policy (``config`` from :func:`mode_policy.training.finetune.plan_finetune`), with the
     data's normalisation; its weights are loaded by the caller (pretrained or checkpoint)."""
     check_tasks(config, data.tasks, cfg.init_from)
     policy = MoDEPolicy(config)

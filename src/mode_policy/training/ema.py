@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class EMA:

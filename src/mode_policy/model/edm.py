@@ -8,7 +8,7 @@
 scalings and the noise embedding ``phi``, builds the sampling plan (schedule,
 per-evaluation constants, expert cache), computes the training loss and
 samples. The pure maths (scalings, sigma distribution, schedules, samplers)
-lives in :mod:`mode_policy.diffusion`.
+lives in :mod:`mode_policy.model.diffusion`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .cached_sampler import LeanSampler, build_lean_sampler
 from .config import MoDEConfig
-from .denoiser import MoDETransformer
 from .diffusion import Sampler, edm_scalings, make_sampler, make_schedule, sample_log_logistic_sigma, training_target
-from .nn.expert_cache import build_layer_cache, weights_version
-from .nn.moe import FusedExperts, Routing
+from .expert_cache import build_layer_cache, weights_version
+from .lean_sampler import LeanSampler, build_lean_sampler
+from .moe import FusedExperts, Routing
+from .transformer import MoDETransformer
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class EDMDenoiser(nn.Module):
         super().__init__()
         self.config = config
         if config.architecture == "official":
-            from .official.network import OfficialTransformer
+            from ..official.network import OfficialTransformer
 
             self.net = OfficialTransformer(config)
         else:
@@ -135,7 +135,7 @@ class EDMDenoiser(nn.Module):
 
     # --------------------------------------------------------------- sampling
     use_lean_sampler = True
-    """Sample in eval mode with :mod:`mode_policy.cached_sampler` where it applies (same
+    """Sample in eval mode with :mod:`mode_policy.model.lean_sampler` where it applies (same
     results up to float rounding, fewer kernels); False: always the module-by-module path."""
 
     def sampling_plan(self) -> SamplingPlan:
@@ -143,13 +143,22 @@ class EDMDenoiser(nn.Module):
         when the schedule, the step count, the mode or the weights change."""
         cfg = self.config
         net = self.net
-        cached = (self.use_expert_cache and cfg.routing == "noise" and cfg.architecture != "official"
-                  and not self.training)
+        cached = (
+            self.use_expert_cache and cfg.routing == "noise" and cfg.architecture != "official" and not self.training
+        )
         lean = self.use_lean_sampler and not self.training
         device = net.sigma_embed.weight.device
         key = (
-            cfg.sampler, cfg.schedule, cfg.num_inference_steps, cfg.sigma_min, cfg.sigma_max,
-            cfg.karras_rho, cfg.sigma_data, cached, lean, device,
+            cfg.sampler,
+            cfg.schedule,
+            cfg.num_inference_steps,
+            cfg.sigma_min,
+            cfg.sigma_max,
+            cfg.karras_rho,
+            cfg.sigma_data,
+            cached,
+            lean,
+            device,
             weights_version([net] if lean else [net.sigma_embed, *net.moe_layers()]),  # lean: reads every weight
         )
         if self._plan is not None and self._plan.key == key:

@@ -41,12 +41,16 @@ def _status_mb(field: str) -> float:
 
 
 def write_synthetic_dataset(
-    root: str | Path, episodes: int, length: int = 100, image_size: int = 96,
-    cameras: Sequence[str] = ("corner", "gripperPOV"), seed: int = 0,
+    root: str | Path,
+    episodes: int,
+    length: int = 100,
+    image_size: int = 96,
+    cameras: Sequence[str] = ("corner", "gripperPOV"),
+    seed: int = 0,
 ) -> Path:
     """A LeRobot dataset of ``episodes`` x ``length`` frames: random 8-d states and 4-d actions,
     and per camera a video of smooth moving colour gradients (which a codec keeps well)."""
-    from .writer import DatasetWriter
+    from ..data.writer import DatasetWriter
 
     keys = [f"observation.images.{c}" for c in cameras]
     features = {
@@ -77,7 +81,7 @@ def _memmap_images(data: Any) -> None:
     """Replace every on-disk camera of ``data`` by a memory map of the same cache file."""
     import torch
 
-    from .frame_cache import DiskFrames
+    from ..data.frame_cache import DiskFrames
 
     for key, frames in data.images.items():
         if isinstance(frames, DiskFrames):
@@ -87,8 +91,8 @@ def _memmap_images(data: Any) -> None:
 
 def _decode_on_demand(dataset: str, n_obs: int, samples: int) -> float | None:
     """Samples/s when each window's frames are decoded from the videos on request (None: no video camera)."""
-    from .metadata import load_metadata
-    from .video import decode_video_segment
+    from ..data.metadata import load_metadata
+    from ..data.video import decode_video_segment
 
     meta = load_metadata(dataset)
     if not meta.video_keys:
@@ -110,13 +114,16 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     steps (tiny image policy); times and this process's memory figures (MB)."""
     import torch
 
-    from .windows import WindowSampler, dataset_cameras, load_episodes
+    from ..data.windows import WindowSampler, dataset_cameras, load_episodes
 
     torch.set_num_threads(task["threads"])
     out: dict[str, Any] = {"rss_start_mb": _status_mb("VmRSS")}
     keys = list(dataset_cameras(task["dataset"]))
-    options = {} if task["variant"] == "in_memory" else {
-        "cache_dir": task["cache_dir"], "memory_budget_mb": task["memory_budget_mb"]}
+    options = (
+        {}
+        if task["variant"] == "in_memory"
+        else {"cache_dir": task["cache_dir"], "memory_budget_mb": task["memory_budget_mb"]}
+    )
     start = time.perf_counter()
     data = load_episodes(task["dataset"], keys, progress=False, **options)
     out["load_s"] = time.perf_counter() - start
@@ -142,13 +149,21 @@ def _train_steps(data: Any, task: dict[str, Any], keys: list[str]) -> dict[str, 
     """A tiny image policy's forward/backward/AdamW steps on windows of ``data``."""
     import torch
 
-    from ..config import get_preset
+    from ..data.windows import WindowSampler
+    from ..model.config import get_preset
     from ..policy import MoDEPolicy
-    from .windows import WindowSampler
 
     height, width = data.images[keys[0]].shape[1:3]
-    cfg = get_preset("tiny", state_dim=data.state_dim, action_dim=data.action_dim, goal_dim=16, image_keys=keys,
-                     image_size=height if height == width else 0, vision_width=8, n_obs_steps=task["n_obs_steps"])
+    cfg = get_preset(
+        "tiny",
+        state_dim=data.state_dim,
+        action_dim=data.action_dim,
+        goal_dim=16,
+        image_keys=keys,
+        image_size=height if height == width else 0,
+        vision_width=8,
+        n_obs_steps=task["n_obs_steps"],
+    )
     torch.manual_seed(0)
     policy = MoDEPolicy(cfg).train()
     policy.set_normalization(data.stats())
@@ -162,7 +177,10 @@ def _train_steps(data: Any, task: dict[str, Any], keys: list[str]) -> dict[str, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return {"train_step_s": (time.perf_counter() - start) / task["train_steps"], "train_peak_rss_mb": _status_mb("VmHWM")}
+    return {
+        "train_step_s": (time.perf_counter() - start) / task["train_steps"],
+        "train_peak_rss_mb": _status_mb("VmHWM"),
+    }
 
 
 _CHILD = """
@@ -207,10 +225,10 @@ def bench_data(
     """Run every variant (module docstring) on ``dataset`` (None: a synthetic 2-camera dataset of
     ``image_size`` px whose decoded frames are ~4.5x ``memory_budget_mb``, written under
     ``workdir``); the frame cache is built afresh in ``workdir`` (default: a temporary folder)."""
+    from ..data.frame_cache import cache_entry
+    from ..data.reader import DatasetReader
+    from ..data.windows import dataset_cameras
     from ..errors import DataError
-    from .frame_cache import cache_entry
-    from .reader import DatasetReader
-    from .windows import dataset_cameras
 
     with tempfile.TemporaryDirectory(prefix="mode-bench-data-", dir=workdir) as tmp:
         if dataset is None:
@@ -224,9 +242,16 @@ def bench_data(
         if not cameras:
             raise DataError(f"bench data: dataset {dataset} has no camera features (nothing to cache)")
         decoded = sum(cache_entry(ds, k, None, tmp).total_bytes for k in cameras) / 2**20
-        base = {"dataset": dataset, "cache_dir": str(Path(tmp) / "cache"), "memory_budget_mb": memory_budget_mb,
-                "batch_size": batch_size, "n_obs_steps": n_obs_steps, "batches": batches, "threads": threads,
-                "train_batch_size": train_batch_size}
+        base = {
+            "dataset": dataset,
+            "cache_dir": str(Path(tmp) / "cache"),
+            "memory_budget_mb": memory_budget_mb,
+            "batch_size": batch_size,
+            "n_obs_steps": n_obs_steps,
+            "batches": batches,
+            "threads": threads,
+            "train_batch_size": train_batch_size,
+        }
         plan = [("bounded_cold", 0), ("bounded_reused", train_steps), ("in_memory", train_steps), ("memmap", 0)]
         results: dict[str, Any] = {}
         for variant, steps in plan:
@@ -237,23 +262,33 @@ def bench_data(
         if on_demand is not None:
             results["decode_on_demand"] = {"samples_per_s": on_demand}
     return {
-        "dataset": dataset, "num_frames": ds.num_frames,
-        "cameras": {k: list(s) for k, s in cameras.items()}, "decoded_mb": decoded,
-        "memory_budget_mb": memory_budget_mb, "batch_size": batch_size, "n_obs_steps": n_obs_steps,
-        "train_batch_size": train_batch_size, "threads": threads, "results": results,
+        "dataset": dataset,
+        "num_frames": ds.num_frames,
+        "cameras": {k: list(s) for k, s in cameras.items()},
+        "decoded_mb": decoded,
+        "memory_budget_mb": memory_budget_mb,
+        "batch_size": batch_size,
+        "n_obs_steps": n_obs_steps,
+        "train_batch_size": train_batch_size,
+        "threads": threads,
+        "results": results,
     }
 
 
 def format_data(result: dict[str, Any]) -> str:
     """The benchmark as a table (one row per variant)."""
     cams = ", ".join(f"{k.rsplit('.', 1)[-1]} {s[0]}x{s[1]}" for k, s in result["cameras"].items())
-    setup = (f"  {result['num_frames']} frames, cameras {cams}: {result['decoded_mb']:.0f} MB decoded = "
-             f"{result['decoded_mb'] / result['memory_budget_mb']:.1f} x the memory budget of "
-             f"{result['memory_budget_mb']:g} MB; batches of {result['batch_size']} windows x "
-             f"{result['n_obs_steps']} frames, training batches of {result['train_batch_size']}, "
-             f"{result['threads']} thread(s)")
-    header = (f"{'variant':<18}{'load s':>8}{'samples/s':>11}{'RSS start':>11}{'peak RSS':>10}"
-              f"{'train peak RSS':>16}{'train step s':>14}")
+    setup = (
+        f"  {result['num_frames']} frames, cameras {cams}: {result['decoded_mb']:.0f} MB decoded = "
+        f"{result['decoded_mb'] / result['memory_budget_mb']:.1f} x the memory budget of "
+        f"{result['memory_budget_mb']:g} MB; batches of {result['batch_size']} windows x "
+        f"{result['n_obs_steps']} frames, training batches of {result['train_batch_size']}, "
+        f"{result['threads']} thread(s)"
+    )
+    header = (
+        f"{'variant':<18}{'load s':>8}{'samples/s':>11}{'RSS start':>11}{'peak RSS':>10}"
+        f"{'train peak RSS':>16}{'train step s':>14}"
+    )
     lines = [f"data loading: {result['dataset']}", setup, "", header]
 
     def cell(row: dict, key: str, fmt: str) -> str:
@@ -263,8 +298,10 @@ def format_data(result: dict[str, Any]) -> str:
         row = result["results"].get(name)
         if row is None:
             continue
-        lines.append(f"{name:<18}{cell(row, 'load_s', '.1f'):>8}{cell(row, 'samples_per_s', ',.0f'):>11}"
-                     f"{cell(row, 'rss_start_mb', ',.0f'):>11}{cell(row, 'peak_rss_mb', ',.0f'):>10}"
-                     f"{cell(row, 'train_peak_rss_mb', ',.0f'):>16}{cell(row, 'train_step_s', '.2f'):>14}")
+        lines.append(
+            f"{name:<18}{cell(row, 'load_s', '.1f'):>8}{cell(row, 'samples_per_s', ',.0f'):>11}"
+            f"{cell(row, 'rss_start_mb', ',.0f'):>11}{cell(row, 'peak_rss_mb', ',.0f'):>10}"
+            f"{cell(row, 'train_peak_rss_mb', ',.0f'):>16}{cell(row, 'train_step_s', '.2f'):>14}"
+        )
     lines += ["", "RSS in MB (VmHWM of each variant's own process); 'RSS start': after imports, before loading."]
     return "\n".join(lines)

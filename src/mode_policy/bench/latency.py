@@ -1,4 +1,4 @@
-"""Inference benchmarks (``mode-policy bench latency``) and the machine probes they share.
+"""Inference benchmarks (``mode-policy bench latency``).
 
 Every figure is measured side by side in one process: the variants, and two probes of
 this machine (a 1024^3 matrix multiply, a large memory copy), run in interleaved rounds
@@ -8,7 +8,7 @@ neighbour does not inflate by descheduling us; otherwise wall time. Variants, al
 preset's width and depth, with the same random weights where they share a structure:
 
 * ``mode_cached``          MoDE with the expert cache on the lean sampler (the eval path,
-  :mod:`mode_policy.cached_sampler`)
+  :mod:`mode_policy.model.lean_sampler`)
 * ``mode_cached_modules``  the same, module by module (``use_lean_sampler = False``; bitwise equal)
 * ``mode_uncached``        the same weights, routing + batched dispatch every step
 * ``dense_active``         dense transformer with the same *active* parameters (MLP hidden = k * 4d), lean
@@ -16,10 +16,10 @@ preset's width and depth, with the same random weights where they share a struct
 * ``dense_total``          dense transformer with the same *total* parameters (MLP hidden = E * 4d), lean
 * ``mode_e{E}_cached``     MoDE with E experts (top-k fixed) for the scaling curve
 * ``dense_footprint``      ``dense_active`` reading as many distinct MLP weights over a chunk as ``mode_cached``
-  does (:mod:`mode_policy.footprint_control`; batch 1): the same operations and bytes per step as ``dense_active``,
+  does (:mod:`mode_policy.bench.footprint_control`; batch 1): the same operations and bytes per step as ``dense_active``,
   so its time over ``dense_active``'s is what that weight footprint alone costs on this machine
-* ``onnx_cached``          ``mode_cached`` exported to ONNX (:mod:`mode_policy.export`: the folded graph of
-  :mod:`mode_policy.folded_sampler`), run by ONNX Runtime with the same thread count (batch 1; with
+* ``onnx_cached``          ``mode_cached`` exported to ONNX (:mod:`mode_policy.serving.export`: the folded graph of
+  :mod:`mode_policy.model.folded_sampler`), run by ONNX Runtime with the same thread count (batch 1; with
   ``onnx=True`` and onnxruntime installed)
 * ``onnx_dense_active``    ``dense_active`` exported and run the same way
 
@@ -30,134 +30,23 @@ throughput from its probe's median in the same rounds.
 from __future__ import annotations
 
 import dataclasses
-import random
-import statistics
 import tempfile
-import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import MoDEConfig, get_preset
-from .constants import GOAL_KEY, STATE_KEY
-from .errors import ConfigError
-from .export import OrtChunk, export_sampler, onnx_runtime_available
+from ..constants import GOAL_KEY, STATE_KEY
+from ..errors import ConfigError
+from ..model.config import MoDEConfig, get_preset
+from ..policy import MoDEPolicy
+from ..serving.export import OrtChunk, export_sampler, onnx_runtime_available
 from .footprint_control import footprint_control
-from .policy import MoDEPolicy
+from .timing import COPY_MB, MATMUL_N, bench_clock, machine_probes, paired_ratio, probe_throughputs, time_side_by_side
 
 EXPORTED = {"onnx_cached": "mode_cached", "onnx_dense_active": "dense_active"}
 """The ONNX variants and the eager variant each is exported from."""
-MATMUL_N = 1024
-COPY_MB = 64  # twice this crosses the memory bus per copy; above a 32 MB L3
-
-
-# ------------------------------------------------------------------ measuring
-def bench_clock() -> tuple[Callable[[], float], str]:
-    """The clock of a side-by-side measurement and its name: this thread's CPU time with one
-    torch thread (the work runs here), wall time with more."""
-    if torch.get_num_threads() == 1:
-        return time.thread_time, "thread CPU time"
-    return time.perf_counter, "wall time"
-
-
-def time_side_by_side(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 2,
-                      seed: int = 0, repeat: int = 1) -> dict[str, dict[str, Any]]:
-    """Median and interquartile range (ms) of each callable, over ``rounds`` interleaved rounds.
-
-    With ``repeat`` > 1 every callable runs ``repeat`` times in a row per round: the first call
-    is *cold* (the other callables just ran, so its weights were evicted from the caches) and
-    goes to ``cold_*``; the median of the others is the round's *warm* time (what a control loop
-    calling the same policy sees), the main figure."""
-    if repeat < 1:
-        raise ConfigError(f"repeat={repeat}: must be >= 1")
-    clock, _ = bench_clock()
-    rng = random.Random(seed)
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    cold: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(rounds):
-        rng.shuffle(names)
-        for name in names:
-            calls = []
-            for _ in range(repeat):
-                start = clock()
-                fns[name]()
-                calls.append((clock() - start) * 1e3)
-            cold[name].append(calls[0])
-            times[name].append(statistics.median(calls[1:]) if repeat > 1 else calls[0])
-    out = {}
-    for name, values in times.items():
-        q = statistics.quantiles(values, n=4)
-        out[name] = {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "runs": len(values),
-                     "samples_ms": values}  # in round order: round i of every callable ran together
-        if repeat > 1:
-            out[name].update(cold_median_ms=statistics.median(cold[name]), cold_samples_ms=cold[name])
-    return out
-
-
-def paired_ratio(timings: dict[str, dict[str, Any]], a: str, b: str, resamples: int = 2000,
-                 seed: int = 0, samples: str = "samples_ms") -> dict[str, Any]:
-    """Median over rounds of ``a``'s time / ``b``'s time in the same round, with a 95 % bootstrap
-    interval: tighter than a ratio of medians, since a round's machine noise hits both.
-    ``samples``: which per-round times to pair (``cold_samples_ms`` for the cold calls)."""
-    ratios = [x / y for x, y in zip(timings[a][samples], timings[b][samples])]
-    rng = random.Random(seed)
-    boots = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    return {"median": statistics.median(ratios), "ci95": [boots[int(0.025 * resamples)],
-                                                          boots[int(0.975 * resamples) - 1]], "rounds": len(ratios)}
-
-
-def machine_probes(repeats: int = 1, n: int = MATMUL_N, megabytes: int = COPY_MB) -> dict[str, Callable[[], Any]]:
-    """The two probes to time beside the variants: ``matmul`` (n^3, fp32) and ``copy`` (``megabytes``),
-    each ``repeats`` times per call."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    src = torch.ones(megabytes * 2**20 // 4)
-    dst = torch.empty_like(src)
-
-    def matmul() -> None:
-        for _ in range(repeats):
-            a @ b
-
-    def copy() -> None:
-        for _ in range(repeats):
-            dst.copy_(src)
-
-    return {"probe_matmul": matmul, "probe_copy": copy}
-
-
-def probe_throughputs(timings: dict[str, dict[str, float]], repeats: int = 1, n: int = MATMUL_N,
-                      megabytes: int = COPY_MB) -> tuple[float, float]:
-    """(GFLOP/s, GB/s) from the median times in ``timings`` of :func:`machine_probes` (same ``repeats``)."""
-    gflops = 2 * n**3 * repeats / (timings["probe_matmul"]["median_ms"] / 1e3) / 1e9
-    gbps = 2 * megabytes * 2**20 * repeats / (timings["probe_copy"]["median_ms"] / 1e3) / 1e9
-    return gflops, gbps
-
-
-def matmul_gflops(n: int = MATMUL_N, repeats: int = 5) -> float:
-    """This CPU's fp32 matrix-multiply throughput (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def memory_gbps(megabytes: int = 256, repeats: int = 5) -> float:
-    """This machine's memory bandwidth in GB/s: a large tensor copy, bytes read + written (best of ``repeats``)."""
-    a = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32).fill_(1.0)
-    b = torch.empty_like(a)
-    b.copy_(a)
-    best = min(_timed(lambda: b.copy_(a)) for _ in range(repeats))
-    return 2 * a.numel() * a.element_size() / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------ variants
@@ -180,8 +69,9 @@ def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -
         "mode_uncached": _policy(base, 0, cached=False),
         "dense_active": _policy(dense_active, 0),
         "dense_active_modules": _policy(dense_active, 0, lean=False),
-        "dense_total": _policy(dataclasses.replace(
-            base, routing="dense", dense_mlp_ratio=base.num_experts * base.mlp_ratio), 0),
+        "dense_total": _policy(
+            dataclasses.replace(base, routing="dense", dense_mlp_ratio=base.num_experts * base.mlp_ratio), 0
+        ),
     }
     for e in expert_counts:
         variants[f"mode_e{e}_cached"] = _policy(dataclasses.replace(base, num_experts=e), 0)
@@ -233,7 +123,7 @@ def chunk_expert_union(policy: MoDEPolicy) -> dict[str, Any]:
     """Which experts one cached chunk reads, from the routers' choices at every evaluation of the
     sampling plan (:func:`expert_union` of them). At batch 1 a chunk reads all of them, where
     the dense model reads its one MLP per layer."""
-    from .report.analysis import expert_routing
+    from ..report.analysis import expert_routing
 
     return expert_union([layer["chosen"] for layer in expert_routing(policy)["layers"]], policy.config.top_k)
 
@@ -245,12 +135,21 @@ def expert_union(chosen: list[list[list[int]]], top_k: int) -> dict[str, Any]:
     active parameters (``top_k`` experts' worth), averaged over layers."""
     sets = [{tuple(sorted(step)) for step in layer} for layer in chosen]
     experts = [len(set().union(*layer_sets)) for layer_sets in sets]
-    return {"pairs_per_layer": [len(x) for x in sets], "experts_per_layer": experts,
-            "mlp_bytes_over_dense_active": sum(experts) / (top_k * len(experts)) if experts else 1.0}
+    return {
+        "pairs_per_layer": [len(x) for x in sets],
+        "experts_per_layer": experts,
+        "mlp_bytes_over_dense_active": sum(experts) / (top_k * len(experts)) if experts else 1.0,
+    }
 
 
-def latency_bounds(variants: dict[str, Any], flops: dict[str, int], weight_bytes: dict[str, int],
-                   latencies: dict[str, dict[str, float]], gflops: float, gbps: float) -> dict[str, dict[str, float]]:
+def latency_bounds(
+    variants: dict[str, Any],
+    flops: dict[str, int],
+    weight_bytes: dict[str, int],
+    latencies: dict[str, dict[str, float]],
+    gflops: float,
+    gbps: float,
+) -> dict[str, dict[str, float]]:
     """Per variant: the FLOP bound (FLOPs / matmul throughput), the weight-traffic bound
     (weight bytes / memory bandwidth), the larger of the two, and measured / that bound."""
     out = {}
@@ -260,8 +159,12 @@ def latency_bounds(variants: dict[str, Any], flops: dict[str, int], weight_bytes
         flop_ms = flops[name] / (gflops * 1e9) * 1e3
         byte_ms = weight_bytes[name] / (gbps * 1e9) * 1e3
         bound = max(flop_ms, byte_ms)
-        out[name] = {"flop_bound_ms": flop_ms, "byte_bound_ms": byte_ms, "bound_ms": bound,
-                     "measured_over_bound": latencies[name]["median_ms"] / bound}
+        out[name] = {
+            "flop_bound_ms": flop_ms,
+            "byte_bound_ms": byte_ms,
+            "bound_ms": bound,
+            "measured_over_bound": latencies[name]["median_ms"] / bound,
+        }
     return out
 
 
@@ -301,8 +204,10 @@ def bench_latency(
     if repeat_b1 < 1:
         raise ConfigError(f"repeat_b1={repeat_b1}: must be >= 1")
     if min(rounds_b1, rounds_b64) < 2:
-        raise ConfigError(f"rounds_b1={rounds_b1}, rounds_b64={rounds_b64}: need at least 2 timed rounds each "
-                          "(the spread is an interquartile range)")
+        raise ConfigError(
+            f"rounds_b1={rounds_b1}, rounds_b64={rounds_b64}: need at least 2 timed rounds each "
+            "(the spread is an interquartile range)"
+        )
     log = print if progress else (lambda *a, **k: None)
     variants = build_variants(base)
     b1, b64 = make_batch(base, 1), make_batch(base, 64)
@@ -319,8 +224,10 @@ def bench_latency(
     chunks: dict[str, Any] = dict(variants)
     chunks["dense_footprint"] = footprint_control(variants["dense_active"], union["mlp_bytes_over_dense_active"])
     noise = torch.randn(1, base.horizon, base.action_dim)
-    control_equal = torch.equal(chunks["dense_footprint"].predict_action_chunk(b1, noise),
-                                variants["dense_active"].predict_action_chunk(b1, noise))
+    control_equal = torch.equal(
+        chunks["dense_footprint"].predict_action_chunk(b1, noise),
+        variants["dense_active"].predict_action_chunk(b1, noise),
+    )
     if onnx and onnx_runtime_available():
         log("exporting the cached sampler and the dense baseline to ONNX (batch 1)...")
         with tempfile.TemporaryDirectory(prefix="mode-policy-bench-") as tmp:  # the session keeps the graph
@@ -328,13 +235,18 @@ def bench_latency(
                 path = export_sampler(variants[source], f"{tmp}/{name}.onnx", "onnx", batch_size=1)
                 chunks[name] = OrtChunk(path, threads=torch.get_num_threads())
         noise = torch.randn(1, base.horizon, base.action_dim)
-        onnx_diff = (chunks["onnx_cached"].predict_action_chunk(b1, noise)
-                     - cached.predict_action_chunk(b1, noise)).abs().max().item()
+        onnx_diff = (
+            (chunks["onnx_cached"].predict_action_chunk(b1, noise) - cached.predict_action_chunk(b1, noise))
+            .abs()
+            .max()
+            .item()
+        )
     probes = machine_probes()
     main = {k: v for k, v in variants.items() if not k.startswith("mode_e")}
     log(f"timing batch 1 ({rounds_b1} rounds x {len(chunks)} variants + 2 probes, {repeat_b1} calls each)...")
-    lat_b1 = time_side_by_side({**{k: _chunk_fn(v, b1) for k, v in chunks.items()}, **probes}, rounds_b1,
-                               repeat=repeat_b1)
+    lat_b1 = time_side_by_side(
+        {**{k: _chunk_fn(v, b1) for k, v in chunks.items()}, **probes}, rounds_b1, repeat=repeat_b1
+    )
     log(f"timing batch 64 ({rounds_b64} rounds x {len(main)} variants + 2 probes)...")
     lat_b64 = time_side_by_side({**{k: _chunk_fn(v, b64) for k, v in main.items()}, **probes}, rounds_b64)
 
@@ -356,14 +268,32 @@ def bench_latency(
         throughput[size] = {"matmul_gflops": gflops, "memory_gbps": gbps}
         bounds[size] = latency_bounds(main, fl, weight_bytes, lat, gflops, gbps)
     if "onnx_cached" in lat_b1:  # the same function, FLOPs and weights as the eager chunk it was exported from
-        bounds["b1"].update(latency_bounds(
-            EXPORTED, {k: flops[v] for k, v in EXPORTED.items()}, {k: weight_bytes[v] for k, v in EXPORTED.items()},
-            lat_b1, *probe_throughputs(lat_b1)))
+        bounds["b1"].update(
+            latency_bounds(
+                EXPORTED,
+                {k: flops[v] for k, v in EXPORTED.items()},
+                {k: weight_bytes[v] for k, v in EXPORTED.items()},
+                lat_b1,
+                *probe_throughputs(lat_b1),
+            )
+        )
 
     result: dict[str, Any] = {
         "preset": preset,
-        "config": {k: getattr(base, k) for k in ("n_layers", "d_model", "n_heads", "num_experts", "top_k",
-                                                  "horizon", "num_inference_steps", "sampler", "schedule")},
+        "config": {
+            k: getattr(base, k)
+            for k in (
+                "n_layers",
+                "d_model",
+                "n_heads",
+                "num_experts",
+                "top_k",
+                "horizon",
+                "num_inference_steps",
+                "sampler",
+                "schedule",
+            )
+        },
         "torch_threads": torch.get_num_threads(),
         "clock": clock_name,
         "repeat_b1": repeat_b1,
@@ -406,22 +336,28 @@ def bench_latency(
         result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
         result["ratios"]["onnx_over_bound_b1"] = bounds["b1"]["onnx_cached"]["measured_over_bound"]
         result["ratios"]["onnx_cached_over_onnx_dense_active_b1"] = ratio(lat_b1, "onnx_cached", "onnx_dense_active")
-    pairs = {"cached_over_dense_active_b1": ("mode_cached", "dense_active"),
-             "cached_over_uncached_b1": ("mode_cached", "mode_uncached"),
-             "footprint_over_dense_active_b1": ("dense_footprint", "dense_active"),
-             "cached_over_footprint_b1": ("mode_cached", "dense_footprint")}
+    pairs = {
+        "cached_over_dense_active_b1": ("mode_cached", "dense_active"),
+        "cached_over_uncached_b1": ("mode_cached", "mode_uncached"),
+        "footprint_over_dense_active_b1": ("dense_footprint", "dense_active"),
+        "cached_over_footprint_b1": ("mode_cached", "dense_footprint"),
+    }
     if "onnx_cached" in lat_b1:
         pairs["onnx_cached_over_onnx_dense_active_b1"] = ("onnx_cached", "onnx_dense_active")
     result["paired"] = {key: paired_ratio(lat_b1, a, b) for key, (a, b) in pairs.items()}
     result["paired"]["cached_over_dense_active_b64"] = paired_ratio(lat_b64, "mode_cached", "dense_active")
     if repeat_b1 > 1:  # the same pairs on each round's first call, after the other variants ran
-        result["paired"].update({f"{key}_cold": paired_ratio(lat_b1, a, b, samples="cold_samples_ms")
-                                 for key, (a, b) in pairs.items()})
+        result["paired"].update(
+            {f"{key}_cold": paired_ratio(lat_b1, a, b, samples="cold_samples_ms") for key, (a, b) in pairs.items()}
+        )
     if profile:
         log("profiling the cached path...")
         result["profile"] = {
-            name: {"flops": fl["mode_cached"], "measured_ms": lat["mode_cached"]["median_ms"],
-                   "top_ops": profile_ops(cached, batch)}
+            name: {
+                "flops": fl["mode_cached"],
+                "measured_ms": lat["mode_cached"]["median_ms"],
+                "top_ops": profile_ops(cached, batch),
+            }
             for name, batch, lat, fl in (("b1", b1, lat_b1, flops), ("b64", b64, lat_b64, flops_b64))
         }
     return result
@@ -433,12 +369,20 @@ def _chunk_fn(policy: Any, batch: dict[str, torch.Tensor]) -> Callable[[], Any]:
 
 def format_latency(result: dict[str, Any]) -> str:
     """Human-readable table of a ``bench_latency`` result."""
-    lines = [f"bench latency, preset {result['preset']}: {result['config']}",
-             f"(torch threads: {result['torch_threads']}; clock: {result['clock']}; medians of interleaved rounds"
-             + (f"; b1: {result['repeat_b1']} calls a round, warm = calls 2+, cold = call 1)" if result.get("repeat_b1", 1) > 1
-                else ")"), ""]
-    lines.append(f"{'variant':<21} {'b1 median ms':>13} {'IQR':>7} {'b1 cold ms':>11} {'b64 median ms':>14} {'IQR':>7} "
-                 f"{'GFLOP/chunk (b1)':>17} {'active params':>14}")
+    lines = [
+        f"bench latency, preset {result['preset']}: {result['config']}",
+        f"(torch threads: {result['torch_threads']}; clock: {result['clock']}; medians of interleaved rounds"
+        + (
+            f"; b1: {result['repeat_b1']} calls a round, warm = calls 2+, cold = call 1)"
+            if result.get("repeat_b1", 1) > 1
+            else ")"
+        ),
+        "",
+    ]
+    lines.append(
+        f"{'variant':<21} {'b1 median ms':>13} {'IQR':>7} {'b1 cold ms':>11} {'b64 median ms':>14} {'IQR':>7} "
+        f"{'GFLOP/chunk (b1)':>17} {'active params':>14}"
+    )
     for name, b1 in result["latency_b1"].items():
         if name.startswith("probe_"):
             continue
@@ -466,25 +410,35 @@ def format_latency(result: dict[str, Any]) -> str:
     lines.append(f"{'cache bytes / expert bytes':<38} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
     union = result.get("chunk_experts")
     if union:
-        lines.append(f"experts one cached chunk reads per layer (of {result['config']['num_experts']}): "
-                     f"{union['experts_per_layer']}, in {union['pairs_per_layer']} distinct sets; their MLP weights "
-                     f"{union['mlp_bytes_over_dense_active']:.2f}x dense_active's")
+        lines.append(
+            f"experts one cached chunk reads per layer (of {result['config']['num_experts']}): "
+            f"{union['experts_per_layer']}, in {union['pairs_per_layer']} distinct sets; their MLP weights "
+            f"{union['mlp_bytes_over_dense_active']:.2f}x dense_active's"
+        )
     if "footprint_copies" in result:
-        lines.append(f"dense_footprint: dense_active reading {result['footprint_copies']} copies of its MLP weights "
-                     f"per chunk (same actions: {result['footprint_control_equal']}); "
-                     "footprint_over_dense_active_b1 is what that footprint alone costs here")
+        lines.append(
+            f"dense_footprint: dense_active reading {result['footprint_copies']} copies of its MLP weights "
+            f"per chunk (same actions: {result['footprint_control_equal']}); "
+            "footprint_over_dense_active_b1 is what that footprint alone costs here"
+        )
     lines.append("\nbounds of this machine, from the probes timed in the same rounds:")
     for size, tp in result["throughput"].items():
-        lines.append(f"  {size}: {tp['matmul_gflops']:.1f} GFLOP/s matmul (fp32, {MATMUL_N}^3), "
-                     f"{tp['memory_gbps']:.1f} GB/s memory (copy of {COPY_MB} MB)")
+        lines.append(
+            f"  {size}: {tp['matmul_gflops']:.1f} GFLOP/s matmul (fp32, {MATMUL_N}^3), "
+            f"{tp['memory_gbps']:.1f} GB/s memory (copy of {COPY_MB} MB)"
+        )
     lines.append(f"{'variant':<21} {'size':>4} {'flop-bound ms':>14} {'byte-bound ms':>14} {'measured / bound':>17}")
     for size, rows in result["bounds"].items():
         for name, row in rows.items():
-            lines.append(f"{name:<21} {size:>4} {row['flop_bound_ms']:>14.2f} {row['byte_bound_ms']:>14.2f} "
-                         f"{row['measured_over_bound']:>17.1f}")
+            lines.append(
+                f"{name:<21} {size:>4} {row['flop_bound_ms']:>14.2f} {row['byte_bound_ms']:>14.2f} "
+                f"{row['measured_over_bound']:>17.1f}"
+            )
     for name, prof in result.get("profile", {}).items():
-        lines.append(f"\ncached {name}: {prof['flops'] / 1e9:.3f} GFLOP, measured {prof['measured_ms']:.2f} ms; "
-                     "top ops (profiler self time):")
+        lines.append(
+            f"\ncached {name}: {prof['flops'] / 1e9:.3f} GFLOP, measured {prof['measured_ms']:.2f} ms; "
+            "top ops (profiler self time):"
+        )
         for op in prof["top_ops"][:6]:
             lines.append(f"    {op['op']:<32} {op['self_ms']:8.2f} ms  {op['share']:6.1%}  x{op['calls']}")
     return "\n".join(lines)

@@ -3,10 +3,10 @@
 The artefact is the whole eval path of a chunk for a fixed batch size and
 step count: state normalisation, the condition encoders, every sampling step
 with that step's fused experts (the expert cache, see
-:mod:`mode_policy.nn.expert_cache`) and the un-normalisation of the actions.
+:mod:`mode_policy.model.expert_cache`) and the un-normalisation of the actions.
 The sampler's loop is unrolled at export time (the plan's step constants are
 host floats), so the graph has no control flow. Where the lean sampler runs the
-plan, the network is its folded form (:mod:`mode_policy.folded_sampler`: each
+plan, the network is its folded form (:mod:`mode_policy.model.folded_sampler`: each
 step's experts as one SwiGLU with constant 2-D weights, which ONNX Runtime
 pre-packs); other configurations export the module path.
 
@@ -24,20 +24,21 @@ the ``goal`` input from an instruction.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .constants import ACTION_KEY, GOAL_KEY, STATE_KEY
-from .edm import NoiseLevel
-from .errors import ConfigError
-from .fileio import atomic_write, atomic_write_json
-from .folded_sampler import FoldedSampler
-from .nn.moe import FusedExperts, MoELayer
-from .normalize import DATASET_KEY
-from .policy import MoDEPolicy
+from ..constants import ACTION_KEY, GOAL_KEY, STATE_KEY
+from ..errors import ConfigError
+from ..fileio import atomic_write, atomic_write_json
+from ..model.edm import NoiseLevel
+from ..model.folded_sampler import FoldedSampler
+from ..model.moe import FusedExperts, MoELayer
+from ..model.normalize import DATASET_KEY
+from ..policy import MoDEPolicy
 
 FORMATS = ("onnx", "torch_export")
 NOISE_NAME = "noise"
@@ -60,8 +61,10 @@ class CachedSampler(nn.Module):
         if cfg.image_keys:
             raise ConfigError(f"export supports state-only policies; this one has cameras {list(cfg.image_keys)}")
         if cfg.routing == "token":
-            raise ConfigError("export runs the expert cache, which token routing has not (its experts depend on "
-                              "the data): use routing=noise (MoDE) or dense")
+            raise ConfigError(
+                "export runs the expert cache, which token routing has not (its experts depend on "
+                "the data): use routing=noise (MoDE) or dense"
+            )
         if cfg.architecture != "mode":
             raise ConfigError(f"export runs the expert cache, which architecture={cfg.architecture!r} has not")
         self.dataset = export_dataset(policy, dataset)
@@ -78,11 +81,17 @@ class CachedSampler(nn.Module):
         # (bank slice, fused experts, mixing weights), cloned so every constant owns its storage.
         self.folded = FoldedSampler(self.plan.lean) if self.plan.lean is not None else None
         layers = policy.denoiser.net.moe_layers()
-        self.steps = [] if self.folded is not None else [
-            (level.noise_emb.clone(),
-             [(_bank_slice(f, layer), f, f.mix.clone()) for f, layer in zip(level.fused or (), layers)])
-            for level in self.plan.levels
-        ]
+        self.steps = (
+            []
+            if self.folded is not None
+            else [
+                (
+                    level.noise_emb.clone(),
+                    [(_bank_slice(f, layer), f, f.mix.clone()) for f, layer in zip(level.fused or (), layers)],
+                )
+                for level in self.plan.levels
+            ]
+        )
 
     def _level(self, j: int) -> NoiseLevel:
         """Plan level ``j`` with its fused experts sliced from the expert banks inside the
@@ -129,8 +138,10 @@ def export_dataset(policy: MoDEPolicy, dataset: str = "") -> str:
         return names[0]
     if dataset not in names:
         given = f"dataset_name={dataset!r} is not one of its datasets" if dataset else "no dataset_name given"
-        raise ConfigError(f"this policy was trained on a mixture of {names} ({given}): the exported sampler "
-                          "has one normalisation, so name the dataset to export it for (--dataset_name)")
+        raise ConfigError(
+            f"this policy was trained on a mixture of {names} ({given}): the exported sampler "
+            "has one normalisation, so name the dataset to export it for (--dataset_name)"
+        )
     return dataset
 
 
@@ -229,26 +240,37 @@ def export_sampler(
         # optimize=False: ONNX Runtime optimises the graph when it loads it; onnxscript's
         # optimiser takes minutes here and moves the outputs away from eager's.
         program = torch.onnx.export(
-            sampler, args, dynamo=True, input_names=list(inputs), output_names=[ACTION_KEY],
-            opset_version=opset, optimize=False, verbose=False,
+            sampler,
+            args,
+            dynamo=True,
+            input_names=list(inputs),
+            output_names=[ACTION_KEY],
+            opset_version=opset,
+            optimize=False,
+            verbose=False,
         )
         atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
     else:
         program = torch.export.export(sampler, args, strict=False)
         atomic_write(path, lambda tmp: torch.export.save(program, tmp))
     cfg = policy.config
-    atomic_write_json(path.with_suffix(".json"), {
-        "format": fmt,
-        **({"onnx_opset": opset} if fmt == "onnx" else {}),
-        "inputs": input_shapes(policy, batch_size, dataset),
-        "outputs": {ACTION_KEY: [batch_size, cfg.horizon, _widths(policy, dataset)[1]]},
-        **({"dataset": dataset} if dataset else {}),
-        "dtype": "float32",
-        "noise": "standard normal (the sampler scales it by sigma_max)",
-        "sampler": cfg.sampler, "schedule": cfg.schedule, "num_inference_steps": cfg.num_inference_steps,
-        "n_action_steps": cfg.n_action_steps,
-        "goals": goals,
-    })
+    atomic_write_json(
+        path.with_suffix(".json"),
+        {
+            "format": fmt,
+            **({"onnx_opset": opset} if fmt == "onnx" else {}),
+            "inputs": input_shapes(policy, batch_size, dataset),
+            "outputs": {ACTION_KEY: [batch_size, cfg.horizon, _widths(policy, dataset)[1]]},
+            **({"dataset": dataset} if dataset else {}),
+            "dtype": "float32",
+            "noise": "standard normal (the sampler scales it by sigma_max)",
+            "sampler": cfg.sampler,
+            "schedule": cfg.schedule,
+            "num_inference_steps": cfg.num_inference_steps,
+            "n_action_steps": cfg.n_action_steps,
+            "goals": goals,
+        },
+    )
     return path
 
 

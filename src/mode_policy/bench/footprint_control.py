@@ -14,10 +14,10 @@ import math
 
 import torch
 
-from .cached_sampler import LeanSampler
-from .diffusion import Sampler
-from .errors import ConfigError
-from .policy import MoDEPolicy
+from ..errors import ConfigError
+from ..model.diffusion import Sampler
+from ..model.lean_sampler import LeanSampler
+from ..policy import MoDEPolicy
 
 
 class FootprintControl:

@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from .constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
-from .errors import ConfigError, DataError, SimulatorError
-from .envs.metaworld import (
+from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
+from ..errors import ConfigError, DataError, SimulatorError
+from .metaworld import (
     ACTION_DIM,
     CAMERAS,
     FPS,
@@ -103,7 +103,9 @@ def demo_features(cameras: Sequence[str] = (), image_size: int = 64) -> dict[str
     features = dict(DEMO_FEATURES)
     for camera in _check_cameras(cameras, image_size):
         features[camera_key(camera)] = {
-            "dtype": "video", "shape": [int(image_size), int(image_size), 3], "names": ["height", "width", "channels"],
+            "dtype": "video",
+            "shape": [int(image_size), int(image_size), 3],
+            "names": ["height", "width", "channels"],
         }
     return features
 
@@ -225,8 +227,15 @@ def _render_unit(item: tuple[str, int, int, int, int, tuple[str, ...], int]) -> 
         cached = _WORKER_CACHE[task] = (MetaWorldEnv(task, max_steps=max_steps), ScriptedExpert(task))
     env, expert = cached
     return run_expert_episode(
-        task, env_seed, max_steps, extra, env=env, expert=expert, attempt=attempt,
-        cameras=cameras, image_size=image_size,
+        task,
+        env_seed,
+        max_steps,
+        extra,
+        env=env,
+        expert=expert,
+        attempt=attempt,
+        cameras=cameras,
+        image_size=image_size,
     )
 
 
@@ -299,7 +308,7 @@ def generate_demos(
     """
     from tqdm.auto import tqdm
 
-    from .data.writer import DatasetWriter
+    from ..data.writer import DatasetWriter
 
     task_list = resolve_tasks(tasks)
     if episodes_per_task < 1:
@@ -385,8 +394,11 @@ def generate_demos(
 
     bar = tqdm(total=len(task_list) * n, desc="expert demos", unit="ep", disable=not progress)
     img_bar = tqdm(
-        total=len(task_list) * n, desc=f"rendering {'+'.join(cameras)}", unit="ep",
-        disable=not (progress and cameras), position=1,
+        total=len(task_list) * n,
+        desc=f"rendering {'+'.join(cameras)}",
+        unit="ep",
+        disable=not (progress and cameras),
+        position=1,
     )
     try:
         if workers > 1:

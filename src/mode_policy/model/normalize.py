@@ -8,14 +8,14 @@ mixture keeps one per dataset (:class:`DatasetNormalizers`), keyed by name.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .constants import ACTION_KEY, STATE_KEY
-from .errors import DataError
+from ..constants import ACTION_KEY, STATE_KEY
+from ..errors import DataError
 
 STD_FLOOR = 1e-2  # states with a (near) constant dimension are not blown up
 RANGE_FLOOR = 1e-4  # constant action dimensions map to 0
@@ -47,8 +47,7 @@ class Normalizer(nn.Module):
             value = torch.as_tensor(stats[key][stat], dtype=buf.dtype).reshape(-1)
             if value.shape != buf.shape:
                 raise DataError(
-                    f"normalisation statistic {key}.{stat} has {value.numel()} values, "
-                    f"the policy expects {buf.numel()}"
+                    f"normalisation statistic {key}.{stat} has {value.numel()} values, the policy expects {buf.numel()}"
                 )
             if not torch.isfinite(value).all():
                 raise DataError(f"normalisation statistic {key}.{stat} contains NaN or inf")
@@ -111,8 +110,10 @@ class DatasetNormalizers(nn.Module):
         if not DATASET_NAME.match(name):
             raise DataError(f"dataset name {name!r}: use letters, digits, '_' and '-' (it keys the checkpoint)")
         if not (1 <= action_dim <= self.action_dim and 0 <= state_dim <= self.state_dim):
-            raise DataError(f"dataset {name!r} has {action_dim}-d actions and {state_dim}-d states; the policy "
-                            f"holds at most {self.action_dim}-d actions and {self.state_dim}-d states")
+            raise DataError(
+                f"dataset {name!r} has {action_dim}-d actions and {state_dim}-d states; the policy "
+                f"holds at most {self.action_dim}-d actions and {self.state_dim}-d states"
+            )
         normalizer = Normalizer(action_dim, state_dim).to(self._device())
         # straight into _modules: names such as "train" or "eval" would clash with nn.Module
         # attributes in add_module, and members are only ever looked up by name here
@@ -148,7 +149,7 @@ class DatasetNormalizers(nn.Module):
         sized by their tensors (a checkpoint carries its datasets' names and widths)."""
         for key, value in state_dict.items():
             if key.startswith(prefix) and key.endswith(".action_min"):
-                name = key[len(prefix): -len(".action_min")]
+                name = key[len(prefix) : -len(".action_min")]
                 if name not in self._modules:
                     state = state_dict.get(f"{prefix}{name}.state_mean")
                     self._add(name, value.numel(), 0 if state is None else state.numel())
@@ -164,8 +165,9 @@ class DatasetNormalizers(nn.Module):
         try:
             return torch.tensor([index[n] for n in names], dtype=torch.long, device=self._device())
         except KeyError as err:
-            raise DataError(f"unknown dataset {err.args[0]!r}: this policy normalises "
-                            f"{', '.join(self._modules)}") from None
+            raise DataError(
+                f"unknown dataset {err.args[0]!r}: this policy normalises {', '.join(self._modules)}"
+            ) from None
 
     def _padded(self, rows: Tensor, width: int, kind: str) -> tuple[Tensor, Tensor, Tensor]:
         """Per row: the member's offset (B, P), scale (B, P) and valid-dimension mask (B, P),
@@ -219,6 +221,8 @@ def _check_padding(values: Tensor, mask: Tensor, kind: str) -> Tensor:
     if torch.compiler.is_exporting():
         return values
     if (values * ~mask[:, None]).any():
-        raise DataError(f"{kind} holds values beyond its dataset's {kind} width (those columns must be 0 padding); "
-                        "give each row at its dataset's own width")
+        raise DataError(
+            f"{kind} holds values beyond its dataset's {kind} width (those columns must be 0 padding); "
+            "give each row at its dataset's own width"
+        )
     return values

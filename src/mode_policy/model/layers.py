@@ -43,9 +43,7 @@ class SwiGLU(nn.Module):
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention (causal by default) with RMS-normalised queries and keys."""
 
-    def __init__(
-        self, dim: int, n_heads: int, attn_dropout: float, resid_dropout: float, causal: bool = True
-    ) -> None:
+    def __init__(self, dim: int, n_heads: int, attn_dropout: float, resid_dropout: float, causal: bool = True) -> None:
         super().__init__()
         self.causal = causal
         self.n_heads = n_heads

@@ -2,9 +2,9 @@
 
 Runs as a plain script on one device, and unchanged under ``torchrun`` (DDP;
 gloo on CPU, NCCL on GPU). Only rank 0 writes anything; what it writes is
-described in :mod:`mode_policy.run_dir`. The data is one dataset (``dataset``) or a
+described in :mod:`mode_policy.training.run_dir`. The data is one dataset (``dataset``) or a
 weighted mixture (``mixture``, see :mod:`mode_policy.data.mixture`); ``init_from``
-fine-tunes a pretrained policy (:mod:`mode_policy.finetune`).
+fine-tunes a pretrained policy (:mod:`mode_policy.training.finetune`).
 """
 
 from __future__ import annotations
@@ -14,22 +14,23 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ..data.mixture import Mixture, MixtureData, MixtureSampler, read_mixture
+from ..data.windows import EpisodeData, dataset_cameras, load_episodes
+from ..errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingError
+from ..policy import MoDEPolicy
+from ..threads import apply_threads, make_governor
 from .build import build_policy, finetune_policy, run_stats, select_image_keys
 from .config import TrainConfig
-from .data.mixture import Mixture, MixtureData, MixtureSampler, read_mixture
-from .data.windows import EpisodeData, dataset_cameras, load_episodes
 from .ema import EMA
-from .errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingError
 from .finetune import load_pretrained, plan_finetune, transfer_weights
-from .policy import MoDEPolicy
 from .run_dir import TRAINING_STATE, RunDir
-from .threads import apply_threads, make_governor
 
 EvalFn = Callable[[MoDEPolicy, int], dict[str, Any]]
 
@@ -67,9 +68,21 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 
 #: TrainConfig fields a resumed run may change: they do not alter what is being optimised.
-RESUMABLE_CHANGES = ("steps", "dataset", "mixture", "progress", "device", "threads", "log_every",
-                     "checkpoint_every", "keep_checkpoints", "eval_every", "eval_episodes", "frame_cache_dir",
-                     "memory_budget_mb")
+RESUMABLE_CHANGES = (
+    "steps",
+    "dataset",
+    "mixture",
+    "progress",
+    "device",
+    "threads",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "eval_episodes",
+    "frame_cache_dir",
+    "memory_budget_mb",
+)
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig, where: str) -> tuple[TrainConfig, list[str]]:
@@ -87,8 +100,9 @@ def resumed_config(saved: TrainConfig, given: TrainConfig, where: str) -> tuple[
         if saved_policy[key] != value and key not in ("goal_encoder",):
             conflicts.append(f"policy.{key}: the run has {saved_policy[key]!r}, given {value!r}")
     if conflicts:
-        raise RunDirError(f"--resume of {where} with a different configuration (start a new run instead): "
-                          + "; ".join(conflicts))
+        raise RunDirError(
+            f"--resume of {where} with a different configuration (start a new run instead): " + "; ".join(conflicts)
+        )
     changes = {name: getattr(given, name) for name in RESUMABLE_CHANGES if getattr(given, name) != getattr(saved, name)}
     notes = [f"{name}: {getattr(saved, name)!r} -> {value!r}" for name, value in changes.items() if name != "progress"]
     return dataclasses.replace(saved, **changes), notes
@@ -117,13 +131,20 @@ def weights_checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def load_dataset(cfg: TrainConfig, path: Path, image_keys: list[str], image_size: int = 0,
-                 progress: bool = True, n_datasets: int = 1) -> EpisodeData:
+def load_dataset(
+    cfg: TrainConfig, path: Path, image_keys: list[str], image_size: int = 0, progress: bool = True, n_datasets: int = 1
+) -> EpisodeData:
     """Every dataset a run reads is loaded here, with the run's loading options; the memory budget
     is the run's, so each of ``n_datasets`` mixture members gets an equal share of it."""
     budget = cfg.memory_budget_mb / n_datasets if cfg.memory_budget_mb else None
-    return load_episodes(path, image_keys=image_keys, progress=progress, cache_dir=cfg.frame_cache_dir or None,
-                         memory_budget_mb=budget, image_size=image_size or None)
+    return load_episodes(
+        path,
+        image_keys=image_keys,
+        progress=progress,
+        cache_dir=cfg.frame_cache_dir or None,
+        memory_budget_mb=budget,
+        image_size=image_size or None,
+    )
 
 
 def run_mixture(cfg: TrainConfig) -> Mixture:
@@ -169,7 +190,9 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
     latest = run.latest_checkpoint() if resume else None
     if resume and latest is None:
-        hint = " (the run stopped before its first checkpoint: start it again without --resume)" if run.is_stub() else ""
+        hint = (
+            " (the run stopped before its first checkpoint: start it again without --resume)" if run.is_stub() else ""
+        )
         raise RunDirError(f"--resume: no checkpoint in {run.checkpoints}{hint}")
     if not resume and not run.is_empty():
         if not run.is_stub():
@@ -211,18 +234,24 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         for field_name in ("state_dim", "action_dim", "goal_dim"):
             have, want = getattr(policy.config, field_name), getattr(saved_policy.config, field_name)
             if have != want:
-                raise DataError(f"dataset {mixture.source} gives {field_name}={have}, checkpoint {latest} expects {want}")
+                raise DataError(
+                    f"dataset {mixture.source} gives {field_name}={have}, checkpoint {latest} expects {want}"
+                )
         if saved_policy.config != policy.config:
-            raise DataError(f"checkpoint {latest} was trained with a different policy config than {mixture.source} gives")
+            raise DataError(
+                f"checkpoint {latest} was trained with a different policy config than {mixture.source} gives"
+            )
         policy.load_state_dict(saved_policy.state_dict())
     policy.to(device).train()
-    sampler = MixtureSampler(data, policy.config.n_obs_steps, policy.config.horizon, goals,
-                             tag_rows=bool(policy.dataset_names))
+    sampler = MixtureSampler(
+        data, policy.config.n_obs_steps, policy.config.horizon, goals, tag_rows=bool(policy.dataset_names)
+    )
     ema = EMA(policy, cfg.ema_decay)
     model: torch.nn.Module = policy
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[device.index] if device.type == "cuda" else None,
+            policy,
+            device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=policy.config.routing != "dense",
         )
     optimizer = torch.optim.AdamW(_param_groups(policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
@@ -242,8 +271,10 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         if step >= cfg.steps:
             raise RunDirError(f"--resume: {run.root} is already at step {step}; give a larger steps (now {cfg.steps})")
         if run_stats(policy, data) != run.read_stats():
-            raise RunDirError(f"--resume: dataset {mixture.source} has other normalisation statistics than "
-                              f"{run.stats} (a different dataset): start a new run instead")
+            raise RunDirError(
+                f"--resume: dataset {mixture.source} has other normalisation statistics than "
+                f"{run.stats} (a different dataset): start a new run instead"
+            )
         if rank == 0:
             run.prepare_resume(step)
             print(f"resuming {run.root} at step {step}" + (": " + "; ".join(resume_notes) if resume_notes else ""))
@@ -273,16 +304,28 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
     def checkpoint() -> None:
         data_rng, torch_rng = gather_rng()
         if rank == 0:
-            save_checkpoint(run, step, policy, {
-                "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict(), "data_rng": data_rng, "torch_rng": torch_rng,
-                "sampler": sampler.schedule.state_dict(),
-            }, cfg.keep_checkpoints)
+            save_checkpoint(
+                run,
+                step,
+                policy,
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict(),
+                    "data_rng": data_rng,
+                    "torch_rng": torch_rng,
+                    "sampler": sampler.schedule.state_dict(),
+                },
+                cfg.keep_checkpoints,
+            )
 
     governor = make_governor(cfg.threads, threads, local_ranks) if threads else None
     if rank == 0 and cfg.progress and threads:
-        print(f"training on the CPU with {threads} torch thread(s)"
-              + ("" if governor is None else " (the cores free now; following neighbours that start or stop)"))
+        print(
+            f"training on the CPU with {threads} torch thread(s)"
+            + ("" if governor is None else " (the cores free now; following neighbours that start or stop)")
+        )
     per_rank = cfg.batch_size // world
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     bar = None
@@ -292,8 +335,10 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
     start_time, window_time, window_steps = time.perf_counter(), time.perf_counter(), 0
     while step < cfg.steps:
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in sampler.sample(per_rank, data_gen).items()}
+        batch = {
+            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in sampler.sample(per_rank, data_gen).items()
+        }
         try:
             with autocast:
                 loss, info = model(batch)
@@ -301,8 +346,10 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
             diverged = "nan" in str(err).lower() or "inf" in str(err).lower()
             if not diverged and all(torch.isfinite(p).all() for p in policy.parameters()):
                 raise
-            raise TrainingError(f"training diverged before step {step + 1} (non-finite values with lr={cfg.lr:g}); "
-                                "lower the lr or check the data") from err
+            raise TrainingError(
+                f"training diverged before step {step + 1} (non-finite values with lr={cfg.lr:g}); "
+                "lower the lr or check the data"
+            ) from err
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower the lr or check the data")
         optimizer.zero_grad(set_to_none=True)
@@ -321,9 +368,12 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             record = {
-                "step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
                 "samples_per_s": window_steps * cfg.batch_size / (now - window_time),
-                "wall_s": now - start_time, **({"torch_threads": torch.get_num_threads()} if threads else {}),
+                "wall_s": now - start_time,
+                **({"torch_threads": torch.get_num_threads()} if threads else {}),
                 **{k: float(v) for k, v in info.items() if v.dim() == 0},
             }
             if "expert_usage" in info:
@@ -335,8 +385,9 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
                     if isinstance(v, float):
                         writer.add_scalar(f"train/{k}", v, step)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}",
-                                    sps=f"{record['samples_per_s']:.0f}")
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}", sps=f"{record['samples_per_s']:.0f}"
+                    )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
         if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
@@ -360,12 +411,19 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None)
         dist.all_gather_object(checksums, checksum)
     if rank == 0:
         ema.model.save_pretrained(run.model)
-        run.write_summary({
-            "steps": step, "world_size": world, "torch_threads": threads, "wall_s": time.perf_counter() - start_time,
-            "thread_changes": [] if governor is None else [
-                {"step": s, "torch_threads": n, "others_busy_cores": o} for s, n, o in governor.changes],
-            "weights_checksum_per_rank": checksums, "ranks_consistent": len(set(checksums)) == 1,
-        })
+        run.write_summary(
+            {
+                "steps": step,
+                "world_size": world,
+                "torch_threads": threads,
+                "wall_s": time.perf_counter() - start_time,
+                "thread_changes": []
+                if governor is None
+                else [{"step": s, "torch_threads": n, "others_busy_cores": o} for s, n, o in governor.changes],
+                "weights_checksum_per_rank": checksums,
+                "ranks_consistent": len(set(checksums)) == 1,
+            }
+        )
         writer.close()
     if world > 1:
         dist.barrier()

@@ -2,7 +2,7 @@
 fraction of this machine's matmul peak it reaches, MoDE beside the dense variant with the
 same active parameters.
 
-A step is what :func:`mode_policy.train.train` runs per batch: loss, backward, gradient
+A step is what :func:`mode_policy.training.loop.train` runs per batch: loss, backward, gradient
 clipping, AdamW, EMA update, on a fixed synthetic batch. Its FLOPs (forward and backward
 matmuls, convolutions and attention) are counted once by torch's FLOP counter; the peak
 is the 1024^3 matmul probe of :mod:`mode_policy.bench`, timed in the same interleaved
@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .bench import bench_clock, machine_probes, probe_throughputs, time_side_by_side
-from .config import MoDEConfig, get_preset
-from .constants import ACTION_KEY, GOAL_KEY, STATE_KEY
-from .ema import EMA
-from .errors import ConfigError
-from .policy import MoDEPolicy
-from .train import _param_groups
+from ..constants import ACTION_KEY, GOAL_KEY, STATE_KEY
+from ..errors import ConfigError
+from ..model.config import MoDEConfig, get_preset
+from ..policy import MoDEPolicy
+from ..training.ema import EMA
+from ..training.loop import _param_groups
+from .timing import bench_clock, machine_probes, probe_throughputs, time_side_by_side
 
 DEFAULT_BATCH = {"tiny": 32, "cpu": 256, "cpu-image": 64, "paper": 8, "paper-pretrain": 8}
 """Batch size per preset (the paper models at a small batch, to keep the run short)."""
@@ -120,34 +120,49 @@ def _time_steps(configs: dict[str, MoDEConfig], batch_size: int, steps: int) -> 
         torch.manual_seed(0)
         step = TrainStep(MoDEPolicy(cfg), make_train_batch(cfg, batch_size))
         built[name] = (step, step.flops())  # the warm-up step (AdamW state allocated) counts the FLOPs
-    timings = time_side_by_side({**{n: s for n, (s, _) in built.items()}, **machine_probes(PROBE_REPEATS)},
-                                rounds=steps, warmup=0)
+    timings = time_side_by_side(
+        {**{n: s for n, (s, _) in built.items()}, **machine_probes(PROBE_REPEATS)}, rounds=steps, warmup=0
+    )
     rows = {name: _row(step, flops, timings, name) for name, (step, flops) in built.items()}
     del built
     gc.collect()
     return rows
 
 
-def bench_train(presets: tuple[str, ...] = ("cpu", "paper"), batch_sizes: dict[str, int] | None = None,
-                steps: int = 2, images: bool = False, progress: bool = True) -> dict[str, Any]:
+def bench_train(
+    presets: tuple[str, ...] = ("cpu", "paper"),
+    batch_sizes: dict[str, int] | None = None,
+    steps: int = 2,
+    images: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """For each preset: MoDE (``mode``) and the dense variant with equal active parameters
     (``dense_active``); returns per-variant figures and the MoDE / dense ratios."""
     if steps < 2:
         raise ConfigError(f"steps={steps}: need at least 2 timed steps (the spread is an interquartile range)")
     log = print if progress else (lambda *a, **k: None)
-    out: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "clock": bench_clock()[1], "images": images,
-                           "presets": {}}
+    out: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "clock": bench_clock()[1],
+        "images": images,
+        "presets": {},
+    }
     for preset in presets:
         cfg = train_config(preset, images)
         if cfg.routing != "noise":
-            raise ConfigError(f"bench train compares noise-routed MoDE with its dense variant; {preset!r} has "
-                              f"routing={cfg.routing!r}")
+            raise ConfigError(
+                f"bench train compares noise-routed MoDE with its dense variant; {preset!r} has routing={cfg.routing!r}"
+            )
         size = (batch_sizes or {}).get(preset, DEFAULT_BATCH.get(preset, 32))
-        configs = {"mode": cfg,
-                   "dense_active": dataclasses.replace(cfg, routing="dense", dense_mlp_ratio=cfg.top_k * cfg.mlp_ratio)}
+        configs = {
+            "mode": cfg,
+            "dense_active": dataclasses.replace(cfg, routing="dense", dense_mlp_ratio=cfg.top_k * cfg.mlp_ratio),
+        }
         together = 20 * sum(_param_count(c) for c in configs.values()) <= TOGETHER_BYTES
-        log(f"bench train: {preset}, batch {size}, {steps} timed steps"
-            + (" (variants side by side)..." if together else " (one variant after the other)..."))
+        log(
+            f"bench train: {preset}, batch {size}, {steps} timed steps"
+            + (" (variants side by side)..." if together else " (one variant after the other)...")
+        )
         if together:
             rows = _time_steps(configs, size, steps)
         else:
@@ -156,8 +171,8 @@ def bench_train(presets: tuple[str, ...] = ("cpu", "paper"), batch_sizes: dict[s
             "variants": rows,
             "side_by_side": together,
             "mode_over_dense_samples_per_s": rows["mode"]["samples_per_s"] / rows["dense_active"]["samples_per_s"],
-            "mode_over_dense_fraction_of_peak":
-                rows["mode"]["fraction_of_peak"] / rows["dense_active"]["fraction_of_peak"],
+            "mode_over_dense_fraction_of_peak": rows["mode"]["fraction_of_peak"]
+            / rows["dense_active"]["fraction_of_peak"],
         }
     return out
 
@@ -169,17 +184,24 @@ def _param_count(cfg: MoDEConfig) -> int:
 
 def format_train(result: dict[str, Any]) -> str:
     """Human-readable table of a ``bench_train`` result."""
-    lines = [f"bench train (torch threads: {result['torch_threads']}; clock: {result['clock']}; "
-             f"{'with' if result['images'] else 'without'} cameras)", "",
-             f"{'preset':<8} {'variant':<13} {'batch':>5} {'step ms':>9} {'IQR':>7} {'samples/s':>10} "
-             f"{'GFLOP/step':>11} {'GFLOP/s':>8} {'peak':>6} {'of peak':>8} {'active params':>14}"]
+    lines = [
+        f"bench train (torch threads: {result['torch_threads']}; clock: {result['clock']}; "
+        f"{'with' if result['images'] else 'without'} cameras)",
+        "",
+        f"{'preset':<8} {'variant':<13} {'batch':>5} {'step ms':>9} {'IQR':>7} {'samples/s':>10} "
+        f"{'GFLOP/step':>11} {'GFLOP/s':>8} {'peak':>6} {'of peak':>8} {'active params':>14}",
+    ]
     for preset, entry in result["presets"].items():
         for name, r in entry["variants"].items():
-            lines.append(f"{preset:<8} {name:<13} {r['batch_size']:>5} {r['step_ms']:>9.1f} {r['step_iqr_ms']:>7.1f} "
-                         f"{r['samples_per_s']:>10.1f} {r['gflop_per_step']:>11.2f} {r['achieved_gflops']:>8.1f} "
-                         f"{r['matmul_peak_gflops']:>6.1f} {r['fraction_of_peak']:>8.1%} {r['active_params']:>14,}")
+            lines.append(
+                f"{preset:<8} {name:<13} {r['batch_size']:>5} {r['step_ms']:>9.1f} {r['step_iqr_ms']:>7.1f} "
+                f"{r['samples_per_s']:>10.1f} {r['gflop_per_step']:>11.2f} {r['achieved_gflops']:>8.1f} "
+                f"{r['matmul_peak_gflops']:>6.1f} {r['fraction_of_peak']:>8.1%} {r['active_params']:>14,}"
+            )
         how = "side by side" if entry["side_by_side"] else "one after the other"
-        lines.append(f"{preset:<8} mode / dense_active ({how}): samples/s {entry['mode_over_dense_samples_per_s']:.3f}, "
-                     f"fraction of peak {entry['mode_over_dense_fraction_of_peak']:.3f}")
+        lines.append(
+            f"{preset:<8} mode / dense_active ({how}): samples/s {entry['mode_over_dense_samples_per_s']:.3f}, "
+            f"fraction of peak {entry['mode_over_dense_fraction_of_peak']:.3f}"
+        )
     lines.append("\npeak: the 1024^3 fp32 matmul probe, median of the rounds interleaved with each variant's steps")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ redoes per step what depends only on the step. Here, per plan:
 * ``phi_j`` as the (1, 1, d) row the noise-conditioned attention adds;
 * the EDM scalings ``c_in``, ``c_skip``, ``c_out`` as host floats;
 * the expert cache's fused experts (views of the expert bank, see
-  :mod:`mode_policy.nn.expert_cache`);
+  :mod:`mode_policy.model.expert_cache`);
 
 and per chunk (the same at every step): the condition tokens plus their positional
 embeddings. A step then runs the same tensor operations as the module path, in the same
@@ -35,35 +35,90 @@ from torch import Tensor
 
 from .config import MoDEConfig
 from .diffusion import Sampler
-from .nn.layers import swiglu
-from .nn.moe import FusedExperts, MoELayer
+from .layers import swiglu
+from .moe import FusedExperts, MoELayer
 
 if TYPE_CHECKING:  # edm imports this module
     from .edm import EDMDenoiser, SamplingPlan
 
-HANDLED_FIELDS = frozenset({
-    # shapes, encoders and training-only settings: the lean sampler starts after the encoders
-    "state_dim", "action_dim", "goal_dim", "n_obs_steps", "horizon", "n_action_steps", "image_keys",
-    "image_size", "vision_depth", "vision_width", "vision_pretrained", "image_shift_pad", "attn_dropout",
-    "resid_dropout", "init_std", "balance_loss_weight", "freeze_router", "goal_encoder", "goal_dropout",
-    "state_encoder_hidden", "train_sigma_loc", "train_sigma_scale",
-    # read from the modules or the plan
-    "n_layers", "d_model", "n_heads", "causal", "num_experts", "top_k", "mlp_ratio", "dense_mlp_ratio",
-    "sigma_data", "sigma_min", "sigma_max", "sampler", "schedule", "num_inference_steps", "karras_rho",
-    # checked in unsupported_reason
-    "routing", "shared_expert", "noise_token", "noise_conditioning",
-})
+HANDLED_FIELDS = frozenset(
+    {
+        # shapes, encoders and training-only settings: the lean sampler starts after the encoders
+        "state_dim",
+        "action_dim",
+        "goal_dim",
+        "n_obs_steps",
+        "horizon",
+        "n_action_steps",
+        "image_keys",
+        "image_size",
+        "vision_depth",
+        "vision_width",
+        "vision_pretrained",
+        "image_shift_pad",
+        "attn_dropout",
+        "resid_dropout",
+        "init_std",
+        "balance_loss_weight",
+        "freeze_router",
+        "goal_encoder",
+        "goal_dropout",
+        "state_encoder_hidden",
+        "train_sigma_loc",
+        "train_sigma_scale",
+        # read from the modules or the plan
+        "n_layers",
+        "d_model",
+        "n_heads",
+        "causal",
+        "num_experts",
+        "top_k",
+        "mlp_ratio",
+        "dense_mlp_ratio",
+        "sigma_data",
+        "sigma_min",
+        "sigma_max",
+        "sampler",
+        "schedule",
+        "num_inference_steps",
+        "karras_rho",
+        # checked in unsupported_reason
+        "routing",
+        "shared_expert",
+        "noise_token",
+        "noise_conditioning",
+    }
+)
 """MoDEConfig fields whose every value this module handles or checks; any other field must
 hold its default value, or the module path samples (a new switch is never guessed at)."""
 
-_READ_PARAMS = frozenset({
-    "sigma_embed.weight", "sigma_embed.bias", "pos_emb", "action_in.weight", "action_in.bias",
-    "norm_out.weight", "action_out.weight", "action_out.bias",
-    # per block, without "blocks.<i>." (routers: through the expert cache; mlp.w13/w2: the dense MLP)
-    "norm1.weight", "attn.qkv.weight", "attn.proj.weight", "attn.q_norm.weight", "attn.k_norm.weight",
-    "norm2.weight", "mlp.w13", "mlp.w2", "mlp.router.net.0.weight", "mlp.router.net.0.bias",
-    "mlp.router.net.2.weight", "mlp.router.net.2.bias", "mlp.experts.w13", "mlp.experts.w2",
-})
+_READ_PARAMS = frozenset(
+    {
+        "sigma_embed.weight",
+        "sigma_embed.bias",
+        "pos_emb",
+        "action_in.weight",
+        "action_in.bias",
+        "norm_out.weight",
+        "action_out.weight",
+        "action_out.bias",
+        # per block, without "blocks.<i>." (routers: through the expert cache; mlp.w13/w2: the dense MLP)
+        "norm1.weight",
+        "attn.qkv.weight",
+        "attn.proj.weight",
+        "attn.q_norm.weight",
+        "attn.k_norm.weight",
+        "norm2.weight",
+        "mlp.w13",
+        "mlp.w2",
+        "mlp.router.net.0.weight",
+        "mlp.router.net.0.bias",
+        "mlp.router.net.2.weight",
+        "mlp.router.net.2.bias",
+        "mlp.experts.w13",
+        "mlp.experts.w2",
+    }
+)
 """The network parameters the lean sampler accounts for; a network with any other runs the module path."""
 
 
@@ -133,22 +188,34 @@ class LeanSampler:
         self.norm_out = (net.norm_out.weight.detach(), net.norm_out.eps)
         self.action_out = (net.action_out.weight.detach(), net.action_out.bias.detach())
         self.layers = [
-            _Layer(b.norm1.weight.detach(), b.norm1.eps, b.attn.qkv.weight.detach(), b.attn.q_norm.weight.detach(),
-                   b.attn.k_norm.weight.detach(), (b.attn.q_norm.eps, b.attn.k_norm.eps),
-                   b.attn.proj.weight.detach(), b.norm2.weight.detach(), b.norm2.eps,
-                   None if isinstance(b.mlp, MoELayer) else (b.mlp.w13.detach(), b.mlp.w2.detach()))
+            _Layer(
+                b.norm1.weight.detach(),
+                b.norm1.eps,
+                b.attn.qkv.weight.detach(),
+                b.attn.q_norm.weight.detach(),
+                b.attn.k_norm.weight.detach(),
+                (b.attn.q_norm.eps, b.attn.k_norm.eps),
+                b.attn.proj.weight.detach(),
+                b.norm2.weight.detach(),
+                b.norm2.eps,
+                None if isinstance(b.mlp, MoELayer) else (b.mlp.w13.detach(), b.mlp.w2.detach()),
+            )
             for b in net.blocks
         ]
         conditioned = cfg.noise_conditioning == "attention"
         self.steps = []
         for level in plan.levels:
             phi = level.noise_emb.view(1, 1, d)
-            self.steps.append(_Step(
-                noise_token=phi + self.pos[:, :1] if cfg.noise_token else None,
-                phi=phi if conditioned else None,
-                c_in=level.c_in, c_skip=level.c_skip, c_out=level.c_out,
-                experts=list(level.fused) if level.fused is not None else [None] * len(self.layers),
-            ))
+            self.steps.append(
+                _Step(
+                    noise_token=phi + self.pos[:, :1] if cfg.noise_token else None,
+                    phi=phi if conditioned else None,
+                    c_in=level.c_in,
+                    c_skip=level.c_skip,
+                    c_out=level.c_out,
+                    experts=list(level.fused) if level.fused is not None else [None] * len(self.layers),
+                )
+            )
 
     def sample(self, cond: Tensor, x: Tensor, sampler: Sampler, sigmas: Tensor) -> Tensor:
         """Normalised actions (B, H, A) from ``x`` (B, H, A) at sigma_max, for condition tokens (B, n, d)."""

@@ -1,1 +1,0 @@
-"""Neural-network building blocks: norms, attention, SwiGLU, router, MoE, expert cache."""
