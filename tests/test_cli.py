@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mode_policy.cli import main as cli
-from mode_policy.cli.main import _commands
+from mode_policy.cli.main import all_commands
 from mode_policy.cli.parsing import parse_command
 from mode_policy.cli.pipeline import QUICKSTART_TRAIN_DEFAULTS, TrainOptions
 from mode_policy.errors import ConfigError
@@ -52,7 +52,7 @@ def test_train_help_shows_every_train_and_policy_field_with_its_docstring(capsys
             assert "".join(docs[f.name].split()) in text, f.name
 
 
-@pytest.mark.parametrize("name", sorted(_commands()))
+@pytest.mark.parametrize("name", sorted(all_commands()))
 def test_every_command_has_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli([name, "--help"])
@@ -60,10 +60,10 @@ def test_every_command_has_help(name, capsys):
     assert f"mode-policy {name}" in capsys.readouterr().out
 
 
-def test_top_level_usage_lists_commands(capsys):
+def test_top_level_usage_listsall_commands(capsys):
     assert cli(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in _commands())
+    assert all(name in out for name in all_commands())
     assert cli([]) == 2
     assert cli(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
 
@@ -91,7 +91,7 @@ def test_config_file_sits_under_the_flags(tmp_path):
 
 
 def test_train_out_is_an_alias_of_output_dir():
-    cmd = _commands()["train"]
+    cmd = all_commands()["train"]
     opts = parse_command(cmd.options, ["--out", "r1"], "t", aliases=cmd.aliases)
     assert opts.output_dir == "r1"
     assert parse_command(cmd.options, ["--out=r2"], "t", aliases=cmd.aliases).output_dir == "r2"
@@ -99,7 +99,7 @@ def test_train_out_is_an_alias_of_output_dir():
 
 
 def test_positional_arguments_map_to_fields():
-    cmd = _commands()["eval"]
+    cmd = all_commands()["eval"]
     opts = parse_command(cmd.options, ["runs/x", "--episodes=3"], "t", positional=cmd.positional)
     assert opts.path == "runs/x" and opts.episodes == 3
 

@@ -214,7 +214,7 @@ def test_finetune_refuses_data_missing_a_pretrained_camera(world, image_run, tmp
 
 
 def test_finetune_keeps_the_cameras_and_resizes_other_image_sizes(image_run, tmp_path, capsys, monkeypatch):
-    import mode_policy.training.loop as train_module
+    import mode_policy.training.setup as train_module
 
     loaded = []
     original = train_module.load_dataset

@@ -162,8 +162,8 @@ def test_tiny_image_policy_trains_and_evaluates_with_rendering(image_dataset, tm
 
 
 def test_image_preset_needs_cameras_and_uses_the_datasets(image_dataset):
+    from mode_policy.training.build import build_policy, select_image_keys
     from mode_policy.training.config import TrainConfig
-    from mode_policy.training.loop import build_policy, select_image_keys
 
     cfg = TrainConfig(
         dataset=str(image_dataset), preset="cpu-image", language="task", policy=get_preset("cpu-image", goal_dim=16)

@@ -24,6 +24,7 @@ from mode_policy.data.windows import WindowSampler, load_episodes
 from mode_policy.envs.metaworld_demos import generate_demos
 from mode_policy.errors import ConfigError, DataError, DataNotFoundError
 from mode_policy.model.config import get_preset
+from mode_policy.model.diffusion import SamplingSettings
 from mode_policy.policy import MoDEPolicy
 from mode_policy.training.config import TrainConfig
 from mode_policy.training.loop import train, weights_checksum
@@ -169,8 +170,12 @@ def test_eval_plays_one_member_of_a_mixture_policy_at_its_width(mixture_run, tmp
     policy = MoDEPolicy.from_pretrained(mixture_run / "model").eval()
     view = for_dataset(policy, "metaworld")
     assert (view.config.action_dim, view.config.state_dim, view.config.horizon) == (4, 39, policy.config.horizon)
-    view.config.num_inference_steps = 3  # sampling settings write through to the policy
-    assert policy.config.num_inference_steps == 3
+    with pytest.raises(ConfigError, match="fixed once built"):  # a read-only view: settings go with each call
+        view.config.num_inference_steps = 3
+    chunk = view.predict_action_chunk(
+        {"observation.state": torch.zeros(1, 39), "task": ["reach"]}, sampling=SamplingSettings(num_inference_steps=3)
+    )
+    assert chunk.shape == (1, policy.config.horizon, 4) and policy.config.num_inference_steps != 3
     with pytest.raises(ConfigError, match="--dataset_name"):
         for_dataset(policy)
     with pytest.raises(ConfigError, match="not one of the policy's datasets"):

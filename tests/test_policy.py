@@ -5,6 +5,7 @@ import torch
 
 from mode_policy.errors import CheckpointError, ConfigError, DataError
 from mode_policy.model.config import MoDEConfig, get_preset
+from mode_policy.model.diffusion import SamplingSettings
 from mode_policy.policy import LEGACY_PREFIXES, MoDEPolicy
 from mode_policy.training.ema import EMA
 
@@ -106,9 +107,9 @@ def test_select_action_uses_queue_and_reset():
     calls = []
     original = policy.predict_action_chunk
 
-    def counting(batch, noise=None):
+    def counting(batch, noise=None, sampling=None):
         calls.append(1)
-        return original(batch, noise)
+        return original(batch, noise, sampling=sampling)
 
     policy.predict_action_chunk = counting
     obs = obs_batch(2)
@@ -124,7 +125,7 @@ def test_observation_history_is_stacked():
     policy = make_policy(n_obs_steps=2).eval()
     seen = []
     original = policy.predict_action_chunk
-    policy.predict_action_chunk = lambda batch, noise=None: (seen.append(batch), original(batch))[1]
+    policy.predict_action_chunk = lambda batch, noise=None, sampling=None: (seen.append(batch), original(batch))[1]
     first = obs_batch(1)
     policy.select_action(first)
     assert seen[0]["observation.state"].shape == (1, 2, 5)
@@ -167,10 +168,9 @@ def test_cache_views_own_no_copies_and_follow_weights():
     policy.eval()
     assert denoiser.sampling_plan().cached
     # Changing the number of steps (or the sampler) rebuilds it too
-    policy.config.num_inference_steps = 5
-    assert len(denoiser.sampling_plan().levels) == 5
-    policy.config.sampler = "heun"
-    assert len(denoiser.sampling_plan().levels) == 9
+    assert len(denoiser.sampling_plan(SamplingSettings(num_inference_steps=5)).levels) == 5
+    assert len(denoiser.sampling_plan(SamplingSettings(num_inference_steps=5, sampler="heun")).levels) == 9
+    assert len(denoiser.sampling_plan().levels) == policy.config.num_inference_steps  # the config never changed
 
 
 def test_cache_with_top3_copies_only_needed_combos():

@@ -21,8 +21,7 @@ __all__ = ["DatasetConfig", "DatasetPolicy", "for_dataset", "load_dataset_policy
 
 
 class DatasetConfig:
-    """The policy's config with one dataset's ``action_dim`` / ``state_dim``; every other field
-    reads and writes through (so sampling overrides of an evaluation reach the policy)."""
+    """A read-only view of the policy's config with one dataset's ``action_dim`` / ``state_dim``."""
 
     def __init__(self, config: Any, action_dim: int, state_dim: int) -> None:
         object.__setattr__(self, "_config", config)
@@ -33,9 +32,10 @@ class DatasetConfig:
         return widths[name] if name in widths else getattr(object.__getattribute__(self, "_config"), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._widths:
-            raise ConfigError(f"{name} of dataset view is fixed by the dataset ({self._widths[name]})")
-        setattr(self._config, name, value)
+        raise ConfigError(
+            f"cannot set {name}: a policy's config is fixed once built (pass sampling settings with each call, "
+            "see mode_policy.SamplingSettings)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The policy's config as a dict, with this dataset's widths."""
@@ -54,13 +54,13 @@ class DatasetPolicy:
     def training(self) -> bool:
         return self.policy.training
 
-    def predict_action_chunk(self, batch: Mapping[str, Any], noise: Tensor | None = None) -> Tensor:
-        """(B, H, A_dataset) actions in the dataset's units."""
-        return self.policy.predict_action_chunk(batch, noise, dataset=self.dataset)
+    def predict_action_chunk(self, batch: Mapping[str, Any], noise: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """(B, H, A_dataset) actions in the dataset's units (``kwargs``: as the policy's, e.g. ``sampling``)."""
+        return self.policy.predict_action_chunk(batch, noise, dataset=self.dataset, **kwargs)
 
-    def select_action(self, observation: Mapping[str, Any]) -> Tensor:
+    def select_action(self, observation: Mapping[str, Any], **kwargs: Any) -> Tensor:
         """(B, A_dataset): the next action, the policy's queue and history as usual."""
-        return self.policy.select_action(observation, dataset=self.dataset)
+        return self.policy.select_action(observation, dataset=self.dataset, **kwargs)
 
     def reset(self) -> None:
         self.policy.reset()

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -27,9 +26,11 @@ from .encoders.state import StateEncoder
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write, atomic_write_text
 from .model.config import MoDEConfig
+from .model.diffusion import SamplingSettings
 from .model.edm import EDMDenoiser
 from .model.moe import balancing_loss
 from .model.normalize import DATASET_KEY, DatasetNormalizers, Normalizer
+from .observation import ObservationSchema
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -253,11 +254,17 @@ class MoDEPolicy(nn.Module):
     # ------------------------------------------------------------- inference
     @torch.no_grad()
     def predict_action_chunk(
-        self, batch: Mapping[str, Any], noise: Tensor | None = None, dataset: str | None = None
+        self,
+        batch: Mapping[str, Any],
+        noise: Tensor | None = None,
+        dataset: str | None = None,
+        sampling: SamplingSettings | None = None,
     ) -> Tensor:
         """Sample an action chunk (B, H, A) in the original action units.
 
         ``noise`` (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here).
+        ``sampling`` samples with other settings than the config's (steps, sigma_min, sampler, ...)
+        for this call only.
         A policy trained on a mixture un-normalises with the statistics of ``dataset`` (or
         ``batch["dataset"]``; default: its only dataset) and returns that dataset's action width;
         its state may come at that dataset's width.
@@ -270,43 +277,17 @@ class MoDEPolicy(nn.Module):
                 "(datasets differ in action width)"
             )
         cond = self.encode_condition(batch)  # encoders run once per chunk
-        actions = self.denoiser.sample(cond, noise).clamp(-1.0, 1.0)  # (B, H, A), normalised
+        actions = self.denoiser.sample(cond, noise, sampling).clamp(-1.0, 1.0)  # (B, H, A), normalised
         rows = self._dataset_rows(batch, actions.shape[0])
         if rows is None:
             return self.normalizer.unnormalize_action(actions)
         return self.dataset_normalizers.unnormalize_action(actions, self.dataset_names[int(rows[0])])
 
     def check_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The observation ``batch`` with numpy arrays as tensors; DataError naming the key for a
-        non-numeric or non-finite value, a batch size that differs between keys, or a task list
-        that does not match the batch."""
-        out = dict(batch)
-        sizes: dict[str, int] = {}
-        for key in (STATE_KEY, GOAL_KEY, *self.config.image_keys):
-            if key not in out:
-                continue
-            value = out[key]
-            if isinstance(value, np.ndarray):
-                value = torch.from_numpy(np.ascontiguousarray(value))
-            if not torch.is_tensor(value):
-                raise DataError(f"{key} must be a tensor or numpy array, got {type(value).__name__}")
-            if value.dtype == torch.bool or value.is_complex():
-                raise DataError(f"{key} has dtype {value.dtype}; expected real numbers")
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                rows = torch.nonzero(~torch.isfinite(value.reshape(value.shape[0], -1)).all(-1)).flatten().tolist()
-                raise DataError(f"{key} holds NaN or inf values (batch rows {rows[:8]})")
-            if value.dim() == 0:
-                raise DataError(f"{key} is a scalar; expected a batch (B, ...)")
-            sizes[key] = value.shape[0]
-            out[key] = value
-        if TASK_KEY in out:
-            tasks = out[TASK_KEY]
-            if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
-                raise DataError(f"{TASK_KEY} must be a list of instruction strings, one per batch row")
-            sizes[TASK_KEY] = len(tasks)
-        if len(set(sizes.values())) > 1:
-            raise DataError("batch sizes differ between inputs: " + ", ".join(f"{k}: {v}" for k, v in sizes.items()))
-        return out
+        """The observation ``batch`` with numpy arrays as tensors, checked against the policy's
+        :class:`~mode_policy.observation.ObservationSchema` (the rules the server applies to its
+        requests): DataError naming the key and what was expected."""
+        return ObservationSchema.for_policy(self).check_batch(batch)
 
     def reset(self) -> None:
         """Clear the action queue and observation history (call at episode start)."""
@@ -314,10 +295,20 @@ class MoDEPolicy(nn.Module):
         self._obs_history.clear()
 
     @torch.no_grad()
-    def select_action(self, observation: Mapping[str, Any], dataset: str | None = None) -> Tensor:
+    def select_action(
+        self,
+        observation: Mapping[str, Any],
+        dataset: str | None = None,
+        sampling: SamplingSettings | None = None,
+        n_action_steps: int | None = None,
+    ) -> Tensor:
         """One action (B, A) per call from one observation frame (state (B, S),
-        images (B, H, W, 3)); re-plans a chunk when the queue is empty. ``dataset``: as in
-        :meth:`predict_action_chunk` (policies trained on a mixture)."""
+        images (B, H, W, 3)); re-plans a chunk when the queue is empty. ``dataset`` and ``sampling``:
+        as in :meth:`predict_action_chunk`; ``n_action_steps``: actions of a chunk executed before
+        re-planning (default: the config's)."""
+        n_action_steps = n_action_steps or self.config.n_action_steps
+        if not 1 <= n_action_steps <= self.config.horizon:
+            raise ConfigError(f"n_action_steps={n_action_steps} must be in [1, horizon={self.config.horizon}]")
         frame = self.check_inputs(observation if dataset is None else {**observation, DATASET_KEY: dataset})
         if self._obs_history:
             size = {k: v.shape[0] for k, v in frame.items() if torch.is_tensor(v)}
@@ -333,8 +324,8 @@ class MoDEPolicy(nn.Module):
             observed = [STATE_KEY, *self.config.image_keys]
             for key in (k for k in observed if k in frame):  # stack the history: (B, n_obs, ...)
                 batch[key] = torch.stack([f[key] for f in self._obs_history], dim=1)
-            chunk = self.predict_action_chunk(batch)  # (B, H, A)
-            self._action_queue.extend(chunk[:, : self.config.n_action_steps].unbind(dim=1))
+            chunk = self.predict_action_chunk(batch, sampling=sampling)  # (B, H, A)
+            self._action_queue.extend(chunk[:, :n_action_steps].unbind(dim=1))
         return self._action_queue.popleft()
 
     # -------------------------------------------------------------- counting

@@ -4,7 +4,6 @@ whose oracle solves a known set of subtasks."""
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +21,8 @@ from mode_policy.evaluation.calvin import (
     format_chain_success,
     run_chains,
 )
+from mode_policy.model.config import get_preset
+from mode_policy.model.diffusion import SamplingSettings
 
 
 def test_scoring() -> None:
@@ -93,29 +94,21 @@ def test_official_settings_preset() -> None:
     assert {1000, 360, 5, 1.0} <= set(defaults)
 
 
-class SamplingConfig(SimpleNamespace):
-    def validate(self) -> None:
-        if not self.sigma_min < 80.0:
-            raise ConfigError("sigma_min too large")
-
-
-def test_sampling_settings_apply_during_the_run_only(fake_calvin) -> None:
+def test_sampling_settings_are_passed_with_every_call_not_written_into_the_config(fake_calvin) -> None:
     policy = ScriptedPolicy(np.zeros(7), state_dim=15)
-    policy.config = SamplingConfig(**vars(policy.config), num_inference_steps=10, sigma_min=0.001)
+    policy.config = get_preset("tiny", state_dim=15, action_dim=7, num_inference_steps=10, sigma_min=0.001)
     seen = []
-    policy.select_action = lambda batch: (
-        seen.append((policy.config.num_inference_steps, policy.config.sigma_min)) or torch.zeros(1, 7)
-    )
+    policy.select_action = lambda batch, sampling=None, n_action_steps=None: seen.append(sampling) or torch.zeros(1, 7)
     result = evaluate_calvin(policy, num_sequences=1, ep_len=2, progress=False, env=fake_calvin)
-    assert set(seen) == {(5, 1.0)} and result.settings["sampling"] == {"num_inference_steps": 5, "sigma_min": 1.0}
-    assert (policy.config.num_inference_steps, policy.config.sigma_min) == (10, 0.001)  # restored
+    assert set(seen) == {SamplingSettings(num_inference_steps=5, sigma_min=1.0)}
+    assert result.settings["sampling"] == {"num_inference_steps": 5, "sigma_min": 1.0}
+    assert (policy.config.num_inference_steps, policy.config.sigma_min) == (10, 0.001)  # never edited
     evaluate_calvin(
         policy, num_sequences=1, ep_len=2, progress=False, env=fake_calvin, num_inference_steps=None, sigma_min=None
     )
-    assert seen[-1] == (10, 0.001)  # None keeps the policy's own
-    with pytest.raises(ConfigError, match="sigma_min too large"):
+    assert seen[-1] is None  # None keeps the policy's own
+    with pytest.raises(ConfigError, match=r"sigma_min \(100.0\) < sigma_max"):
         evaluate_calvin(policy, num_sequences=1, progress=False, env=fake_calvin, sigma_min=100.0)
-    assert policy.config.sigma_min == 0.001
     plain = ScriptedPolicy(np.zeros(7), state_dim=15)  # no sampling fields: nothing to apply
     assert evaluate_calvin(plain, num_sequences=1, ep_len=1, progress=False, env=fake_calvin).settings["sampling"] == {}
 

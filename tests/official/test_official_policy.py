@@ -119,8 +119,9 @@ def test_goal_dropout_zeroes_the_goal_token_only():
         dropped = policy.encode_condition(batch)
         torch.manual_seed(5)
         keep = 1 - torch.bernoulli(torch.full_like(batch["goal"], 0.5))  # the official mask's draws
-        policy.config.goal_dropout = 0.0
-        clean = policy.encode_condition(batch)
+        twin = MoDEPolicy(dataclasses.replace(policy.config, goal_dropout=0.0)).train()
+        twin.load_state_dict(policy.state_dict())
+        clean = twin.encode_condition(batch)
         torch.testing.assert_close(dropped[:, 0], policy.goal_proj(batch["goal"] * keep))  # zeroed, not rescaled
     assert 0 < keep.mean() < 1
     torch.testing.assert_close(dropped[:, 1:], clean[:, 1:])  # FiLM saw the clean goal

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..model.config import MoDEConfig, get_preset
 from ..policy import MoDEPolicy
 from ..training.ema import EMA
-from ..training.loop import _param_groups
+from ..training.setup import param_groups
 from .timing import bench_clock, machine_probes, probe_throughputs, time_side_by_side
 
 DEFAULT_BATCH = {"tiny": 32, "cpu": 256, "cpu-image": 64, "paper": 8, "paper-pretrain": 8}
@@ -67,7 +67,7 @@ class TrainStep:
     def __init__(self, policy: MoDEPolicy, batch: dict[str, torch.Tensor], lr: float = 1e-4) -> None:
         self.policy = policy.train()
         self.batch = batch
-        self.optimizer = torch.optim.AdamW(_param_groups(policy, 0.05), lr=lr, betas=(0.9, 0.95))
+        self.optimizer = torch.optim.AdamW(param_groups(policy, 0.05), lr=lr, betas=(0.9, 0.95))
         self.ema = EMA(policy, 0.999)
 
     def __call__(self) -> float:

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..fileio import check_writable, replacing
 from ..model.config import MoDEConfig, get_preset, preset_overrides
 from ..validation import check_range
-from .main import Command
+from .command import Command
 
 
 @dataclass

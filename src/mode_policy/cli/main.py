@@ -9,30 +9,17 @@ exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 from ..envs.rendering import setup_headless_rendering
 from ..errors import ModePolicyError
+from . import commands, pipeline, serve, study
+from .command import Command
 from .parsing import parse_command
 
 
-@dataclass
-class Command:
-    """A sub-command: its options dataclass, the function running it, and its parsing extras."""
-
-    options: type
-    run: Callable[[Any], int]
-    help: str
-    positional: tuple[str, ...] = ()
-    defaults: dict[str, Any] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)
-
-
-def _commands() -> dict[str, Command]:
-    from . import commands, pipeline, serve, study
-
+def all_commands() -> dict[str, Command]:
+    """Every sub-command by name, in the order ``--help`` lists them."""
     return {**commands.COMMANDS, **pipeline.COMMANDS, **serve.COMMANDS, **study.COMMANDS}
 
 
@@ -51,7 +38,7 @@ def _usage(commands: dict[str, Command]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_headless_rendering()  # before any command imports a simulator (mujoco reads MUJOCO_GL once)
-    commands = _commands()
+    commands = all_commands()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(commands))
         return 0 if argv else 2

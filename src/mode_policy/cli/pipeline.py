@@ -13,7 +13,7 @@ from ..fileio import check_writable, moved_aside
 from ..training.config import TrainConfig
 from ..training.run_dir import RunDir
 from ..validation import check_range
-from .main import Command
+from .command import Command
 
 
 # --------------------------------------------------------------------- train
@@ -55,47 +55,45 @@ def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
     return run
 
 
-def _saved_with_given_flags(cfg: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
-    """For ``--resume``: the run's saved config with only the flags the user gave (those that differ
-    from the command's defaults, ``recipe`` on top of TrainConfig's) applied;
-    :func:`mode_policy.training.loop.resumed_config` then refuses the ones a resumed run may not change."""
-    run = RunDir(cfg.output_dir)
-    saved = TrainConfig.from_run_dict(run.read_config(), str(run.config))
+def _given_fields(cfg: TrainConfig, recipe: dict[str, Any]) -> set[str]:
+    """The TrainConfig fields set on the command line: those that differ from the command's defaults
+    (``recipe`` on top of TrainConfig's). On ``--resume`` only these are weighed against the run's saved
+    config (:func:`mode_policy.training.setup.resumed_config`); the rest come from the run."""
     defaults = dataclasses.replace(TrainConfig(preset=cfg.preset), **recipe)
     given = {
-        f.name: getattr(cfg, f.name)
+        f.name
         for f in dataclasses.fields(TrainConfig)
         if f.name not in ("policy", "preset") and getattr(cfg, f.name) != getattr(defaults, f.name)
     }
-    if cfg.preset != TrainConfig.preset:
-        given["preset"] = cfg.preset
-    policy = dataclasses.replace(saved.policy, **cfg.policy_overrides())
-    return dataclasses.replace(saved, **given, policy=policy)
+    return given | ({"preset"} if cfg.preset != TrainConfig.preset else set())
 
 
 def run_train(opts: TrainOptions, recipe: dict[str, Any] | None = None) -> int:
     from ..training.loop import train
 
     cfg = TrainConfig(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig)})
+    saved = None
     if opts.resume and RunDir(cfg.output_dir).config.is_file():
-        cfg = _saved_with_given_flags(cfg, recipe or {})
-    if not cfg.dataset and not cfg.mixture:
+        saved = TrainConfig.from_run_dict(RunDir(cfg.output_dir).read_config(), str(RunDir(cfg.output_dir).config))
+    given = _given_fields(cfg, recipe or {}) if saved is not None else None
+    dataset = cfg.dataset or (saved.dataset if saved is not None and "mixture" not in given else "")
+    if saved is None and not cfg.dataset and not cfg.mixture:
         raise ConfigError(
             "train needs --dataset=PATH (a LeRobot-format dataset folder) or --mixture=FILE "
             "(a YAML/JSON list of datasets with weights)"
         )
-    if recipe is not None and not cfg.init_from:
+    if recipe is not None and not (cfg.init_from or (saved is not None and saved.init_from)):
         raise ConfigError(
             "finetune needs the pretrained model first: "
             "`mode-policy finetune PRETRAINED_RUN_OR_MODEL --dataset D --out RUN`"
         )
     eval_fn = None
     if cfg.eval_every:
-        tasks = _dataset_metaworld_tasks(cfg.dataset) if cfg.dataset else []
+        tasks = _dataset_metaworld_tasks(dataset) if dataset else []
         if not tasks:
             raise ConfigError("--eval_every needs a Meta-World dataset made by `mode-policy demos`")
         eval_fn = _periodic_metaworld_eval(tasks, cfg.eval_episodes, cfg.seed)
-    run_dir = train(cfg, resume=opts.resume, eval_fn=eval_fn)
+    run_dir = train(cfg, resume=opts.resume, eval_fn=eval_fn, given=given)
     print(f"training finished: {RunDir(run_dir).model}")
     return 0
 
@@ -264,7 +262,7 @@ def run_eval(opts: EvalOptions) -> int:
     check_writable(out)
     video_dir = out.parent / "videos" if opts.videos else None
     from ..threads import apply_threads
-    from ..training.loop import resolve_device
+    from ..training.setup import resolve_device
 
     device = resolve_device(_rank_device(opts.device))
     if device.type == "cpu":

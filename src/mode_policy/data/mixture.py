@@ -175,7 +175,7 @@ def _member(entry: Any, i: int, path: Path) -> MixtureMember:
 
 # ------------------------------------------------------------------- loaded data
 Loader = Callable[[Path, list[str]], EpisodeData]
-"""Loads one dataset with the given (dataset) camera keys: :func:`mode_policy.training.loop` routes it."""
+"""Loads one dataset with the given (dataset) camera keys: :func:`mode_policy.training.setup.prepare_run` routes it."""
 
 
 @dataclass

@@ -44,7 +44,7 @@ from ..envs.calvin_sim import import_calvin_env, make_calvin_env
 from ..errors import ConfigError
 from .protocol import Policy, eval_mode, policy_device
 from .result import EvalResult, TaskResult
-from .sampling import sampling_overrides
+from .sampling import with_sampling_settings
 from .unit_log import UnitLog
 
 EP_LEN = 360
@@ -247,11 +247,8 @@ def evaluate_calvin(
                 return True
         return False
 
-    with (
-        eval_mode(policy),
-        torch.random.fork_rng(devices=[]),
-        sampling_overrides(policy, num_inference_steps=num_inference_steps, sigma_min=sigma_min) as sampling,
-    ):
+    policy, sampling = with_sampling_settings(policy, num_inference_steps=num_inference_steps, sigma_min=sigma_min)
+    with eval_mode(policy), torch.random.fork_rng(devices=[]):
         if sequences:
             run_chains(sequences, reset, attempt, progress, chain_done)
     lengths = [records[i]["completed"] for i in ids]

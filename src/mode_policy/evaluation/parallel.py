@@ -59,16 +59,12 @@ def shard(groups: Sequence[Sequence[int]], index: int, count: int) -> list[int]:
 
 
 def with_sampling(policy: Any, steps: int = 0, action_steps: int = 0) -> Any:
-    """``policy`` set to ``steps`` sampling steps and ``action_steps`` actions executed per
-    chunk, each where > 0 (else its own); ConfigError if ``action_steps`` exceeds its horizon."""
-    cfg = policy.config
-    if action_steps > cfg.horizon:
-        raise ConfigError(f"action_steps={action_steps}: the policy predicts chunks of {cfg.horizon} actions")
-    if steps:
-        cfg.num_inference_steps = steps
-    if action_steps:
-        cfg.n_action_steps = action_steps
-    return policy
+    """``policy`` sampling with ``steps`` steps and executing ``action_steps`` actions per chunk,
+    each where > 0 (else its own), passed with every call (its config is not edited); ConfigError
+    if ``action_steps`` exceeds its horizon."""
+    from .sampling import with_sampling_settings
+
+    return with_sampling_settings(policy, action_steps, num_inference_steps=steps or None)[0]
 
 
 def load_saved_policy(model_dir: str, device: str = "cpu", steps: int = 0, action_steps: int = 0) -> Any:

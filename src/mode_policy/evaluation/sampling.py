@@ -1,36 +1,76 @@
-"""Sampling settings an evaluation protocol prescribes (e.g. CALVIN's official 5 steps with
-sigma_min = 1.0), applied to a policy for the length of a run."""
+"""Sampling settings an evaluation prescribes (CALVIN's official 5 steps with sigma_min = 1.0, a
+``--steps`` flag, a shorter execution horizon), passed to the policy with every call: the policy's
+config is never edited."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
+from torch import Tensor
+
 from ..errors import ConfigError
+from ..model.diffusion import SAMPLING_FIELDS, SamplingSettings
 from .protocol import Policy
 
-SAMPLING_FIELDS = ("num_inference_steps", "sigma_min")
+
+class SampledPolicy:
+    """``policy`` sampling every chunk with ``sampling`` and executing ``n_action_steps`` actions of
+    it (None: the policy's own); everything else is the policy's."""
+
+    def __init__(self, policy: Any, sampling: SamplingSettings | None = None, n_action_steps: int | None = None):
+        self.policy, self.sampling, self.n_action_steps = policy, sampling, n_action_steps
+
+    def predict_action_chunk(self, batch: Mapping[str, Any], *args: Any, **kwargs: Any) -> Tensor:
+        return self.policy.predict_action_chunk(batch, *args, **{"sampling": self.sampling, **kwargs})
+
+    def select_action(self, observation: Mapping[str, Any], **kwargs: Any) -> Tensor:
+        settings = {"sampling": self.sampling, "n_action_steps": self.n_action_steps}
+        return self.policy.select_action(observation, **{**settings, **kwargs})
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def train(self, mode: bool = True) -> SampledPolicy:
+        self.policy.train(mode)
+        return self
+
+    def eval(self) -> SampledPolicy:
+        return self.train(False)
+
+    def __getattr__(self, name: str) -> Any:  # config, training, parameters, goal_encoder, ...
+        return getattr(self.policy, name)
 
 
-@contextlib.contextmanager
-def sampling_overrides(policy: Policy, **values: Any) -> Iterator[dict[str, Any]]:
-    """Set ``policy.config.<field> = value`` for each non-None value of the fields in
-    :data:`SAMPLING_FIELDS` the config has (a policy that does not sample by diffusion has
-    none), check the result with ``config.validate()`` where there is one, and restore the
-    old values after the block. Yields the values that were applied."""
+def with_sampling_settings(policy: Policy, n_action_steps: int = 0, **values: Any) -> tuple[Policy, dict[str, Any]]:
+    """``policy`` wrapped to sample with the non-None ``values`` (fields of :class:`SamplingSettings`)
+    its config has (a policy that does not sample by diffusion has none) and to execute
+    ``n_action_steps`` actions per chunk (0: its own); ConfigError for an unknown field or a value
+    the policy's config refuses. Returns the policy to run and the settings applied."""
     unknown = set(values) - set(SAMPLING_FIELDS)
     if unknown:
         raise ConfigError(f"unknown sampling setting(s) {sorted(unknown)}; known: {list(SAMPLING_FIELDS)}")
     config = policy.config
     applied = {k: v for k, v in values.items() if v is not None and hasattr(config, k)}
-    old = {k: getattr(config, k) for k in applied}
-    try:
-        for key, value in applied.items():
-            setattr(config, key, value)
-        if applied and callable(getattr(config, "validate", None)):
-            config.validate()
-        yield applied
-    finally:
-        for key, value in old.items():
-            setattr(config, key, value)
+    if isinstance(policy, SampledPolicy):  # settings on settings: the newer win, one wrapper
+        earlier = policy.sampling.overrides() if policy.sampling is not None else {}
+        sampling = SamplingSettings(**{**earlier, **applied}) if earlier or applied else None
+        n_action_steps = n_action_steps or policy.n_action_steps or 0
+        policy = policy.policy
+    else:
+        sampling = SamplingSettings(**applied) if applied else None
+    if sampling is not None:
+        _check(policy, sampling)
+    if n_action_steps and n_action_steps > config.horizon:
+        raise ConfigError(f"action_steps={n_action_steps}: the policy predicts chunks of {config.horizon} actions")
+    if sampling is None and not n_action_steps:
+        return policy, applied
+    return SampledPolicy(policy, sampling, n_action_steps or None), applied
+
+
+def _check(policy: Any, sampling: SamplingSettings) -> None:
+    """ConfigError now, not at the first chunk, for settings the policy's config refuses."""
+    config = getattr(policy, "policy", policy).config  # a dataset view's policy holds the real config
+    if dataclasses.is_dataclass(config):
+        sampling.resolve(config)

@@ -24,7 +24,7 @@ SCHEDULES = ("exponential", "karras")
 VISION_DEPTHS = (18, 34, 50)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MoDEConfig:
     """Everything needed to rebuild a MoDE policy (saved as ``config.json``)."""
 

@@ -9,8 +9,11 @@ advance is what lets MoDE cache its experts per evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -205,3 +208,38 @@ def make_sampler(name: str) -> Sampler:
     if name not in _SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}: choose from {', '.join(_SAMPLERS)}")
     return _SAMPLERS[name]()
+
+
+# ------------------------------------------------------------------ settings
+SAMPLING_FIELDS = ("sampler", "schedule", "num_inference_steps", "sigma_min", "sigma_max", "karras_rho")
+"""The policy-config fields that only decide how a chunk is sampled (none changes a weight)."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample an action chunk, passed as a value with each call
+    (``policy.predict_action_chunk(obs, sampling=SamplingSettings(num_inference_steps=5))``); a
+    field left None keeps the policy config's value. The policy's config is never edited."""
+
+    num_inference_steps: int | None = None
+    """Sampling steps."""
+    sigma_min: float | None = None
+    """Smallest noise level of the schedule (CALVIN's official evaluation: 1.0)."""
+    sigma_max: float | None = None
+    """Largest noise level (the initial draw's scale)."""
+    sampler: str | None = None
+    """'ddim', 'euler', 'heun' or 'dpmpp_2m'."""
+    schedule: str | None = None
+    """'exponential' or 'karras'."""
+    karras_rho: float | None = None
+    """rho of the Karras schedule."""
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields that are set."""
+        return {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
+
+    def resolve(self, config: Any) -> Any:
+        """``config`` with these settings applied (a new, validated config: ConfigError naming a
+        bad value); ``config`` itself when nothing is set."""
+        values = self.overrides()
+        return dataclasses.replace(config, **values) if values else config

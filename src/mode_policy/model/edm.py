@@ -19,7 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from .config import MoDEConfig
-from .diffusion import Sampler, edm_scalings, make_sampler, make_schedule, sample_log_logistic_sigma, training_target
+from .diffusion import (
+    Sampler,
+    SamplingSettings,
+    edm_scalings,
+    make_sampler,
+    make_schedule,
+    sample_log_logistic_sigma,
+    training_target,
+)
 from .expert_cache import build_layer_cache, weights_version
 from .lean_sampler import LeanSampler, build_lean_sampler
 from .moe import FusedExperts, Routing
@@ -138,10 +146,10 @@ class EDMDenoiser(nn.Module):
     """Sample in eval mode with :mod:`mode_policy.model.lean_sampler` where it applies (same
     results up to float rounding, fewer kernels); False: always the module-by-module path."""
 
-    def sampling_plan(self) -> SamplingPlan:
-        """The (cached) plan for the configured sampler and schedule; rebuilt
-        when the schedule, the step count, the mode or the weights change."""
-        cfg = self.config
+    def sampling_plan(self, sampling: SamplingSettings | None = None) -> SamplingPlan:
+        """The (cached) plan for the configured sampler and schedule, with ``sampling``'s settings
+        on top; rebuilt when the schedule, the step count, the mode or the weights change."""
+        cfg = self.config if sampling is None else sampling.resolve(self.config)
         net = self.net
         cached = (
             self.use_expert_cache and cfg.routing == "noise" and cfg.architecture != "official" and not self.training
@@ -185,14 +193,15 @@ class EDMDenoiser(nn.Module):
         return self._plan
 
     @torch.no_grad()
-    def sample(self, cond: Tensor, noise: Tensor | None = None) -> Tensor:
+    def sample(self, cond: Tensor, noise: Tensor | None = None, sampling: SamplingSettings | None = None) -> Tensor:
         """Normalised action chunk (B, H, A) for condition tokens (B, n, d); ``noise``
-        (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here)."""
+        (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here); ``sampling``
+        overrides the config's sampling settings for this call."""
         cfg = self.config
-        plan = self.sampling_plan()
+        plan = self.sampling_plan(sampling)
         if noise is None:
             noise = torch.randn(cond.shape[0], cfg.horizon, cfg.action_dim, device=cond.device, dtype=cond.dtype)
-        x = noise * cfg.sigma_max
+        x = noise * (cfg.sigma_max if sampling is None or sampling.sigma_max is None else sampling.sigma_max)
         if plan.lean is not None:
             return plan.lean.sample(cond, x, plan.sampler, plan.sigmas)
         return plan.sampler.run(lambda x, j: self(x, plan.levels[j], cond)[0], x, plan.sigmas)

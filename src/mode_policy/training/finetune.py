@@ -34,7 +34,7 @@ from ..errors import CheckpointError, ConfigError, DataError, DataNotFoundError
 from ..model.config import MoDEConfig
 from ..policy import MoDEPolicy
 from .config import TrainConfig
-from .run_dir import CHECKPOINT_PREFIX, RunDir
+from .run_dir import CHECKPOINT_PREFIX, RunDir, load_training_state
 
 ADJUSTABLE_FIELDS = (
     "attn_dropout",
@@ -64,8 +64,6 @@ def load_pretrained(path: str | Path) -> tuple[MoDEPolicy, str]:
     A run directory gives its final ``model/``, or the EMA weights of its newest checkpoint when
     that is newer (a run still going, or resumed and stopped); anything else must be a model
     folder (``config.json`` + ``model.safetensors``)."""
-    from .loop import _load_training_state
-
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"pretrained model not found: {path} (give a run directory or a model folder)")
@@ -79,7 +77,7 @@ def load_pretrained(path: str | Path) -> tuple[MoDEPolicy, str]:
     if latest is None:
         raise CheckpointError(f"run {path} has neither a model nor a checkpoint yet: nothing to fine-tune from")
     policy = MoDEPolicy.from_pretrained(latest)
-    policy.load_state_dict(_load_training_state(latest)["ema"]["model"])
+    policy.load_state_dict(load_training_state(latest)["ema"]["model"])
     return policy, f"{latest} (the EMA weights of the run's newest checkpoint)"
 
 

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import CheckpointError, DataError, RunDirError
 from ..fileio import atomic_write_json, atomic_write_text, read_jsonl
 
@@ -233,6 +235,14 @@ class RunDir:
         for old in sorted(p for p in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def load_training_state(checkpoint: Path) -> dict[str, Any]:
+    """The optimiser, scheduler, EMA and RNG states of a checkpoint folder (``training_state.pt``)."""
+    try:
+        return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"checkpoint {checkpoint / TRAINING_STATE} is corrupt or truncated: {err}") from None
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
