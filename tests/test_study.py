@@ -1,5 +1,6 @@
 """`mode-policy study`: study files are checked up front, cells resume (finished ones are kept, a
-half-finished one is redone), and the report's intervals are the textbook ones."""
+half-finished one is redone), a variant fine-tunes another's cell or a given model (init_from), and
+the report's intervals are the textbook ones."""
 
 import dataclasses
 import json
@@ -15,7 +16,8 @@ from mode_policy.errors import ConfigError, DataNotFoundError
 from mode_policy.fileio import file_lock
 from mode_policy.study import finished_results, load_study, run_study
 from mode_policy.study.report import render_markdown, summarize
-from mode_policy.study.runner import RESULT_NAME, STUDY_LOCK, CellResult, cell_dir
+from mode_policy.study.result import CellResult
+from mode_policy.study.runner import RESULT_NAME, STUDY_LOCK, cell_dir, cell_train_config
 from mode_policy.study.spec import Cell, transformer_active_params
 from mode_policy.study.stats import (
     difference_interval,
@@ -132,6 +134,115 @@ def test_study_runs_keeps_finished_cells_and_redoes_a_half_one(dataset, tmp_path
     assert "2 of 2 cells finished" in (out / "report.md").read_text()
     assert cli(["study", str(tmp_path / "study.yaml")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ init_from
+def finetune_dict(root: Path, **top) -> dict:
+    """A pretraining variant at one seed, a scratch and a fine-tuning variant at two."""
+    top = {"seeds": [0, 1], **top}
+    return study_dict(
+        root,
+        variants=[
+            {"name": "pretrained", "seeds": [0], "train": {"steps": 2}},
+            {"name": "scratch"},
+            {
+                "name": "finetuned",
+                "init_from": "pretrained",
+                "train": {"lr": 0.0001},
+                "policy": {"balance_loss_weight": 0.0},
+                "reference": "scratch",
+            },
+        ],
+        **top,
+    )
+
+
+def test_init_from_a_variant_pairs_cells_and_enters_the_spec(dataset, tmp_path):
+    study = load_study(write(tmp_path, finetune_dict(dataset)))
+    ft = study.variant("finetuned")
+    assert (ft.init_from_variant, ft.init_from, ft.reference, ft.seeds) == ("pretrained", "", "scratch", [0, 1])
+    assert study.variant("pretrained").seeds == [0] and study.variant("scratch").reference == "pretrained"
+    assert [c.key for c in study.cells()] == [
+        "pretrained/seed0",
+        "scratch/seed0",
+        "finetuned/seed0",
+        "scratch/seed1",
+        "finetuned/seed1",
+    ]
+    assert study.source_cell(Cell("finetuned", 1)) == Cell("pretrained", 0)  # its only seed
+    assert study.source_cell(Cell("scratch", 1)) is None
+
+    out = tmp_path / "out"
+    cfg = cell_train_config(study, Cell("finetuned", 1), out)
+    assert cfg.init_from == str(out / "cells" / "pretrained" / "seed0" / "run")
+    assert cfg.output_dir == str(out / "cells" / "finetuned" / "seed1" / "run")
+    assert (cfg.lr, cfg.steps, cfg.seed, cfg.dataset) == (0.0001, 3, 1, str(dataset))
+    assert cell_train_config(study, Cell("pretrained", 0), out).steps == 2
+    assert cell_train_config(study, Cell("scratch", 0), out).init_from == ""
+
+    # What a fine-tuning cell computes includes what it starts from: a changed pretraining is a new recipe
+    spec = study.cell_spec(Cell("finetuned", 1))
+    assert spec["train"]["init_from"] == "pretrained/seed0"
+    assert spec["init_from"] == study.cell_spec(Cell("pretrained", 0))
+    longer = finetune_dict(dataset)
+    longer["variants"][0]["train"]["steps"] = 4
+    changed = load_study(write(tmp_path, longer, "longer.yaml"))
+    assert changed.cell_spec(Cell("finetuned", 1)) != spec
+    assert changed.cell_spec(Cell("scratch", 1)) == study.cell_spec(Cell("scratch", 1))
+
+    text = render_markdown(study, {}, None)
+    assert "fine-tunes `pretrained`" in text and "seeds [0]" in text and "some at fewer" in text
+
+
+def test_a_single_seed_source_trains_before_the_first_cell_that_needs_it(dataset, tmp_path):
+    data = finetune_dict(dataset)
+    data["variants"][0]["seeds"] = [1]
+    study = load_study(write(tmp_path, data))
+    keys = [c.key for c in study.cells()]
+    assert keys.index("pretrained/seed1") < keys.index("finetuned/seed0")
+    assert sorted(keys) == sorted(
+        ["pretrained/seed1", "scratch/seed0", "scratch/seed1", "finetuned/seed0", "finetuned/seed1"]
+    )
+
+
+def test_init_from_a_model_folder(dataset, tmp_path):
+    model = tmp_path / "pretrained_model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")  # the file is all loading checks
+    data = finetune_dict(dataset)
+    data["variants"] = [{"name": "default"}, {"name": "finetuned", "init_from": str(model)}]
+    study = load_study(write(tmp_path, data))
+    ft = study.variant("finetuned")
+    assert (ft.init_from, ft.init_from_variant) == (str(model), "")
+    assert study.source_cell(Cell("finetuned", 0)) is None
+    cfg = cell_train_config(study, Cell("finetuned", 1), tmp_path / "out")
+    assert cfg.init_from == str(model) and study.cell_spec(Cell("finetuned", 1))["train"]["init_from"] == str(model)
+
+
+def test_a_variant_fine_tunes_the_model_another_trained(dataset, tmp_path, monkeypatch):
+    """The runner trains the source cell first and hands its run to the fine-tuning cell's TrainConfig."""
+    import mode_policy.training.loop as loop
+
+    data = finetune_dict(dataset, seeds=[0])
+    data["variants"] = [data["variants"][0], {**data["variants"][2], "reference": "pretrained"}]
+    study = load_study(write(tmp_path, data))
+    trained = []
+    real_train = loop.train
+
+    def spy(cfg, *args, **kwargs):
+        trained.append(cfg)
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train", spy)
+    out = tmp_path / "out"
+    results = run_study(study, out, progress=False, log=lambda line: None)
+    assert [c.init_from for c in trained] == ["", str(cell_dir(out, Cell("pretrained", 0)) / "run")]
+    assert trained[1].lr == 0.0001 and sorted(results) == ["finetuned/seed0", "pretrained/seed0"]
+    config = json.loads((cell_dir(out, Cell("finetuned", 0)) / "run" / "model" / "config.json").read_text())
+    assert config["freeze_router"] is True and config["balance_loss_weight"] == 0.0  # fine-tuned
+    record = json.loads((out / "study.json").read_text())
+    assert record["variants"][1]["init_from_variant"] == "pretrained"
 
 
 # --------------------------------------------------------------- the maths
@@ -267,6 +378,80 @@ BAD = {
         "do not set it too",
     ),
     "bad paper number": ({"variants": [{"name": "a", "paper": "high"}]}, ConfigError, "paper must be a number"),
+    "init_from in train": ({"train": {"init_from": "runs/x"}}, ConfigError, "train.init_from is set by the study"),
+    "seed in a variant's train": (
+        {"variants": [{"name": "a", "train": {"seed": 1}}]},
+        ConfigError,
+        "variant 'a': train.seed is set by the study",
+    ),
+    "unknown variant train field": (
+        {"variants": [{"name": "a", "train": {"stepz": 1}}]},
+        ConfigError,
+        "variant 'a': train: unknown key.s. stepz",
+    ),
+    "bad variant train value": (
+        {"variants": [{"name": "a", "train": {"lr": -1.0}}]},
+        ConfigError,
+        "variant 'a': lr=-1.0",
+    ),
+    "variant seed not in the study": (
+        {"variants": [{"name": "a", "seeds": [0, 7]}]},
+        ConfigError,
+        r"variant 'a': seeds \[7\] are not among the study's seeds \[0\]",
+    ),
+    "variant dataset not found": (
+        {"variants": [{"name": "a", "dataset": "/nonexistent/pretrain"}]},
+        DataNotFoundError,
+        "variant 'a': dataset folder not found: /nonexistent/pretrain",
+    ),
+    "init_from neither variant nor folder": (
+        {"variants": [{"name": "a"}, {"name": "b", "init_from": "pretrian"}]},
+        ConfigError,
+        "variant 'b': init_from 'pretrian' is neither a variant of the study .a, b. nor a run directory",
+    ),
+    "init_from a folder without a model": (
+        {"variants": [{"name": "a", "init_from": "/"}]},
+        ConfigError,
+        "variant 'a': init_from '/' holds no finished model",
+    ),
+    "init_from itself": (
+        {"variants": [{"name": "a"}, {"name": "b", "init_from": "b"}]},
+        ConfigError,
+        "init_from 'b' is the variant itself",
+    ),
+    "init_from a later variant": (
+        {"variants": [{"name": "a", "init_from": "b"}, {"name": "b"}]},
+        ConfigError,
+        "init_from 'b' is listed after 'a': list the variant to fine-tune from first",
+    ),
+    "init_from unpaired seeds": (
+        {
+            "seeds": [0, 1, 2],
+            "variants": [{"name": "a", "seeds": [0, 1]}, {"name": "b", "init_from": "a"}],
+        },
+        ConfigError,
+        r"init_from 'a' trains seeds \[0, 1\], not \[2\]",
+    ),
+    "init_from and an architecture field": (
+        {"variants": [{"name": "a"}, {"name": "b", "init_from": "a", "policy": {"top_k": 1}}]},
+        ConfigError,
+        "variant 'b': policy: top_k would change the architecture",
+    ),
+    "init_from not a string": (
+        {"variants": [{"name": "a", "init_from": 3}]},
+        ConfigError,
+        "init_from must be a variant's name or a path",
+    ),
+    "reference of a variant unknown": (
+        {"variants": [{"name": "a"}, {"name": "b", "reference": "c"}]},
+        ConfigError,
+        "variant 'b': reference 'c' is not another variant .variants: a.",
+    ),
+    "reference of a variant itself": (
+        {"variants": [{"name": "a"}, {"name": "b", "reference": "b"}]},
+        ConfigError,
+        "variant 'b': reference 'b' is not another variant",
+    ),
     "unknown task": ({"tasks": "reach-v9"}, ConfigError, "tasks: unknown Meta-World task"),
 }
 

@@ -1,5 +1,5 @@
 """Building calvin_env's simulator: argument checks and the dataset-config lookup (always),
-and, where calvin_env is installed (scripts/install_calvin.sh), the real environment: reset
+and, where calvin_env is installed (scripts/install/install_calvin.sh), the real environment: reset
 to a protocol initial scene, stepping, cameras, the dataset route, the task oracle."""
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from mode_policy.envs.calvin_sim import dataset_config_path, import_calvin_env, 
 from mode_policy.errors import ConfigError, SimulatorError
 
 needs_calvin_env = pytest.mark.skipif(
-    importlib.util.find_spec("calvin_env") is None, reason="calvin_env is not installed (scripts/install_calvin.sh)"
+    importlib.util.find_spec("calvin_env") is None,
+    reason="calvin_env is not installed (scripts/install/install_calvin.sh)",
 )
 STATIC = "observation.images.static"
 
 
 def test_missing_calvin_env_gives_install_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "calvin_env", None)  # import calvin_env now fails
-    with pytest.raises(SimulatorError, match=r"scripts/install_calvin\.sh") as err:
+    with pytest.raises(SimulatorError, match=r"scripts/install/install_calvin\.sh") as err:
         import_calvin_env()
     assert "pip install --no-deps -e" in str(err.value) and "pybullet==3.2.7" in str(err.value)
     with pytest.raises(SimulatorError):

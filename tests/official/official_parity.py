@@ -1,5 +1,5 @@
 """Our ``architecture="official"`` policy against outputs of the official code (a fixture made by
-scripts/make_official_fixture.py): convert the fixture's official weights, run the same inputs.
+tests/fixtures/official/make_fixture.py): convert the fixture's official weights, run the same inputs.
 
     python tests/official/official_parity.py [FIXTURE_DIR]    # prints the max abs differences
 """

@@ -1,5 +1,5 @@
 """architecture="official" computes what the official code computes, on the committed fixture
-(tests/fixtures/official, made by scripts/make_official_fixture.py from the official source)."""
+(tests/fixtures/official, made by tests/fixtures/official/make_fixture.py from the official source)."""
 
 import json
 

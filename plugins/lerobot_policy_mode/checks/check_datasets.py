@@ -1,6 +1,6 @@
 """LeRobot 0.6.1 against our datasets: read every value, compare stats, append an episode with LeRobot.
 
-Run inside the LeRobot venv (scripts/test_lerobot.sh): ``python check_datasets.py DATASET [DATASET ...]``.
+Run inside the LeRobot venv (scripts/checks/check_lerobot.sh): ``python check_datasets.py DATASET [DATASET ...]``.
 Prints one JSON line per dataset with the max abs differences and exits non-zero on a mismatch.
 """
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..fileio import check_writable
-from .main import Command
+from .command import Command
 
 
 @dataclass

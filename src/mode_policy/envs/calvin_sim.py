@@ -14,7 +14,7 @@ Either way the environment gets ``use_scene_info=True`` (the oracle reads the sc
 runs on a CPU through Mesa) or, with ``renderer="tiny"``, pybullet's software renderer.
 
 ``calvin_env`` is not on the package registries: :data:`INSTALL_HINT` says how to install it
-(``scripts/install_calvin.sh`` does it).
+(``scripts/install/install_calvin.sh`` does it).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ SCENES = ("A", "B", "C", "D")
 RENDERERS = ("egl", "tiny")
 INSTALL_HINT = (
     "calvin_env (CALVIN's simulator) is not on the package registries; build it from its repository:\n"
-    "  scripts/install_calvin.sh [https://github.com/mees/calvin_env.git] [BUILD_DIR]\n"
+    "  scripts/install/install_calvin.sh [https://github.com/mees/calvin_env.git] [BUILD_DIR]\n"
     "which does:\n"
     f"  git clone https://github.com/mees/calvin_env.git BUILD_DIR && git -C BUILD_DIR checkout {CALVIN_ENV_COMMIT[:7]}\n"
     "  pip install pybullet==3.2.7 cloudpickle gitpython gym hydra-core hydra-colorlog matplotlib numba numpy \\\n"

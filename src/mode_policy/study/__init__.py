@@ -1,7 +1,8 @@
 """Studies: a grid of policy variants x seeds, trained and evaluated resumably, with a report.
 
-* :mod:`.spec`: the study file (``load_study``), its variants and cells, dense matching;
+* :mod:`.spec`: the study file (``load_study``), its variants and cells, dense matching, ``init_from``;
 * :mod:`.stats`: the intervals (t over seed means, Welch for differences);
+* :mod:`.result`: ``CellResult``, what a finished cell recorded;
 * :mod:`.runner`: ``run_study`` (cells one after another, finished cells skipped);
 * :mod:`.report`: ``write_study_report`` (markdown table and figure).
 """

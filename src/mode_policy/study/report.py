@@ -1,7 +1,7 @@
 """A study's markdown report (``OUT/report.md``) and its figure (``OUT/study.png``).
 
 One row per variant: mean success over the finished seeds with its 95% interval, the difference
-to the reference variant with its interval, the paper's numbers and whether ours agree, the
+to its reference variant with its interval, the paper's numbers and whether ours agree, the
 parameter counts and the compute per cell. Then how the dense variant was matched, the cells,
 and the success per task.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fileio import atomic_write, atomic_write_text
-from .runner import CellResult
+from .result import CellResult
 from .spec import Study, Variant
 from .stats import Interval, difference_interval, seed_interval, verdict
 
@@ -31,7 +31,8 @@ class VariantSummary:
     """Finished cells of this variant, in seed order."""
     interval: Interval | None
     delta: Interval | None
-    """Difference of the mean success to the reference variant (None: fewer than 2 seeds on a side)."""
+    """Difference of the mean success to the variant's reference (None: it has none, or fewer than 2
+    seeds on a side)."""
 
     @property
     def seed_means(self) -> list[float]:
@@ -43,12 +44,11 @@ class VariantSummary:
 
 
 def summarize(study: Study, results: dict[str, CellResult]) -> list[VariantSummary]:
-    """Per variant: its finished cells, the interval of its mean and of its difference to the reference."""
+    """Per variant: its finished cells, the interval of its mean and of its difference to its reference."""
     per_variant = {
         v.name: [results[c.key] for c in study.cells() if c.variant == v.name and c.key in results]
         for v in study.variants
     }
-    ref = [r.success_rate for r in per_variant[study.reference]]
     summaries = []
     for v in study.variants:
         cells = per_variant[v.name]
@@ -56,19 +56,33 @@ def summarize(study: Study, results: dict[str, CellResult]) -> list[VariantSumma
         interval = (
             seed_interval(means, sum(r.successes for r in cells), sum(r.episodes for r in cells)) if cells else None
         )
-        delta = difference_interval(means, ref) if v.name != study.reference else None
+        ref = [r.success_rate for r in per_variant[v.reference]] if v.reference else None
+        delta = difference_interval(means, ref) if ref is not None else None
         summaries.append(VariantSummary(v, cells, interval, delta))
     return summaries
 
 
 def describe(study: Study, v: Variant) -> str:
-    """What a variant changes: its description and its policy fields."""
-    fields = ", ".join(f"{k}={val}" for k, val in v.policy.items())
+    """What a variant changes: its description, its policy and training fields, its data, seeds
+    and the model it fine-tunes."""
+    fields = ", ".join([f"{k}={val}" for k, val in v.policy.items()] + [f"{k}={val}" for k, val in v.train.items()])
+    setup = []
+    if v.init_from_variant or v.init_from:
+        setup.append(f"fine-tunes `{v.init_from_variant or v.init_from}`")
+    if v.dataset:
+        setup.append(f"data `{v.dataset}`")
+    if v.seeds != study.seeds:
+        setup.append(f"seeds {v.seeds}")
+    extra = "; ".join(setup)
     if v.description:
-        return v.description + (f" (`{fields}`)" if fields else "")
-    if fields:
-        return f"`{fields}`"
-    return "the study's base policy" if v.name == study.reference else "(nothing)"
+        text = v.description + (f" (`{fields}`)" if fields else "")
+    elif fields:
+        text = f"`{fields}`"
+    elif extra:
+        return extra
+    else:
+        return "the study's base policy" if v.name == study.reference else "(nothing)"
+    return text + (f"; {extra}" if extra else "")
 
 
 def _num(x: float | None, fmt: str = ".3f", signed: bool = False) -> str:
@@ -100,22 +114,31 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
     summaries = summarize(study, results)
     cells = study.cells()
     ref = study.reference
+    own_refs = any(v.reference not in ("", ref) for v in study.variants)
     train = ", ".join(f"{k}={v}" for k, v in study.train.items()) or "TrainConfig defaults"
     base = ", ".join(f"{k}={v}" for k, v in study.policy.items())
+    grid = (
+        f"{len(study.variants)} variants x {len(study.seeds)} seeds {study.seeds}"
+        if all(v.seeds == study.seeds for v in study.variants)
+        else f"{len(study.variants)} variants over seeds {study.seeds}, some at fewer"
+    )
+    own_data = " (or the variant's own, where it names one)" if any(v.dataset for v in study.variants) else ""
+    own_train = ", with the variant's own fields on top" if any(v.train for v in study.variants) else ""
     lines = [
         f"# {study.name}",
         "",
-        f"{len(results)} of {len(cells)} cells finished ({len(study.variants)} variants x {len(study.seeds)} seeds "
-        f"{study.seeds}). Study file: `{study.path}`.",
+        f"{len(results)} of {len(cells)} cells finished ({grid}). Study file: `{study.path}`.",
         "",
-        f"- data: `{study.dataset}`; evaluated on {len(study.tasks)} Meta-World task(s), "
+        f"- data: `{study.dataset}`{own_data}; evaluated on {len(study.tasks)} Meta-World task(s), "
         f"{study.eval_episodes} held-out episode(s) per task and cell (evaluation seed {study.eval_seed}, "
         "the same episodes for every cell)",
-        f"- training (every cell): {train}" + (f"; policy: {base}" if base else ""),
+        f"- training (every cell{own_train}): {train}" + (f"; policy: {base}" if base else ""),
         "- success: mean over seeds of each seed's success rate over all its episodes. **95% interval**: "
         "Student-t over the seed means (df = seeds - 1), so it carries both the training-seed and the episode "
         "variation; with one finished seed, the Wilson interval of its episodes. **Δ**: difference of the mean "
-        f"to the reference variant `{ref}`, with a Welch t-interval over the two sets of seed means.",
+        f"to the reference variant `{ref}`"
+        + (" (or the one named beside it)" if own_refs else "")
+        + ", with a Welch t-interval over the two sets of seed means.",
         "- verdict: by sign — *agrees* when our Δ interval excludes 0 on the paper's side, *disagrees* when it "
         "excludes 0 on the other side, *cannot tell* when it holds 0.",
         "- params: active / total of the whole policy (active = total minus the experts a forward pass skips; "
@@ -132,10 +155,11 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
     for s in summaries:
         v = s.variant
         paper = _num(v.paper) + (f" ({v.paper_note})" if v.paper_note else "")
-        is_ref = v.name == ref
+        is_ref = not v.reference
+        against = f" (vs {v.reference})" if v.reference not in ("", ref) else ""
         lines.append(
             f"| {v.name} | {describe(study, v)} | {_num(s.interval.mean if s.interval else None)} | {_ci(s.interval)} "
-            f"| {'reference' if is_ref else _num(s.delta.mean if s.delta else None, signed=True)} "
+            f"| {'reference' if is_ref else _num(s.delta.mean if s.delta else None, signed=True) + against} "
             f"| {'' if is_ref else _ci(s.delta, signed=True)} | {paper} "
             f"| {'' if is_ref else _num(v.paper_delta, signed=True)} | {'' if is_ref else s.verdict} "
             f"| {len(s.results)} | {_params(s.results)} | {_minutes(s.results)} |"
@@ -221,7 +245,7 @@ def plot_study(study: Study, results: dict[str, CellResult], path: Path) -> Path
                 capsize=3,
                 label=OURS_LABEL if OURS_LABEL not in _labels(right) else None,
             )
-        if s.variant.paper_delta is not None and s.variant.name != study.reference:
+        if s.variant.paper_delta is not None and s.variant.reference:
             right.scatter(
                 s.variant.paper_delta,
                 y,
@@ -235,7 +259,8 @@ def plot_study(study: Study, results: dict[str, CellResult], path: Path) -> Path
     left.set_xlim(0, 1)
     left.set_xlabel("success rate (mean over seeds, 95% CI; dots: seeds)")
     right.axvline(0, color="0.4", lw=1)
-    right.set_xlabel(f"difference to {study.reference}")
+    own_refs = any(v.reference not in ("", study.reference) for v in study.variants)
+    right.set_xlabel(f"difference to {study.reference}" + (" (or the variant's own reference)" if own_refs else ""))
     if _labels(right):
         fig.legend(*right.get_legend_handles_labels(), loc="outside lower right", ncols=2, fontsize=8, frameon=False)
     for ax in (left, right):

@@ -11,21 +11,24 @@
 
 A cell folder without ``result.json`` is a cell killed half-way: it is removed and run again. A
 finished cell whose recorded spec differs from the study's (the file was edited) is an error,
-so results of two different recipes never mix.
+so results of two different recipes never mix. A variant whose ``init_from`` names another
+fine-tunes that variant's cell: its ``run/`` (the EMA model in ``run/model``).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..fileio import atomic_write_json, file_lock
+from ..training.config import TrainConfig
+from .report import write_study_report
+from .result import CellResult
 from .spec import Cell, Study
 
 RESULT_NAME = "result.json"
@@ -33,37 +36,15 @@ STUDY_RECORD = "study.json"
 STUDY_LOCK = ".study.lock"
 
 
-@dataclass(frozen=True)
-class CellResult:
-    """What a finished cell recorded (``result.json``)."""
-
-    variant: str
-    seed: int
-    spec: dict[str, Any]
-    successes: int
-    episodes: int
-    per_task: dict[str, list[int]]
-    """Task -> [successes, episodes]."""
-    params: dict[str, Any]
-    """``MoDEPolicy.parameter_counts()`` of the trained policy."""
-    train_s: float
-    eval_s: float
-
-    @property
-    def success_rate(self) -> float:
-        return self.successes / self.episodes
-
-    @classmethod
-    def load(cls, path: Path) -> CellResult:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{path}: not a study cell result ({err!r})") from None
-
-
 def cell_dir(out: Path, cell: Cell) -> Path:
     return out / "cells" / cell.variant / f"seed{cell.seed}"
+
+
+def cell_train_config(study: Study, cell: Cell, out: Path) -> TrainConfig:
+    """The cell's training run, in its folder under ``out``; a variant that fine-tunes another
+    starts from that variant's cell (:meth:`Study.source_cell`)."""
+    source = study.source_cell(cell)
+    return study.train_config(cell, cell_dir(out, cell) / "run", cell_dir(out, source) / "run" if source else "")
 
 
 def finished_results(study: Study, out: Path) -> dict[str, CellResult]:
@@ -101,8 +82,6 @@ def run_study(
 
 
 def _run_cells(study: Study, out: Path, progress: bool, log: Callable[[str], None]) -> dict[str, CellResult]:
-    from .report import write_study_report
-
     done = finished_results(study, out)
     atomic_write_json(out / STUDY_RECORD, study_record(study))
     cells = study.cells()
@@ -115,8 +94,10 @@ def _run_cells(study: Study, out: Path, progress: bool, log: Callable[[str], Non
         if folder.exists():
             log(f"[{i}/{len(cells)}] {cell.key}: half-finished (killed?), starting it again")
             shutil.rmtree(folder)
-        log(f"[{i}/{len(cells)}] {cell.key}: training {study.train_config(cell, '').steps} steps")
-        done[cell.key] = run_cell(study, cell, folder, progress)
+        source = study.source_cell(cell)
+        steps = study.train_config(cell, "").steps
+        log(f"[{i}/{len(cells)}] {cell.key}: training {steps} steps" + (f" from {source.key}" if source else ""))
+        done[cell.key] = run_cell(study, cell, out, progress)
         r = done[cell.key]
         log(
             f"[{i}/{len(cells)}] {cell.key}: success {r.success_rate:.3f} ({r.successes}/{r.episodes}), "
@@ -128,14 +109,16 @@ def _run_cells(study: Study, out: Path, progress: bool, log: Callable[[str], Non
     return done
 
 
-def run_cell(study: Study, cell: Cell, folder: Path, progress: bool) -> CellResult:
-    """Train the cell's policy, evaluate it on the study's held-out episodes, record the result."""
+def run_cell(study: Study, cell: Cell, out: Path, progress: bool) -> CellResult:
+    """Train the cell's policy, evaluate it on the study's held-out episodes, record the result
+    in the cell's folder under ``out``."""
     from ..evaluation.metaworld import evaluate_metaworld
     from ..policy import MoDEPolicy
     from ..training.loop import train
     from ..training.run_dir import RunDir
 
-    cfg = study.train_config(cell, folder / "run")
+    folder = cell_dir(out, cell)
+    cfg = cell_train_config(study, cell, out)
     cfg.progress = progress and cfg.progress
     start = time.perf_counter()
     run = RunDir(train(cfg))

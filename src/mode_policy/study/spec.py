@@ -22,6 +22,23 @@ A study is YAML (or JSON)::
         paper_reference: 0.851            # the paper's reference on the same scale (default: the reference's paper)
         paper_note: "normalised over 5 benchmarks"
 
+A variant may also change what it trains on and how, and start from a trained model::
+
+      - name: pretrained
+        dataset: data/ml45-train          # its training data (default: the study's)
+        seeds: [0]                        # its seeds, a subset of the study's (default: all)
+        train: {steps: 1000, lr: 0.0005}  # TrainConfig fields on top of the study's train
+      - name: scratch
+      - name: finetuned
+        init_from: pretrained             # fine-tune (training/finetune.py) a variant listed above:
+                                          # its model at the same seed, or at its only seed
+        reference: scratch                # its difference is taken against this variant
+                                          # (default: the study's reference)
+
+``init_from`` names a variant of the study, or else a finished run directory or model folder
+(relative to the working directory, like ``dataset``; ``./name`` for a folder named like a variant). A fine-tuning variant's ``policy`` may set only
+the fields a fine-tune may change (:data:`mode_policy.training.finetune.ADJUSTABLE_FIELDS`).
+
 Everything is checked when the file is loaded, so a typo fails before the first cell trains.
 """
 
@@ -30,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +71,26 @@ STUDY_KEYS = (
     "paper_source",
     "variants",
 )
-VARIANT_KEYS = ("name", "description", "policy", "match_active_params", "paper", "paper_reference", "paper_note")
+VARIANT_KEYS = (
+    "name",
+    "description",
+    "policy",
+    "match_active_params",
+    "dataset",
+    "train",
+    "seeds",
+    "init_from",
+    "reference",
+    "paper",
+    "paper_reference",
+    "paper_note",
+)
 TRAIN_SET_BY_STUDY = {
-    "dataset": "give it at the top level of the study",
+    "dataset": "give it as dataset: of the study or of a variant",
     "output_dir": "the study puts every run under --out",
-    "seed": "list the training seeds under seeds:",
+    "seed": "list the training seeds under seeds: (the study's or a variant's)",
     "policy": "give policy fields under policy: (all variants) or a variant's policy:",
+    "init_from": "give it as a variant's init_from:",
 }
 SPEC_IGNORES = ("output_dir", "progress", "threads", "device", "log_every", "checkpoint_every", "keep_checkpoints")
 """TrainConfig fields that do not change what a cell computes (a finished cell stays valid if they change)."""
@@ -91,6 +122,18 @@ class Variant:
     paper_reference: float | None = None
     paper_note: str = ""
     matching: Matching | None = None
+    dataset: str = ""
+    """Its training data ("": the study's)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields of this variant, on top of the study's train."""
+    seeds: list[int] = field(default_factory=list)
+    """Its training seeds (after loading: the study's unless it gave fewer)."""
+    init_from: str = ""
+    """A pretrained run directory or model folder this variant fine-tunes."""
+    init_from_variant: str = ""
+    """The variant of the study whose trained model this variant fine-tunes."""
+    reference: str = ""
+    """The variant its difference is taken against ("": none, it is the study's reference)."""
 
     @property
     def paper_delta(self) -> float | None:
@@ -131,35 +174,73 @@ class Study:
         return next(v for v in self.variants if v.name == name)
 
     def cells(self) -> list[Cell]:
-        """Every cell, seed by seed: a killed study has whole seeds of every variant first."""
-        return [Cell(v.name, s) for s in self.seeds for v in self.variants]
+        """Every cell, seed by seed (a killed study has whole seeds of every variant first), each
+        after the cell whose model it fine-tunes."""
+        ordered: dict[str, Cell] = {}
+
+        def place(cell: Cell) -> None:
+            if cell.key not in ordered:
+                source = self.source_cell(cell)
+                if source is not None:
+                    place(source)
+                ordered[cell.key] = cell
+
+        for seed in self.seeds:
+            for v in self.variants:
+                if seed in v.seeds:
+                    place(Cell(v.name, seed))
+        return list(ordered.values())
+
+    def source_cell(self, cell: Cell) -> Cell | None:
+        """The cell whose trained model ``cell`` fine-tunes (None unless its init_from names a variant):
+        the same seed, or the source variant's only seed."""
+        name = self.variant(cell.variant).init_from_variant
+        if not name:
+            return None
+        seeds = self.variant(name).seeds
+        return Cell(name, cell.seed if cell.seed in seeds else seeds[0])
+
+    def train_fields(self, variant: str) -> dict[str, Any]:
+        """The TrainConfig fields a variant sets: the study's train, then its own."""
+        return {**self.train, **self.variant(variant).train}
 
     def policy_config(self, variant: str) -> MoDEConfig:
         return get_preset(
-            self.train.get("preset", TrainConfig.preset), **{**self.policy, **self.variant(variant).policy}
+            self.train_fields(variant).get("preset", TrainConfig.preset),
+            **{**self.policy, **self.variant(variant).policy},
         )
 
-    def train_config(self, cell: Cell, output_dir: str | Path) -> TrainConfig:
+    def train_config(self, cell: Cell, output_dir: str | Path, source_run: str | Path = "") -> TrainConfig:
+        """The cell's training run; ``source_run``: the run of :meth:`source_cell`, for a variant
+        that fine-tunes another."""
+        v = self.variant(cell.variant)
         return TrainConfig(
-            **self.train,
-            dataset=self.dataset,
+            **self.train_fields(v.name),
+            dataset=v.dataset or self.dataset,
             output_dir=str(output_dir),
             seed=cell.seed,
-            policy=self.policy_config(cell.variant),
+            policy=self.policy_config(v.name),
+            init_from=str(source_run) if v.init_from_variant else v.init_from,
         )
 
     def cell_spec(self, cell: Cell) -> dict[str, Any]:
-        """What a cell computes (a finished cell is reused only while this stays the same)."""
+        """What a cell computes (a finished cell is reused only while this stays the same); a cell
+        that fine-tunes another's model holds that cell's spec under ``init_from``."""
         run = self.train_config(cell, "").to_run_dict()
         for name in SPEC_IGNORES:
             run["train"].pop(name)
-        return {
+        spec = {
             "train": run["train"],
             "policy": run["policy"],
             "tasks": self.tasks,
             "eval_episodes": self.eval_episodes,
             "eval_seed": self.eval_seed,
         }
+        source = self.source_cell(cell)
+        if source is not None:
+            spec["train"]["init_from"] = source.key
+            spec["init_from"] = self.cell_spec(source)
+        return spec
 
 
 # ------------------------------------------------------------------ loading
@@ -187,19 +268,8 @@ def parse_study(data: Any, path: Path) -> Study:
     dataset = str(data["dataset"])
     if not Path(dataset).exists():
         raise DataNotFoundError(f"{where}: dataset folder not found: {dataset}")
-    train = dict(_mapping(data.get("train", {}), f"{where}: train"))
-    for key, why in TRAIN_SET_BY_STUDY.items():
-        if key in train:
-            raise ConfigError(f"{where}: train.{key} is set by the study ({why})")
-    _no_unknown(train, [f.name for f in dataclasses.fields(TrainConfig)], f"{where}: train")
-    seeds = data.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or len(set(seeds)) != len(seeds)
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-    ):
-        raise ConfigError(f"{where}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    train = _train(data, where)
+    seeds = _seeds(data.get("seeds", [0]), where)
     eval_episodes = _int(data, "eval_episodes", 5, where, low=1)
     eval_seed = _int(data, "eval_seed", 0, where, low=0)
     eval_batch_size = _int(data, "eval_batch_size", 100, where, low=1)
@@ -208,7 +278,7 @@ def parse_study(data: Any, path: Path) -> Study:
     raw_variants = data.get("variants")
     if not isinstance(raw_variants, list) or not raw_variants:
         raise ConfigError(f"{where}: 'variants' must be a non-empty list of variants (each with a name)")
-    variants = [_variant(v, i, where) for i, v in enumerate(raw_variants)]
+    variants = [_variant(v, i, where, seeds) for i, v in enumerate(raw_variants)]
     names = [v.name for v in variants]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -234,13 +304,13 @@ def parse_study(data: Any, path: Path) -> Study:
     study = _resolve(study, raw_variants, where)
     for variant in study.variants:  # every cell's configuration is valid (types, ranges, consistency)
         try:
-            study.train_config(Cell(variant.name, seeds[0]), "")
+            study.train_config(Cell(variant.name, variant.seeds[0]), "")
         except ConfigError as err:
             raise ConfigError(f"{where}: variant {variant.name!r}: {err}") from None
     return study
 
 
-def _variant(raw: Any, index: int, where: str) -> Variant:
+def _variant(raw: Any, index: int, where: str, study_seeds: list[int]) -> Variant:
     raw = _mapping(raw, f"{where}: variants[{index}]")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -253,32 +323,116 @@ def _variant(raw: Any, index: int, where: str) -> Variant:
     policy = dict(_mapping(raw.get("policy", {}), f"{at}: policy"))
     _check_policy_fields(policy, f"{at}: policy")
     paper, paper_reference = _number(raw, "paper", at), _number(raw, "paper_reference", at)
+    dataset = raw.get("dataset", "")
+    if dataset:
+        dataset = str(dataset)
+        if not Path(dataset).exists():
+            raise DataNotFoundError(f"{at}: dataset folder not found: {dataset}")
+    seeds = _seeds(raw["seeds"], at) if "seeds" in raw else list(study_seeds)
+    others = [s for s in seeds if s not in study_seeds]
+    if others:
+        raise ConfigError(f"{at}: seeds {others} are not among the study's seeds {study_seeds}")
+    init_from = raw.get("init_from", "")
+    if not isinstance(init_from, str):
+        raise ConfigError(f"{at}: init_from must be a variant's name or a path, got {init_from!r}")
     return Variant(
-        name, policy, str(raw.get("description", "")), paper, paper_reference, str(raw.get("paper_note", ""))
+        name,
+        policy,
+        str(raw.get("description", "")),
+        paper,
+        paper_reference,
+        str(raw.get("paper_note", "")),
+        dataset=dataset,
+        train=_train(raw, at),
+        seeds=seeds,
+        init_from=init_from,
     )
 
 
 def _resolve(study: Study, raw_variants: list[dict], where: str) -> Study:
-    """Fill paper references from the reference variant and size matched dense variants."""
-    ref = study.variant(study.reference)
+    """Resolve each variant's reference and init_from, fill paper references from the reference
+    variant and size matched dense variants."""
+    names = [v.name for v in study.variants]
+    linked = []
+    for variant, raw in zip(study.variants, raw_variants):
+        at = f"{where}: variant {variant.name!r}"
+        changes: dict[str, Any] = {"reference": _reference(study, variant, raw, at)}
+        if variant.init_from:
+            changes.update(_init_from(study, variant, at))
+        linked.append(dataclasses.replace(variant, **changes))
+    study = dataclasses.replace(study, variants=linked)
     resolved = []
     for variant, raw in zip(study.variants, raw_variants):
-        changes: dict[str, Any] = {}
-        if variant.paper is not None and variant.paper_reference is None and variant.name != ref.name:
-            changes["paper_reference"] = ref.paper
-        if variant.name == ref.name:
+        changes = {}
+        if not variant.reference:
             changes["paper_reference"] = variant.paper
+        elif variant.paper is not None and variant.paper_reference is None:
+            changes["paper_reference"] = study.variant(variant.reference).paper
         match = raw.get("match_active_params", False)
         if match is not False:
             target = study.reference if match is True else match
             at = f"{where}: variant {variant.name!r}: match_active_params"
-            if not isinstance(target, str) or target not in {v.name for v in study.variants}:
+            if not isinstance(target, str) or target not in names:
                 raise ConfigError(f"{at}: expected true or the name of a variant, got {match!r}")
             matching = match_dense(study, variant, target, at)
             changes["matching"] = matching
             changes["policy"] = {**variant.policy, "dense_mlp_ratio": matching.dense_mlp_ratio}
         resolved.append(dataclasses.replace(variant, **changes))
     return dataclasses.replace(study, variants=resolved)
+
+
+def _reference(study: Study, variant: Variant, raw: dict, at: str) -> str:
+    """The variant whose difference ``variant`` is taken against ("" for the study's reference)."""
+    if "reference" not in raw:
+        return "" if variant.name == study.reference else study.reference
+    name = raw["reference"]
+    if not isinstance(name, str) or name == variant.name or name not in [v.name for v in study.variants]:
+        others = ", ".join(v.name for v in study.variants if v.name != variant.name)
+        raise ConfigError(f"{at}: reference {name!r} is not another variant (variants: {others})")
+    return name
+
+
+def _init_from(study: Study, variant: Variant, at: str) -> dict[str, str]:
+    """``variant.init_from`` as a variant listed before it (whose seeds it can pair with) or a
+    finished model; ConfigError for anything else, or for a policy field a fine-tune cannot change."""
+    from ..training.finetune import ADJUSTABLE_FIELDS
+    from ..training.run_dir import RunDir
+
+    value = variant.init_from
+    names = [v.name for v in study.variants]
+    fixed = sorted(k for k in variant.policy if k not in ADJUSTABLE_FIELDS)
+    if fixed:
+        raise ConfigError(
+            f"{at}: policy: {', '.join(fixed)} would change the architecture, which a fine-tune takes from "
+            f"init_from {value!r}; a fine-tuning variant may set only {', '.join(ADJUSTABLE_FIELDS)}"
+        )
+    if value in names:
+        if value == variant.name:
+            raise ConfigError(f"{at}: init_from {value!r} is the variant itself (name the variant it fine-tunes)")
+        if names.index(value) > names.index(variant.name):
+            raise ConfigError(
+                f"{at}: init_from {value!r} is listed after {variant.name!r}: list the variant to fine-tune from first"
+            )
+        source = study.variant(value).seeds
+        unpaired = [s for s in variant.seeds if s not in source]
+        if unpaired and len(source) > 1:
+            raise ConfigError(
+                f"{at}: init_from {value!r} trains seeds {source}, not {unpaired}: give {value!r} every seed "
+                f"of {variant.name!r} (seed k fine-tunes seed k) or a single seed (every seed fine-tunes it)"
+            )
+        return {"init_from": "", "init_from_variant": value}
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(
+            f"{at}: init_from {value!r} is neither a variant of the study ({', '.join(names)}) "
+            "nor a run directory or model folder"
+        )
+    if not (RunDir.model_dir(path) / "model.safetensors").is_file():
+        raise ConfigError(
+            f"{at}: init_from {value!r} holds no finished model (a run directory with model/, or a model "
+            "folder with config.json and model.safetensors)"
+        )
+    return {}
 
 
 def transformer_active_params(config: MoDEConfig) -> int:
@@ -324,6 +478,27 @@ def _no_unknown(data: dict, known, where: str) -> None:
 
 def _check_policy_fields(policy: dict, where: str) -> None:
     _no_unknown(policy, [f.name for f in dataclasses.fields(MoDEConfig)], where)
+
+
+def _train(data: dict, where: str) -> dict[str, Any]:
+    """The TrainConfig fields under ``train:`` of the study or of a variant (``where``)."""
+    train = dict(_mapping(data.get("train", {}), f"{where}: train"))
+    for key, why in TRAIN_SET_BY_STUDY.items():
+        if key in train:
+            raise ConfigError(f"{where}: train.{key} is set by the study ({why})")
+    _no_unknown(train, [f.name for f in dataclasses.fields(TrainConfig)], f"{where}: train")
+    return train
+
+
+def _seeds(seeds: Any, where: str) -> list[int]:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise ConfigError(f"{where}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    return seeds
 
 
 def _int(data: dict, key: str, default: int, where: str, low: int) -> int:

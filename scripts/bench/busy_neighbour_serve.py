@@ -8,7 +8,7 @@ starts ``--spin-after`` seconds in. It prints the median compute time of the for
 the spinner started and from ``--settle`` seconds after, their ratio, and the server's thread
 count at the end (``/healthz``). Run it alone on the machine.
 
-    python scripts/busy_neighbour_serve.py [--seconds 25]
+    python scripts/bench/busy_neighbour_serve.py [--seconds 25]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ It prints failed requests, p50 / p99 latency, requests/s, batch sizes, the
 malformed requests answered, and whether the server still serves after the
 kill; finally it stops the server with SIGTERM and checks a clean exit.
 
-    OMP_NUM_THREADS=1 python scripts/load_test_server.py [--clients 8 --requests 200 --threads 1]
+    OMP_NUM_THREADS=1 python scripts/bench/load_test_server.py [--clients 8 --requests 200 --threads 1]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How often the scripted CALVIN expert completes each subtask, in the real simulator
-(needs calvin_env: scripts/install_calvin.sh; physics only, no rendering).
+(needs calvin_env: scripts/install/install_calvin.sh; physics only, no rendering).
 
-    python scripts/calvin_expert_check.py [--tries 20] [--tasks open_drawer,...] [--chains 0] [--seed 0]
+    python scripts/checks/check_calvin_expert.py [--tries 20] [--tasks open_drawer,...] [--chains 0] [--seed 0]
 
 For each subtask: ``--tries`` attempts, each from a protocol initial scene (blocks nudged as
 in the recorded demonstrations) where the subtask applies, checked by calvin_env's task

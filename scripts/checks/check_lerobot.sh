@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test mode-policy against LeRobot 0.6.1 itself (Python 3.12, LeRobot's own torch).
 #
-#   scripts/test_lerobot.sh [WORK_DIR]
+#   scripts/checks/check_lerobot.sh [WORK_DIR]
 #
 # 1. installs Debian's FFmpeg 5 libraries for torchcodec (when run as root and missing);
 # 2. builds (or reuses) a Python 3.12 venv at $MODE_LEROBOT_VENV (default /tmp/mode-lerobot-venv)
@@ -23,7 +23,7 @@
 # Exits non-zero on any mismatch. Needs the package registries (first run) but no other network.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="${1:-/tmp/mode-lerobot-test}"
 VENV="${MODE_LEROBOT_VENV:-/tmp/mode-lerobot-venv}"
 MODE_PYTHON="${MODE_PYTHON:-python}"

@@ -1,6 +1,6 @@
-"""CALVIN against the real simulator (needs calvin_env: scripts/install_calvin.sh).
+"""CALVIN against the real simulator (needs calvin_env: scripts/install/install_calvin.sh).
 
-    python scripts/test_calvin_real.py [--cameras] [--scene D] [--renderer egl|tiny] [--expert-chains N]
+    python scripts/checks/check_calvin_real.py [--cameras] [--scene D] [--renderer egl|tiny] [--expert-chains N]
 
 Builds the environment from calvin_env's own configs (no dataset), runs `evaluate_calvin`
 with a scripted policy on chain 0 of the official get_sequences(10) list ("turn_on_led",

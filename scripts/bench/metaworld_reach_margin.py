@@ -6,7 +6,7 @@ demonstrations succeed with a few millimetres to spare. This plays a trained pol
 held-out reach episodes and prints, per episode, the closest the hand got to the goal and the
 closest the TCP got (the env's own ``near_object`` distance).
 
-    python scripts/metaworld_reach_margin.py runs/quickstart/run/model [--episodes 30] [--task reach-v3]
+    python scripts/bench/metaworld_reach_margin.py runs/quickstart/run/model [--episodes 30] [--task reach-v3]
 """
 
 from __future__ import annotations

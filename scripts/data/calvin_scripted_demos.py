@@ -1,7 +1,7 @@
 """Scripted CALVIN demonstrations in the real simulator (scene D), in CALVIN's own layout
-(needs calvin_env: scripts/install_calvin.sh).
+(needs calvin_env: scripts/install/install_calvin.sh).
 
-    python scripts/calvin_scripted_demos.py --out DIR [--episodes-per-task 20] [--seed 0]
+    python scripts/data/calvin_scripted_demos.py --out DIR [--episodes-per-task 20] [--seed 0]
         [--tasks scripted|t1,t2,...] [--cameras] [--convert DATASET [--scene-in-state]] [--overwrite]
 
 Plays chains of 5 subtasks with the scripted expert (mode_policy.envs.calvin_scripted) until

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install CALVIN's simulator (calvin_env) into the current Python, re-runnably.
 #
-#   scripts/install_calvin.sh [SOURCE] [BUILD_DIR]
+#   scripts/install/install_calvin.sh [SOURCE] [BUILD_DIR]
 #
 # SOURCE    a git repository of calvin_env: a URL or a local (bare) clone
 #           (default: https://github.com/mees/calvin_env.git)

@@ -16,7 +16,7 @@ the spinner started (``leaves``: stopped), over the quiet run's median, and the 
 each run recorded.
 One heavy job at a time: run it alone on the machine.
 
-    python scripts/busy_neighbour_train.py [--dataset data/mt10] [--steps 200]
+    python scripts/bench/busy_neighbour_train.py [--dataset data/mt10] [--steps 200]
 """
 
 from __future__ import annotations
