@@ -233,9 +233,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         horizon=4,
         n_action_steps=4,
     ),
-    # Trains in minutes on a 2-core CPU (see DESIGN.md section 4 for step costs). Re-plans
-    # every 5 of its 10 actions: on MT10 that scored 0.02-0.04 higher than executing all 10,
-    # on two models x two noise seeds of the same 100 held-out episodes (README, quickstart recipe).
+    # Trains in minutes on a 2-core CPU (docs/results/training-throughput.md). Re-plans every 5
+    # of its 10 actions: on MT10 that scored 0.02-0.04 higher than executing all 10, on two models
+    # x two noise seeds of the same 100 held-out episodes (docs/results/mt10.md).
     "cpu": dict(
         n_layers=4,
         d_model=128,
