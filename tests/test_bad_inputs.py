@@ -262,15 +262,26 @@ def _obs(b=2, **over):
 @pytest.mark.parametrize(
     "obs, fragment",
     [
-        (_obs(**{"observation.state": torch.full((2, 5), float("nan"))}), "observation.state holds NaN or inf"),
-        (_obs(goal=torch.tensor([[float("inf")] * 8, [0.0] * 8])), "goal holds NaN or inf values (batch rows [0])"),
-        (_obs(**{"observation.state": torch.zeros(2, 4)}), "observation.state has shape (2, 1, 4)"),
-        (_obs(**{"observation.state": torch.zeros(2, 5, dtype=torch.bool)}), "dtype torch.bool"),
-        (_obs(**{"observation.state": [[0.0] * 5] * 2}), "must be a tensor or numpy array"),
-        (_obs(goal=torch.zeros(3, 8)), "batch sizes differ"),
-        (_obs(goal=torch.zeros(2, 6)), "goal has width 6"),
-        ({"goal": torch.zeros(2, 8)}, "observation.state"),
-        ({"observation.state": torch.zeros(2, 5)}, "batch needs 'goal'"),
+        (
+            _obs(**{"observation.state": torch.full((2, 5), float("nan"))}),
+            "observation.state contains NaN (batch rows [0, 1])",
+        ),
+        (_obs(goal=torch.tensor([[float("inf")] * 8, [0.0] * 8])), "goal contains inf (batch rows [0])"),
+        (
+            _obs(**{"observation.state": torch.zeros(2, 4)}),
+            "observation.state has shape (2, 4), expected (B, 5) or (B, 1, 5)",
+        ),
+        (_obs(**{"observation.state": torch.zeros(2, 3, 5)}), "observation.state has shape (2, 3, 5)"),
+        (
+            _obs(**{"observation.state": torch.zeros(2, 5, dtype=torch.bool)}),
+            "observation.state has dtype torch.bool, expected a float array",
+        ),
+        (_obs(**{"observation.state": [[0.0] * 5] * 2}), "observation.state must be a tensor or numpy array, got list"),
+        (_obs(goal=torch.zeros(3, 8)), "batch sizes differ between keys: observation.state: 2, goal: 3"),
+        (_obs(goal=torch.zeros(2, 6)), "goal has width 6 (shape (2, 6)), expected (B, 8)"),
+        ({"goal": torch.zeros(2, 8)}, "batch lacks 'observation.state' (B, 5)"),
+        ({"observation.state": torch.zeros(2, 5)}, "batch needs a goal: 'goal' (B, 8)"),
+        ("not a batch", "batch must be a map of feature names to arrays, got str"),
     ],
 )
 def test_bad_policy_inputs_raise_data_errors(policy, obs, fragment):
@@ -294,8 +305,17 @@ def test_task_list_must_match_the_batch(policy):
     p = MoDEPolicy(cfg).eval()
     with pytest.raises(DataError, match="batch sizes differ"):
         p.predict_action_chunk({"observation.state": torch.zeros(2, 5), "task": ["a"]})
-    with pytest.raises(DataError, match="list of instruction strings"):
-        p.predict_action_chunk({"observation.state": torch.zeros(1, 5), "task": "a"})
+    with pytest.raises(DataError, match="batch sizes differ"):  # a plain string is one row's instruction
+        p.predict_action_chunk({"observation.state": torch.zeros(2, 5), "task": "a"})
+    with pytest.raises(DataError, match="task must be a string or a non-empty list of strings"):
+        p.predict_action_chunk({"observation.state": torch.zeros(2, 5), "task": ["a", 3]})
+    with pytest.raises(DataError, match="task: unknown instruction 'c'; this policy knows 'a', 'b'"):
+        p.predict_action_chunk({"observation.state": torch.zeros(1, 5), "task": ["c"]})
+    noise = torch.randn(1, cfg.horizon, 3)
+    one = p.predict_action_chunk({"observation.state": torch.zeros(1, 5), "task": "a"}, noise=noise)
+    torch.testing.assert_close(
+        one, p.predict_action_chunk({"observation.state": torch.zeros(1, 5), "task": ["a"]}, noise=noise)
+    )
 
 
 def test_select_action_refuses_a_batch_size_change_without_reset(policy):

@@ -15,6 +15,7 @@ from mode_policy.bench.latency import bench_latency, format_latency
 from mode_policy.cli.parsing import parse_command
 from mode_policy.cli.serve import COMMANDS
 from mode_policy.errors import ConfigError
+from mode_policy.model.diffusion import SamplingSettings
 from mode_policy.model.folded_sampler import FoldedSampler
 from mode_policy.serving.export import (
     LEGACY_ONNX_OPSET,
@@ -46,9 +47,9 @@ def make_policy(**overrides) -> MoDEPolicy:
     return policy.eval()
 
 
-def eager(policy: MoDEPolicy, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+def eager(policy: MoDEPolicy, inputs: dict[str, torch.Tensor], sampling: SamplingSettings | None = None) -> np.ndarray:
     batch = {"observation.state": inputs["observation.state"], "goal": inputs["goal"]}
-    return policy.predict_action_chunk(batch, inputs["noise"]).numpy()
+    return policy.predict_action_chunk(batch, inputs["noise"], sampling=sampling).numpy()
 
 
 # Runs in a fresh interpreter where importing mode_policy fails: the artefact needs ONNX Runtime only.
@@ -116,12 +117,12 @@ def test_an_ort_chunk_restarts_on_another_thread_count_after_its_file_is_gone(tm
     assert chunk.session.get_session_options().intra_op_num_threads == 2
     torch.testing.assert_close(chunk.predict_action_chunk(batch, inputs["noise"]), one, atol=1e-6, rtol=0)
     np.testing.assert_allclose(one.numpy(), eager(policy, inputs), atol=PARITY)
-    # what `serve --backend onnx` hands its thread governor: torch's count and a new session
-    from mode_policy.cli.serve import thread_setter
+    # what the server's thread governor calls with `backend="onnx"`: torch's count and a new session
+    from mode_policy.serving.backends import OnnxBackend
 
     before = torch.get_num_threads()
     try:
-        thread_setter(chunk)(1)
+        OnnxBackend(policy, chunk).set_threads(1)
         assert torch.get_num_threads() == 1 and chunk.threads == 1
         assert chunk.session.get_session_options().intra_op_num_threads == 1
     finally:
@@ -257,10 +258,10 @@ def test_export_command_writes_to_the_model_folder(tmp_path):
     assert cmd.run(opts) == 0
     path = tmp_path / "run" / "model" / "export" / "sampler_b1_s2.pt2"
     assert json.loads(path.with_suffix(".json").read_text())["num_inference_steps"] == 2
-    policy.config.num_inference_steps = 2
     inputs = example_inputs(policy, 1, seed=4)
     got = torch.export.load(str(path)).module()(*inputs.values()).detach().numpy()
-    assert np.abs(got - eager(policy, inputs)).max() <= PARITY
+    assert np.abs(got - eager(policy, inputs, SamplingSettings(num_inference_steps=2))).max() <= PARITY
+    assert policy.config.num_inference_steps == 4  # the steps travelled as a value
     with pytest.raises(ConfigError, match="format='tflite'"):
         cmd.run(
             parse_command(cmd.options, [str(tmp_path / "run"), "--format", "tflite"], "export", None, cmd.positional)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from served import RunningServer, make_policy
 
 from mode_policy import MoDEPolicy
 from mode_policy.serving import PolicyServer
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Put torch's thread count back (PolicyServer.from_path sets this thread's to 1)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

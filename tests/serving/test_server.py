@@ -16,8 +16,10 @@ import torch
 from served import ACTION_MAX, ACTION_MIN, TASKS, RunningServer, make_policy
 from websockets.sync.client import connect
 
-from mode_policy.errors import DataError
+from mode_policy import MoDEPolicy
+from mode_policy.errors import ConfigError, DataError
 from mode_policy.serving import PolicyClient, PolicyServer
+from mode_policy.serving.backends import OnnxBackend, TorchBackend
 from mode_policy.serving.export import onnx_runtime_available
 from mode_policy.serving.protocol import pack, unpack
 
@@ -51,7 +53,7 @@ def test_bad_requests_get_errors_and_the_connection_goes_on(serve):
             ({**obs(), "observation.state": np.zeros((1, 38), np.float32)}, "expected \\(B, 39\\)"),
             ({**obs(), "observation.state": np.full((1, 39), np.nan, np.float32)}, "contains NaN"),
             ({**obs(), "observation.state": np.zeros((1, 39), np.int32)}, "dtype int32"),
-            ({**obs(), "task": "fly to the moon"}, "'fly to the moon' is not an instruction"),
+            ({**obs(), "task": "fly to the moon"}, "unknown instruction 'fly to the moon'"),
             (
                 {**obs(), "observation.images.wrist": np.zeros((1, 8, 8, 3), np.uint8)},
                 "unknown observation key 'observation.images.wrist'",
@@ -163,15 +165,60 @@ def test_sigterm_shuts_down_gracefully(tmp_path):
             proc.wait()
 
 
-@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
-def test_onnx_backend_serves_one_row_forwards_with_the_exported_sampler(policy, monkeypatch):
-    from mode_policy.cli.serve import _onnx_single_row
+def test_from_path_builds_the_servers_torch_backend_on_the_chosen_threads(tmp_path):
+    make_policy().save_pretrained(tmp_path / "model")
+    server = PolicyServer.from_path(tmp_path / "model", threads=1, port=0, max_batch=8)
+    assert isinstance(server.backend, TorchBackend) and server.backend.name == "torch"
+    assert server.threads == 1 and server.governor is None  # a chosen count stays as it is
+    assert server.max_rows == 8 and torch.get_num_threads() == 1  # this thread only loaded
+    running = RunningServer(server)
+    try:
+        with PolicyClient(port=running.port) as client:
+            assert client.metadata["backend"] == "torch" and client.metadata["features"]["known_tasks"] == sorted(TASKS)
+            torch.manual_seed(3)
+            reply = client.predict(obs(2, seed=1))
+            assert client.health()["torch_threads"] == 1
+    finally:
+        running.stop()
+    policy = make_policy()  # the same weights (it seeds torch itself, so before the noise's seed)
+    torch.manual_seed(3)
+    batch = obs(2, seed=1)
+    want = policy.predict_action_chunk({**batch, "observation.state": torch.from_numpy(batch["observation.state"])})
+    np.testing.assert_allclose(reply.actions, want.numpy(), atol=1e-6)
 
-    single_row = _onnx_single_row(policy, threads=1)
+
+def test_from_path_refuses_bad_options_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match="backend='tflite': expected 'torch' or 'onnx'"):
+        PolicyServer.from_path(tmp_path / "nowhere", backend="tflite")
+    with pytest.raises(ConfigError, match="max_batch=0 must be >= 1"):
+        PolicyServer.from_path(tmp_path / "nowhere", max_batch=0)
+    with pytest.raises(ConfigError, match="give a run directory"):
+        PolicyServer.from_path("")
+
+
+@pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
+def test_from_path_onnx_serves_one_row_forwards_with_the_exported_sampler(tmp_path, monkeypatch):
+    from mode_policy.serving import server as server_module
+
+    make_policy().save_pretrained(tmp_path / "model")
+    policy = MoDEPolicy.from_pretrained(tmp_path / "model")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # threads=0 chooses, and a governor follows
+    setters, lines = [], []
+    real = server_module.make_governor
+    monkeypatch.setattr(
+        server_module,
+        "make_governor",
+        lambda *a, set_threads: setters.append(set_threads) or real(*a, set_threads=set_threads),
+    )
+    server = PolicyServer.from_path(tmp_path / "model", backend="onnx", threads=0, port=0, progress=lines.append)
+    assert isinstance(server.backend, OnnxBackend) and lines == ["exporting the cached sampler for batch 1 to ONNX..."]
+    assert setters == [server.backend.set_threads] and server.backend.chunk.threads == server.threads
+    if server.governor is not None:  # None off Linux
+        assert server.governor.threads == server.threads
     calls = []
-    run = single_row.predict_action_chunk
-    monkeypatch.setattr(single_row, "predict_action_chunk", lambda *a: calls.append(1) or run(*a))
-    running = RunningServer(PolicyServer(policy, host="127.0.0.1", port=0, single_row=single_row))
+    run = server.backend.chunk.predict_action_chunk
+    monkeypatch.setattr(server.backend.chunk, "predict_action_chunk", lambda *a: calls.append(1) or run(*a))
+    running = RunningServer(server)
     try:
         with PolicyClient(port=running.port) as client:
             assert client.metadata["backend"].startswith("onnx")
@@ -182,14 +229,23 @@ def test_onnx_backend_serves_one_row_forwards_with_the_exported_sampler(policy, 
             bad["observation.state"][0, 5] = np.nan
             with pytest.raises(DataError, match="NaN"):
                 client.predict(bad)
-        assert calls == [1]  # only the one-row forward went to ONNX Runtime
-        torch.manual_seed(7)
-        batch = obs(1, seed=3)
-        want = policy.predict_action_chunk({**batch, "observation.state": torch.from_numpy(batch["observation.state"])})
-        np.testing.assert_allclose(one.actions, want.numpy(), atol=1e-5)
-        assert two.actions.shape == (2, 4, 4)
     finally:
         running.stop()
+    assert calls == [1]  # only the one-row forward went to ONNX Runtime
+    torch.manual_seed(7)
+    batch = obs(1, seed=3)
+    want = policy.predict_action_chunk({**batch, "observation.state": torch.from_numpy(batch["observation.state"])})
+    np.testing.assert_allclose(one.actions, want.numpy(), atol=1e-5)
+    assert two.actions.shape == (2, 4, 4)
+    # what the governor calls with a new count: torch's, and a new ONNX Runtime session on it
+    session, before = server.backend.chunk.session, torch.get_num_threads()
+    try:
+        server.backend.set_threads(1)
+        assert torch.get_num_threads() == 1 and server.backend.chunk.threads == 1
+        assert server.backend.chunk.session is not session
+        assert server.backend.chunk.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def _mixture_policy():
@@ -245,6 +301,11 @@ def test_a_mixture_policy_is_served_through_one_datasets_widths_and_normalisatio
         running.stop()
 
 
+def test_a_server_of_a_mixture_policy_needs_a_dataset_view():
+    with pytest.raises(ConfigError, match="mixture of .*wide.*narrow.*--dataset_name"):
+        PolicyServer(_mixture_policy(), port=0)
+
+
 def test_serve_of_a_mixture_policy_needs_a_dataset_name(tmp_path, capsys):
     from mode_policy.cli import main as cli
 
@@ -293,11 +354,13 @@ def test_serve_loads_on_one_thread_and_forwards_on_the_chosen_count(tmp_path, mo
     # thread's forwards several-fold); the forwards get the chosen count
     from mode_policy.cli import serve as serve_cli
 
+    make_policy().save_pretrained(tmp_path / "model")
     seen = {}
+    load = MoDEPolicy.from_pretrained
     monkeypatch.setattr(
-        serve_cli,
-        "_load_policy",
-        lambda path, device: seen.setdefault("load_threads", torch.get_num_threads()) and make_policy(),
+        MoDEPolicy,
+        "from_pretrained",
+        lambda *a, **k: seen.setdefault("load_threads", torch.get_num_threads()) and load(*a, **k),
     )
     monkeypatch.setattr(
         "mode_policy.serving.run_server", lambda server, ready: seen.setdefault("server_threads", server.threads)
@@ -305,7 +368,8 @@ def test_serve_loads_on_one_thread_and_forwards_on_the_chosen_count(tmp_path, mo
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # as a fresh process would start on this machine
     try:
-        assert serve_cli.run_serve(serve_cli.ServeOptions(path="unused", threads=2, port=0)) == 0
+        opts = serve_cli.ServeOptions(path=str(tmp_path / "model"), threads=2, port=0)
+        assert serve_cli.run_serve(opts) == 0
     finally:
         torch.set_num_threads(before)
     assert seen == {"load_threads": 1, "server_threads": 2}
@@ -313,14 +377,12 @@ def test_serve_loads_on_one_thread_and_forwards_on_the_chosen_count(tmp_path, mo
 
 @pytest.mark.skipif(not onnx_runtime_available(), reason="needs onnxruntime, onnx and onnxscript")
 def test_onnx_backend_serves_a_mixture_policys_dataset():
-    from mode_policy.cli.serve import _onnx_single_row
     from mode_policy.dataset_view import for_dataset
 
     policy = _mixture_policy()
-    single_row = _onnx_single_row(policy, threads=1, dataset="narrow")
-    running = RunningServer(
-        PolicyServer(for_dataset(policy, "narrow"), host="127.0.0.1", port=0, single_row=single_row)
-    )
+    server = PolicyServer(for_dataset(policy, "narrow"), host="127.0.0.1", port=0, backend="onnx", threads=1)
+    assert server.backend.chunk.threads == 1
+    running = RunningServer(server)
     state = np.random.default_rng(2).normal(size=(1, 8)).astype(np.float32)
     try:
         with PolicyClient(port=running.port) as client:

@@ -7,15 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..training.run_dir import RunDir
-from .main import Command
-
-
-def _load_policy(path: str, device: str = "cpu"):
-    from ..policy import MoDEPolicy
-
-    if not path:
-        raise ConfigError("give a run directory or a saved model directory as the first argument")
-    return MoDEPolicy.from_pretrained(RunDir.model_dir(path), map_location=device)
+from .command import Command
 
 
 # --------------------------------------------------------------------- serve
@@ -45,37 +37,19 @@ class ServeOptions:
 
 
 def run_serve(opts: ServeOptions) -> int:
-    import torch
-
     from ..serving import PolicyServer, run_server
-    from ..threads import choose_threads, make_governor
 
-    threads = choose_threads(opts.threads)  # for the forwards, which run on the model thread
-    # This thread only loads (and exports): on one torch thread, before any torch work. Once it has
-    # run a parallel region on two threads, two-thread forwards on the model thread take ~4x as long
-    # (measured: 50 ms against 12 ms a cpu-preset chunk), their OpenMP team beside this thread's.
-    torch.set_num_threads(1)
-    if opts.max_batch < 1 or opts.batch_window_ms < 0:
-        raise ConfigError(f"max_batch={opts.max_batch} must be >= 1 and batch_window_ms={opts.batch_window_ms} >= 0")
-    if opts.backend not in ("torch", "onnx"):
-        raise ConfigError(f"backend={opts.backend!r}: expected 'torch' or 'onnx'")
-    from ..dataset_view import for_dataset
-
-    policy = _load_policy(opts.path, opts.device)
-    served = for_dataset(policy, opts.dataset_name)  # ConfigError naming the datasets when one must be chosen
-    single_row = _onnx_single_row(policy, threads, opts.dataset_name) if opts.backend == "onnx" else None
-    governor = None
-    if opts.device == "cpu":
-        governor = make_governor(opts.threads, threads, set_threads=thread_setter(single_row))
-    server = PolicyServer(
-        served,
-        opts.host,
-        opts.port,
-        opts.batch_window_ms,
-        opts.max_batch,
-        single_row=single_row,
-        threads=threads,
-        governor=governor,
+    server = PolicyServer.from_path(
+        opts.path,
+        backend=opts.backend,
+        threads=opts.threads,
+        device=opts.device,
+        dataset=opts.dataset_name,
+        host=opts.host,
+        port=opts.port,
+        batch_window_ms=opts.batch_window_ms,
+        max_batch=opts.max_batch,
+        progress=lambda line: print(line, flush=True),
     )
 
     def ready(port: int) -> None:
@@ -88,36 +62,6 @@ def run_serve(opts: ServeOptions) -> int:
     run_server(server, ready)
     print(f"stopped after {server.counts['requests']} requests ({server.counts['errors']} errors)", flush=True)
     return 0
-
-
-def thread_setter(single_row=None):
-    """What the server's thread governor calls, on the model thread between forwards, with a new
-    count: torch's, and a new ONNX Runtime session for ``single_row`` (its pool is fixed per session)."""
-    import torch
-
-    def set_threads(n: int) -> None:
-        torch.set_num_threads(n)
-        if single_row is not None:
-            single_row.set_threads(n)
-
-    return set_threads
-
-
-def _onnx_single_row(policy, threads: int, dataset: str = ""):
-    """The policy's cached sampler exported for batch 1 (to a temporary file) in an ONNX Runtime
-    session; for a mixture policy, for ``dataset``."""
-    import tempfile
-
-    from ..serving.export import OrtChunk, export_sampler, onnx_runtime_available
-
-    if not onnx_runtime_available():
-        raise ConfigError("backend=onnx needs onnxruntime, onnx and onnxscript: pip install -e '.[onnx]'")
-    if next(policy.parameters()).device.type != "cpu":
-        raise ConfigError("backend=onnx runs on the CPU: use --device cpu")
-    print("exporting the cached sampler for batch 1 to ONNX...", flush=True)
-    with tempfile.TemporaryDirectory(prefix="mode-policy-serve-") as tmp:  # the session keeps the graph
-        path = export_sampler(policy, Path(tmp) / "sampler_b1.onnx", "onnx", batch_size=1, dataset=dataset)
-        return OrtChunk(path, threads=threads)
 
 
 # -------------------------------------------------------------------- export
@@ -142,21 +86,22 @@ class ExportOptions:
 
 
 def run_export(opts: ExportOptions) -> int:
+    from ..model.diffusion import SamplingSettings
+    from ..serving.backends import load_policy
     from ..serving.export import export_sampler
 
     if opts.steps < 0:
         raise ConfigError(f"steps={opts.steps} must be >= 1 (or 0 for the policy's own)")
-    policy = _load_policy(opts.path)
-    if opts.steps:
-        policy.config.num_inference_steps = opts.steps
+    policy = load_policy(opts.path)
+    sampling = SamplingSettings(num_inference_steps=opts.steps) if opts.steps else None
     suffix = {"onnx": ".onnx", "torch_export": ".pt2"}.get(opts.format)
     if suffix is None:
         raise ConfigError(f"format={opts.format!r}: expected 'onnx' or 'torch_export'")
-    steps = policy.config.num_inference_steps
+    steps = opts.steps or policy.config.num_inference_steps
     name = f"sampler_b{opts.batch_size}_s{steps}{'_' + opts.dataset_name if opts.dataset_name else ''}{suffix}"
     out = Path(opts.out) if opts.out else RunDir.model_dir(opts.path) / "export" / name
     tasks = [t.strip() for t in opts.tasks.split(",") if t.strip()]
-    export_sampler(policy, out, opts.format, opts.batch_size, tasks, dataset=opts.dataset_name)
+    export_sampler(policy, out, opts.format, opts.batch_size, tasks, dataset=opts.dataset_name, sampling=sampling)
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .validation import Observation
+from ..observation import Observation
 
 log = logging.getLogger(__name__)
 

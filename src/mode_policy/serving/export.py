@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..constants import ACTION_KEY, GOAL_KEY, STATE_KEY
 from ..errors import ConfigError
 from ..fileio import atomic_write, atomic_write_json
+from ..model.diffusion import SamplingSettings
 from ..model.edm import NoiseLevel
 from ..model.folded_sampler import FoldedSampler
 from ..model.moe import FusedExperts, MoELayer
@@ -51,11 +52,12 @@ LEGACY_ONNX_OPSET = 18
 
 class CachedSampler(nn.Module):
     """``(state, goal, noise) -> actions``: the policy's cached ``predict_action_chunk``
-    with the initial noise as an input (eval mode, expert cache on). A policy trained on a
-    mixture is exported for one of its datasets (``dataset``): that dataset's normalisation,
-    state width in and action width out (the noise keeps the policy's full action width)."""
+    with the initial noise as an input (eval mode, expert cache on), sampling with ``sampling``
+    (None: the config's settings). A policy trained on a mixture is exported for one of its
+    datasets (``dataset``): that dataset's normalisation, state width in and action width out
+    (the noise keeps the policy's full action width)."""
 
-    def __init__(self, policy: MoDEPolicy, dataset: str = "") -> None:
+    def __init__(self, policy: MoDEPolicy, dataset: str = "", sampling: SamplingSettings | None = None) -> None:
         super().__init__()
         cfg = policy.config
         if cfg.image_keys:
@@ -70,7 +72,8 @@ class CachedSampler(nn.Module):
         self.dataset = export_dataset(policy, dataset)
         self.policy = policy.eval()
         self.policy.denoiser.use_expert_cache = True
-        self.plan = policy.denoiser.sampling_plan()  # built now: export cannot fingerprint weights
+        self.sampling_config = cfg if sampling is None else sampling.resolve(cfg)  # steps, schedule, sigma_max
+        self.plan = policy.denoiser.sampling_plan(sampling)  # built now: export cannot fingerprint weights
         # The samplers read the schedule as host floats (``tolist``); under export's fake
         # tensors that read would be data-dependent, so they get a numpy copy (same values).
         self.sigmas = self.plan.sigmas.numpy()
@@ -116,7 +119,7 @@ class CachedSampler(nn.Module):
         # MoDEPolicy.predict_action_chunk / EDMDenoiser.sample, with the plan fixed
         policy = self.policy
         cond = policy.encode_condition(batch)  # (B, n, d)
-        x = noise * policy.config.sigma_max
+        x = noise * self.sampling_config.sigma_max
         if self.folded is not None:
             x = self.folded(cond, x, self.plan.sampler, self.sigmas)
         else:
@@ -220,18 +223,20 @@ def export_sampler(
     tasks: Sequence[str] = (),
     opset: int | None = None,
     dataset: str = "",
+    sampling: SamplingSettings | None = None,
 ) -> Path:
     """Write the cached sampler of ``policy`` (moved to the CPU) for ``batch_size`` to ``path``
     (atomically), and its description to ``path`` with suffix ``.json``. Returns ``path``.
     ``opset``: the ONNX opset (default :func:`onnx_opset`); ``dataset``: for a mixture policy,
-    the dataset whose normalisation and widths the sampler uses (:func:`export_dataset`)."""
+    the dataset whose normalisation and widths the sampler uses (:func:`export_dataset`);
+    ``sampling``: sampling settings other than the config's (e.g. fewer steps)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {FORMATS}")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     path = Path(path)
     goals = known_goals(policy, tasks)
-    sampler = CachedSampler(policy.cpu(), dataset)
+    sampler = CachedSampler(policy.cpu(), dataset, sampling)
     dataset = sampler.dataset
     inputs = example_inputs(policy, batch_size, dataset=dataset)
     args = tuple(inputs.values())
@@ -264,9 +269,9 @@ def export_sampler(
             **({"dataset": dataset} if dataset else {}),
             "dtype": "float32",
             "noise": "standard normal (the sampler scales it by sigma_max)",
-            "sampler": cfg.sampler,
-            "schedule": cfg.schedule,
-            "num_inference_steps": cfg.num_inference_steps,
+            "sampler": sampler.sampling_config.sampler,
+            "schedule": sampler.sampling_config.schedule,
+            "num_inference_steps": sampler.sampling_config.num_inference_steps,
             "n_action_steps": cfg.n_action_steps,
             "goals": goals,
         },

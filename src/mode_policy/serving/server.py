@@ -13,8 +13,9 @@ Behaviour:
 
 * one message in, one reply out, per connection, in order; replies carry the
   request's ``id`` and ``latency_ms`` (server total, queueing, forward);
-* observations are validated against the policy's config
-  (:mod:`.validation`): a bad one gets an error reply naming the problem, and
+* observations are checked against the policy's
+  :class:`~mode_policy.observation.ObservationSchema` (the rules of the policy's own
+  ``check_inputs``): a bad one gets an error reply naming the problem, and
   the connection and the server carry on;
 * requests from different connections that arrive together run as one
   forward (:mod:`.batcher`); the server keeps no per-client action queue:
@@ -23,10 +24,12 @@ Behaviour:
 * ``GET /healthz`` (plain HTTP) and a ``health`` message report the counters;
 * SIGINT / SIGTERM stop accepting, answer the requests in flight, close the
   connections (code 1001) and return;
-* with ``single_row`` (``mode-policy serve --backend onnx``: the policy's cached sampler
-  exported for batch 1 and run by ONNX Runtime, :class:`~mode_policy.serving.export.OrtChunk`), a
-  forward of one row runs there, the robot's usual case and the fastest CPU path; larger
-  forwards run on the policy.
+* ``backend="onnx"`` (``mode-policy serve --backend onnx``): a forward of one row, the robot's
+  usual case, runs the policy's cached sampler exported for batch 1 in ONNX Runtime, the fastest
+  CPU path; larger forwards run on the policy (:mod:`.backends`).
+
+:meth:`PolicyServer.from_path` builds the server ``mode-policy serve`` runs (loading, thread
+rules, backend) in one call.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import signal
 import time
 from collections.abc import Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,15 +49,16 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from ..constants import GOAL_KEY, TASK_KEY
-from ..dataset_view import DatasetPolicy
-from ..errors import ModePolicyError
+from ..constants import TASK_KEY
+from ..dataset_view import DatasetPolicy, for_dataset
+from ..errors import ConfigError, ModePolicyError
+from ..observation import Observation, ObservationSchema
 from ..policy import MoDEPolicy
-from ..threads import ThreadGovernor
+from ..threads import ThreadGovernor, choose_threads, make_governor
+from . import backends
+from .backends import Progress, TorchBackend, make_backend
 from .batcher import MicroBatcher
-from .export import OrtChunk
 from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, error_reply, pack, unpack
-from .validation import Observation, validate_observation
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,8 @@ HEALTH_PATH = "/healthz"
 class PolicyServer:
     """Serves ``policy`` (put in eval mode) on ``host:port`` (0 = an ephemeral port). A policy
     trained on a mixture is served through one dataset's view (:func:`~mode_policy.dataset_view.for_dataset`):
-    its normalisation, state and action widths."""
+    its normalisation, state and action widths. :meth:`from_path` builds the server
+    ``mode-policy serve`` runs."""
 
     def __init__(
         self,
@@ -73,28 +79,32 @@ class PolicyServer:
         batch_window_ms: float = 2.0,
         max_batch: int = 64,
         drain_timeout_s: float = 10.0,
-        single_row: OrtChunk | None = None,
+        backend: str | TorchBackend = "torch",
         threads: int | None = None,
         governor: ThreadGovernor | None = None,
     ) -> None:
-        """``threads``: torch threads of the forwards (default: this thread's count now, e.g. what
-        :func:`~mode_policy.threads.apply_threads` chose); ``governor``: follows neighbours that start
-        or stop while serving (:class:`~mode_policy.threads.ThreadGovernor`, stepped after each forward).
+        """``backend``: 'torch', 'onnx' (exports the policy's cached sampler now, see
+        :mod:`.backends`) or a backend object; ``threads``: torch threads of the forwards (default:
+        this thread's count now, e.g. what :func:`~mode_policy.threads.apply_threads` chose);
+        ``governor``: follows neighbours that start or stop while serving
+        (:class:`~mode_policy.threads.ThreadGovernor`, stepped after each forward; it should apply
+        a new count with the backend's ``set_threads``).
 
         The forwards run on a thread of their own. Where this process's main thread has already run
         torch on more than one thread, multi-threaded forwards there are several times slower (two
         OpenMP teams): keep the main thread on one (``torch.set_num_threads(1)`` before any torch
-        work), as ``mode-policy serve`` does."""
+        work), as :meth:`from_path` does."""
+        check_options(max_batch, batch_window_ms)
+        if isinstance(policy, MoDEPolicy):
+            policy = for_dataset(policy)  # a mixture: its only dataset, or ConfigError naming them
         self.policy = policy.eval()
-        self.single_row = single_row
         self.threads = torch.get_num_threads() if threads is None else threads
+        self.backend = make_backend(backend, self.policy, self.threads) if isinstance(backend, str) else backend
         self.governor = governor
+        self.schema = ObservationSchema.for_policy(self.policy)
         self.host, self.port = host, port
         self.drain_timeout_s = drain_timeout_s
-        self.device = next(policy.parameters()).device
-        encoder = policy.goal_encoder
-        tasks = getattr(encoder, "tasks", None)
-        self.known_tasks = frozenset(tasks) if tasks is not None else None
+        self.device = next(self.policy.parameters()).device
         self.max_rows = max_batch
         self.batcher: MicroBatcher | None = None
         self.window_s = batch_window_ms / 1e3
@@ -104,30 +114,62 @@ class PolicyServer:
         self.started = time.time()
         self.counts = {"requests": 0, "errors": 0}
 
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        backend: str = "torch",
+        threads: int = 0,
+        device: str = "cpu",
+        dataset: str = "",
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        batch_window_ms: float = 2.0,
+        max_batch: int = 64,
+        drain_timeout_s: float = 10.0,
+        progress: Progress | None = None,
+    ) -> PolicyServer:
+        """The server ``mode-policy serve`` runs, for the policy saved in ``path`` (a run directory or
+        a saved model directory), on ``device``, for ``dataset`` of a mixture policy.
+
+        ``threads``: torch threads of the forwards (0: ``OMP_NUM_THREADS``'s count when set, else the
+        cores other processes leave free, and on the CPU a thread governor then follows neighbours
+        that start or stop later). ``backend``: 'torch', or 'onnx' (one-row forwards on the cached
+        sampler exported now, for batch 1, in ONNX Runtime; CPU only). ``progress`` is told before
+        the export. This thread only loads (and exports): it is put on one torch thread first, so
+        the forwards, on the server's model thread, run at full speed (see :meth:`__init__`)."""
+        chosen = choose_threads(threads)  # before this thread's count drops to 1 (OMP_NUM_THREADS reads it)
+        # Once this thread has run a parallel region on two threads, two-thread forwards on the model
+        # thread take ~4x as long (measured: 50 ms against 12 ms a cpu-preset chunk), their OpenMP
+        # team beside this thread's.
+        torch.set_num_threads(1)
+        check_options(max_batch, batch_window_ms)
+        if backend not in backends.BACKENDS:
+            raise ConfigError(f"backend={backend!r}: expected 'torch' or 'onnx'")
+        served = for_dataset(backends.load_policy(path, device), dataset)  # ConfigError naming the datasets
+        engine = make_backend(backend, served, chosen, progress)
+        governor = None
+        if torch.device(device).type == "cpu":
+            governor = make_governor(threads, chosen, set_threads=engine.set_threads)
+        return cls(served, host, port, batch_window_ms, max_batch, drain_timeout_s, engine, chosen, governor)
+
     # ------------------------------------------------------------ state
     def metadata(self) -> dict[str, Any]:
         cfg = self.policy.config
-        features = {
-            "state": [cfg.n_obs_steps, cfg.state_dim] if cfg.state_dim > 0 else None,
-            "images": list(cfg.image_keys),
-            "goal_dim": cfg.goal_dim,
-            "task": self.policy.goal_encoder is not None,
-            "known_tasks": sorted(self.known_tasks) if self.known_tasks is not None else None,
-            "actions": [cfg.horizon, cfg.action_dim],
-        }
         return {
             "type": "metadata",
             "protocol": PROTOCOL_VERSION,
             "policy": cfg.to_dict(),
-            "features": features,
+            "features": {**self.schema.features(), "actions": [cfg.horizon, cfg.action_dim]},
             "dataset": getattr(self.policy, "dataset", None),
             "max_batch": self.max_rows,
-            "backend": self.backend,
+            "backend": self.backend.name,
         }
 
     @property
-    def backend(self) -> str:
-        return "torch" if self.single_row is None else "onnx (one-row forwards), torch (larger)"
+    def known_tasks(self) -> frozenset[str] | None:
+        """The instructions the policy knows (None: any string)."""
+        return self.schema.known_tasks
 
     def health(self) -> dict[str, Any]:
         threads = self.threads if self.governor is None else self.governor.threads
@@ -158,13 +200,7 @@ class PolicyServer:
         }
         if group[0].tasks is not None:
             batch[TASK_KEY] = [t for o in group for t in o.tasks]
-        rows = sum(o.rows for o in group)
-        if self.single_row is not None and rows == 1:
-            noise = torch.randn(*self.single_row.noise_shape)  # as predict_action_chunk draws it: the policy's width
-            inputs = {key: value for key, value in batch.items() if key != TASK_KEY}
-            inputs[GOAL_KEY] = self.policy.goal_vector(batch)  # (1, goal_dim): the graph takes goal vectors
-            return self.single_row.predict_action_chunk(inputs, noise).numpy()
-        return self.policy.predict_action_chunk(batch).float().cpu().numpy()
+        return self.backend.predict(batch, sum(o.rows for o in group))
 
     # --------------------------------------------------------- messages
     async def reply(self, data: bytes | str) -> dict[str, Any]:
@@ -181,13 +217,7 @@ class PolicyServer:
                 return error_reply(request_id, f"unknown message type {kind!r} (expected 'predict' or 'health')")
             if self.closing:
                 return error_reply(request_id, "server is shutting down")
-            obs = validate_observation(
-                message.get("obs"),
-                self.policy.config,
-                self.policy.goal_encoder is not None,
-                self.known_tasks,
-                self.max_rows,
-            )
+            obs = self.schema.check_request(message.get("obs"), self.max_rows)
             actions, timing = await self.batcher.submit(obs)
         except ModePolicyError as err:
             return error_reply(request_id, str(err))
@@ -261,6 +291,12 @@ class PolicyServer:
         finally:
             batching.cancel()
             await asyncio.gather(batching, return_exceptions=True)
+
+
+def check_options(max_batch: int, batch_window_ms: float) -> None:
+    """ConfigError for a batch size below 1 or a negative batch window."""
+    if max_batch < 1 or batch_window_ms < 0:
+        raise ConfigError(f"max_batch={max_batch} must be >= 1 and batch_window_ms={batch_window_ms} >= 0")
 
 
 def run_server(server: PolicyServer, ready: Callable[[int], None] | None = None) -> None:
