@@ -173,7 +173,8 @@ def test_eval_plays_one_member_of_a_mixture_policy_at_its_width(mixture_run, tmp
     with pytest.raises(ConfigError, match="fixed once built"):  # a read-only view: settings go with each call
         view.config.num_inference_steps = 3
     chunk = view.predict_action_chunk(
-        {"observation.state": torch.zeros(1, 39), "task": ["reach"]}, sampling=SamplingSettings(num_inference_steps=3)
+        {"observation.state": torch.zeros(1, 39), "task": ["reach the goal position"]},
+        sampling=SamplingSettings(num_inference_steps=3),
     )
     assert chunk.shape == (1, policy.config.horizon, 4) and policy.config.num_inference_steps != 3
     with pytest.raises(ConfigError, match="--dataset_name"):

@@ -15,12 +15,36 @@ from ..model.diffusion import SAMPLING_FIELDS, SamplingSettings
 from .protocol import Policy
 
 
+class EffectiveConfig:
+    """A read-only view of a policy's config with the settings a run plays with on top (what the
+    evaluators read and record: ``n_action_steps``, ``num_inference_steps``, ...)."""
+
+    def __init__(self, config: Any, overrides: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_overrides", dict(overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = object.__getattribute__(self, "_overrides")
+        return overrides[name] if name in overrides else getattr(object.__getattribute__(self, "_config"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ConfigError(f"cannot set {name}: a policy's config is fixed once built (pass settings with each call)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._config.to_dict(), **self._overrides}
+
+
 class SampledPolicy:
     """``policy`` sampling every chunk with ``sampling`` and executing ``n_action_steps`` actions of
-    it (None: the policy's own); everything else is the policy's."""
+    it (None: the policy's own); everything else is the policy's. Its ``config`` shows the
+    settings in effect."""
 
     def __init__(self, policy: Any, sampling: SamplingSettings | None = None, n_action_steps: int | None = None):
         self.policy, self.sampling, self.n_action_steps = policy, sampling, n_action_steps
+        overrides = {} if sampling is None else sampling.overrides()
+        if n_action_steps:
+            overrides["n_action_steps"] = n_action_steps
+        self.config = EffectiveConfig(policy.config, overrides)
 
     def predict_action_chunk(self, batch: Mapping[str, Any], *args: Any, **kwargs: Any) -> Tensor:
         return self.policy.predict_action_chunk(batch, *args, **{"sampling": self.sampling, **kwargs})
