@@ -18,6 +18,7 @@ from mode_policy.envs.metaworld import (  # noqa: E402
     INSTRUCTIONS,
     SEED_SPAN,
     TASK_SETS,
+    TCP_AIMED_TASKS,
     MetaWorldBatch,
     MetaWorldEnv,
     ScriptedExpert,
@@ -176,6 +177,24 @@ def test_expert_solves_reach():
         if success or done:
             break
     assert success
+
+
+def test_reach_expert_puts_the_tcp_on_the_goal_with_margin():
+    """Meta-World's reach expert drives the hand onto the goal, which leaves the TCP (what success
+    measures) 4.5 cm away, just inside the 5 cm radius; given the TCP it aims the TCP instead."""
+    assert TCP_AIMED_TASKS == {"reach-v3"}
+    closest = {}
+    for aim in ("hand", "tcp"):
+        env, expert = MetaWorldEnv("reach-v3", seed=demo_seed("reach-v3", 3)), ScriptedExpert("reach-v3")
+        best = np.inf
+        for _ in range(150):
+            _, _, _, _, info = env.step(expert(env.raw_obs, env.tcp_center if aim == "tcp" else None))
+            best = min(best, info["near_object"])
+        closest[aim] = best
+    assert closest["hand"] > 0.04 and closest["tcp"] < 0.01
+    other = MetaWorldEnv("push-v3", seed=demo_seed("push-v3", 0))
+    push = ScriptedExpert("push-v3")  # the TCP changes nothing for the other tasks
+    np.testing.assert_array_equal(push(other.raw_obs), push(other.raw_obs, other.tcp_center + 1.0))
 
 
 def test_batch_with_expert_reaches_success_and_stops():

@@ -59,6 +59,7 @@ __all__ = [
     "MetaWorldBatch",
     "MetaWorldEnv",
     "ScriptedExpert",
+    "TCP_AIMED_TASKS",
     "demo_seed",
     "eval_seed",
     "initial_condition",
@@ -226,11 +227,19 @@ def seed_split(env_seed: int) -> str | None:
 # --------------------------------------------------------------------------------------
 
 
+TCP_AIMED_TASKS = frozenset({"reach-v3"})
+"""Tasks whose success is the TCP (between the fingers) within 5 cm of the goal, while Meta-World's
+scripted expert drives the *hand* (obs[0:3], 4.5 cm above the TCP) onto it: its demonstrations
+succeed by a few millimetres. Given the TCP, the expert aims the TCP instead."""
+
+
 class ScriptedExpert:
     """Meta-World's scripted policy for one task; returns float32 actions clipped to [-1, 1].
 
-    Deterministic (a pure function of the observation). Feed it the env's full-precision
-    observation (:attr:`MetaWorldEnv.raw_obs`) to reproduce Meta-World's expert exactly.
+    Deterministic (a pure function of the observation, and of the TCP position for the
+    :data:`TCP_AIMED_TASKS`). Feed it the env's full-precision observation
+    (:attr:`MetaWorldEnv.raw_obs`) to reproduce Meta-World's expert exactly; with ``tcp``
+    (:attr:`MetaWorldEnv.tcp_center`) a reach expert puts the TCP, not the hand, on the goal.
     """
 
     def __init__(self, task: str):
@@ -239,11 +248,15 @@ class ScriptedExpert:
         self.task = task
         self.policy = EXPERT_POLICIES[task]()
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, tcp: np.ndarray | None = None) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float64)
+        if tcp is not None and self.task in TCP_AIMED_TASKS:
+            obs = obs.copy()
+            obs[:3] = tcp  # the expert moves this point onto the goal; it moves with the hand
         with warnings.catch_warnings():
             # metaworld.policies.move() warns whenever a gain saturates; we clip anyway.
             warnings.simplefilter("ignore")
-            action = self.policy.get_action(np.asarray(obs, dtype=np.float64))
+            action = self.policy.get_action(obs)
         return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
 
 
@@ -286,6 +299,11 @@ class MetaWorldEnv:
         self._renderers: dict[tuple[int, int], Any] = {}
         if seed is not None:
             self.reset(seed)
+
+    @property
+    def tcp_center(self) -> np.ndarray:
+        """(3,) position of the tool centre point (between the finger pads), which reach success measures."""
+        return np.array(self.env.tcp_center, dtype=np.float64)
 
     # -- core API ------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> np.ndarray:
@@ -495,7 +513,7 @@ class MetaWorldBatch:
             expert = self._experts.get(env.task)
             if expert is None:
                 expert = self._experts[env.task] = ScriptedExpert(env.task)
-            out[i] = expert(env.raw_obs)
+            out[i] = expert(env.raw_obs, env.tcp_center)
         return out
 
     def render(self, camera_name: str = "corner2", size: int | tuple[int, int] = 128) -> np.ndarray:

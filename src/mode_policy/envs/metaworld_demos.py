@@ -168,7 +168,7 @@ def run_expert_episode(
         obs = env.raw_obs
         for camera in cameras:
             images[camera].append(env.render(camera, int(image_size)))
-        action = expert(obs)
+        action = expert(obs, env.tcp_center)
         states.append(obs.astype(np.float32))
         actions.append(action)
         _, reward, success, _, _ = env.step(action)
