@@ -15,7 +15,14 @@ It prints failed requests, p50 / p99 latency, requests/s, batch sizes, the
 malformed requests answered, and whether the server still serves after the
 kill; finally it stops the server with SIGTERM and checks a clean exit.
 
-    OMP_NUM_THREADS=1 python scripts/bench/load_test_server.py [--clients 8 --requests 200 --threads 1]
+With ``--rtc``, each client instead runs a real-time chunking control loop
+(:class:`mode_policy.serving.realtime.ChunkExecutor` through ``PolicyClient.realtime``) at one control
+tick per ``--period-ms``, for ``--requests`` chunk requests: the next request is in flight while
+the current chunk executes, and carries the actions that run meanwhile with the measured delay.
+It also reports the measured delays (in ticks) and checks that every chunk starts with the
+actions it was given to keep.
+
+    OMP_NUM_THREADS=1 python scripts/bench/load_test_server.py [--clients 8 --requests 200 --threads 1] [--rtc]
 """
 
 from __future__ import annotations
@@ -123,6 +130,62 @@ def client_load(port: int, n: int, seed: int, tasks: list[str], out: dict) -> No
     out[seed] = {"rtt": rtt, "server": server, "batch": batch, "failures": failures}
 
 
+class CheckedClient:
+    """A PolicyClient as a chunk source that checks every reply starts with the frozen actions sent."""
+
+    def __init__(self, client: PolicyClient, out: dict) -> None:
+        self.client, self.out = client, out
+        self.sent: tuple | None = None
+
+    def submit(self, batch, prefix, delay) -> None:
+        self.sent = (None if prefix is None else np.array(prefix), delay, time.perf_counter())
+        self.client.submit(batch, prefix, delay)
+
+    def _checked(self, chunk):
+        if chunk is not None:
+            prefix, delay, start = self.sent
+            self.out["rtt"].append((time.perf_counter() - start) * 1e3)
+            self.out["batch"].append(self.client.last_reply.batch_size)
+            self.out["server"].append(self.client.last_reply.latency_ms["server"])
+            if prefix is not None and not np.array_equal(chunk[:, :delay], prefix[:, :delay]):
+                self.out["failures"].append(f"a chunk does not start with its {delay} frozen actions")
+        return chunk
+
+    def poll(self, elapsed: int):
+        return self._checked(self.client.poll(elapsed))
+
+    def wait(self):
+        return self._checked(self.client.wait())
+
+
+def client_rtc(port: int, n: int, seed: int, tasks: list[str], period_ms: float, out: dict) -> None:
+    """A control loop at one tick per ``period_ms`` with RTC execution, until ``n`` chunks arrived."""
+    from mode_policy.serving.realtime import ChunkExecutor
+
+    rng = np.random.default_rng(seed)
+    record = {"rtt": [], "server": [], "batch": [], "failures": [], "delays": [], "assumed": [], "ticks": 0}
+    with PolicyClient(port=port, timeout=60) as client:
+        cfg = client.metadata["policy"]
+        executor = ChunkExecutor(CheckedClient(client, record), cfg["horizon"], cfg["n_action_steps"], "rtc")
+        next_tick = time.perf_counter()
+        while len(record["rtt"]) < n:
+            obs = {"observation.state": rng.normal(size=(1, 39)).astype(np.float32), "task": tasks[seed % len(tasks)]}
+            try:
+                action = executor.step(obs)
+            except Exception as err:  # noqa: BLE001 - counted and reported
+                record["failures"].append(repr(err))
+                break
+            if action.shape != (1, 4) or not np.isfinite(action).all():
+                record["failures"].append(f"bad action {action.shape}")
+            record["ticks"] += 1
+            next_tick += period_ms / 1e3
+            time.sleep(max(0.0, next_tick - time.perf_counter()))
+        executor.reset()  # take the request in flight
+    stats = executor.stats
+    record["delays"], record["assumed"], record["waits"] = stats.delays, stats.assumed, stats.waits
+    out[seed] = record
+
+
 def malformed(port: int, tasks: list[str], rounds: int, out: dict) -> None:
     good = np.zeros((1, 39), np.float32)
     cases = [
@@ -181,6 +244,8 @@ def main() -> int:
         choices=("torch", "onnx"),
         help="the server's --backend (onnx: one-row forwards on ONNX Runtime)",
     )
+    parser.add_argument("--rtc", action="store_true", help="clients run an RTC control loop (see above)")
+    parser.add_argument("--period-ms", type=float, default=20.0, help="--rtc: control period of the clients")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tasks = resolve_tasks("mt10")
@@ -191,10 +256,16 @@ def main() -> int:
             with PolicyClient(port=port, timeout=60) as warm:  # first forward builds the expert cache
                 warm.predict({"observation.state": np.zeros((1, 39), np.float32), "task": tasks[0]})
             results: dict = {}
-            workers = [
-                threading.Thread(target=client_load, args=(port, args.requests, i, tasks, results))
-                for i in range(args.clients)
-            ]
+            if args.rtc:
+                workers = [
+                    threading.Thread(target=client_rtc, args=(port, args.requests, i, tasks, args.period_ms, results))
+                    for i in range(args.clients)
+                ]
+            else:
+                workers = [
+                    threading.Thread(target=client_load, args=(port, args.requests, i, tasks, results))
+                    for i in range(args.clients)
+                ]
             workers.append(threading.Thread(target=malformed, args=(port, tasks, 5, results)))
             start = time.perf_counter()
             for w in workers:
@@ -234,6 +305,19 @@ def main() -> int:
         "server_health_after": health,
         "server_exit_code_after_sigterm": exit_code,
     }
+    if args.rtc:
+        delays = [d for r in load for d in r["delays"]]
+        summary["rtc"] = {
+            "period_ms": args.period_ms,
+            "ticks": sum(r["ticks"] for r in load),
+            "switches": len(delays),
+            "ran_out_and_waited": sum(r["waits"] for r in load),
+            "measured_delay_ticks": {"mean": float(np.mean(delays)) if delays else None, "max": max(delays, default=0)},
+            "assumed_delay_ticks": {
+                d: sum(a == d for r in load for a in r["assumed"])
+                for d in sorted({a for r in load for a in r["assumed"]})
+            },
+        }
     m = summary["malformed"]
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -258,6 +342,14 @@ def main() -> int:
             f"{killed['server_serving_after']} (health: {health['requests']} requests, {health['errors']} errors)"
         )
         print(f"server exit code after SIGTERM: {exit_code}")
+        if args.rtc:
+            rtc = summary["rtc"]
+            print(
+                f"rtc: {rtc['ticks']} control ticks of {args.period_ms:g} ms, {rtc['switches']} chunk switches "
+                f"({rtc['ran_out_and_waited']} after the chunk ran out); "
+                f"measured delay mean {rtc['measured_delay_ticks']['mean']} ticks, max "
+                f"{rtc['measured_delay_ticks']['max']}; delays the requests assumed: {rtc['assumed_delay_ticks']}"
+            )
     ok = summary["failed"] == 0 and m["answered_with_error"] == m["sent"] and killed["server_serving_after"]
     return 0 if ok and exit_code == 0 else 1
 

@@ -50,11 +50,15 @@ class Observation:
     arrays: dict[str, np.ndarray]
     tasks: list[str] | None
     rows: int
+    prefix: np.ndarray | None = None
+    """Real-time chunking: the actions (B, P, A) float32 the chunk must start from (None: none)."""
+    delay: np.ndarray | None = None
+    """The frozen actions of ``prefix`` per row (B,) int64."""
 
     def signature(self) -> tuple:
         """Observations with equal signatures can be stacked into one forward."""
         shapes = tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in self.arrays.items()))
-        return shapes, self.tasks is not None
+        return shapes, self.tasks is not None, None if self.prefix is None else self.prefix.shape[1:]
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class ObservationSchema:
     """The instructions a task embedding knows (None: any string)."""
     datasets: Mapping[str, int] = field(default_factory=dict)
     """A mixture policy's datasets: name -> state width (empty: one dataset)."""
+    horizon: int = 0
+    """Actions per chunk (a request's ``prefix`` holds at most as many; 0: not known, no prefix)."""
+    action_dim: int = 0
+    """Width of the actions (and of a request's ``prefix``)."""
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -96,6 +104,8 @@ class ObservationSchema:
             takes_text=bool(spec),
             known_tasks=None if known_tasks is None else frozenset(known_tasks),
             datasets=dict(datasets or {}),
+            horizon=int(getattr(cfg, "horizon", 0)),
+            action_dim=int(getattr(cfg, "action_dim", 0)),
         )
 
     @classmethod
@@ -158,9 +168,10 @@ class ObservationSchema:
         _same_rows(sizes)
         return out
 
-    def check_request(self, obs: Any, max_rows: int = 256) -> Observation:
+    def check_request(self, obs: Any, max_rows: int = 256, prefix: Any = None, delay: Any = 0) -> Observation:
         """The :class:`Observation` of what a client sent (a map of numpy arrays and strings, for a
-        schema of one dataset); DataError naming the first problem."""
+        schema of one dataset); DataError naming the first problem. ``prefix`` and ``delay``: a
+        real-time chunking request's (see :func:`~mode_policy.model.guidance.check_prefix`)."""
         if not isinstance(obs, Mapping):
             raise DataError(f"obs must be a map of feature names to arrays, got {type(obs).__name__}")
         allowed = self.keys()
@@ -182,7 +193,14 @@ class ObservationSchema:
         n = _same_rows(sizes)
         if not 1 <= n <= max_rows:
             raise DataError(f"batch size {n}: the server takes 1 to {max_rows} rows per request")
-        return Observation(arrays, tasks, n)
+        if prefix is None:
+            if not (delay is None or (type(delay) is int and delay == 0)):
+                raise DataError("a delay needs the prefix the robot executes meanwhile ('prefix': (B, P, A))")
+            return Observation(arrays, tasks, n)
+        from .model.guidance import check_prefix
+
+        delays = check_prefix(prefix, delay, n, self.horizon, self.action_dim, wire=True)
+        return Observation(arrays, tasks, n, prefix.astype(np.float32, copy=False), delays)
 
     # ------------------------------------------------------------ the rules
     def _dataset_state_width(self, batch: Mapping[str, Any], sizes: dict[str, int]) -> int:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -28,6 +29,7 @@ from .fileio import atomic_write, atomic_write_text
 from .model.config import MoDEConfig
 from .model.diffusion import SamplingSettings
 from .model.edm import EDMDenoiser
+from .model.guidance import GuidanceSettings, InpaintPrefix, check_prefix
 from .model.moe import balancing_loss
 from .model.normalize import DATASET_KEY, DatasetNormalizers, Normalizer
 from .observation import ObservationSchema
@@ -259,6 +261,9 @@ class MoDEPolicy(nn.Module):
         noise: Tensor | None = None,
         dataset: str | None = None,
         sampling: SamplingSettings | None = None,
+        prefix: Tensor | np.ndarray | None = None,
+        delay: int | Sequence[int] | Tensor = 0,
+        guidance: GuidanceSettings | None = None,
     ) -> Tensor:
         """Sample an action chunk (B, H, A) in the original action units.
 
@@ -268,6 +273,13 @@ class MoDEPolicy(nn.Module):
         A policy trained on a mixture un-normalises with the statistics of ``dataset`` (or
         ``batch["dataset"]``; default: its only dataset) and returns that dataset's action width;
         its state may come at that dataset's width.
+
+        Real-time chunking (see the realtime-chunking guide): ``prefix`` (B, P, A), P <= H, in
+        action units, is what the current chunk still plans from the time this observation was
+        taken; the first ``delay`` actions (an int, or one per row) are the ones the robot executes
+        while this chunk is computed: the returned chunk starts with exactly them, and its next
+        actions are guided toward the rest of ``prefix`` with decaying weights (``guidance``:
+        :class:`~mode_policy.model.guidance.GuidanceSettings`).
         """
         batch = self.check_inputs(batch if dataset is None else {**batch, DATASET_KEY: dataset})
         names = batch.get(DATASET_KEY)
@@ -277,11 +289,41 @@ class MoDEPolicy(nn.Module):
                 "(datasets differ in action width)"
             )
         cond = self.encode_condition(batch)  # encoders run once per chunk
-        actions = self.denoiser.sample(cond, noise, sampling).clamp(-1.0, 1.0)  # (B, H, A), normalised
-        rows = self._dataset_rows(batch, actions.shape[0])
+        rows = self._dataset_rows(batch, cond.shape[0])
+        inpaint = None
+        if prefix is not None:
+            prefix, inpaint = self._inpaint_prefix(prefix, delay, rows, cond, guidance)
+        elif not (isinstance(delay, int) and delay == 0):
+            raise DataError("predict_action_chunk: a delay needs the prefix the robot executes meanwhile (prefix=)")
+        actions = self.denoiser.sample(cond, noise, sampling, inpaint).clamp(-1.0, 1.0)  # (B, H, A), normalised
         if rows is None:
-            return self.normalizer.unnormalize_action(actions)
-        return self.dataset_normalizers.unnormalize_action(actions, self.dataset_names[int(rows[0])])
+            actions = self.normalizer.unnormalize_action(actions)
+        else:
+            actions = self.dataset_normalizers.unnormalize_action(actions, self.dataset_names[int(rows[0])])
+        if inpaint is not None:  # the frozen actions exactly as given, in action units
+            frozen = inpaint.frozen[:, : prefix.shape[1]]  # (B, P, 1)
+            actions[:, : prefix.shape[1]] = torch.where(frozen, prefix, actions[:, : prefix.shape[1]])
+        return actions
+
+    def _inpaint_prefix(
+        self, prefix: Any, delay: Any, rows: Tensor | None, cond: Tensor, guidance: GuidanceSettings | None
+    ) -> tuple[Tensor, InpaintPrefix]:
+        """The checked prefix (B, P, A) in action units (on the policy's device and dtype) and the
+        normalised :class:`~mode_policy.model.guidance.InpaintPrefix` of it."""
+        width = self.config.action_dim
+        if rows is not None:
+            width = self.dataset_normalizers.member(self.dataset_names[int(rows[0])]).action_min.numel()
+        delays = check_prefix(prefix, delay, cond.shape[0], self.config.horizon, width)
+        if isinstance(prefix, np.ndarray):
+            prefix = torch.from_numpy(np.ascontiguousarray(prefix))
+        prefix = prefix.to(device=cond.device, dtype=cond.dtype)
+        dims = None
+        if rows is None:
+            normalised = self.normalizer.normalize_action(prefix)
+        else:
+            normalised, dims = self.dataset_normalizers.normalize_action(prefix, rows)  # (B, P, A), (B, A)
+        inpaint = InpaintPrefix.build(normalised, torch.from_numpy(delays), self.config.horizon, guidance, dims)
+        return prefix, inpaint
 
     def check_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The observation ``batch`` with numpy arrays as tensors, checked against the policy's

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 
 from ..envs.rendering import setup_headless_rendering
 from ..errors import ModePolicyError
-from . import commands, pipeline, serve, study
+from . import commands, pipeline, realtime, serve, study
 from .command import Command
 from .parsing import parse_command
 
 
 def all_commands() -> dict[str, Command]:
     """Every sub-command by name, in the order ``--help`` lists them."""
-    return {**commands.COMMANDS, **pipeline.COMMANDS, **serve.COMMANDS, **study.COMMANDS}
+    return {**commands.COMMANDS, **pipeline.COMMANDS, **serve.COMMANDS, **study.COMMANDS, **realtime.COMMANDS}
 
 
 def _usage(commands: dict[str, Command]) -> str:

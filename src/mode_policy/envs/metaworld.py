@@ -504,8 +504,9 @@ class MetaWorldBatch:
             self.done[i] = self.success[i] or done
         return self.obs.copy(), self.success.copy(), self.done.copy()
 
-    def expert_actions(self) -> np.ndarray:
-        """Scripted-expert actions ``(N, 4)`` for the current states (zeros for done envs)."""
+    def expert_actions(self, aim_tcp: bool = True) -> np.ndarray:
+        """Scripted-expert actions ``(N, 4)`` for the current states (zeros for done envs); ``aim_tcp``
+        False: Meta-World's expert as it ships, from the observation alone (see :data:`TCP_AIMED_TASKS`)."""
         out = np.zeros((len(self.envs), ACTION_DIM), dtype=np.float32)
         for i, env in enumerate(self.envs):
             if self.done[i]:
@@ -513,7 +514,7 @@ class MetaWorldBatch:
             expert = self._experts.get(env.task)
             if expert is None:
                 expert = self._experts[env.task] = ScriptedExpert(env.task)
-            out[i] = expert(env.raw_obs, env.tcp_center)
+            out[i] = expert(env.raw_obs, env.tcp_center if aim_tcp else None)
         return out
 
     def render(self, camera_name: str = "corner2", size: int | tuple[int, int] = 128) -> np.ndarray:

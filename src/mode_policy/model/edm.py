@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .config import MoDEConfig
 from .diffusion import (
+    DenoiseFn,
     Sampler,
     SamplingSettings,
     edm_scalings,
@@ -29,6 +30,7 @@ from .diffusion import (
     training_target,
 )
 from .expert_cache import build_layer_cache, weights_version
+from .guidance import InpaintPrefix
 from .lean_sampler import LeanSampler, build_lean_sampler
 from .moe import FusedExperts, Routing
 from .transformer import MoDETransformer
@@ -175,7 +177,9 @@ class EDMDenoiser(nn.Module):
         sigmas = make_schedule(cfg.schedule, cfg.num_inference_steps, cfg.sigma_min, cfg.sigma_max, cfg.karras_rho)
         eval_sigmas = sampler.eval_sigmas(sigmas)  # (M,)
         c_skip, c_out, c_in, c_noise = edm_scalings(eval_sigmas.double(), cfg.sigma_data)  # each (M,)
-        with torch.no_grad():
+        # normal tensors even when built in inference mode (the server's): guided sampling takes
+        # a vector-Jacobian product through the plan's tensors, which inference tensors refuse
+        with torch.inference_mode(False), torch.no_grad():
             noise_emb = self.embed(c_noise)  # (M, d)
             fused: list[list[FusedExperts] | None] = [None] * len(eval_sigmas)
             cache_bytes = 0
@@ -189,19 +193,37 @@ class EDMDenoiser(nn.Module):
         ]
         self._plan = SamplingPlan(key, sampler, sigmas, eval_sigmas, noise_emb, levels, cache_bytes)
         if lean:
-            self._plan.lean = build_lean_sampler(self, self._plan)
+            with torch.inference_mode(False):
+                self._plan.lean = build_lean_sampler(self, self._plan)
         return self._plan
 
     @torch.no_grad()
-    def sample(self, cond: Tensor, noise: Tensor | None = None, sampling: SamplingSettings | None = None) -> Tensor:
+    def sample(
+        self,
+        cond: Tensor,
+        noise: Tensor | None = None,
+        sampling: SamplingSettings | None = None,
+        inpaint: InpaintPrefix | None = None,
+    ) -> Tensor:
         """Normalised action chunk (B, H, A) for condition tokens (B, n, d); ``noise``
         (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here); ``sampling``
-        overrides the config's sampling settings for this call."""
+        overrides the config's sampling settings for this call; ``inpaint`` guides the chunk
+        toward a normalised prefix (real-time chunking, :mod:`mode_policy.model.guidance`), every
+        sampler, on the lean or the module path as without it (the expert cache stays on)."""
         cfg = self.config
         plan = self.sampling_plan(sampling)
         if noise is None:
             noise = torch.randn(cond.shape[0], cfg.horizon, cfg.action_dim, device=cond.device, dtype=cond.dtype)
         x = noise * (cfg.sigma_max if sampling is None or sampling.sigma_max is None else sampling.sigma_max)
+        if inpaint is None:
+            if plan.lean is not None:
+                return plan.lean.sample(cond, x, plan.sampler, plan.sigmas)
+            return plan.sampler.run(lambda x, j: self(x, plan.levels[j], cond)[0], x, plan.sigmas)
+        eval_sigmas = plan.eval_sigmas.tolist()
+
+        def guide(denoise: DenoiseFn) -> DenoiseFn:
+            return inpaint.guide(denoise, eval_sigmas, cfg.sigma_data)
+
         if plan.lean is not None:
-            return plan.lean.sample(cond, x, plan.sampler, plan.sigmas)
-        return plan.sampler.run(lambda x, j: self(x, plan.levels[j], cond)[0], x, plan.sigmas)
+            return plan.lean.sample(cond, x, plan.sampler, plan.sigmas, guide=guide)
+        return plan.sampler.run(guide(lambda x, j: self(x, plan.levels[j], cond)[0]), x, plan.sigmas)

@@ -27,6 +27,7 @@ on the module path.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import MoDEConfig
-from .diffusion import Sampler
+from .diffusion import DenoiseFn, Sampler
 from .layers import swiglu
 from .moe import FusedExperts, MoELayer
 
@@ -217,10 +218,22 @@ class LeanSampler:
                 )
             )
 
-    def sample(self, cond: Tensor, x: Tensor, sampler: Sampler, sigmas: Tensor) -> Tensor:
-        """Normalised actions (B, H, A) from ``x`` (B, H, A) at sigma_max, for condition tokens (B, n, d)."""
+    def sample(
+        self,
+        cond: Tensor,
+        x: Tensor,
+        sampler: Sampler,
+        sigmas: Tensor,
+        guide: Callable[[DenoiseFn], DenoiseFn] | None = None,
+    ) -> Tensor:
+        """Normalised actions (B, H, A) from ``x`` (B, H, A) at sigma_max, for condition tokens
+        (B, n, d); ``guide`` wraps the denoiser (guided sampling, :mod:`mode_policy.model.guidance`)."""
         prefix, action_pos = self.chunk_rows(cond, x.shape[1])
-        return sampler.run(lambda x, j: self.denoise(x, j, prefix, action_pos), x, sigmas)
+
+        def denoise(x: Tensor, j: int) -> Tensor:
+            return self.denoise(x, j, prefix, action_pos)
+
+        return sampler.run(denoise if guide is None else guide(denoise), x, sigmas)
 
     def chunk_rows(self, cond: Tensor, horizon: int) -> tuple[Tensor, Tensor]:
         """What every step of a chunk shares: the condition tokens plus their positional

@@ -3,7 +3,7 @@
 * :class:`TorchBackend`: every forward on the policy (``predict_action_chunk``);
 * :class:`OnnxBackend`: forwards of one row (a robot's usual request) on the policy's cached
   sampler exported for batch 1 and run by ONNX Runtime (:class:`~mode_policy.serving.export.OrtChunk`,
-  the fastest CPU path), larger ones on the policy.
+  the fastest CPU path), larger ones and real-time chunking (guided) ones on the policy.
 
 Threads: the forwards run on the server's model thread at the count chosen at start
 (:func:`~mode_policy.threads.choose_threads`); a :class:`~mode_policy.threads.ThreadGovernor`
@@ -50,10 +50,11 @@ class TorchBackend:
     def __init__(self, policy: MoDEPolicy | DatasetPolicy) -> None:
         self.policy = policy
 
-    def predict(self, batch: dict[str, Any], rows: int) -> np.ndarray:
+    def predict(self, batch: dict[str, Any], rows: int, **guided: Any) -> np.ndarray:
         """A stacked batch of ``rows`` rows (tensors on the policy's device, ``task`` strings) ->
-        actions (rows, H, A) float32, on the model thread."""
-        return self.policy.predict_action_chunk(batch).float().cpu().numpy()
+        actions (rows, H, A) float32, on the model thread; ``guided``: a real-time chunking
+        request's ``prefix`` and ``delay`` (see ``MoDEPolicy.predict_action_chunk``)."""
+        return self.policy.predict_action_chunk(batch, **guided).float().cpu().numpy()
 
     def set_threads(self, threads: int) -> None:
         """Run later forwards on ``threads`` threads (called on the model thread, between forwards)."""
@@ -87,9 +88,9 @@ class OnnxBackend(TorchBackend):
             path = export_sampler(base, Path(tmp) / "sampler_b1.onnx", "onnx", batch_size=1, dataset=dataset)
             return cls(policy, OrtChunk(path, threads=threads))
 
-    def predict(self, batch: dict[str, Any], rows: int) -> np.ndarray:
-        if rows != 1:
-            return super().predict(batch, rows)
+    def predict(self, batch: dict[str, Any], rows: int, **guided: Any) -> np.ndarray:
+        if rows != 1 or guided:  # the exported graph samples unguided: guided chunks run on the policy
+            return super().predict(batch, rows, **guided)
         noise = torch.randn(*self.chunk.noise_shape)  # as predict_action_chunk draws it: the policy's width
         inputs = {key: value for key, value in batch.items() if key != TASK_KEY}
         inputs[GOAL_KEY] = self.policy.goal_vector(batch)  # (1, goal_dim): the graph takes goal vectors

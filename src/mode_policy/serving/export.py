@@ -24,6 +24,7 @@ the ``goal`` input from an instruction.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from ..constants import ACTION_KEY, GOAL_KEY, STATE_KEY
 from ..errors import ConfigError
-from ..fileio import atomic_write, atomic_write_json
+from ..fileio import Outputs, atomic_write, atomic_write_json
 from ..model.diffusion import SamplingSettings
 from ..model.edm import NoiseLevel
 from ..model.folded_sampler import FoldedSampler
@@ -215,6 +216,43 @@ def onnx_opset() -> int:
     return ONNX_OPSET if (major, minor) >= (1, 23) else LEGACY_ONNX_OPSET
 
 
+def is_description(path: Path) -> bool:
+    """Whether ``path`` is the ``.json`` description an export wrote beside its artefact."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") in FORMATS and {"inputs", "outputs"} <= set(data)
+
+
+def is_artefact(path: Path) -> bool:
+    """Whether ``path`` is an artefact an export wrote (its description lies beside it)."""
+    return path.suffix in (".onnx", ".pt2") and is_description(path.with_suffix(".json"))
+
+
+def plan_export(
+    path: str | Path,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+    default: bool = False,
+    size: int | None = None,
+) -> Path:
+    """Check, before any work, that an export can write ``path`` and its description beside it
+    (:class:`~mode_policy.fileio.Outputs`): writable, not a folder, not one of ``inputs``, room for
+    ``size`` bytes; an existing file only with ``overwrite``, or at the command's ``default``
+    location when an earlier export wrote it; the description replaces only an earlier description."""
+    outputs = Outputs(overwrite, inputs)
+    path = outputs.file(path, what="the exported sampler", size=size, own=is_artefact, default=default)
+    outputs.file(
+        path.with_suffix(".json"),
+        what="the export's description",
+        own=is_description,
+        default=default,
+        sidecar_of=path,
+    )
+    return path
+
+
 def export_sampler(
     policy: MoDEPolicy,
     path: str | Path,
@@ -224,17 +262,20 @@ def export_sampler(
     opset: int | None = None,
     dataset: str = "",
     sampling: SamplingSettings | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the cached sampler of ``policy`` (moved to the CPU) for ``batch_size`` to ``path``
     (atomically), and its description to ``path`` with suffix ``.json``. Returns ``path``.
     ``opset``: the ONNX opset (default :func:`onnx_opset`); ``dataset``: for a mixture policy,
     the dataset whose normalisation and widths the sampler uses (:func:`export_dataset`);
-    ``sampling``: sampling settings other than the config's (e.g. fewer steps)."""
+    ``sampling``: sampling settings other than the config's (e.g. fewer steps). Both paths are
+    checked first (:func:`plan_export`): an existing file is replaced only with ``overwrite``, and
+    the description only replaces an earlier one."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {FORMATS}")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
-    path = Path(path)
+    path = plan_export(path, overwrite)
     goals = known_goals(policy, tasks)
     sampler = CachedSampler(policy.cpu(), dataset, sampling)
     dataset = sampler.dataset

@@ -35,9 +35,11 @@ rules, backend) in one call.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -95,6 +97,7 @@ class PolicyServer:
         OpenMP teams): keep the main thread on one (``torch.set_num_threads(1)`` before any torch
         work), as :meth:`from_path` does."""
         check_options(max_batch, batch_window_ms)
+        check_port(port)
         if isinstance(policy, MoDEPolicy):
             policy = for_dataset(policy)  # a mixture: its only dataset, or ConfigError naming them
         self.policy = policy.eval()
@@ -146,6 +149,7 @@ class PolicyServer:
         check_options(max_batch, batch_window_ms)
         if backend not in backends.BACKENDS:
             raise ConfigError(f"backend={backend!r}: expected 'torch' or 'onnx'")
+        check_address(host, port)  # before loading: a port in use is said at once
         served = for_dataset(backends.load_policy(path, device), dataset)  # ConfigError naming the datasets
         engine = make_backend(backend, served, chosen, progress)
         governor = None
@@ -164,6 +168,7 @@ class PolicyServer:
             "dataset": getattr(self.policy, "dataset", None),
             "max_batch": self.max_rows,
             "backend": self.backend.name,
+            "realtime": {"prefix": True},  # predict requests may carry 'prefix' and 'delay' (RTC)
         }
 
     @property
@@ -200,6 +205,10 @@ class PolicyServer:
         }
         if group[0].tasks is not None:
             batch[TASK_KEY] = [t for o in group for t in o.tasks]
+        if group[0].prefix is not None:  # real-time chunking: stacked like the arrays (equal signatures)
+            prefix = torch.from_numpy(np.concatenate([o.prefix for o in group])).to(self.device)
+            delay = np.concatenate([o.delay for o in group])
+            return self.backend.predict(batch, sum(o.rows for o in group), prefix=prefix, delay=delay)
         return self.backend.predict(batch, sum(o.rows for o in group))
 
     # --------------------------------------------------------- messages
@@ -217,7 +226,9 @@ class PolicyServer:
                 return error_reply(request_id, f"unknown message type {kind!r} (expected 'predict' or 'health')")
             if self.closing:
                 return error_reply(request_id, "server is shutting down")
-            obs = self.schema.check_request(message.get("obs"), self.max_rows)
+            obs = self.schema.check_request(
+                message.get("obs"), self.max_rows, message.get("prefix"), message.get("delay", 0)
+            )
             actions, timing = await self.batcher.submit(obs)
         except ModePolicyError as err:
             return error_reply(request_id, str(err))
@@ -269,6 +280,7 @@ class PolicyServer:
             self.forward, self.window_s, self.max_rows, lambda: self.connections, threads=self.threads
         )
         batching = asyncio.create_task(self.batcher.run())
+        listening = False
         try:
             async with serve(
                 self._handle,
@@ -278,6 +290,7 @@ class PolicyServer:
                 max_size=MAX_MESSAGE_BYTES,
                 compression=None,
             ) as server:
+                listening = True
                 self.port = server.sockets[0].getsockname()[1]
                 if ready is not None:
                     ready(self.port)
@@ -288,9 +301,54 @@ class PolicyServer:
                     await asyncio.sleep(0.01)
                 server.close()  # stop listening, close every connection with 1001 (going away)
                 await server.wait_closed()
+        except OSError as err:
+            if listening:
+                raise
+            raise ConfigError(address_problem(self.host, self.port, err)) from None
         finally:
             batching.cancel()
             await asyncio.gather(batching, return_exceptions=True)
+
+
+def check_port(port: int) -> None:
+    """ConfigError for a port that is not one (0: an ephemeral port)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port={port!r}: must be in [0, 65535] (0: a free port, printed at start)")
+
+
+def address_problem(host: str, port: int, err: OSError) -> str:
+    """One line for a failure to listen on ``host:port``."""
+    if isinstance(err, socket.gaierror):
+        return f"host={host!r}: no such address ({err.strerror}); use 127.0.0.1, 0.0.0.0 or this machine's name"
+    if err.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use (another server?): choose another --port, or 0 for a free one"
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"host={host!r} is not an address of this machine: use 127.0.0.1, 0.0.0.0 or one of its interfaces"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"port {port} on {host} needs privileges this user lacks (ports below 1024): choose a port >= 1024"
+    return f"cannot listen on {host}:{port}: {err.strerror or err}"
+
+
+def check_address(host: str, port: int) -> None:
+    """ConfigError unless this machine can listen on ``host:port`` now: a port in range, a host
+    that resolves to an address of this machine, a port no other server holds. Each address is
+    bound for a moment, as the server will bind it (address reuse on, IPv6 sockets IPv6-only)."""
+    check_port(port)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        if isinstance(err, UnicodeError):
+            raise ConfigError(f"host={host!r}: not a host name or address") from None
+        raise ConfigError(address_problem(host, port, err)) from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise ConfigError(address_problem(host, port, err)) from None
 
 
 def check_options(max_batch: int, batch_window_ms: float) -> None:
