@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from ..constants import GOAL_KEY, TASK_KEY
-from .errors import ConfigError
-from .model.normalize import DATASET_KEY
+from ..errors import ConfigError
+from ..model.normalize import DATASET_KEY
 
 __all__ = ["EXECUTION_MODES", "ChunkExecutor", "ChunkSource", "DelayEstimate", "PolicySource"]
 
