@@ -1,12 +1,16 @@
 """A catalogue of bad or unusual inputs, run through the real command line and the Python API.
 
 Every CLI case must end with exit status 2 and ONE line on stderr naming the problem (no
-traceback), and leave every pre-existing file of the dataset and the run byte-identical.
+traceback), and leave the whole fixture tree as it was: every pre-existing file byte-identical,
+and no file added (a failed command leaves nothing behind). The rows are grouped by class
+(`ROW_CLASSES` counts them); a fault row runs with the fault it names (a full disk).
 """
 
 import hashlib
+import importlib.util
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -83,16 +87,60 @@ def world(tmp_path_factory):
     (bad_eval / "eval_info.json").write_text("{")
     cfg_list = root / "list.yaml"
     cfg_list.write_text("- 1\n- 2\n")
-    return {
+    data2 = root / "data2"  # the same task, other episodes: other normalisation statistics
+    generate_demos(data2, ["reach-v3"], 1, seed=7, progress=False)
+    (root / "a_folder").mkdir()
+    (root / "existing.json").write_text('{"mine": true}\n')
+    (root / "existing.onnx").write_bytes(b"not a graph")
+    (root / "foreign.json").write_text('{"not": "an export description"}\n')
+    (root / "foreign_out").mkdir()
+    (root / "foreign_out" / "report.md").write_text("# my own notes\n")
+    texts = {
+        "cfg_big": "lr: 1e-3\nsteps: 99999999999999999999\n",
+        "cfg_tiny": "lr: 1e-400\n",
+        "cfg_preset": "preset: cpu\n",
+        "mix_sum": f"datasets:\n  - {{path: {data}, weight: 1e308, name: a}}\n  - {{path: {data}, weight: 1e308, name: b}}\n",
+        "mix_inf": f"datasets:\n  - {{path: {data}, weight: 1e999}}\n",
+        "mix_tiny": f"datasets:\n  - {{path: {data}, weight: 1e-400}}\n",
+        "mix_vanish": f"datasets:\n  - {{path: {data}, weight: 1e-300, name: a}}\n  - {{path: {data}, weight: 1e300, name: b}}\n",
+        "study_ok": _study(data),
+        "study_big": _study(data, "seeds: [99999999999999999999]\n"),
+        "study_inf": _study(data, "eval_seed: 1e999\n"),
+    }
+    files = {}
+    for name, text in texts.items():
+        files[name] = root / f"{name}.yaml"
+        files[name].write_text(text)
+    big = root / "models" / "config_int64"
+    shutil.copytree(run / "model", big)
+    _edit_config(big, n_layers=99999999999999999999)
+    models["config_int64"] = big
+    busy = socket.socket()  # a port another server holds
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    yield {
         "root": root,
         "data": data,
+        "data2": data2,
         "run": run,
         "models": models,
         "file": a_file,
+        "dir": root / "a_folder",
         "old_eval": old_eval,
         "bad_eval": bad_eval,
         "cfg_list": cfg_list,
+        "busy_port": busy.getsockname()[1],
+        **files,
     }
+    busy.close()
+
+
+def _study(data: Path, extra: str = "") -> str:
+    return (
+        f"dataset: {data}\ntasks: reach-v3\neval_episodes: 1\n"
+        "train: {preset: tiny, steps: 2, batch_size: 8, language: task}\npolicy: {goal_dim: 8}\n"
+        f"variants:\n  - name: default\n{extra}"
+    )
 
 
 def _edit_config(folder: Path, **changes) -> None:
@@ -108,6 +156,11 @@ def T(*args, data=True, run=False):
         out.append("--dataset={data}")
     out.append("--output_dir={run}" if run else "--output_dir={root}/fresh_run")
     return out + list(args)
+
+
+def R(*args):
+    """A `train --resume` of the fixture run to step 6, with nothing else but ``args``."""
+    return ["train", "--output_dir={run}", "--resume", "--steps=6", *args]
 
 
 CASES = [
@@ -202,7 +255,11 @@ CASES = [
     (["convert", "calvin", "{root}/missing", "--out={root}/c0"], "missing"),
     (["convert", "libero", "{file}"], "needs a source and --out"),
     (["convert", "libero", "{file}", "--out={root}/c1"], "a_file"),
-    (["convert", "calvin", "{data}", "--out={data}"], "exists and is not empty"),
+    (["convert", "calvin", "{data}", "--out={data}"], "is an input of this command"),
+    (["convert", "calvin", "{data}", "--out={data}", "--overwrite"], "is an input of this command"),
+    (["convert", "calvin", "{data}", "--out={root}", "--overwrite"], "holds {data}, an input of this command"),
+    (["convert", "calvin", "{data}", "--out={data}/converted"], "is inside {data}, an input"),
+    (["convert", "libero", "{file}", "--out={file}/c"], "is not a folder"),
     # inspect / report
     (["inspect", "{root}/missing"], "missing"),
     (["inspect", "{file}"], "a_file"),
@@ -225,19 +282,142 @@ CASES = [
     (["quickstart", "--out={run}"], "exists and is not empty"),
     (["quickstart", "--train.steps=0", "--out={root}/q0"], "steps=0"),
     (["toy", "--steps=abc"], "Couldn't parse 'abc'"),
+    # --- issue 29 -----------------------------------------------------------------------------
+    # numbers: one parser (YAML files read 1e-3 as the command line does), overflow and underflow
+    (T("--lr=1e999"), "--lr=1e999: 1e999 overflows a 64-bit float"),
+    (T("--lr=1e-400"), "--lr=1e-400: 1e-400 underflows to 0"),
+    (T("--weight_decay=4e-320"), "below the smallest normal 64-bit float"),
+    (T("--betas=[0.9,1e-999]"), "1e-999 underflows to 0"),
+    (T("--steps=99999999999999999999"), "does not fit a 64-bit integer"),
+    (T("--seed=9223372036854775808"), "does not fit a 64-bit integer"),
+    (T("--policy.d_model=1e999"), "overflows a 64-bit float"),
+    (T("--config_path={cfg_big}"), "cfg_big.yaml, line 2: 99999999999999999999 does not fit a 64-bit integer"),
+    (T("--config_path={cfg_tiny}"), "cfg_tiny.yaml: 1e-400 underflows to 0"),
+    (["info", "--policy.sigma_max=1e400"], "overflows a 64-bit float"),
+    (["eval", "{run}", "--episodes=99999999999999999999"], "does not fit a 64-bit integer"),
+    (["eval", "{models[config_int64]}", "--tasks=reach-v3"], "n_layers=99999999999999999999: does not fit a 64-bit"),
+    (["study", "{study_big}", "--out={root}/s0"], "study_big.yaml, line 8: 99999999999999999999 does not fit"),
+    (["study", "{study_inf}", "--out={root}/s0"], "1e999 overflows a 64-bit float"),
+    # mixtures
+    (T("--mixture={mix_sum}", data=False), "sum beyond a 64-bit float"),
+    (T("--mixture={mix_inf}", data=False), "1e999 overflows a 64-bit float"),
+    (T("--mixture={mix_tiny}", data=False), "1e-400 underflows to 0"),
+    (T("--mixture={mix_vanish}", data=False), "the weight of a is 0 next to the sum"),
+    # resume says what it does: every flag the run cannot honour, with both values
+    (R("--preset=cpu"), "preset: the run has 'tiny', given 'cpu'"),
+    (R("--config_path={cfg_preset}"), "preset: the run has 'tiny'"),
+    (R("--policy.d_model=128"), "d_model: the run has 64, given 128"),
+    (R("--seed=1"), "seed: the run has 0, given 1"),
+    (R("--dataset={data2}"), "the run was trained on"),
+    # train: where the run goes
+    (T("--output_dir={file}/run"), "is not a folder"),
+    (T("--output_dir={data}/run"), "is inside {data}, an input of this command"),
+    # eval: its output, and no evaluation log before the first unit has finished
+    (["eval", "{run}", "--tasks=reach-v3", "--out={root}/existing.json"], "existing.json exists (pass --overwrite"),
+    (["eval", "{run}", "--tasks=reach-v3", "--out={run}/config.json", "--overwrite"], "is an input of this command"),
+    (["eval", "{run}", "--tasks=reach-v3", "--out={dir}"], "is a folder"),
+    (["eval", "{run}", "--env=calvin", "--episodes=1"], "cannot import calvin_env"),
+    (["eval", "{run}", "--env=libero", "--episodes=1", "--suite=libero_10"], "observation.state has shape"),
+    # export: every output checked before any work
+    (["export", "{run}", "--out={run}/model/model.safetensors"], "model.safetensors is an input of this command"),
+    (["export", "{run}", "--out={run}/model/model.safetensors", "--overwrite"], "is an input of this command"),
+    (["export", "{run}", "--out={run}/config.onnx"], "config.json is an input of this command"),
+    (["export", "{run}", "--out={run}/config.onnx", "--overwrite"], "config.json is an input of this command"),
+    (["export", "{run}", "--out={root}/existing.onnx"], "existing.onnx exists (pass --overwrite"),
+    (["export", "{run}", "--out={root}/foreign.onnx", "--overwrite"], "foreign.json exists and is not the export's"),
+    (["export", "{run}", "--out={root}/x.json"], "would be both the exported sampler and the export's description"),
+    (["export", "{run}", "--out={dir}"], "a_folder is a folder"),
+    (["export", "{run}", "--out={file}/x.onnx"], "a_file is not a folder"),
+    (["export", "{run}", "--out=/sys/mode_policy_x.onnx"], "is not writable"),
+    (["export", "{run}", "--format=tflite"], "format='tflite'"),
+    (["export", "{run}", "--steps=-1"], "steps=-1"),
+    (["export", "{run}", "--batch_size=0"], "batch_size=0"),
+    (["export", "{root}/missing"], "missing"),
+    (["export"], "give a run directory"),
+    # serve: the address, before the policy loads
+    (["serve", "{run}", "--port=70000"], "port=70000: must be in [0, 65535]"),
+    (["serve", "{run}", "--port=-1"], "port=-1: must be in [0, 65535]"),
+    (["serve", "{run}", "--port={busy_port}"], "is in use"),
+    (["serve", "{run}", "--host=192.0.2.1"], "is not an address of this machine"),
+    (["serve", "{run}", "--host=no-such-host.invalid"], "host='no-such-host.invalid': no such address"),
+    (["serve", "{run}", "--max_batch=0"], "max_batch=0"),
+    (["serve", "{run}", "--backend=tflite"], "backend='tflite'"),
+    (["serve", "{root}/missing"], "missing"),
+    (["serve"], "give a run directory"),
+    # study, report, demos, quickstart: folders
+    (["study", "{study_ok}", "--out={file}"], "is a file, not a folder"),
+    (["study", "{study_ok}", "--out={data}"], "is an input of this command"),
+    (["study", "{study_ok}", "--out={root}/foreign_out"], "already holds report.md"),
+    (["study", "{root}/missing.yaml", "--out={root}/s0"], "study file not found"),
+    (["study", "{study_ok}"], "study needs a study file and --out"),
+    (["report", "{run}", "--out={file}"], "is a file, not a folder"),
+    (["report", "{run}", "--out={run}/model"], "is an input of this command"),
+    (["report", "{run}", "--out={root}/foreign_out"], "already holds report.md"),
+    (["demos", "--tasks=reach-v3", "--out={file}"], "is a file, not a folder"),
+    (["quickstart", "--out={file}"], "is a file, not a folder"),
 ]
+
+FAULT_CASES = [
+    # (argv, fragment, fault)
+    (["export", "{run}", "--out={root}/new.onnx"], "has 0 bytes free", "full_disk"),
+    (["export", "{run}"], "has 0 bytes free", "full_disk"),
+]
+
+
+def _row_class(argv: list[str]) -> str:
+    """A row's class: its command, with train's mixtures and resumes apart."""
+    if not argv:
+        return "train"
+    if argv[0] == "train" and any(a.startswith("--mixture") for a in argv):
+        return "train --mixture"
+    if argv[0] == "train" and "--resume" in argv:
+        return "train --resume"
+    return argv[0]
+
+
+def row_classes() -> dict[str, int]:
+    """Rows of the catalogue by class (the closing note of a round reports them)."""
+    counts: dict[str, int] = {}
+    for argv, *_ in CASES + FAULT_CASES:
+        counts[_row_class(argv)] = counts.get(_row_class(argv), 0) + 1
+    return counts
+
+
+def _check_row(world, argv, fragment, capsys) -> None:
+    before = _tree_digest(world["root"])
+    args = [a.format(**world) for a in argv]
+    assert cli(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    if "--env=libero" in argv:  # LIBERO's own import warnings and the progress bar come first
+        lines = [line for line in lines if line.strip() and not any(n in line for n in ("robosuite", "rollout/s]"))]
+    assert "Traceback" not in captured.err and len(lines) == 1, captured.err
+    err = lines[0]
+    assert err.startswith(f"mode-policy {argv[0] if argv else ''}: error: "), err
+    assert fragment.format(**world) in err, err
+    assert _tree_digest(world["root"]) == before  # nothing changed, nothing added
 
 
 @pytest.mark.parametrize("argv, fragment", CASES, ids=[" ".join(a)[:70] for a, _ in CASES])
 def test_bad_command_line_input_is_one_clear_line_and_damages_nothing(world, argv, fragment, capsys):
-    before = {name: _tree_digest(world[name]) for name in ("data", "run")}
-    args = [a.format(**world) for a in argv]
-    assert cli(args) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert "Traceback" not in captured.err and len(err.splitlines()) == 1, captured.err
-    assert fragment in err, err
-    assert {name: _tree_digest(world[name]) for name in ("data", "run")} == before
+    if "--env=libero" in argv and importlib.util.find_spec("libero") is None:
+        fragment = "LIBERO"  # not installed: the simulator error instead of the policy's
+    _check_row(world, argv, fragment, capsys)
+
+
+@pytest.mark.parametrize("argv, fragment, fault", FAULT_CASES, ids=[" ".join(a)[:70] for a, *_ in FAULT_CASES])
+def test_a_fault_is_one_clear_line_and_damages_nothing(world, argv, fragment, fault, capsys, monkeypatch):
+    from mode_policy import fileio
+
+    if fault == "full_disk":
+        monkeypatch.setattr(fileio, "free_bytes", lambda folder: 0)
+    _check_row(world, argv, fragment, capsys)
+
+
+def test_the_catalogue_grows():
+    counts = row_classes()
+    assert sum(counts.values()) == len(CASES) + len(FAULT_CASES)
+    assert {"export", "serve", "study", "train --mixture", "train --resume"} <= set(counts)
 
 
 def test_unknown_command(capsys):
@@ -392,3 +572,64 @@ def test_diverging_training_is_one_line_and_leaves_a_restartable_stub(world, cap
     assert "stopped before its first checkpoint" in capsys.readouterr().err
     assert cli(base + ["--steps=2"]) == 0  # a normal start replaces the stub
     assert (out / "model" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ issue 29: what works
+def test_yaml_files_read_numbers_as_the_command_line_does(world, tmp_path):
+    from mode_policy.cli.parsing import parse_command
+    from mode_policy.cli.pipeline import TrainOptions
+    from mode_policy.data.mixture import read_mixture
+    from mode_policy.study import load_study
+
+    mixture = tmp_path / "mixture.yaml"
+    mixture.write_text(f"datasets:\n  - {{path: {world['data']}, weight: 1e-3}}\n")
+    assert read_mixture(mixture).members[0].weight == 0.001
+    study = tmp_path / "study.yaml"
+    study.write_text(_study(world["data"]).replace("language: task", "language: task, lr: 1e-3"))
+    assert load_study(study).train["lr"] == 0.001
+    config = tmp_path / "config.yaml"
+    config.write_text("lr: 1e-3\nmin_lr_ratio: 5E-2\nbetas: [0.9, 1e-1]\n")
+    from_file = parse_command(TrainOptions, [f"--config_path={config}"], "train")
+    from_flags = parse_command(TrainOptions, ["--lr=1e-3", "--min_lr_ratio=5E-2", "--betas=[0.9,1e-1]"], "train")
+    assert (from_file.lr, from_file.min_lr_ratio, from_file.betas) == (0.001, 0.05, (0.9, 0.1))
+    assert (from_flags.lr, from_flags.min_lr_ratio, from_flags.betas) == (0.001, 0.05, (0.9, 0.1))
+
+
+def test_a_run_without_latest_resumes_from_its_newest_intact_checkpoint_and_says_so(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    (run / "checkpoints" / "LATEST").unlink()
+    (run / "checkpoints" / "step_00000009").mkdir()  # a stray folder with no checkpoint in it
+    assert cli(["train", f"--output_dir={run}", "--resume", "--steps=6", "--progress=false"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "at step 4" in out
+    assert "LATEST is missing: resuming from the newest intact checkpoint, step_00000004" in out
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 6
+
+
+def test_resume_with_the_runs_own_values_given_again_is_no_conflict(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    argv = ["train", f"--output_dir={run}", "--resume", "--steps=5", "--preset=tiny", "--policy.d_model=64"]
+    assert cli(argv + ["--progress=false", "--lr=3e-4"]) == 0, capsys.readouterr().err
+
+
+def test_export_api_refuses_an_existing_file_before_any_work(world, policy):
+    from mode_policy.serving.export import export_sampler
+
+    with pytest.raises(ConfigError, match=r"existing.onnx exists \(pass --overwrite"):
+        export_sampler(policy, world["root"] / "existing.onnx")
+    with pytest.raises(ConfigError, match="foreign.json exists and is not the export's description"):
+        export_sampler(policy, world["root"] / "foreign.onnx", overwrite=True)
+
+
+def test_a_server_whose_port_is_taken_says_so_in_one_line(world, policy):
+    import asyncio
+
+    from mode_policy.serving import PolicyServer
+
+    server = PolicyServer(policy, port=world["busy_port"])  # built without the check from_path makes
+    with pytest.raises(ConfigError, match=f"port {world['busy_port']} on 127.0.0.1 is in use"):
+        asyncio.run(server.serve(asyncio.Event()))
+    with pytest.raises(ConfigError, match="port=65536: must be in"):
+        PolicyServer(policy, port=65536)

@@ -1,5 +1,6 @@
-"""EMA warm-up, atomic writes, and the run directory's checkpoint bookkeeping."""
+"""EMA warm-up, atomic writes, output safety, and the run directory's checkpoint bookkeeping."""
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mode_policy.errors import CheckpointError, DataError
-from mode_policy.fileio import atomic_write, atomic_write_json
+from mode_policy.errors import CheckpointError, ConfigError, DataError, OutputError
+from mode_policy.fileio import Outputs, atomic_write, atomic_write_json
 from mode_policy.training.ema import EMA
 from mode_policy.training.run_dir import RunDir
 
@@ -98,3 +99,57 @@ def test_model_dir_accepts_a_run_or_a_model_folder(tmp_path):
     assert RunDir.model_dir(run.model) == run.model
     assert RunDir.of_model(run.model).root == run.root
     assert RunDir.of_model(tmp_path / "elsewhere") is None
+
+
+def test_a_full_disk_mid_write_is_one_line_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "result.json"
+    atomic_write_json(path, {"v": 1})
+
+    def full(tmp: str) -> None:
+        Path(tmp).write_text('{"v": 2')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match=r"cannot write .*result.json: No space left on device \(nothing was"):
+        atomic_write(path, full)
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    with pytest.raises(OutputError, match="Not a directory|File exists"):
+        atomic_write_json(path / "inside.json", {})  # the parent is a file
+
+
+def test_outputs_refuse_existing_files_inputs_and_foreign_sidecars_before_any_work(tmp_path, monkeypatch):
+    from mode_policy import fileio
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.bin").write_text("input")
+    mine = tmp_path / "out.json"
+    mine.write_text('{"mine": 1}')
+    with pytest.raises(ConfigError, match="is an input of this command"):
+        Outputs(overwrite=True, inputs=[source / "a.bin"]).file(source / "a.bin")
+    with pytest.raises(ConfigError, match="is inside .*source, an input"):
+        Outputs(inputs=[source]).file(source / "new.bin")
+    with pytest.raises(ConfigError, match="holds .*source, an input"):
+        Outputs(overwrite=True, inputs=[source]).folder(tmp_path, whole=True)
+    with pytest.raises(ConfigError, match=r"out.json exists \(pass --overwrite"):
+        Outputs().file(mine)
+    assert Outputs(overwrite=True).file(mine) == mine
+    assert Outputs().file(mine, own=lambda p: True, default=True) == mine  # the command's own slot
+    with pytest.raises(ConfigError, match="out.json exists and is not the description from an earlier run"):
+        Outputs(overwrite=True).file(mine, what="the description", sidecar_of=tmp_path / "out.onnx")
+    outputs = Outputs()
+    outputs.file(tmp_path / "new.onnx")
+    with pytest.raises(ConfigError, match="would be both"):
+        outputs.file(tmp_path / "new.onnx", what="its description")
+    with pytest.raises(ConfigError, match="is a folder"):
+        Outputs().file(source)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        Outputs().folder(mine)
+    with pytest.raises(ConfigError, match="source exists and is not empty"):
+        Outputs().folder(source, whole=True)
+    with pytest.raises(ConfigError, match="already holds a.bin"):
+        Outputs().folder(source, names=["a.bin", "b.bin"])
+    monkeypatch.setattr(fileio, "free_bytes", lambda folder: 10)
+    with pytest.raises(ConfigError, match="needs at least 2.0 kB and .* has 10 bytes free"):
+        Outputs().file(tmp_path / "big.bin", size=2000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "source"]  # the checks wrote nothing

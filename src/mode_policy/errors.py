@@ -40,3 +40,7 @@ class SimulatorError(ModePolicyError, RuntimeError):
 
 class TrainingError(ModePolicyError, RuntimeError):
     """Training cannot go on: the loss or the weights became non-finite (lower the lr, check the data)."""
+
+
+class OutputError(ModePolicyError, OSError):
+    """An output cannot be written: its folder is read-only or full, or the disk failed mid-write."""

@@ -99,7 +99,11 @@ def test_a_torn_last_record_is_played_again(lucky, tmp_path):
 
 
 def test_a_log_of_another_evaluation_is_refused(tmp_path):
-    UnitLog(tmp_path / "log", {"seed": 0})
+    log = UnitLog(tmp_path / "log", {"seed": 0})
+    assert not (tmp_path / "log").exists()  # nothing on disk before the first unit finishes
+    log.start()
+    UnitLog(tmp_path / "log", {"seed": 1})  # a log without a finished unit refuses nothing
+    log.append("main", {"unit": 0})
     with pytest.raises(ConfigError, match="differs in: seed"):
         UnitLog(tmp_path / "log", {"seed": 1})
     assert json.loads((tmp_path / "log" / "settings.json").read_text()) == {"seed": 0}

@@ -109,11 +109,14 @@ def test_cli_eval_on_the_scripted_chains_resumes(
     assert info["settings"]["sampling"] == {"num_inference_steps": 5, "sigma_min": 1.0}  # the official preset
     settings = json.loads((tmp_path / "eval" / "eval_info.chains" / "settings.json").read_text())
     assert settings["tasks"] == list(SCRIPTED_TASKS) and settings["chains"] == 3
+    with pytest.raises(ConfigError, match="exists \\(pass --overwrite"):
+        run_eval(opts)  # the result of the first run is not replaced unasked
+    opts.overwrite = True
     assert run_eval(opts) == 0  # a rerun continues from the log: nothing left to play
     again = json.loads(out.read_text())
     assert again["settings"]["chains_played_now"] == 0 and again["metrics"] == info["metrics"]
     with pytest.raises(ConfigError, match="holds results of another evaluation"):
-        run_eval(EvalOptions(path=str(saved_policy), env="calvin", episodes=3, out=str(out)))  # all 34 tasks
+        run_eval(EvalOptions(path=str(saved_policy), env="calvin", episodes=3, out=str(out), overwrite=True))  # all 34
 
 
 def test_cli_eval_with_the_policys_own_sampling(

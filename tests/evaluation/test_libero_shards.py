@@ -189,6 +189,7 @@ def test_cli_eval_logs_rollouts_and_resumes(fake_libero, tmp_path: Path) -> None
     first = json.loads(out.read_text())
     assert first["settings"]["rollouts_played_now"] == 6 and first["overall"]["episodes"] == 6
     assert json.loads((tmp_path / "eval_info.rollouts" / "settings.json").read_text())["suite"] == "libero_goal"
+    opts.overwrite = True  # replace the first result (a rerun without it is refused)
     assert run_eval(opts) == 0
     again = json.loads(out.read_text())
     assert again["settings"]["rollouts_played_now"] == 0 and again["per_task"] == first["per_task"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ConfigError
-from ..fileio import check_writable, replacing
+from ..fileio import Outputs, replacing
 from ..model.config import MoDEConfig, get_preset, preset_overrides
 from ..validation import check_range
 from .command import Command
@@ -100,7 +101,7 @@ def run_demos(opts: DemosOptions) -> int:
     from ..envs.metaworld import resolve_tasks
     from ..envs.metaworld_demos import generate_demos
 
-    check_writable(opts.out)
+    Outputs(opts.overwrite).folder(opts.out, what="the dataset", whole=True)
     tasks = resolve_tasks(opts.tasks)
     cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()]
     with replacing(opts.out, opts.overwrite) as target:
@@ -159,7 +160,8 @@ def run_convert(opts: ConvertOptions) -> int:
         raise ConfigError(f"convert: format {opts.format!r}: expected 'libero', 'calvin' or 'official'")
     if not opts.source or not opts.out:
         raise ConfigError("convert needs a source and --out, e.g. `mode-policy convert libero data.hdf5 --out ds`")
-    check_writable(opts.out)
+    outputs = Outputs(opts.overwrite, inputs=[opts.source])
+    outputs.folder(opts.out, what="the model folder" if opts.format == "official" else "the dataset", whole=True)
     if opts.format == "official":
         return _convert_official(opts)
     with replacing(opts.out, opts.overwrite) as target:
@@ -235,14 +237,30 @@ class ReportOptions:
     """Run directory (first positional argument)."""
     out: str | None = None
     """Output folder (default: RUN_DIR/report)."""
+    overwrite: bool = False
+    """Replace report.md and its figures in an ``out`` folder that already holds them (the default
+    folder, RUN_DIR/report, is the report's own and is always rewritten)."""
 
 
 def run_report(opts: ReportOptions) -> int:
     from ..report import write_report
+    from ..report.figures import EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG
+    from ..report.markdown import REPORT_NAME
+    from ..training.run_dir import RunDir
 
     if not opts.run_dir:
         raise ConfigError("report needs a run directory: `mode-policy report RUN_DIR`")
-    print(f"wrote {write_report(opts.run_dir, opts.out)}")
+    run = RunDir(opts.run_dir)
+    inputs = [run.config, run.metrics, run.summary, run.eval_info, run.stats, run.model, run.checkpoints]
+    out = Path(opts.out) if opts.out else run.report
+    Outputs(opts.overwrite, inputs).folder(
+        out,
+        what="the report",
+        names=(REPORT_NAME, SUCCESS_PNG, LOSS_PNG, EXPERTS_PNG),
+        own=lambda folder: True,  # RUN_DIR/report is the report's own folder
+        default=opts.out is None,
+    )
+    print(f"wrote {write_report(opts.run_dir, out)}")
     return 0
 
 

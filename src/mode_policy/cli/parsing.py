@@ -32,6 +32,7 @@ from draccus.utils import DraccusException
 
 from ..errors import ConfigError, ModePolicyError
 from ..model.config import PRESETS, get_preset
+from ..validation import load_yaml
 
 T = TypeVar("T")
 
@@ -132,6 +133,32 @@ def expand_bare_booleans(argv: list[str], flags: dict[str, Any]) -> list[str]:
     return out
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a flag of ``annotation`` holds numbers (``float``, ``int | None``, ``tuple[float, float]``...)."""
+    if annotation in (int, float):
+        return True
+    return any(_numeric(arg) for arg in typing.get_args(annotation) if arg is not bool)
+
+
+def check_numeric_flags(argv: list[str], flags: dict[str, Any]) -> None:
+    """ConfigError for a number flag whose value overflows or underflows (``--lr=1e-400`` is not
+    0.0), read as the YAML files read it (:func:`mode_policy.validation.load_yaml`)."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, sep, value = arg[2:].partition("=")
+        if not sep:
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or following.startswith("--"):
+                continue
+            value = following
+        if name in flags and _numeric(flags[name]):
+            try:
+                load_yaml(value, f"--{name}={value}")
+            except yaml.YAMLError:
+                pass  # not YAML: draccus names the problem
+
+
 def _user_error(err: BaseException) -> ModePolicyError | None:
     """The project's error behind a draccus error (raised by a config's validation), if any."""
     seen = set()
@@ -201,9 +228,9 @@ def parse_command(
     user_file: dict[str, Any] = {}
     if config_path is not None:
         try:
-            user_file = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"--config_path {config_path}: cannot read it ({err})") from None
+            user_file = load_yaml(Path(config_path).read_text(encoding="utf-8"), f"--config_path {config_path}") or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"--config_path {config_path}: cannot read it ({' '.join(str(err).split())})") from None
         if not isinstance(user_file, dict):
             raise ConfigError(f"--config_path {config_path}: expected a mapping of field names to values")
     for prefix in _preset_paths(cls):
@@ -220,11 +247,15 @@ def parse_command(
     file_values = _deep_merge(file_values, user_file)
     flags = flag_types(cls)
     args = expand_bare_booleans(args, flags)
+    check_numeric_flags(args, flags)
+    given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")} | set(_dotted_keys(user_file))
     fd, tmp = tempfile.mkstemp(prefix="mode-policy-defaults.", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(file_values, f)
-        return draccus.parse(cls, config_path=tmp, args=args, prog=prog, exit_on_error=False)
+        options = draccus.parse(cls, config_path=tmp, args=args, prog=prog, exit_on_error=False)
+        object.__setattr__(options, GIVEN_ATTRIBUTE, frozenset(given))
+        return options
     except (DraccusException, argparse.ArgumentError, TypeError) as err:
         cause = _user_error(err)
         if cause is not None:
@@ -235,6 +266,26 @@ def parse_command(
         raise ConfigError(f"{message} (see --help)") from None
     finally:
         os.unlink(tmp)
+
+
+GIVEN_ATTRIBUTE = "_mode_policy_given_flags"
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """``{"policy": {"d_model": 64}, "lr": 1}`` -> ``["policy", "policy.d_model", "lr"]``."""
+    keys = []
+    for key, value in data.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def given_flags(options: Any) -> frozenset[str] | None:
+    """The flags the user gave for ``options`` (dotted names, from the command line, its positional
+    arguments and ``--config_path``; not the command's defaults), or None when ``options`` did not
+    come from :func:`parse_command`."""
+    return getattr(options, GIVEN_ATTRIBUTE, None)
 
 
 def _resolve(cls: type, prefix: str) -> type:

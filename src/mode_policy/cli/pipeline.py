@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..fileio import check_writable, moved_aside
+from ..fileio import Outputs, moved_aside
 from ..training.config import TrainConfig
 from ..training.run_dir import RunDir
 from ..validation import check_range
 from .command import Command
+from .parsing import given_flags
 
 
 # --------------------------------------------------------------------- train
@@ -55,10 +56,18 @@ def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
     return run
 
 
-def _given_fields(cfg: TrainConfig, recipe: dict[str, Any]) -> set[str]:
-    """The TrainConfig fields set on the command line: those that differ from the command's defaults
-    (``recipe`` on top of TrainConfig's). On ``--resume`` only these are weighed against the run's saved
-    config (:func:`mode_policy.training.setup.resumed_config`); the rest come from the run."""
+def _given_fields(cfg: TrainConfig, recipe: dict[str, Any], flags: frozenset[str] | None = None) -> set[str]:
+    """The TrainConfig fields set on the command line (``policy.FIELD`` for a policy field): the
+    flags given (``flags``, from :func:`~mode_policy.cli.parsing.given_flags`), else those that
+    differ from the command's defaults (``recipe`` on top of TrainConfig's). On ``--resume`` these
+    are weighed against the run's saved config (:func:`mode_policy.training.setup.resumed_config`),
+    each by its value, so ``--preset=cpu`` on a run of another preset is refused even though cpu
+    is the default; the rest come from the run."""
+    if flags is not None:
+        names = {f.name for f in dataclasses.fields(TrainConfig)} - {"policy"}
+        given = {flag for flag in flags if flag in names}
+        policy = {".".join(flag.split(".")[:2]) for flag in flags if flag.startswith("policy.")}
+        return given | policy | ({"policy"} if "policy" in flags else set())
     defaults = dataclasses.replace(TrainConfig(preset=cfg.preset), **recipe)
     given = {
         f.name
@@ -75,7 +84,7 @@ def run_train(opts: TrainOptions, recipe: dict[str, Any] | None = None) -> int:
     saved = None
     if opts.resume and RunDir(cfg.output_dir).config.is_file():
         saved = TrainConfig.from_run_dict(RunDir(cfg.output_dir).read_config(), str(RunDir(cfg.output_dir).config))
-    given = _given_fields(cfg, recipe or {}) if saved is not None else None
+    given = _given_fields(cfg, recipe or {}, given_flags(opts)) if saved is not None else None
     dataset = cfg.dataset or (saved.dataset if saved is not None and "mixture" not in given else "")
     if saved is None and not cfg.dataset and not cfg.mixture:
         raise ConfigError(
@@ -159,6 +168,9 @@ class EvalOptions:
     """Result file (default: RUN_DIR/eval_info.json for a run directory, else ./eval_info.json)."""
     dataset_name: str = ""
     """A policy trained on a mixture: the dataset whose normalisation and action width to use."""
+    overwrite: bool = False
+    """Replace an existing file at ``out`` (the default ``out`` of a run, its eval_info.json, holds
+    the run's last evaluation and is replaced without it)."""
 
     def __post_init__(self) -> None:
         for name in ("episodes", "batch_size", "workers"):
@@ -168,6 +180,23 @@ class EvalOptions:
 
 
 LIBERO_SUITES = ("libero_10", "libero_90", "libero_goal", "libero_spatial", "libero_object")
+
+
+def _is_eval_result(path: Path) -> bool:
+    """Whether ``path`` holds an evaluation result (``mode-policy eval`` wrote it, any version)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and "per_task" in data
+
+
+def _is_unit_log(folder: Path) -> bool:
+    """Whether ``folder`` is an evaluation's resumable log (or empty)."""
+    names = {p.name for p in folder.iterdir()}
+    return "settings.json" in names and all(n == "settings.json" or n.startswith("units-") for n in names)
 
 
 def _unit_log(opts: EvalOptions, model_dir: Path, out: Path, suffix: str, settings: dict[str, Any]):
@@ -259,7 +288,11 @@ def run_eval(opts: EvalOptions) -> int:
     model_dir = RunDir.model_dir(opts.path)
     run = RunDir.of_model(model_dir)
     out = Path(opts.out) if opts.out else (run.eval_info if run is not None else Path("eval_info.json"))
-    check_writable(out)
+    outputs = Outputs(opts.overwrite, [p for p in RunDir.model_files(model_dir) if run is None or p != run.eval_info])
+    outputs.file(out, what="the evaluation result", own=_is_eval_result, default=not opts.out)
+    if opts.env in ("libero", "calvin"):  # the resumable log beside ``out``: its own, or new
+        log = out.with_name(out.stem + (".rollouts" if opts.env == "libero" else ".chains"))
+        outputs.folder(log, what="the evaluation's log", names=("settings.json",), own=_is_unit_log, default=True)
     video_dir = out.parent / "videos" if opts.videos else None
     from ..threads import apply_threads
     from ..training.setup import resolve_device
@@ -385,9 +418,9 @@ and 0.90 (seed 1) from fresh clones, see the README's "Quickstart recipe"."""
 
 def run_quickstart(opts: QuickstartOptions) -> int:
     out = Path(opts.out)
-    check_writable(out)
     if opts.train.dataset or opts.train.output_dir != TrainConfig.output_dir:
         raise ConfigError("quickstart sets --train.dataset and --train.output_dir itself (under --out)")
+    Outputs(opts.overwrite).folder(out, what="the quickstart's folder", whole=True)
     with moved_aside(out, opts.overwrite):
         return _quickstart(opts, out)
 

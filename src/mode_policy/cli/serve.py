@@ -83,25 +83,38 @@ class ExportOptions:
     """Comma-separated instructions whose goal vectors go into the artefact's .json description."""
     dataset_name: str = ""
     """A policy trained on a mixture: the dataset whose normalisation, state and action widths the artefact uses."""
+    overwrite: bool = False
+    """Replace an existing file at ``out`` (and an earlier export's description beside it; never
+    another file, nor the model the export reads)."""
 
 
 def run_export(opts: ExportOptions) -> int:
     from ..model.diffusion import SamplingSettings
     from ..serving.backends import load_policy
-    from ..serving.export import export_sampler
+    from ..serving.export import export_sampler, plan_export
 
     if opts.steps < 0:
         raise ConfigError(f"steps={opts.steps} must be >= 1 (or 0 for the policy's own)")
-    policy = load_policy(opts.path)
-    sampling = SamplingSettings(num_inference_steps=opts.steps) if opts.steps else None
+    if opts.batch_size < 1:
+        raise ConfigError(f"batch_size={opts.batch_size} must be >= 1")
     suffix = {"onnx": ".onnx", "torch_export": ".pt2"}.get(opts.format)
     if suffix is None:
         raise ConfigError(f"format={opts.format!r}: expected 'onnx' or 'torch_export'")
+    model_dir = RunDir.model_dir(opts.path)
+    weights = model_dir / "model.safetensors"
+    size = weights.stat().st_size if weights.is_file() else None  # the artefact holds every weight once
+    if opts.out:  # checked before loading: the user's path is known now
+        plan_export(opts.out, opts.overwrite, RunDir.model_files(model_dir), size=size)
+    policy = load_policy(opts.path)
+    sampling = SamplingSettings(num_inference_steps=opts.steps) if opts.steps else None
     steps = opts.steps or policy.config.num_inference_steps
     name = f"sampler_b{opts.batch_size}_s{steps}{'_' + opts.dataset_name if opts.dataset_name else ''}{suffix}"
-    out = Path(opts.out) if opts.out else RunDir.model_dir(opts.path) / "export" / name
+    out = Path(opts.out) if opts.out else model_dir / "export" / name
+    plan_export(out, opts.overwrite, RunDir.model_files(model_dir), default=not opts.out, size=size)
     tasks = [t.strip() for t in opts.tasks.split(",") if t.strip()]
-    export_sampler(policy, out, opts.format, opts.batch_size, tasks, dataset=opts.dataset_name, sampling=sampling)
+    export_sampler(
+        policy, out, opts.format, opts.batch_size, tasks, dataset=opts.dataset_name, sampling=sampling, overwrite=True
+    )
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 

@@ -38,6 +38,7 @@ from torch import Tensor
 from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
 from ..errors import ConfigError, DataError, DataNotFoundError
 from ..model.normalize import DATASET_KEY, DATASET_NAME
+from ..validation import load_yaml
 from .windows import EpisodeData, WindowSampler, dataset_cameras
 
 MIXTURE_KEYS = ("datasets",)
@@ -111,7 +112,7 @@ def read_mixture(path: str | Path) -> Mixture:
     if not path.is_file():
         raise DataNotFoundError(f"mixture file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"), f"mixture file {path}")
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"mixture file {path}: cannot read it ({' '.join(str(err).split())})") from None
     if not isinstance(raw, dict):
@@ -133,7 +134,24 @@ def read_mixture(path: str | Path) -> Mixture:
         )
     if not any(m.weight > 0 for m in members):
         raise ConfigError(f"mixture file {path}: every weight is 0; at least one dataset needs a weight > 0")
+    check_weights([m.weight for m in members], names, f"mixture file {path}")
     return Mixture(tuple(members), str(path), from_file=True)
+
+
+def check_weights(weights: Sequence[float], names: Sequence[str], where: str) -> None:
+    """ConfigError when the weights cannot be normalised: their sum overflows a 64-bit float, or a
+    positive weight is 0 against the sum (its dataset would never be drawn)."""
+    total = sum(float(w) for w in weights)  # inf when the sum overflows (fsum raises instead)
+    if not math.isfinite(total):
+        raise ConfigError(
+            f"{where}: the weights {list(weights)} sum beyond a 64-bit float (they are relative: scale them down)"
+        )
+    vanishing = [n for n, w in zip(names, weights) if w > 0 and w / total == 0.0]
+    if vanishing:
+        raise ConfigError(
+            f"{where}: the weight of {', '.join(vanishing)} is 0 next to the sum {total:g} "
+            "(its dataset would never be drawn; weights are relative)"
+        )
 
 
 def _member(entry: Any, i: int, path: Path) -> MixtureMember:
@@ -240,9 +258,9 @@ class WeightSchedule:
     positive weight; weight-0 members are never chosen. The state is the counts so far."""
 
     def __init__(self, weights: Sequence[float]) -> None:
-        total = sum(weights)
-        if not weights or total <= 0 or any(w < 0 for w in weights):
-            raise ConfigError(f"sampling weights {list(weights)}: need weights >= 0 with a positive sum")
+        total = sum(float(w) for w in weights)
+        if not weights or not math.isfinite(total) or total <= 0 or any(w < 0 for w in weights):
+            raise ConfigError(f"sampling weights {list(weights)}: need finite weights >= 0 with a positive, finite sum")
         self.weights = [w / total for w in weights]
         self.active = [j for j, w in enumerate(self.weights) if w > 0]
         self.slack = 1 - 1 / (2 * len(self.active) - 2) if len(self.active) > 1 else 0.0

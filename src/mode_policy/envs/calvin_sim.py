@@ -45,16 +45,15 @@ CALVIN_ENV_COMMIT = "797142c588c21e76717268b7b430958dbd13bf48"
 SCENES = ("A", "B", "C", "D")
 RENDERERS = ("egl", "tiny")
 INSTALL_HINT = (
-    "calvin_env (CALVIN's simulator) is not on the package registries; build it from its repository:\n"
-    "  scripts/install/install_calvin.sh [https://github.com/mees/calvin_env.git] [BUILD_DIR]\n"
-    "which does:\n"
-    f"  git clone https://github.com/mees/calvin_env.git BUILD_DIR && git -C BUILD_DIR checkout {CALVIN_ENV_COMMIT[:7]}\n"
-    "  pip install pybullet==3.2.7 cloudpickle gitpython gym hydra-core hydra-colorlog matplotlib numba numpy \\\n"
-    "      numpy-quaternion omegaconf opencv-python pandas scipy\n"
-    "  pip install --no-deps -e BUILD_DIR\n"
-    "(keep BUILD_DIR a git checkout: calvin_env reads its commit when it builds an environment). "
-    "No dataset is needed: the scene comes from calvin_env's own configs."
+    "calvin_env (CALVIN's simulator) is not on the package registries: run "
+    "scripts/install/install_calvin.sh [https://github.com/mees/calvin_env.git] [BUILD_DIR], which clones it "
+    f"into BUILD_DIR at commit {CALVIN_ENV_COMMIT[:7]}, installs pybullet==3.2.7 and its other requirements "
+    "(cloudpickle gitpython gym hydra-core hydra-colorlog matplotlib numba numpy numpy-quaternion omegaconf "
+    "opencv-python pandas scipy), then runs `pip install --no-deps -e BUILD_DIR` (keep BUILD_DIR a git checkout: "
+    "calvin_env reads its commit when it builds an environment); no dataset is needed, the scene comes from "
+    "calvin_env's own configs (docs/guides/calvin.md)"
 )
+"""How to install calvin_env, in one line (an error message is one line)."""
 
 
 def import_calvin_env() -> SimpleNamespace:
@@ -65,12 +64,12 @@ def import_calvin_env() -> SimpleNamespace:
         from calvin_env.envs.play_table_env import PlayTableSimEnv  # noqa: F401  (pybullet, gym, hydra)
         from calvin_env.envs.tasks import Tasks
     except ImportError as e:
-        raise SimulatorError(f"cannot import calvin_env ({e}).\n{INSTALL_HINT}") from e
+        raise SimulatorError(f"cannot import calvin_env ({e}); {INSTALL_HINT}") from e
     conf_dir = Path(calvin_env.__file__).resolve().parents[1] / "conf"
     if not (conf_dir / "config_data_collection.yaml").is_file():
         raise SimulatorError(
             f"calvin_env at {calvin_env.__file__} has no conf/ folder beside it: install it "
-            f"editable from a checkout.\n{INSTALL_HINT}"
+            f"editable from a checkout; {INSTALL_HINT}"
         )
     return SimpleNamespace(Tasks=Tasks, conf_dir=conf_dir)
 

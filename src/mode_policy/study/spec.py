@@ -249,13 +249,17 @@ def load_study(path: str | Path) -> Study:
     DataNotFoundError when the dataset is missing."""
     import yaml
 
+    from ..validation import load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it ({err})") from None
     return parse_study(data, path)
 
 

@@ -30,19 +30,22 @@ import torch
 
 from ..errors import CheckpointError, DataError, RunDirError
 from ..fileio import atomic_write_json, atomic_write_text, read_jsonl
+from ..validation import loads_json
 
 CHECKPOINT_PREFIX = "step_"
 TRAINING_STATE = "training_state.pt"
 MODEL_CONFIG = "config.json"  # inside a saved model folder, next to model.safetensors
 
 
-def _read_json(path: Path) -> Any | None:
-    """Parsed JSON, or None if the file is missing (a corrupt file is an error naming it)."""
+def _read_json(path: Path, config: bool = False) -> Any | None:
+    """Parsed JSON, or None if the file is missing (a corrupt file is an error naming it);
+    ``config``: numbers checked as every config reader checks them (:func:`~mode_policy.validation.loads_json`)."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        text = path.read_text(encoding="utf-8")
+        return loads_json(text, str(path)) if config else json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
 
 
@@ -159,6 +162,17 @@ class RunDir:
         return inner if (inner / MODEL_CONFIG).is_file() else path
 
     @staticmethod
+    def model_files(model_dir: str | os.PathLike) -> list[Path]:
+        """What a command reading the saved model in ``model_dir`` must never write over: the model
+        folder's files and, for a run's model, the run's own files and its checkpoints."""
+        model_dir = Path(model_dir)
+        files = [p for p in model_dir.iterdir() if p.is_file()] if model_dir.is_dir() else []
+        run = RunDir.of_model(model_dir)
+        if run is not None:
+            files += [p for p in run.root.iterdir() if p.is_file()] + [run.checkpoints]
+        return files
+
+    @staticmethod
     def of_model(model_dir: str | os.PathLike) -> RunDir | None:
         """The run directory a saved model folder belongs to (None for a stand-alone model)."""
         parent = RunDir(Path(model_dir).parent)
@@ -166,7 +180,7 @@ class RunDir:
 
     # ------------------------------------------------------------- reads
     def read_config(self) -> dict[str, Any] | None:
-        return _read_json(self.config)
+        return _read_json(self.config, config=True)
 
     def read_summary(self) -> dict[str, Any] | None:
         return _read_json(self.summary)
@@ -216,6 +230,18 @@ class RunDir:
                 f"checkpoint {path} named by {self.latest_pointer} is incomplete (no {TRAINING_STATE})"
             )
         return path
+
+    def newest_intact_checkpoint(self) -> Path | None:
+        """The newest checkpoint folder that holds a policy and its training state (None if none):
+        where a run whose ``LATEST`` is gone (deleted, or lost in a copy) continues from."""
+        intact = [
+            p
+            for p in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*")
+            if p.is_dir()
+            and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+            and all((p / name).is_file() for name in (TRAINING_STATE, MODEL_CONFIG, "model.safetensors"))
+        ]
+        return max(intact, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
 
     def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int) -> Path:
         """Write checkpoint ``step`` through ``write(folder)`` into a temporary folder,

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ..data.mixture import Mixture, MixtureData, MixtureSampler, read_mixture
 from ..data.windows import EpisodeData, dataset_cameras, load_episodes
 from ..errors import ConfigError, DataError, RunDirError
+from ..fileio import Outputs
 from ..policy import MoDEPolicy
 from ..threads import apply_threads
 from .build import build_policy, finetune_policy, run_stats, select_image_keys
@@ -99,13 +100,18 @@ def resumed_config(
     """The config to continue a run with: ``saved``, with the fields of ``given`` that
     :data:`RESUMABLE_CHANGES` allows.
 
-    ``fields`` names the TrainConfig fields the caller set (a command line's flags); only those
-    are compared with the saved run (default: every field). RunDirError listing every other
-    difference (a resumed run must optimise the same thing); also returns the changes, as lines
-    to tell the user."""
+    ``fields`` names the TrainConfig fields the caller set (a command line's flags, ``policy.FIELD``
+    for a policy field, ``policy`` for the whole policy); only those are compared with the saved
+    run (default: every field, and the policy fields that differ from ``given``'s preset).
+    RunDirError listing every other difference with both values (a resumed run must optimise the
+    same thing); also returns the changes, as lines to tell the user."""
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("policy", "output_dir")]
+    policy_fields: set[str] | None = None
     if fields is not None:
         names = [name for name in names if name in fields]
+        policy_fields = {name.split(".", 1)[1] for name in fields if name.startswith("policy.")}
+        if "policy" in fields:
+            policy_fields |= set(given.policy_overrides())
     conflicts, changes = [], {}
     for name in names:
         have, want = getattr(saved, name), getattr(given, name)
@@ -115,10 +121,15 @@ def resumed_config(
             changes[name] = want
         else:
             conflicts.append(f"{name}: the run has {have!r}, given {want!r}")
-    saved_policy = saved.policy.to_dict()
-    for key, value in given.policy_overrides().items():
-        if saved_policy[key] != value and key != "goal_encoder":
-            conflicts.append(f"policy.{key}: the run has {saved_policy[key]!r}, given {value!r}")
+    saved_policy, given_policy = saved.policy.to_dict(), given.policy.to_dict()
+    wanted = (
+        given.policy_overrides()
+        if policy_fields is None
+        else {key: given_policy[key] for key in sorted(policy_fields) if key in given_policy}
+    )
+    for key, value in wanted.items():
+        if saved_policy.get(key) != value and key != "goal_encoder":
+            conflicts.append(f"policy.{key}: the run has {saved_policy.get(key)!r}, given {value!r}")
     if conflicts:
         raise RunDirError(
             f"--resume of {where} with a different configuration (start a new run instead): " + "; ".join(conflicts)
@@ -241,12 +252,17 @@ class Run:
         self.resumed = True
 
 
-def _check_run_dir(run: RunDir, resume: bool, rank: int) -> Path | None:
-    """The checkpoint to resume from (None for a new run); RunDirError for a run directory that
+def _check_run_dir(run: RunDir, resume: bool, rank: int, notes: list[str]) -> Path | None:
+    """The checkpoint to resume from (None for a new run): the one ``LATEST`` names, or without
+    ``LATEST`` the newest intact one (said in ``notes``); RunDirError for a run directory that
     cannot be used as asked."""
     if run.root.exists() and not run.root.is_dir():
         raise RunDirError(f"output_dir {run.root} is a file, not a run directory")
     latest = run.latest_checkpoint() if resume else None
+    if resume and latest is None:
+        latest = run.newest_intact_checkpoint()
+        if latest is not None:
+            notes.append(f"{run.latest_pointer} is missing: resuming from the newest intact checkpoint, {latest.name}")
     if resume and latest is None:
         hint = (
             " (the run stopped before its first checkpoint: start it again without --resume)" if run.is_stub() else ""
@@ -281,8 +297,10 @@ def prepare_run(cfg: TrainConfig, resume: bool = False, given: set[str] | None =
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = apply_threads(cfg.threads, local_ranks) if device.type == "cpu" else 0
     run_dir = RunDir(cfg.output_dir)
-    latest = _check_run_dir(run_dir, resume, rank)
     notes: list[str] = []
+    latest = _check_run_dir(run_dir, resume, rank, notes)
+    inputs = [p for p in (cfg.dataset, cfg.mixture, cfg.init_from) if p]  # a run never goes inside its data
+    Outputs(inputs=inputs).location(run_dir.root, "the run directory", folder=True, holds=True)
     if latest is not None:
         saved = TrainConfig.from_run_dict(run_dir.read_config(), str(run_dir.config))
         cfg, resume_notes = resumed_config(saved, cfg, str(run_dir.root), given)
@@ -341,9 +359,10 @@ def prepare_run(cfg: TrainConfig, resume: bool = False, given: set[str] | None =
                 f"--resume: {run_dir.root} is already at step {run.step}; give a larger steps (now {cfg.steps})"
             )
         if run_stats(policy, data) != run_dir.read_stats():
+            trained = saved.mixture or saved.dataset
             raise RunDirError(
-                f"--resume: dataset {mixture.source} has other normalisation statistics than "
-                f"{run_dir.stats} (a different dataset): start a new run instead"
+                f"--resume: the run was trained on {trained}, given {mixture.source}, whose normalisation "
+                f"statistics differ from {run_dir.stats} (a different dataset): start a new run instead"
             )
         if rank == 0:
             run_dir.prepare_resume(run.step)
