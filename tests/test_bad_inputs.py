@@ -334,6 +334,10 @@ CASES = [
     (["export", "{run}", "--batch_size=0"], "batch_size=0"),
     (["export", "{root}/missing"], "missing"),
     (["export"], "give a run directory"),
+    # realtime: its results folder, before the policy loads
+    (["realtime", "{run}", "--out={root}/rt", "--delays=two"], "delays"),
+    (["realtime", "{run}", "--out={file}"], "a_file is a file, not a folder"),
+    (["realtime", "{run}", "--out={root}/rt", "--modes=teleport"], "--modes='teleport'"),
     # serve: the address, before the policy loads
     (["serve", "{run}", "--port=70000"], "port=70000: must be in [0, 65535]"),
     (["serve", "{run}", "--port=-1"], "port=-1: must be in [0, 65535]"),

@@ -96,6 +96,7 @@ def run_realtime(opts: RealtimeOptions) -> int:
     from ..dataset_view import for_dataset
     from ..evaluation.realtime import plot_switches, run_realtime_grid
     from ..evaluation.sampling import with_sampling_settings
+    from ..fileio import Outputs
     from ..policy import MoDEPolicy
     from ..threads import apply_threads
     from ..training.run_dir import RunDir
@@ -105,6 +106,13 @@ def run_realtime(opts: RealtimeOptions) -> int:
     if device.type == "cpu":
         apply_threads(opts.threads)
     model_dir = RunDir.model_dir(opts.path)
+    Outputs(inputs=RunDir.model_files(model_dir)).folder(  # before loading: nothing written over an input
+        opts.out,
+        what="the real-time results",
+        names=("cells", "summary.md", "trajectory.png"),
+        own=lambda folder: (folder / "cells").is_dir(),  # an earlier grid: resumed, not replaced
+        default=True,
+    )
     policy = for_dataset(MoDEPolicy.from_pretrained(model_dir, map_location=device), opts.dataset_name)
     policy = with_sampling_settings(policy, opts.action_steps, num_inference_steps=opts.steps or None)[0]
     out = Path(opts.out)
