@@ -29,9 +29,12 @@ def _registry() -> dict[str, Any]:
     src = str(ROOT / "src")
     if src not in sys.path:
         sys.path.insert(0, src)
-    main = importlib.import_module("mode_policy.cli.main")
-    commands = getattr(main, "all_commands", None) or main._commands
-    return commands()
+    return importlib.import_module("mode_policy.cli.main").all_commands()
+
+
+def _dataclass_of(annotation: Any) -> type | None:
+    """The dataclass in ``annotation`` (``X`` or ``X | None``), as the command line reads it."""
+    return importlib.import_module("mode_policy.cli.parsing")._dataclass_of(annotation)
 
 
 def _help_text(cls: type, name: str) -> str:
@@ -62,15 +65,6 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
-
-
-def _dataclass_of(annotation: Any) -> type | None:
-    if dataclasses.is_dataclass(annotation):
-        return annotation
-    for arg in typing.get_args(annotation):
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
 
 
 def _default(f: dataclasses.Field) -> Any:
