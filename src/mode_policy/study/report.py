@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fileio import atomic_write, atomic_write_text
+from .power import render_power, variance_components
 from .result import CellResult
 from .spec import Study, Variant
 from .stats import Interval, difference_interval, seed_interval, verdict
@@ -180,6 +181,8 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
             )
     if figure:
         lines += ["", f"![mean success and difference to {ref} per variant]({figure})"]
+    if any(len(s.results) >= 2 for s in summaries):
+        lines += ["", *render_power(variance_components(list(results.values())))]
     lines += ["", "## Cells", "", "| cell | success | episodes | train s | eval s |", "|---|---|---|---|---|"]
     for cell in cells:
         r = results.get(cell.key)
