@@ -48,7 +48,10 @@ if [ "${WITH_TACTO:-0}" = "1" ]; then
     TACTO_DIR="$BUILD_DIR/tacto"
     checkout "${TACTO_SOURCE:-https://github.com/lukashermann/tacto.git}" "$TACTO_DIR" "$TACTO_COMMIT"
     grep -rl 'np\.float\b' "$TACTO_DIR/tacto" | xargs -r sed -i 's/np\.float\b/float/g'
-    "$PYTHON" -m pip install --quiet pyrender trimesh urdfpy
+    # urdfpy pins networkx==2.2, which no longer imports on Python 3.10+: its other needs from the
+    # registry, then urdfpy itself without resolving.
+    "$PYTHON" -m pip install --quiet pyrender trimesh lxml pycollada six "networkx>=3"
+    "$PYTHON" -m pip install --quiet --no-deps urdfpy
     URDFPY="$("$PYTHON" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("urdfpy").origin))')"
     grep -rl 'np\.float\b' "$URDFPY" | xargs -r sed -i 's/np\.float\b/float/g'
     "$PYTHON" -m pip install --quiet --no-deps -e "$TACTO_DIR"
