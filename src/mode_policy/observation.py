@@ -7,7 +7,9 @@ An observation is a map with a leading batch dimension B on every array:
 * ``observation.state``: float (B, S) or (B, n_obs, S), when the policy has a state (a policy
   trained on a mixture takes a dataset's own width, or that padded with zeros to its own);
 * ``observation.images.<camera>`` for each of the policy's cameras: uint8 or float images
-  (B, [n_obs,] H, W, 3) or (B, [n_obs,] 3, H, W) (uint8 in [0, 255], float in [0, 1]);
+  (B, [n_obs,] H, W, 3) or (B, [n_obs,] 3, H, W) (uint8 in [0, 255], float in [0, 1]); for a
+  policy that takes image features (``config.image_features``), the camera's pooled feature
+  vector, float (B, [n_obs,] F);
 * the goal: ``goal`` float (B, goal_dim), or ``task``: one instruction string per row (a plain
   string for B = 1) when the policy has a goal encoder (a task embedding knows a fixed set);
 * ``dataset`` (a policy trained on a mixture): the dataset's name, or one per row.
@@ -73,6 +75,8 @@ class ObservationSchema:
     image_size: int = 0
     """Side of the square training images (0: not known); informational (the encoders pool
     globally), named in error messages."""
+    image_feature_dim: int = 0
+    """Width F of the pooled features each camera key holds instead of images (0: images)."""
     takes_text: bool = False
     """Whether ``task`` strings are a goal (the policy has a goal encoder)."""
     known_tasks: frozenset[str] | None = None
@@ -101,6 +105,7 @@ class ObservationSchema:
             n_obs_steps=int(cfg.n_obs_steps),
             image_keys=tuple(cfg.image_keys),
             image_size=int(cfg.image_size),
+            image_feature_dim=_image_feature_dim(cfg),
             takes_text=bool(spec),
             known_tasks=None if known_tasks is None else frozenset(known_tasks),
             datasets=dict(datasets or {}),
@@ -129,6 +134,7 @@ class ObservationSchema:
             "state": [self.n_obs_steps, self.state_dim] if self.state_dim > 0 else None,
             "images": list(self.image_keys),
             "image_size": self.image_size or None,
+            "image_features": self.image_feature_dim or None,
             "goal_dim": self.goal_dim,
             "task": self.takes_text,
             "known_tasks": sorted(self.known_tasks) if self.known_tasks is not None else None,
@@ -183,7 +189,7 @@ class ObservationSchema:
             raise DataError(f"observation needs exactly one goal: {self._goal_choice()}")
         arrays = self._arrays(obs, self.state_dim, frames=self.n_obs_steps == 1, wire=True)
         for key in (STATE_KEY, *self.image_keys):
-            if key in arrays and arrays[key].ndim < (5 if key != STATE_KEY else 3):
+            if key in arrays and arrays[key].ndim < (3 if key == STATE_KEY or self.image_feature_dim else 5):
                 arrays[key] = arrays[key][:, None]  # the history axis: (B, 1, ...)
         arrays = {k: a if a.dtype == np.uint8 else a.astype(np.float32, copy=False) for k, a in arrays.items()}
         tasks = self._tasks(obs[TASK_KEY], check_known=True) if TASK_KEY in obs else None
@@ -231,9 +237,10 @@ class ObservationSchema:
     def _require_arrays(self, obs: Mapping[str, Any], noun: str) -> None:
         if self.state_dim > 0 and STATE_KEY not in obs:
             raise DataError(f"{noun} lacks {STATE_KEY!r} (B, {self.state_dim})")
+        what = f"(B, {self.image_feature_dim}) image features" if self.image_feature_dim else "(B, H, W, 3) images"
         for key in self.image_keys:
             if key not in obs:
-                raise DataError(f"{noun} lacks camera {key!r} (B, H, W, 3) images")
+                raise DataError(f"{noun} lacks camera {key!r} {what}")
 
     def _arrays(self, obs: Mapping[str, Any], state_low: int, frames: bool, wire: bool) -> dict[str, Any]:
         """The checked state, camera and goal arrays of ``obs`` (as given: numpy or tensors).
@@ -265,6 +272,8 @@ class ObservationSchema:
         return value
 
     def _image(self, key: str, value: Any, frames: bool, wire: bool) -> Any:
+        if self.image_feature_dim:
+            return self._image_feature(key, value, frames, wire)
         shape, kind, dtype = _describe(key, value, wire)
         if kind not in ("u8", "f"):
             raise DataError(f"{key} has dtype {dtype}, expected uint8 [0, 255] or float [0, 1] images")
@@ -277,6 +286,18 @@ class ObservationSchema:
                 want = f"(B, H, W, 3), (B, 3, H, W), {want}"
             size = f" (trained at H = W = {self.image_size})" if self.image_size else ""
             raise DataError(f"{key} has shape {shape}, expected {want}{size}")
+        _check_finite(key, value)
+        return value
+
+    def _image_feature(self, key: str, value: Any, frames: bool, wire: bool) -> Any:
+        shape, kind, dtype = _describe(key, value, wire)
+        n_obs, width = self.n_obs_steps, self.image_feature_dim
+        ok_rank = (len(shape) == 3 and shape[1] == n_obs) or (len(shape) == 2 and (frames or n_obs == 1))
+        if kind != "f" or not ok_rank or shape[-1] != width:
+            want = f"(B, {n_obs}, {width})"
+            if frames or n_obs == 1:
+                want = f"(B, {width}) or {want}"
+            raise DataError(f"{key} has shape {shape} ({dtype}), expected float image features {want}")
         _check_finite(key, value)
         return value
 
@@ -311,6 +332,15 @@ class ObservationSchema:
 
 
 # ---------------------------------------------------------------- arrays
+def _image_feature_dim(cfg: Any) -> int:
+    """The width of the pooled camera features a config's policy takes instead of images (0: images)."""
+    if not getattr(cfg, "image_features", False):
+        return 0
+    from .official.spec import vision_feature_dim
+
+    return vision_feature_dim(cfg.vision_depth, cfg.vision_width)
+
+
 def _describe(key: str, value: Any, wire: bool) -> tuple[tuple[int, ...], str, str]:
     """(shape, kind, dtype name) of a numpy array or (unless ``wire``) a tensor; kind is 'f'
     (float), 'u8' (uint8), 'i' (other integers), 'b' (bool), 'c' (complex) or 'o' (other)."""

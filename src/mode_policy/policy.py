@@ -96,9 +96,10 @@ class MoDEPolicy(nn.Module):
             from .encoders.language import make_language_encoder
 
             self.goal_encoder = make_language_encoder(dict(config.goal_encoder))
-            if self.goal_encoder.dim != config.goal_dim:
+            dim = self.goal_encoder.known_dim()  # None: its model is not on this machine (needed for text only)
+            if dim is not None and dim != config.goal_dim:
                 raise ConfigError(
-                    f"goal encoder {config.goal_encoder['type']!r} gives {self.goal_encoder.dim}-d goals, "
+                    f"goal encoder {config.goal_encoder['type']!r} gives {dim}-d goals, "
                     f"config.goal_dim is {config.goal_dim}"
                 )
         self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)  # old training checkpoints resume
@@ -196,17 +197,19 @@ class MoDEPolicy(nn.Module):
 
     def _image_tokens(self, batch: Mapping[str, Any], goal: Tensor) -> Tensor:
         """Camera tokens (B, n_obs, n_cameras, d); images (B, [n_obs,] H, W, 3) uint8
-        or (B, [n_obs,] 3, H, W) float, FiLM-conditioned on the goal embedding."""
+        or (B, [n_obs,] 3, H, W) float, FiLM-conditioned on the goal embedding (or, with
+        ``config.image_features``, pooled camera features (B, [n_obs,] F))."""
         n_obs, b = self.config.n_obs_steps, goal.shape[0]
+        rank, step = (3, "F") if self.config.image_features else (5, "H, W, 3")
         images = {}
         for key in self.config.image_keys:
             if key not in batch:
                 raise DataError(f"batch lacks camera {key!r}")
             img = batch[key]
-            if img.dim() == 4:
+            if img.dim() == rank - 1:
                 img = img.unsqueeze(1)  # (B, 1, ...)
-            if img.dim() != 5 or img.shape[1] != n_obs:
-                raise DataError(f"{key} has shape {tuple(img.shape)}, expected (B, {n_obs}, H, W, 3)")
+            if img.dim() != rank or img.shape[1] != n_obs:
+                raise DataError(f"{key} has shape {tuple(img.shape)}, expected (B, {n_obs}, {step})")
             images[key] = img.flatten(0, 1)  # (B * n_obs, ...)
         cond = goal.repeat_interleave(n_obs, dim=0)  # (B * n_obs, goal_dim)
         return self.image_encoder(images, cond).view(b, n_obs, len(self.config.image_keys), -1)
@@ -264,10 +267,14 @@ class MoDEPolicy(nn.Module):
         prefix: Tensor | np.ndarray | None = None,
         delay: int | Sequence[int] | Tensor = 0,
         guidance: GuidanceSettings | None = None,
+        clamp: bool | None = None,
     ) -> Tensor:
         """Sample an action chunk (B, H, A) in the original action units.
 
         ``noise`` (B, H, A) fixes the initial standard-normal draw (scaled by sigma_max here).
+        ``clamp``: clip the normalised sample to [-1, 1] before un-normalising; default: as the
+        network's own sampler does (this library's network clamps; ``architecture="official"``
+        does not, as the official DDIM sampler returns its last step unclipped).
         ``sampling`` samples with other settings than the config's (steps, sigma_min, sampler, ...)
         for this call only.
         A policy trained on a mixture un-normalises with the statistics of ``dataset`` (or
@@ -295,7 +302,11 @@ class MoDEPolicy(nn.Module):
             prefix, inpaint = self._inpaint_prefix(prefix, delay, rows, cond, guidance)
         elif not (isinstance(delay, int) and delay == 0):
             raise DataError("predict_action_chunk: a delay needs the prefix the robot executes meanwhile (prefix=)")
-        actions = self.denoiser.sample(cond, noise, sampling, inpaint).clamp(-1.0, 1.0)  # (B, H, A), normalised
+        actions = self.denoiser.sample(cond, noise, sampling, inpaint)  # (B, H, A), normalised
+        if clamp is None:
+            clamp = self.config.architecture != "official"  # the official DDIM does not clip
+        if clamp:
+            actions = actions.clamp(-1.0, 1.0)
         if rows is None:
             actions = self.normalizer.unnormalize_action(actions)
         else:
@@ -398,9 +409,11 @@ class MoDEPolicy(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MoDEPolicy:
         """Rebuild a policy from ``save_pretrained`` output, or from a ``lerobot-train`` checkpoint
         of the ``lerobot_policy_mode`` plugin (whose MoDE config is ``mode_config.json``, beside
-        LeRobot's own ``config.json``), in eval mode (expert cache on, no dropout; ``.train()``
-        to train it); raises CheckpointError naming the file and the mismatch if anything does
-        not fit."""
+        LeRobot's own ``config.json``), in eval mode (no dropout; sampling fuses the chosen
+        experts where the network supports it, see ``policy.denoiser.use_expert_cache``;
+        ``.train()`` to train it); raises CheckpointError naming the file and the mismatch if
+        anything does not fit. A goal encoder's language model (e.g. CLIP) is not needed to load:
+        goal vectors work without it, and text goals name where it is missing."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if (directory / LEROBOT_MODE_CONFIG_NAME).is_file():

@@ -1,6 +1,11 @@
 """Our ``architecture="official"`` policy against outputs of the official code (a fixture made by
 tests/fixtures/official/make_fixture.py): convert the fixture's official weights, run the same inputs.
 
+Two routes: :func:`parity` builds the policy in memory (cameras added, training mode included);
+:func:`released_route` is what a user does with a denoiser-only file: ``convert_official`` to a
+folder, ``MoDEPolicy.from_pretrained`` offline, the official inputs through ``official_batch`` /
+``OfficialDenoiser``.
+
     python tests/official/official_parity.py [FIXTURE_DIR]    # prints the max abs differences
 """
 
@@ -9,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from mode_policy.model.moe import balancing_loss
-from mode_policy.official.convert import CAMERAS, canonical_names, convert_state_dict, official_config
+from mode_policy.official import OfficialDenoiser, condition_tokens, official_batch
+from mode_policy.official.convert import CAMERAS, canonical_names, convert_official, convert_state_dict, official_config
 from mode_policy.official.network import mask_goal
 from mode_policy.policy import MoDEPolicy
 
@@ -54,7 +61,26 @@ def converted_policy(variant: Path, **overrides) -> MoDEPolicy:
 
 def condition(policy: MoDEPolicy, ref: dict[str, torch.Tensor]) -> torch.Tensor:
     """[goal, cameras] tokens from the fixture's goal and pooled camera features: (B, 1 + n_cams, d)."""
-    return torch.cat([policy.goal_proj(ref["goal"]).unsqueeze(1), policy.image_encoder.proj(ref["state_images"])], 1)
+    return condition_tokens(policy, ref["goal"], ref["state_images"])
+
+
+@torch.no_grad()
+def released_route(variant: Path, folder: Path, **convert_options) -> dict[str, float]:
+    """Max abs difference to the official outputs along the user's route: the fixture's
+    denoiser-only ``official.safetensors`` (made by the official code) converted into ``folder``,
+    loaded with ``from_pretrained``, fed the official inputs: the denoiser in the official call
+    order, and the sampled chunk of ``predict_action_chunk`` (official clipping: none)."""
+    ref = load_file(str(variant / "reference.safetensors"))
+    convert_official(variant / "official.safetensors", folder, **convert_options)
+    policy = MoDEPolicy.from_pretrained(folder)
+    goal = ref["goal"].unsqueeze(1)  # the official latent_goal: (B, 1, goal_dim)
+    state = {"state_images": ref["state_images"]}  # the official perceptual_emb
+    batch = official_batch(policy, goal, state_images=state)
+    out = {
+        "denoised": OfficialDenoiser(policy)(state, ref["x"], goal, ref["sigma"]),
+        "sample": policy.predict_action_chunk(batch, noise=ref["noise"]),
+    }
+    return {k: (v.double() - ref[k].double()).abs().max().item() for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -84,6 +110,9 @@ def main() -> None:
     for variant in VARIANTS:
         diffs = parity(root / variant)
         print(variant, "  ".join(f"{k}={v:.3g}" for k, v in diffs.items()))
+        with tempfile.TemporaryDirectory() as tmp:
+            diffs = released_route(root / variant, Path(tmp) / "model")
+        print(variant, "converted folder:", "  ".join(f"{k}={v:.3g}" for k, v in diffs.items()))
 
 
 if __name__ == "__main__":

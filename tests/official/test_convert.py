@@ -55,7 +55,8 @@ def test_converts_every_tensor_and_loads(tmp_path, official, official_file):
     assert written["mapped_tensors"] == report.mapped
 
 
-def test_language_weights_are_ignored_and_named(tmp_path, official):
+def test_language_weights_are_ignored_and_named(tmp_path):
+    official = official_checkpoint(VARIANT, goal_dim=512)  # CLIP ViT-B/32's width
     official["language_goal.clip_rn50.token_embedding.weight"] = torch.zeros(4, 3)
     save_file(official, str(tmp_path / "m.safetensors"))
     report = convert_official(tmp_path / "m.safetensors", tmp_path / "model", goal_encoder={"type": "clip"})

@@ -36,10 +36,12 @@ def camera_dataset(root, cameras, action_dim=7):
 @pytest.mark.slow
 def test_convert_then_finetune_with_frozen_routers(tmp_path):
     # official names, MiniLM-sized goals so the offline sentence model can embed the instructions
-    save_file(official_checkpoint(FIXTURE / "experts", goal_dim=384), str(tmp_path / "model_cleaned.safetensors"))
+    source = tmp_path / "official"  # the converted folder must not sit inside its own source
+    source.mkdir()
+    save_file(official_checkpoint(FIXTURE / "experts", goal_dim=384), str(source / "model_cleaned.safetensors"))
     model = tmp_path / "converted"
     assert (
-        cli(["convert", "official", str(tmp_path), f"--out={model}", "--cameras=agentview,wrist", "--language=none"])
+        cli(["convert", "official", str(source), f"--out={model}", "--cameras=agentview,wrist", "--language=none"])
         == 0
     )
     config = json.loads((model / "config.json").read_text())

@@ -138,7 +138,6 @@ def test_training_routes_every_token_and_sampling_runs():
     n_tokens = 2 + len(cfg.image_keys) + cfg.horizon  # noise, goal, cameras, actions
     assert [r.index.shape for r in routings] == [(3 * n_tokens, cfg.top_k)] * cfg.n_layers  # one draw per token
     assert policy.denoiser.net.gripper_embed.grad is None  # declared by the official network, never used
-    assert not policy.denoiser.use_expert_cache
     policy.eval()
     actions = policy.predict_action_chunk({k: v for k, v in batch.items() if k != "action"})
     assert actions.shape == (3, cfg.horizon, cfg.action_dim) and torch.isfinite(actions).all()

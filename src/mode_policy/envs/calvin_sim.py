@@ -19,7 +19,9 @@ runs on a CPU through Mesa) or, with ``renderer="tiny"``, pybullet's software re
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,9 +62,11 @@ def import_calvin_env() -> SimpleNamespace:
     """calvin_env's task oracle class (``Tasks``) and its config folder (``conf_dir``);
     SimulatorError with the install steps when it is missing or broken."""
     try:
-        import calvin_env
-        from calvin_env.envs.play_table_env import PlayTableSimEnv  # noqa: F401  (pybullet, gym, hydra)
-        from calvin_env.envs.tasks import Tasks
+        # gym prints a banner about its own end of life to stderr at import: not the user's concern
+        with contextlib.redirect_stderr(io.StringIO()):
+            import calvin_env
+            from calvin_env.envs.play_table_env import PlayTableSimEnv  # noqa: F401  (pybullet, gym, hydra)
+            from calvin_env.envs.tasks import Tasks
     except ImportError as e:
         raise SimulatorError(f"cannot import calvin_env ({e}); {INSTALL_HINT}") from e
     conf_dir = Path(calvin_env.__file__).resolve().parents[1] / "conf"

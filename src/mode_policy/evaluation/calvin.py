@@ -41,7 +41,7 @@ from ..envs.calvin import (
     to_env_action,
 )
 from ..envs.calvin_sim import import_calvin_env, make_calvin_env
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .protocol import Policy, eval_mode, policy_device
 from .result import EvalResult, TaskResult
 from .sampling import with_sampling_settings
@@ -119,6 +119,21 @@ def run_chains(
     return lengths
 
 
+def _check_instructions(policy: Policy, sequences: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> None:
+    """Before any simulator is built: a policy with a fixed set of instructions (a learned task
+    embedding) must know every validation instruction of the chains it will play."""
+    known = getattr(getattr(policy, "goal_encoder", None), "tasks", None)
+    if known is None:
+        return
+    needed = {VAL_INSTRUCTIONS[t] for _, chain in sequences for t in chain}
+    missing = sorted(needed - set(known))
+    if missing:
+        raise DataError(
+            f"the policy does not know CALVIN's instruction {missing[0]!r} ({len(missing)} of the "
+            f"{len(needed)} the chains use are unknown to it; it was trained on {len(known)} other instruction(s))"
+        )
+
+
 def evaluate_calvin(
     policy: Policy,
     dataset_path: str | Path | None = None,
@@ -194,6 +209,7 @@ def evaluate_calvin(
     ids = list(range(num_sequences)) if chain_ids is None else [int(i) for i in chain_ids]
     if not ids or not all(0 <= i < num_sequences for i in ids):
         raise ConfigError(f"chain_ids must be a non-empty list of indices in [0, {num_sequences}), got {chain_ids}")
+    _check_instructions(policy, [sequences[i] for i in ids])
     records: dict[int, dict[str, Any]] = log.records() if log is not None else {}
     todo = [i for i in ids if i not in records]
     sequences = [sequences[i] for i in todo]

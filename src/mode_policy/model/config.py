@@ -53,6 +53,11 @@ class MoDEConfig:
     """Local torchvision/timm ResNet state-dict file to initialise every camera's backbone."""
     image_shift_pad: int = 4
     """Random-shift augmentation (pad, then random crop) in training; 0 disables it."""
+    image_features: bool = False
+    """Cameras arrive as precomputed pooled image features instead of images (``architecture=
+    'official'`` only; what a converted denoiser-only checkpoint takes): ``observation.images.<camera>``
+    holds a float (B, [n_obs,] F) vector, F the pooled width of the camera trunk named by
+    ``vision_depth`` / ``vision_width`` (2048 for the official ResNet-50). No camera trunks are built."""
 
     # --- transformer -------------------------------------------------------
     architecture: str = "mode"
@@ -163,6 +168,8 @@ class MoDEConfig:
             check_range(self, name, 0, low_open=True)
         check_choice(self, "routing", ROUTING_MODES)
         check_choice(self, "architecture", ("mode", "official"))
+        if self.image_features and self.architecture != "official":
+            raise ConfigError("image_features=true needs architecture='official' (the default network encodes images)")
         if self.architecture == "official":
             from ..official.spec import check_official_config
 

@@ -35,5 +35,10 @@ initialisation              PyTorch defaults, zero positions, N(0, 0.02)        
 ==========================  =================================================  ==============================
 
 Modules: :mod:`.spec` (the config checks), :mod:`.network` (the transformer),
-:mod:`.vision` (the cameras), :mod:`.convert` (official checkpoint -> model folder).
+:mod:`.vision` (the cameras), :mod:`.convert` (official checkpoint -> model folder),
+:mod:`.inputs` (the official inputs and the official denoiser call for a converted policy).
 """
+
+from .inputs import OfficialDenoiser, condition_tokens, official_batch
+
+__all__ = ["OfficialDenoiser", "condition_tokens", "official_batch"]

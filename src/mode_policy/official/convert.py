@@ -7,7 +7,15 @@ names: ``model.inner_model.*`` (the transformer), ``static_resnet.*`` and
 ``gripper_resnet.*`` (the cameras); the prefixes of the authors' pretraining code that the
 official loader renames (``img_encoder_image_primary.`` / ``_secondary.`` -> static,
 ``img_encoder_image_wrist.`` -> gripper, ``net.`` -> the gripper trunk) are renamed the same
-way. The language model (frozen CLIP ViT-B/32) is not converted: the folder's config names it.
+way. The language model (frozen CLIP ViT-B/32) is not converted: the folder's config names it
+when asked (``goal_encoder``); by default goals are vectors and the folder loads offline.
+
+A denoiser-only checkpoint (``model.inner_model.*`` and no camera encoder, e.g. what
+``GCDenoiser.state_dict()`` holds) converts into a policy that takes the cameras' pooled
+features instead of images (``MoDEConfig.image_features``): their width is the input width of the
+official ``tok_emb``, read from the file; the cameras are named by ``camera_names`` (default the
+official two, static and gripper). ``image_features=True`` does the same with a full checkpoint,
+leaving its camera encoders out.
 
 Every official tensor is either mapped, or ignored for a stated reason (language-model
 weights; an alias the official loader overwrites); any other tensor, a missing one, or a
@@ -29,6 +37,7 @@ from ..encoders.resnet import RESNET_LAYOUTS
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text, replacing
 from ..model.config import MoDEConfig
+from .spec import trunk_for_features, vision_feature_dim
 
 NET = "model.inner_model."
 CAMERAS = {"static": "static_resnet.", "gripper": "gripper_resnet."}
@@ -47,6 +56,7 @@ SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 FOLDER_FILES = ("model_cleaned.safetensors", "model.safetensors", "model_cleaned.pt")
 REPORT_NAME = "conversion.json"
+CAMERA_FEATURES_REASON = "camera encoder (image_features: the policy takes the cameras' pooled features)"
 
 Rule = tuple[tuple[str, ...], Callable[..., Tensor]]
 
@@ -60,6 +70,13 @@ class ConversionReport:
     mapped: int = 0
     ignored: dict[str, str] = field(default_factory=dict)  # official name -> reason
     set_by_converter: list[str] = field(default_factory=list)  # ours, not in the official file
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. CLIP not found)
+
+    @property
+    def image_feature_dim(self) -> int:
+        """Width of the pooled camera features the policy takes (0: it takes images)."""
+        cfg = self.config
+        return vision_feature_dim(cfg.vision_depth, cfg.vision_width) if cfg.image_features else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +84,7 @@ class ConversionReport:
             "mapped_tensors": self.mapped,
             "ignored": self.ignored,
             "set_by_converter": self.set_by_converter,
+            "notes": self.notes,
         }
 
 
@@ -150,10 +168,13 @@ def official_config(
     top_k: int = 2,
     camera_names: list[str] | None = None,
     goal_encoder: dict[str, Any] | None = None,
+    image_features: bool = False,
 ) -> MoDEConfig:
     """The ``architecture="official"`` config whose shapes these official tensors have.
     ``top_k`` is not stored in a checkpoint (the official configs use 2); ``camera_names``
-    name our cameras in the official order (static, gripper)."""
+    name our cameras in the official order (static, gripper). Without camera encoders in the
+    tensors (a denoiser-only checkpoint), or with ``image_features``, the policy takes pooled
+    camera features of the width ``tok_emb`` reads."""
 
     def get(name: str) -> Tensor:
         if name not in tensors:
@@ -164,13 +185,23 @@ def official_config(
     layers = {int(m.group(1)) for k in tensors for m in [re.match(re.escape(NET) + r"blocks\.(\d+)\.", k)] if m}
     shared = any(k.startswith(NET + "blocks.0.shared_mlp.") for k in tensors)
     present = [cam for cam, prefix in CAMERAS.items() if any(k.startswith(prefix) for k in tensors)]
-    if not present:
-        raise CheckpointError("official checkpoint holds no camera encoder (static_resnet.* or gripper_resnet.*)")
-    names = camera_names or present
-    if len(names) != len(present):
-        raise ConfigError(f"cameras {names}: the checkpoint has {len(present)} camera encoders ({', '.join(present)})")
-    trunk = CAMERAS[present[0]] + "resnet."
-    depth = _resnet_depth(tensors, trunk)
+    features = image_features or not present
+    if features:  # the cameras' pooled features come in: their width is tok_emb's input width
+        names = camera_names or present or list(CAMERAS)
+        feature_dim = get(NET + "tok_emb.weight").shape[1]
+        try:
+            depth, width = trunk_for_features(feature_dim)
+        except ConfigError as err:
+            raise CheckpointError(f"{NET}tok_emb.weight: {err}") from None
+    else:
+        names = camera_names or present
+        if len(names) != len(present):
+            raise ConfigError(
+                f"cameras {names}: the checkpoint has {len(present)} camera encoders ({', '.join(present)})"
+            )
+        trunk = CAMERAS[present[0]] + "resnet."
+        depth = _resnet_depth(tensors, trunk)
+        width = get(trunk + "conv1.weight").shape[0]
     try:
         return MoDEConfig(
             architecture="official",
@@ -189,8 +220,9 @@ def official_config(
             goal_dim=get(NET + "goal_emb.weight").shape[1],
             image_keys=[n if n.startswith("observation.images.") else f"observation.images.{n}" for n in names],
             image_size=224,
+            image_features=features,
             vision_depth=depth,
-            vision_width=get(trunk + "conv1.weight").shape[0],
+            vision_width=width,
             attn_dropout=0.3,
             resid_dropout=0.1,
             goal_dropout=0.1,
@@ -257,7 +289,7 @@ def tensor_rules(cfg: MoDEConfig, ours: dict[str, Tensor]) -> dict[str, Rule]:
             rules[f"{b}mlp.{bank}.w_in"] = (tuple(s + "mlp.0.project.weight" for s in sources), _stack)
             rules[f"{b}mlp.{bank}.b_in"] = (tuple(s + "mlp.0.project.bias" for s in sources), _stack)
             rules[f"{b}mlp.{bank}.w_out"] = (tuple(s + "mlp.2.weight" for s in sources), _stack)
-    for key, official in zip(cfg.image_keys, CAMERAS.values()):
+    for key, official in zip([] if cfg.image_features else cfg.image_keys, CAMERAS.values()):
         ours_prefix = f"image_encoder.cameras.{key.replace('.', '_')}."
         for name in ours:
             if name.startswith(ours_prefix):
@@ -282,6 +314,10 @@ def convert_state_dict(
     """Our state dict for ``cfg`` from official tensors (raw file names; renamed and filtered
     here). CheckpointError naming every missing, unused or mis-shaped tensor."""
     canonical, ignored = canonical_names(tensors)
+    if cfg.image_features:  # the policy takes the cameras' features: their encoders stay behind
+        for name in [k for k in canonical if k.startswith(tuple(CAMERAS.values()))]:
+            del canonical[name]
+            ignored[name] = CAMERA_FEATURES_REASON
     from ..policy import MoDEPolicy
 
     with torch.device("meta"):
@@ -336,21 +372,57 @@ def convert_official(
     camera_names: list[str] | None = None,
     goal_encoder: dict[str, Any] | None = None,
     overwrite: bool = False,
+    image_features: bool = False,
 ) -> ConversionReport:
     """Write a model folder (``MoDEPolicy.from_pretrained`` loads it) converted from an official
-    checkpoint; ``goal_encoder`` is written into its config (e.g. ``{"type": "clip", "path": ...}``;
-    None: goals arrive as vectors). ``conversion.json`` beside the weights lists ignored tensors."""
+    checkpoint, full or denoiser-only; ``goal_encoder`` is written into its config (e.g.
+    ``{"type": "clip", "path": ...}``; None, the default: goals arrive as vectors and nothing
+    else is needed to load it); ``image_features``: take pooled camera features instead of images
+    (automatic for a denoiser-only file). ``conversion.json`` beside the weights lists ignored tensors."""
     from safetensors.torch import save_file
 
     from ..policy import CONFIG_NAME, WEIGHTS_NAME
 
     tensors, path = read_official_checkpoint(checkpoint, allow_pickle)
     canonical, _ = canonical_names(tensors)
-    cfg = official_config(canonical, top_k, camera_names, goal_encoder)
+    cfg = official_config(canonical, top_k, camera_names, goal_encoder, image_features)
+    notes = goal_encoder_notes(cfg)
     ours, report = convert_state_dict(tensors, cfg, source=str(path))
+    report.notes += notes
     with replacing(out, overwrite) as target:
         target.mkdir(parents=True)
         atomic_write(target / WEIGHTS_NAME, lambda tmp: save_file(ours, tmp))
         atomic_write_text(target / CONFIG_NAME, cfg.to_json() + "\n")
         atomic_write_json(target / REPORT_NAME, report.to_dict())
     return report
+
+
+def goal_encoder_notes(cfg: MoDEConfig) -> list[str]:
+    """What loading ``cfg``'s goal encoder will need, checked without loading a language model:
+    a CLIP model not on this machine is a note (the folder still loads; goal vectors work); a
+    folder that is not a CLIP model, or one whose goals have another width than the checkpoint's,
+    is an error."""
+    if not cfg.goal_encoder:
+        return [f"goals are vectors: 'goal' (B, {cfg.goal_dim}); no language model is needed to load the folder"]
+    from ..encoders.language import make_language_encoder
+    from ..encoders.language.clip import DEFAULT_CLIP, DEFAULT_CLIP_DIM
+
+    encoder = make_language_encoder(dict(cfg.goal_encoder))
+    if getattr(encoder, "path", None) == DEFAULT_CLIP and cfg.goal_dim != DEFAULT_CLIP_DIM:
+        raise ConfigError(
+            f"goal encoder {DEFAULT_CLIP} gives {DEFAULT_CLIP_DIM}-d goals, the checkpoint's goal embedding "
+            f"takes {cfg.goal_dim}-d ones (convert with --language=none and feed goal vectors)"
+        )
+    path = getattr(encoder, "path", None)
+    name = f"{cfg.goal_encoder['type']} {path or ''}".strip()
+    if not getattr(encoder, "available", lambda: True)() and not (path and Path(path).is_dir()):
+        return [
+            f"text goals use {name}, which is not on this machine: the folder loads and takes 'goal' vectors "
+            f"(B, {cfg.goal_dim}); text goals will say where to put the model"
+        ]
+    if encoder.dim != cfg.goal_dim:
+        raise ConfigError(
+            f"goal encoder {cfg.goal_encoder}: gives {encoder.dim}-d goals, the checkpoint's goal embedding "
+            f"takes {cfg.goal_dim}-d ones"
+        )
+    return [f"text goals use {name} (found on this machine)"]

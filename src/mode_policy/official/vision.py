@@ -11,6 +11,11 @@ Parameter names are the official ones below each camera: the trunk under ``resne
 timm's (= torchvision's) ResNet names, ``film{1..4}.gamma`` / ``.beta``. Images are uint8
 [0, 255] or float [0, 1] and are normalised here with CLIP's pixel statistics (the
 official data transforms); random-shift augmentation runs first, in training only.
+
+With ``config.image_features`` the policy holds no camera trunks: each camera arrives as its
+pooled feature vector (B, F), what ``FiLMResNet50Policy`` returns in the official code (the
+``state_images`` of ``MoDEAgent.embed_visual_obs``, one row per camera), and only the shared
+projection runs.
 """
 
 from __future__ import annotations
@@ -126,21 +131,21 @@ class OfficialImageEncoder(nn.Module):
     """One :class:`OfficialFiLMResNet` per camera and the shared ``proj`` (the official ``tok_emb``).
 
     forward(images: {camera: (B, 3, H, W) or (B, H, W, 3)}, goal: (B, goal_dim)) -> (B, n_cameras, d),
-    cameras in ``config.image_keys`` order (the official order is static, then gripper).
+    cameras in ``config.image_keys`` order (the official order is static, then gripper). With
+    ``config.image_features`` the cameras' values are pooled features (B, F) and no trunk runs.
     """
 
     def __init__(self, config: MoDEConfig) -> None:
         super().__init__()
         self.camera_keys = list(config.image_keys)
+        self.takes_features = config.image_features
+        self.feature_dim = vision_feature_dim(config.vision_depth, config.vision_width)
         self.aug = RandomShift(config.image_shift_pad)
+        names = [] if self.takes_features else [key.replace(".", "_") for key in self.camera_keys]
         self.cameras = nn.ModuleDict(
-            {
-                key.replace(".", "_"): OfficialFiLMResNet(config.vision_depth, config.goal_dim, config.vision_width)
-                for key in self.camera_keys
-            }
+            {name: OfficialFiLMResNet(config.vision_depth, config.goal_dim, config.vision_width) for name in names}
         )
-        features = vision_feature_dim(config.vision_depth, config.vision_width)
-        self.proj = nn.Linear(features, config.d_model, bias=False)
+        self.proj = nn.Linear(self.feature_dim, config.d_model, bias=False)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         if config.vision_pretrained:
@@ -159,6 +164,15 @@ class OfficialImageEncoder(nn.Module):
         for key in self.camera_keys:
             if key not in images:
                 raise DataError(f"missing camera {key!r}; got {sorted(images)}, expected {self.camera_keys}")
+            if self.takes_features:
+                feature = images[key]
+                if feature.dim() != 2 or feature.shape[-1] != self.feature_dim or not feature.is_floating_point():
+                    raise DataError(
+                        f"{key}: image features of shape {tuple(feature.shape)} ({feature.dtype}), "
+                        f"expected float (B, {self.feature_dim})"
+                    )
+                out.append(feature.to(self.proj.weight.dtype))  # (B, C)
+                continue
             x = self.normalize(self.aug(to_channels_first(images[key])))  # (B, 3, H, W)
             out.append(self.cameras[key.replace(".", "_")](x, goal))  # (B, C)
         return torch.stack(out, dim=1)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
+from ..resnet import WeightsNotFoundError
 
 
 class MissingPackageError(ConfigError, ImportError):
@@ -59,6 +60,14 @@ class LanguageEncoder(ABC):
     @abstractmethod
     def dim(self) -> int:
         """Width of the returned vectors."""
+
+    def known_dim(self) -> int | None:
+        """``dim``, or None when the encoder's model files are not on this machine (or its package
+        is missing): a policy still loads and takes goal vectors; text goals then raise the error."""
+        try:
+            return self.dim
+        except (WeightsNotFoundError, MissingPackageError):
+            return None
 
     @property
     @abstractmethod

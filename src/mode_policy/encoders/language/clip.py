@@ -10,11 +10,13 @@ import torch
 from torch import Tensor
 
 from ..resnet import WeightsNotFoundError
-from .base import CachedLanguageEncoder, _as_text_list, _shared_model
+from .base import CachedLanguageEncoder, MissingPackageError, _as_text_list, _shared_model
 
 #: Hub name of the CLIP model the paper uses. Only a name: it is never fetched
 #: unless the user passes ``allow_download=True``.
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_CLIP_DIM = 512
+"""Width of :data:`DEFAULT_CLIP`'s text embeddings (its ``projection_dim``), known without loading it."""
 
 # ---------------------------------------------------------------------------
 # CLIP text tower
@@ -51,14 +53,30 @@ class CLIPTextEncoder(CachedLanguageEncoder):
         self._model: Any = None  # (tokenizer, model)
         self._dim: int | None = None
 
+    def available(self) -> bool:
+        """Whether the model can be loaded without a download: a local folder, or a Hub name in the
+        local Hugging Face cache (or a download is allowed). Reads no weights."""
+        return self.allow_download or (Path(self.path) / "config.json").is_file() or _in_hf_cache(self.path)
+
     def _check_source(self) -> None:
-        if not self.allow_download and not Path(self.path).is_dir() and not _in_hf_cache(self.path):
-            raise WeightsNotFoundError(
-                f"CLIP model {self.path!r} is not a local directory and is not in the Hugging Face cache: "
-                "point it at a folder with the model and tokenizer (save_pretrained output) with "
-                "--language_path=DIR, or allow a Hub download with --language_download=true "
-                "(Python: the encoder's 'path' and 'allow_download')"
-            )
+        if not self.available():
+            if Path(self.path).is_dir():
+                why = "the folder holds no config.json (not a saved CLIP model)"
+            elif _looks_like_hub_name(self.path):
+                why = f"not in the Hugging Face cache ({_hf_cache_dir()})"
+            else:
+                why = "no such folder"
+            raise self._missing(why)
+
+    def _missing(self, why: str) -> WeightsNotFoundError:
+        """The one-line error for a CLIP model that cannot be loaded, saying where to put it."""
+        fetch = f"fetch it (huggingface-cli download {self.path}), or " if _looks_like_hub_name(self.path) else ""
+        return WeightsNotFoundError(
+            f"CLIP text model {self.path!r}: {why}. Text goals need it: {fetch}save CLIPTextModelWithProjection "
+            "and its tokenizer (save_pretrained) to a folder and name it with --language_path=DIR, or allow a Hub "
+            "download with --language_download=true (a model folder: goal_encoder 'path' / 'allow_download' in "
+            "its config.json; Python: the encoder's 'path' and 'allow_download'). Goal vectors ('goal') need no CLIP"
+        )
 
     @property
     def model(self) -> tuple[Any, Any]:
@@ -71,11 +89,15 @@ class CLIPTextEncoder(CachedLanguageEncoder):
         return self._model
 
     def _load(self) -> tuple[Any, Any]:
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection
-
+        transformers = _transformers()
         local_only = not self.allow_download
-        tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
-        model = CLIPTextModelWithProjection.from_pretrained(self.path, local_files_only=local_only, dtype=torch.float32)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
+            model = transformers.CLIPTextModelWithProjection.from_pretrained(
+                self.path, local_files_only=local_only, dtype=torch.float32
+            )
+        except (OSError, ValueError) as err:  # a folder or cache entry without (all of) the model's files
+            raise self._missing(f"it cannot be loaded ({_one_line(err)})") from None
         return tokenizer, model.to("cpu").eval().requires_grad_(False)
 
     @property
@@ -83,9 +105,12 @@ class CLIPTextEncoder(CachedLanguageEncoder):
         if self._dim is None:
             if self._model is None:
                 self._check_source()
-                from transformers import CLIPTextConfig
-
-                cfg = CLIPTextConfig.from_pretrained(self.path, local_files_only=not self.allow_download)
+                try:
+                    cfg = _transformers().CLIPTextConfig.from_pretrained(
+                        self.path, local_files_only=not self.allow_download
+                    )
+                except (OSError, ValueError) as err:  # no config.json there, or not a CLIP config
+                    raise self._missing(f"its config cannot be read ({_one_line(err)})") from None
                 self._dim = int(cfg.projection_dim)
             else:
                 self._dim = int(self._model[1].config.projection_dim)
@@ -127,9 +152,38 @@ class CLIPTextEncoder(CachedLanguageEncoder):
         return cfg
 
 
+def _transformers() -> Any:
+    """The ``transformers`` module; MissingPackageError naming the extra that installs it."""
+    try:
+        import transformers
+    except ImportError:
+        raise MissingPackageError(
+            "the CLIP goal encoder needs 'transformers': pip install 'mode-policy[clip]'"
+        ) from None
+    return transformers
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """``owner/name`` and not a path (``./x``, ``/x``, ``~/x``, an existing folder)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def _hf_cache_dir() -> str:
+    """Where the Hugging Face cache lives on this machine (``HF_HUB_CACHE`` / ``HF_HOME``)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return "~/.cache/huggingface/hub"
+    return str(constants.HF_HUB_CACHE)
+
+
 def _in_hf_cache(name: str) -> bool:
     """Whether a Hub repo's config is in the local cache (no network)."""
-    if "/" not in name or name.startswith((".", "/", "~")):
+    if not _looks_like_hub_name(name):
         return False
     try:
         from huggingface_hub import try_to_load_from_cache
