@@ -12,6 +12,14 @@ memory budget), each variant runs in a fresh process so that its peak resident m
 * ``decode_on_demand``  reference: each sample's frames decoded from the video when asked for
 
 Samples/s counts gathered training windows (``WindowSampler.batch``), not optimizer steps.
+
+Then, in this process, :func:`bench_feed`: whether the data path keeps a training step fed, for a
+preset's shapes (``paper``: two 128 px cameras, its horizon and history). It times the batches/s the
+path delivers to the training device with batches built inline and built ahead on a thread
+(:mod:`mode_policy.data.prefetch`), beside the training step it must feed: the preset's real step
+on the device (bf16 autocast on CUDA), or a given step time, which the loop then models as a wait
+that leaves the CPU free (as a GPU step does). A short training loop with that step, prefetch off
+and on, shows the steps/s and the share of time the step waited for data.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,7 +195,7 @@ def _train_steps(data: Any, task: dict[str, Any], keys: list[str]) -> dict[str, 
 _CHILD = """
 import json, sys
 from mode_policy import errors
-from mode_policy.data.benchmark import measure
+from mode_policy.bench.data import measure
 try:
     print(json.dumps({"result": measure(json.loads(sys.argv[1]))}))
 except errors.ModePolicyError as err:
@@ -304,4 +313,243 @@ def format_data(result: dict[str, Any]) -> str:
             f"{cell(row, 'train_peak_rss_mb', ',.0f'):>16}{cell(row, 'train_step_s', '.2f'):>14}"
         )
     lines += ["", "RSS in MB (VmHWM of each variant's own process); 'RSS start': after imports, before loading."]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ feeding a training step
+FEED_PRESET = "paper"
+
+
+def feed_episodes(cfg: Any, frames: int = 1000, episode_length: int = 100, seed: int = 0) -> Any:
+    """In-memory episodes with ``cfg``'s shapes (what ``load_episodes`` holds after decoding):
+    random uint8 frames (frames, S, S, 3) per camera, states (8-d for an image-only policy, which
+    a dataset still has), actions in [-1, 1], 3 tasks."""
+    import torch
+
+    from ..data.windows import EpisodeData
+
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.arange(frames) // episode_length * episode_length
+    episodes = math.ceil(frames / episode_length)
+    side = cfg.image_size
+    return EpisodeData(
+        state=torch.randn(frames, cfg.state_dim or 8, generator=gen),
+        action=torch.rand(frames, cfg.action_dim, generator=gen) * 2 - 1,
+        episode_start=starts,
+        episode_end=torch.clamp(starts + episode_length, max=frames),
+        task_index=torch.arange(frames) // episode_length % 3,
+        tasks=["task 0", "task 1", "task 2"],
+        episode_bounds=np.array([[e * episode_length, min(frames, (e + 1) * episode_length)] for e in range(episodes)]),
+        images={
+            k: torch.randint(0, 256, (frames, side, side, 3), dtype=torch.uint8, generator=gen) for k in cfg.image_keys
+        },
+    )
+
+
+def feed_stream(data: Any, cfg: Any, batch_size: int, count: int, depth: int, device: Any, seed: int = 0) -> Any:
+    """The training batches of ``data`` as a run draws them (one generator; goal vectors from a
+    fixed table), ``count`` of them on ``device``, built ``depth`` ahead on a thread (0: inline)."""
+    import torch
+
+    from ..data.prefetch import BatchStream
+    from ..data.windows import WindowSampler
+
+    goals = torch.randn(len(data.tasks), cfg.goal_dim, generator=torch.Generator().manual_seed(seed))
+    sampler = WindowSampler(data, cfg.n_obs_steps, cfg.horizon, goals)
+    gen = torch.Generator().manual_seed(seed)
+
+    def build() -> dict[str, Any]:
+        return sampler.batch(torch.randint(0, len(sampler), (batch_size,), generator=gen))
+
+    return BatchStream(build, count, position=gen.get_state, rewind=gen.set_state, depth=depth, device=device)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _delivery_rate(data: Any, cfg: Any, batch_size: int, batches: int, depth: int, device: Any) -> float:
+    """Batches/s a stream delivers to ``device`` when nothing else runs (the transfer included)."""
+    with feed_stream(data, cfg, batch_size, batches, depth, device) as stream:
+        start = time.perf_counter()
+        for _ in stream:
+            _sync(device)
+        return batches / (time.perf_counter() - start)
+
+
+def _feed_loop(
+    data: Any, cfg: Any, batch_size: int, steps: int, depth: int, device: Any, step: Any
+) -> dict[str, float]:
+    """A training loop of ``steps`` steps of ``step(batch)``: steps/s and the share of the time
+    spent waiting for the next batch (the first step, a warm-up, not counted)."""
+    with feed_stream(data, cfg, batch_size, steps + 1, depth, device) as stream:
+        step(stream.next())
+        _sync(device)
+        waited, start = 0.0, time.perf_counter()
+        for _ in range(steps):
+            asked = time.perf_counter()
+            batch = stream.next()
+            waited += time.perf_counter() - asked
+            step(batch)
+            _sync(device)
+        wall = time.perf_counter() - start
+    return {"steps_per_s": steps / wall, "data_wait_share": waited / wall}
+
+
+def feed_config(preset: str = FEED_PRESET, **overrides: Any) -> Any:
+    """The config whose shapes the feed benchmark uses: the preset's cameras, image size,
+    history and horizon (a preset without cameras gets the paper's two)."""
+    from ..model.config import PRESETS, get_preset
+
+    cfg = get_preset(preset, **overrides)
+    if not cfg.image_keys:
+        paper = PRESETS["paper"]
+        cfg = get_preset(preset, **{"image_keys": paper["image_keys"], "image_size": paper["image_size"], **overrides})
+    return cfg
+
+
+def bench_feed(
+    cfg: Any = None,
+    *,
+    batch_size: int = 64,
+    prefetch: int = 2,
+    batches: int = 30,
+    rounds: int = 3,
+    device: Any = None,
+    step_ms: float | None = None,
+    train_step: Any = None,
+    loop_steps: int = 10,
+    frames: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The data path's batches/s for ``cfg``'s shapes (default: :data:`FEED_PRESET`), inline and
+    built ``prefetch`` ahead, beside the training step it must feed: ``train_step`` (a
+    :class:`~mode_policy.bench.training.TrainStep`, called on each batch), else on CUDA the
+    preset's real step (bf16 autocast), else ``step_ms`` (modelled as a wait that leaves the CPU
+    free), else none (the loop is then skipped). ``device``: default CUDA when present."""
+    import torch
+
+    from ..errors import ConfigError
+
+    if prefetch < 1:
+        raise ConfigError(f"prefetch={prefetch}: the feed benchmark compares inline with >= 1 batch built ahead")
+    for name, value in (
+        ("batch_size", batch_size),
+        ("batches", batches),
+        ("rounds", rounds),
+        ("loop_steps", loop_steps),
+    ):
+        if value < 1:
+            raise ConfigError(f"{name}={value}: must be >= 1")
+    if step_ms is not None and not step_ms > 0:
+        raise ConfigError(f"step_ms={step_ms}: must be > 0")
+    log = print if progress else (lambda *a, **k: None)
+    cfg = cfg if cfg is not None else feed_config()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    log(
+        f"feed: {frames} frames of {len(cfg.image_keys)} camera(s) at {cfg.image_size} px in memory, batch {batch_size}"
+    )
+    data = feed_episodes(cfg, frames)
+    rates: dict[str, list[float]] = {"inline": [], "prefetch": []}
+    _delivery_rate(data, cfg, batch_size, 2, 0, device)  # warm-up (first pinned allocations, CUDA context)
+    for _ in range(rounds):  # alternating, so a busy neighbour hits both alike
+        rates["inline"].append(_delivery_rate(data, cfg, batch_size, batches, 0, device))
+        rates["prefetch"].append(_delivery_rate(data, cfg, batch_size, batches, prefetch, device))
+    path = {
+        name: {"batches_per_s": statistics.median(r), "samples_per_s": statistics.median(r) * batch_size}
+        for name, r in rates.items()
+    }
+    step_source = "given"
+    if train_step is None and step_ms is None and device.type == "cuda":
+        train_step = _real_step(cfg, batch_size, device, data)
+    if train_step is not None:
+        step_source = "measured"
+        with feed_stream(data, cfg, batch_size, 1, 0, device) as stream:
+            batch = stream.next()
+        train_step(batch)  # warm-up
+        times = []
+        for _ in range(3):
+            _sync(device)
+            start = time.perf_counter()
+            train_step(batch)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        step_ms = statistics.median(times) * 1e3
+        step_fn = train_step
+    elif step_ms is not None:
+        wait_s = step_ms / 1e3
+
+        def step_fn(batch: Any) -> None:
+            time.sleep(wait_s)
+
+    result: dict[str, Any] = {
+        "cameras": list(cfg.image_keys),
+        "image_size": cfg.image_size,
+        "n_obs_steps": cfg.n_obs_steps,
+        "horizon": cfg.horizon,
+        "batch_size": batch_size,
+        "prefetch": prefetch,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "path": path,
+        "step_ms": step_ms,
+        "step_source": step_source if step_ms is not None else None,
+    }
+    if step_ms is not None:
+        log(f"feed: a training loop of {loop_steps} steps, prefetch off and on ...")
+        result["step_batches_per_s"] = 1e3 / step_ms
+        result["loop"] = {
+            "inline": _feed_loop(data, cfg, batch_size, loop_steps, 0, device, step_fn),
+            "prefetch": _feed_loop(data, cfg, batch_size, loop_steps, prefetch, device, step_fn),
+        }
+    return result
+
+
+def _real_step(cfg: Any, batch_size: int, device: Any, data: Any) -> Any:
+    """The preset's training step on ``device`` (bf16 autocast on CUDA), normalised for ``data``."""
+    import torch
+
+    from ..policy import MoDEPolicy
+    from .training import TrainStep
+
+    torch.manual_seed(0)
+    policy = MoDEPolicy(cfg)
+    policy.set_normalization(data.stats())
+    with feed_stream(data, cfg, batch_size, 1, 0, device) as stream:
+        batch = stream.next()
+    return TrainStep(policy.to(device), batch, amp=device.type == "cuda")
+
+
+def format_feed(result: dict[str, Any]) -> str:
+    """The feed benchmark as lines: the path's rates, the step, the loop prefetch off and on."""
+    cams = ", ".join(k.rsplit(".", 1)[-1] for k in result["cameras"])
+    lines = [
+        f"feeding a training step on {result['device']}: {len(result['cameras'])} camera(s) ({cams}) at "
+        f"{result['image_size']}x{result['image_size']}, {result['n_obs_steps']} observation step(s), horizon "
+        f"{result['horizon']}; batches of {result['batch_size']} ({result['torch_threads']} torch thread(s))",
+        "",
+        f"{'data path':<24}{'batches/s':>11}{'samples/s':>11}",
+    ]
+    names = {"inline": "inline (prefetch 0)", "prefetch": f"prefetch {result['prefetch']}"}
+    for key, row in result["path"].items():
+        lines.append(f"{names[key]:<24}{row['batches_per_s']:>11.1f}{row['samples_per_s']:>11,.0f}")
+    if result["step_ms"] is None:
+        lines.append(
+            "training step: not measured on the CPU (the paper step needs a GPU); --step_ms N models a step of "
+            "N ms, e.g. the one `mode-policy bench gpu` measures"
+        )
+        return "\n".join(lines)
+    how = (
+        "measured here" if result["step_source"] == "measured" else "given, modelled as a wait that leaves the CPU free"
+    )
+    lines.append(
+        f"training step to feed: {result['step_ms']:.1f} ms ({how}) = {result['step_batches_per_s']:.1f} batches/s; "
+        f"the path delivers {result['path']['prefetch']['batches_per_s'] / result['step_batches_per_s']:.1f}x that"
+    )
+    lines += ["", f"{'training loop':<24}{'steps/s':>11}{'waiting for data':>18}"]
+    for key, row in result["loop"].items():
+        lines.append(f"{names[key]:<24}{row['steps_per_s']:>11.2f}{row['data_wait_share']:>18.1%}")
     return "\n".join(lines)

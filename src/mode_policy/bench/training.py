@@ -62,16 +62,20 @@ def make_train_batch(cfg: MoDEConfig, batch_size: int, seed: int = 0) -> dict[st
 
 
 class TrainStep:
-    """One training step of ``policy`` on ``batch`` (see module docstring); call it."""
+    """One training step of ``policy`` on ``batch`` (see module docstring); call it, with another
+    batch of the same shapes if wanted. ``amp``: bf16 autocast, as training runs on CUDA."""
 
-    def __init__(self, policy: MoDEPolicy, batch: dict[str, torch.Tensor], lr: float = 1e-4) -> None:
+    def __init__(self, policy: MoDEPolicy, batch: dict[str, torch.Tensor], lr: float = 1e-4, amp: bool = False) -> None:
         self.policy = policy.train()
         self.batch = batch
         self.optimizer = torch.optim.AdamW(param_groups(policy, 0.05), lr=lr, betas=(0.9, 0.95))
         self.ema = EMA(policy, 0.999)
+        device = next(policy.parameters()).device.type
+        self.autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=amp)
 
-    def __call__(self) -> float:
-        loss, _ = self.policy(self.batch)
+    def __call__(self, batch: dict[str, torch.Tensor] | None = None) -> float:
+        with self.autocast:
+            loss, _ = self.policy(self.batch if batch is None else batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)

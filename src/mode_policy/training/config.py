@@ -86,6 +86,9 @@ class TrainConfig:
     (or OMP_NUM_THREADS when set)."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
+    prefetch: int = 2
+    """Batches a background thread builds ahead of the step (pinned memory on CUDA); 0: build each
+    batch on the main thread when the step needs it. The batches are the same either way."""
     progress: bool = True
     """Show a progress bar."""
     frame_cache_dir: str = ""
@@ -113,7 +116,7 @@ class TrainConfig:
             raise ConfigError(f"give dataset ({self.dataset}) or mixture ({self.mixture}), not both")
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "eval_episodes"):
             check_range(self, name, 1)
-        for name in ("warmup_steps", "eval_every", "seed", "weight_decay", "threads"):
+        for name in ("warmup_steps", "eval_every", "seed", "weight_decay", "threads", "prefetch"):
             check_range(self, name, 0)
         check_range(self, "lr", 0, low_open=True)
         check_range(self, "grad_clip", 0, low_open=True)

@@ -53,7 +53,6 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None,
     if rank == 0 and cfg.progress and run.threads:
         following = "" if governor is None else " (the cores free now; following neighbours that start or stop)"
         print(f"training on the CPU with {run.threads} torch thread(s){following}")
-    per_rank = cfg.batch_size // world
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and run.device.type == "cuda")
     bar = None
     if rank == 0 and cfg.progress:
@@ -61,74 +60,71 @@ def train(cfg: TrainConfig, resume: bool = False, eval_fn: EvalFn | None = None,
 
         bar = tqdm(total=cfg.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
     start_time, window_time, window_steps = time.perf_counter(), time.perf_counter(), 0
-    while run.step < cfg.steps:
-        batch = {
-            k: v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in run.sampler.sample(per_rank, run.data_gen).items()
-        }
-        try:
-            with autocast:
-                loss, info = run.model(batch)
-        except RuntimeError as err:  # e.g. the routers' sampling refuses non-finite probabilities
-            diverged = "nan" in str(err).lower() or "inf" in str(err).lower()
-            if not diverged and all(torch.isfinite(p).all() for p in policy.parameters()):
-                raise
-            raise TrainingError(
-                f"training diverged before step {run.step + 1} (non-finite values with lr={cfg.lr:g}); "
-                "lower the lr or check the data"
-            ) from err
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {run.step + 1}; lower the lr or check the data")
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        run.optimizer.step()
-        run.scheduler.step()
-        run.ema.update(policy)
-        run.step += 1
-        step = run.step
-        window_steps += 1
-        if bar is not None:
-            bar.update(1)
-        if governor is not None and governor.step() is not None and bar is not None:
-            _, now_threads, others = governor.changes[-1]
-            bar.write(f"step {step}: {now_threads} torch thread(s) (other processes use {others:.1f} cores)")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            now = time.perf_counter()
-            record = {
-                "step": step,
-                "lr": run.scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "samples_per_s": window_steps * cfg.batch_size / (now - window_time),
-                "wall_s": now - start_time,
-                **({"torch_threads": torch.get_num_threads()} if run.threads else {}),
-                **{k: float(v) for k, v in info.items() if v.dim() == 0},
-            }
-            if "expert_usage" in info:
-                record["expert_usage"] = info["expert_usage"].tolist()
-            window_time, window_steps = now, 0
-            if rank == 0:
-                run.run_dir.append_metrics(record)
-                for k, v in record.items():
-                    if isinstance(v, float):
-                        writer.add_scalar(f"train/{k}", v, step)
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}", sps=f"{record['samples_per_s']:.0f}"
-                    )
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            run.checkpoint()
-        if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            if rank == 0:
-                result = eval_fn(run.ema.model, step)
-                run.run_dir.append_eval({"step": step, **result})
-                for k, v in result.items():
-                    if isinstance(v, (int, float)):
-                        writer.add_scalar(f"eval/{k}", v, step)
-            if world > 1:
-                dist.barrier()
-            if governor is not None:  # the evaluation's own load is not a neighbour's
-                governor.restart()
+    with run.batches() as batches:  # built ahead on a thread (cfg.prefetch); joined on leaving
+        for batch in batches:
+            try:
+                with autocast:
+                    loss, info = run.model(batch)
+            except RuntimeError as err:  # e.g. the routers' sampling refuses non-finite probabilities
+                diverged = "nan" in str(err).lower() or "inf" in str(err).lower()
+                if not diverged and all(torch.isfinite(p).all() for p in policy.parameters()):
+                    raise
+                raise TrainingError(
+                    f"training diverged before step {run.step + 1} (non-finite values with lr={cfg.lr:g}); "
+                    "lower the lr or check the data"
+                ) from err
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at step {run.step + 1}; lower the lr or check the data")
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.ema.update(policy)
+            run.step += 1
+            step = run.step
+            window_steps += 1
+            if bar is not None:
+                bar.update(1)
+            if governor is not None and governor.step() is not None and bar is not None:
+                _, now_threads, others = governor.changes[-1]
+                bar.write(f"step {step}: {now_threads} torch thread(s) (other processes use {others:.1f} cores)")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                record = {
+                    "step": step,
+                    "lr": run.scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "samples_per_s": window_steps * cfg.batch_size / (now - window_time),
+                    "wall_s": now - start_time,
+                    **({"torch_threads": torch.get_num_threads()} if run.threads else {}),
+                    **{k: float(v) for k, v in info.items() if v.dim() == 0},
+                }
+                if "expert_usage" in info:
+                    record["expert_usage"] = info["expert_usage"].tolist()
+                window_time, window_steps = now, 0
+                if rank == 0:
+                    run.run_dir.append_metrics(record)
+                    for k, v in record.items():
+                        if isinstance(v, float):
+                            writer.add_scalar(f"train/{k}", v, step)
+                    if bar is not None:
+                        bar.set_postfix(
+                            loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.1e}", sps=f"{record['samples_per_s']:.0f}"
+                        )
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                run.checkpoint()
+            if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                if rank == 0:
+                    result = eval_fn(run.ema.model, step)
+                    run.run_dir.append_eval({"step": step, **result})
+                    for k, v in result.items():
+                        if isinstance(v, (int, float)):
+                            writer.add_scalar(f"eval/{k}", v, step)
+                if world > 1:
+                    dist.barrier()
+                if governor is not None:  # the evaluation's own load is not a neighbour's
+                    governor.restart()
     if bar is not None:
         bar.close()
     _finish(run, governor, time.perf_counter() - start_time)

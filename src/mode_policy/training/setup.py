@@ -12,13 +12,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from ..data.mixture import Mixture, MixtureData, MixtureSampler, read_mixture
+from ..data.prefetch import BatchStream
 from ..data.windows import EpisodeData, dataset_cameras, load_episodes
 from ..errors import ConfigError, DataError, RunDirError
 from ..fileio import Outputs
@@ -90,6 +94,7 @@ RESUMABLE_CHANGES = (
     "eval_episodes",
     "frame_cache_dir",
     "memory_budget_mb",
+    "prefetch",
 )
 """TrainConfig fields a resumed run may change: they do not alter what is being optimised."""
 
@@ -181,6 +186,10 @@ def run_mixture(cfg: TrainConfig) -> Mixture:
 
 
 # ------------------------------------------------------------------ the run
+DataPosition = tuple[torch.Tensor, dict[str, Any]]
+"""Where a rank's data stream stands: its batch generator's state and its sampler's."""
+
+
 @dataclass
 class Run:
     """A run ready for its first (or next) step: what :func:`mode_policy.training.loop.train` loops over."""
@@ -206,10 +215,45 @@ class Run:
     resumed: bool = False
     notes: list[str] = field(default_factory=list)
     """Lines to tell the user (what is fine-tuned, what a resume changed)."""
+    stream: BatchStream | None = None
+    """The training batches while :meth:`batches` is open."""
+
+    def data_position(self) -> DataPosition:
+        """The data stream's position after the batches trained on so far (not those a prefetching
+        thread built ahead): what a checkpoint saves."""
+        return self.stream.position if self.stream is not None else self._live_position()
+
+    def _live_position(self) -> DataPosition:
+        return self.data_gen.get_state(), self.sampler.schedule.state_dict()
+
+    def _rewind_data(self, position: DataPosition) -> None:
+        self.data_gen.set_state(position[0])
+        self.sampler.schedule.load_state_dict(position[1])
+
+    @contextmanager
+    def batches(self) -> Iterator[BatchStream]:
+        """This rank's training batches from the current step to ``cfg.steps``, on the run's
+        device, built ``cfg.prefetch`` ahead on a background thread (0: inline); on leaving, the
+        thread is joined and the data stream rewound to the last batch handed out
+        (:class:`~mode_policy.data.prefetch.BatchStream`)."""
+        per_rank = self.cfg.batch_size // self.world
+        self.stream = BatchStream(
+            lambda: self.sampler.sample(per_rank, self.data_gen),
+            self.cfg.steps - self.step,
+            position=self._live_position,
+            rewind=self._rewind_data,
+            depth=self.cfg.prefetch,
+            device=self.device,
+        )
+        try:
+            with self.stream as stream:
+                yield stream
+        finally:
+            self.stream = None
 
     def gather_rng(self) -> tuple[list, list]:
         """Every rank's data and torch RNG states (rank 0 saves them all)."""
-        mine = [self.data_gen.get_state(), torch.get_rng_state()]
+        mine = [self.data_position()[0], torch.get_rng_state()]
         if self.world == 1:
             return [mine[0]], [mine[1]]
         everyone: list = [None] * self.world
@@ -228,7 +272,7 @@ class Run:
             "ema": self.ema.state_dict(),
             "data_rng": data_rng,
             "torch_rng": torch_rng,
-            "sampler": self.sampler.schedule.state_dict(),
+            "sampler": self.data_position()[1],
         }
 
         def write(folder: Path) -> None:
