@@ -41,8 +41,7 @@ def test_convert_then_finetune_with_frozen_routers(tmp_path):
     save_file(official_checkpoint(FIXTURE / "experts", goal_dim=384), str(source / "model_cleaned.safetensors"))
     model = tmp_path / "converted"
     assert (
-        cli(["convert", "official", str(source), f"--out={model}", "--cameras=agentview,wrist", "--language=none"])
-        == 0
+        cli(["convert", "official", str(source), f"--out={model}", "--cameras=agentview,wrist", "--language=none"]) == 0
     )
     config = json.loads((model / "config.json").read_text())
     config["goal_encoder"] = {"type": "minilm"}  # in place of CLIP, which this machine does not have
