@@ -409,8 +409,9 @@ class MoDEPolicy(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MoDEPolicy:
         """Rebuild a policy from ``save_pretrained`` output, or from a ``lerobot-train`` checkpoint
         of the ``lerobot_policy_mode`` plugin (whose MoDE config is ``mode_config.json``, beside
-        LeRobot's own ``config.json``), in eval mode (no dropout; sampling fuses the chosen
-        experts where the network supports it, see ``policy.denoiser.use_expert_cache``;
+        LeRobot's own ``config.json``), in eval mode (no dropout; sampling runs the expert cache,
+        for converted official checkpoints too, token routing aside, see
+        ``policy.denoiser.use_expert_cache``;
         ``.train()`` to train it); raises CheckpointError naming the file and the mismatch if
         anything does not fit. A goal encoder's language model (e.g. CLIP) is not needed to load:
         goal vectors work without it, and text goals name where it is missing."""

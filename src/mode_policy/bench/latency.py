@@ -22,6 +22,9 @@ preset's width and depth, with the same random weights where they share a struct
   :mod:`mode_policy.model.folded_sampler`), run by ONNX Runtime with the same thread count (batch 1; with
   ``onnx=True`` and onnxruntime installed)
 * ``onnx_dense_active``    ``dense_active`` exported and run the same way
+* ``mode_cached_bf16``     ``mode_cached`` with ``precision="bf16"`` (with ``precision="bf16"``): bfloat16
+  weights and activations on the lean sampler, float32 sampler state; its action error against
+  ``mode_cached`` is reported beside its time
 
 Bounds of a chunk: FLOPs / matmul throughput, and weight bytes / memory bandwidth, each
 throughput from its probe's median in the same rounds.
@@ -40,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..constants import GOAL_KEY, STATE_KEY
 from ..errors import ConfigError
 from ..model.config import MoDEConfig, get_preset
+from ..model.edm import PRECISIONS
 from ..policy import MoDEPolicy
 from ..serving.export import OrtChunk, export_sampler, onnx_runtime_available
 from .footprint_control import footprint_control
@@ -55,12 +59,15 @@ def _policy(cfg: MoDEConfig, seed: int, cached: bool = True, lean: bool = True) 
     policy = MoDEPolicy(cfg)
     with torch.no_grad():  # a trained-looking output head (init is zero)
         torch.nn.init.normal_(policy.denoiser.net.action_out.weight, std=0.02)
-    policy.denoiser.use_expert_cache = cached
+    if cfg.routing == "noise":  # the dense variants have no experts to cache
+        policy.denoiser.use_expert_cache = cached
     policy.denoiser.use_lean_sampler = lean
     return policy.eval()
 
 
-def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -> dict[str, MoDEPolicy]:
+def build_variants(
+    base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16), precision: str = "fp32"
+) -> dict[str, MoDEPolicy]:
     """The benchmarked policies (see module docstring)."""
     dense_active = dataclasses.replace(base, routing="dense", dense_mlp_ratio=base.top_k * base.mlp_ratio)
     variants = {
@@ -75,6 +82,9 @@ def build_variants(base: MoDEConfig, expert_counts: tuple[int, ...] = (8, 16)) -
     }
     for e in expert_counts:
         variants[f"mode_e{e}_cached"] = _policy(dataclasses.replace(base, num_experts=e), 0)
+    if precision != "fp32":
+        variants[f"mode_cached_{precision}"] = _policy(base, 0)
+        variants[f"mode_cached_{precision}"].denoiser.precision = precision
     return variants
 
 
@@ -193,9 +203,11 @@ def bench_latency(
     progress: bool = True,
     onnx: bool = False,
     repeat_b1: int = 3,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Run the latency benchmark; returns the figures and ratios as a dict.
     ``onnx``: also time the exported ONNX sampler at batch 1 (skipped without onnxruntime).
+    ``precision``: 'bf16' adds ``mode_cached_bf16`` (see module docstring).
     ``repeat_b1``: calls of each variant in a row per batch-1 round, the first timed cold and
     the others warm (:func:`time_side_by_side`); 1 times every call cold."""
     base = get_preset(preset, **{"state_dim": 39, "action_dim": 4, **(overrides or {})})
@@ -208,8 +220,11 @@ def bench_latency(
             f"rounds_b1={rounds_b1}, rounds_b64={rounds_b64}: need at least 2 timed rounds each "
             "(the spread is an interquartile range)"
         )
+    if precision not in PRECISIONS:  # fp32: the weights' own dtype, the other variants
+        raise ConfigError(f"precision={precision!r}: choose from {', '.join(PRECISIONS)}")
     log = print if progress else (lambda *a, **k: None)
-    variants = build_variants(base)
+    variants = build_variants(base, precision=precision)
+    low = f"mode_cached_{precision}" if precision != "fp32" else None
     b1, b64 = make_batch(base, 1), make_batch(base, 64)
 
     cached, modules, uncached = (variants[k] for k in ("mode_cached", "mode_cached_modules", "mode_uncached"))
@@ -220,6 +235,12 @@ def bench_latency(
         diffs.append((lean_out - uncached.predict_action_chunk(batch, noise)).abs().max().item())
         bitwise = bitwise and torch.equal(lean_out, modules.predict_action_chunk(batch, noise))
 
+    precision_diffs = []
+    if low is not None:  # same weights and noise as mode_cached: the error the precision adds
+        for batch in (b1, b64):
+            noise = torch.randn(batch[GOAL_KEY].shape[0], base.horizon, base.action_dim)
+            fp32 = cached.predict_action_chunk(batch, noise)
+            precision_diffs.append((variants[low].predict_action_chunk(batch, noise) - fp32).abs().max().item())
     union = chunk_expert_union(cached)
     chunks: dict[str, Any] = dict(variants)
     chunks["dense_footprint"] = footprint_control(variants["dense_active"], union["mlp_bytes_over_dense_active"])
@@ -331,6 +352,11 @@ def bench_latency(
             "cache_bytes_over_expert_bytes": cache_bytes / weights_bytes,
         },
     }
+    if low is not None:
+        result["precision"] = precision
+        result["precision_max_abs_action_diff"] = max(precision_diffs)
+        result["ratios"][f"{low}_over_cached_b1"] = ratio(lat_b1, low, "mode_cached")
+        result["ratios"][f"{low}_over_cached_b64"] = ratio(lat_b64, low, "mode_cached")
     if "onnx_cached" in lat_b1:
         result["onnx_max_abs_diff"] = onnx_diff
         result["ratios"]["onnx_over_cached_b1"] = ratio(lat_b1, "onnx_cached", "mode_cached")
@@ -407,6 +433,9 @@ def format_latency(result: dict[str, Any]) -> str:
     lines.append(f"{'lean_bitwise_equal (vs module path)':<38} {result['lean_bitwise_equal']!s:>8}")
     if "onnx_max_abs_diff" in result:
         lines.append(f"{'onnx_max_abs_diff (vs eager cached)':<38} {result['onnx_max_abs_diff']:8.1e}")
+    if "precision_max_abs_action_diff" in result:
+        label = f"{result['precision']}_max_abs_diff (vs fp32 cached)"
+        lines.append(f"{label:<38} {result['precision_max_abs_action_diff']:8.1e}")
     lines.append(f"{'cache bytes / expert bytes':<38} {result['cache_bytes']:,} / {result['expert_weight_bytes']:,}")
     union = result.get("chunk_experts")
     if union:

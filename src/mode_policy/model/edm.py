@@ -13,11 +13,14 @@ lives in :mod:`mode_policy.model.diffusion`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .config import MoDEConfig
 from .diffusion import (
     DenoiseFn,
@@ -29,11 +32,19 @@ from .diffusion import (
     sample_log_logistic_sigma,
     training_target,
 )
-from .expert_cache import build_layer_cache, weights_version
+from .expert_cache import build_layer_cache, expert_cache_unavailable, weights_version
 from .guidance import InpaintPrefix
-from .lean_sampler import LeanSampler, build_lean_sampler
+from .lean_sampler import LeanSampler, build_lean_sampler, unsupported_reason
 from .moe import FusedExperts, Routing
 from .transformer import MoDETransformer
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""Sampling precisions (:attr:`EDMDenoiser.precision`) and their dtypes."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class SamplingPlan:
     noise_emb: Tensor  # (M, d) phi at every evaluation
     levels: list[NoiseLevel]  # one per evaluation
     cache_bytes: int  # what the expert cache owns (0 without it)
-    lean: LeanSampler | None = None  # the eval path's precomputed steps, where it applies
+    lean: LeanSampler | Any = None  # the eval path's precomputed steps, where it applies (official: its own)
 
     @property
     def cached(self) -> bool:
@@ -74,8 +85,10 @@ class EDMDenoiser(nn.Module):
 
     Reads sigma_data, the training noise distribution and the sampler settings
     from ``config`` (shared with the policy, so edits to it take effect).
-    ``use_expert_cache`` (default True) lets noise-routed sampling in eval mode
-    run each step's experts fused, without routers; results are exact.
+    ``use_expert_cache`` (default True; False for token routing, whose experts depend on the
+    data) lets noise-routed sampling in eval mode, in both architectures, run each step's
+    experts fused, without routers; results are exact. Setting it True for token routing
+    raises ConfigError rather than being ignored.
     """
 
     def __init__(self, config: MoDEConfig) -> None:
@@ -87,8 +100,21 @@ class EDMDenoiser(nn.Module):
             self.net = OfficialTransformer(config)
         else:
             self.net = MoDETransformer(config)
-        self.use_expert_cache = config.architecture != "official"  # the official experts have biases: no fused cache
+        self._use_expert_cache = expert_cache_unavailable(config) is None
+        self._precision: str | None = None
         self._plan: SamplingPlan | None = None
+
+    @property
+    def use_expert_cache(self) -> bool:
+        """Whether eval-mode sampling runs the expert cache (see :mod:`mode_policy.model.expert_cache`)."""
+        return self._use_expert_cache
+
+    @use_expert_cache.setter
+    def use_expert_cache(self, on: bool) -> None:
+        why = expert_cache_unavailable(self.config) if on else None
+        if why is not None:
+            raise ConfigError(f"use_expert_cache=True: {why}")
+        self._use_expert_cache = bool(on)
 
     @property
     def sigma_data(self) -> float:
@@ -145,17 +171,32 @@ class EDMDenoiser(nn.Module):
 
     # --------------------------------------------------------------- sampling
     use_lean_sampler = True
-    """Sample in eval mode with :mod:`mode_policy.model.lean_sampler` where it applies (same
-    results up to float rounding, fewer kernels); False: always the module-by-module path."""
+    """Sample in eval mode with :mod:`mode_policy.model.lean_sampler` (or, for the official
+    architecture, :mod:`mode_policy.official.lean_sampler`) where it applies (same results up to
+    float rounding, fewer kernels); False: always the module-by-module path."""
+
+    @property
+    def precision(self) -> str | None:
+        """The precision of eval-mode sampling: None (default: the weights' own dtype), ``"fp32"``
+        or ``"bf16"``. With a dtype other than the weights', the lean sampler holds a copy of the
+        weights it reads in that dtype (each expert bank cast once) and runs the network in it;
+        the sampler's state and the skip connection stay float32. That runs on the lean sampler
+        only: a plan the lean sampler does not run raises ConfigError rather than silently
+        sampling in the weights' dtype."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str | None) -> None:
+        if value is not None and value not in PRECISIONS:
+            raise ConfigError(f"precision={value!r}: choose from {', '.join(PRECISIONS)} (or None)")
+        self._precision = value
 
     def sampling_plan(self, sampling: SamplingSettings | None = None) -> SamplingPlan:
         """The (cached) plan for the configured sampler and schedule, with ``sampling``'s settings
         on top; rebuilt when the schedule, the step count, the mode or the weights change."""
         cfg = self.config if sampling is None else sampling.resolve(self.config)
         net = self.net
-        cached = (
-            self.use_expert_cache and cfg.routing == "noise" and cfg.architecture != "official" and not self.training
-        )
+        cached = self.use_expert_cache and cfg.routing == "noise" and not self.training
         lean = self.use_lean_sampler and not self.training
         device = net.sigma_embed.weight.device
         key = (
@@ -168,6 +209,7 @@ class EDMDenoiser(nn.Module):
             cfg.sigma_data,
             cached,
             lean,
+            self.precision,
             device,
             weights_version([net] if lean else [net.sigma_embed, *net.moe_layers()]),  # lean: reads every weight
         )
@@ -191,11 +233,36 @@ class EDMDenoiser(nn.Module):
             NoiseLevel(skip, out, scale_in, noise_emb[j], fused[j])
             for j, (skip, out, scale_in) in enumerate(zip(c_skip.tolist(), c_out.tolist(), c_in.tolist()))
         ]
-        self._plan = SamplingPlan(key, sampler, sigmas, eval_sigmas, noise_emb, levels, cache_bytes)
+        plan = SamplingPlan(key, sampler, sigmas, eval_sigmas, noise_emb, levels, cache_bytes)
+        dtype = PRECISIONS[self.precision] if self.precision else net.sigma_embed.weight.dtype
         if lean:
             with torch.inference_mode(False):
-                self._plan.lean = build_lean_sampler(self, self._plan)
-        return self._plan
+                if cfg.architecture == "official":
+                    from ..official.lean_sampler import build_official_lean_sampler
+
+                    plan.lean = build_official_lean_sampler(self, plan, dtype)
+                else:
+                    plan.lean = build_lean_sampler(self, plan, dtype)
+        if dtype != net.sigma_embed.weight.dtype and plan.lean is None:
+            raise ConfigError(
+                f"precision={self.precision!r} runs on the lean sampler, which does not run this plan "
+                f"({self._no_lean_reason(plan, lean)}); use precision='fp32'"
+            )
+        if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
+            warnings.warn(
+                "precision='bf16' on a CPU without AVX512-BF16 or AMX: its bfloat16 matrix multiplies "
+                "are emulated and slower than float32 here",
+                stacklevel=2,
+            )
+        self._plan = plan
+        return plan
+
+    def _no_lean_reason(self, plan: SamplingPlan, lean: bool) -> str:
+        if not lean:
+            return "training mode" if self.training else "use_lean_sampler=False"
+        if not plan.cached:
+            return "the expert cache is off"
+        return unsupported_reason(self, plan) or "unsupported configuration"
 
     @torch.no_grad()
     def sample(

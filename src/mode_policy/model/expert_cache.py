@@ -9,6 +9,10 @@ Memory: when a step's chosen experts form an arithmetic progression of
 indices (always true for k <= 2), the fused weights are strided *views* of the
 expert bank, so the cache owns no weight copies at all. Other combinations
 (k >= 3) are copied once per distinct combination and shared between steps.
+
+The official architecture (:mod:`mode_policy.official.network`: biased experts, an always-on
+shared expert) fuses its own way (:meth:`~mode_policy.official.network.OfficialMoE.fuse`):
+every expert of a step is a view of its bank, so its cache owns no tensor at all.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .config import MoDEConfig
 from .moe import FusedExperts, MoELayer, choose_experts
+
+
+def expert_cache_unavailable(cfg: MoDEConfig) -> str | None:
+    """Why ``cfg``'s experts cannot be cached (None: noise routing, both architectures, or the
+    dense variant, which has no experts and so nothing the cache would skip)."""
+    if cfg.routing == "token":
+        return "routing='token' chooses experts from the tokens, which no cache can know before sampling"
+    return None
 
 
 def _select(bank: Tensor, experts: list[int], copies: dict, key: tuple) -> Tensor:
@@ -32,12 +45,16 @@ def _select(bank: Tensor, experts: list[int], copies: dict, key: tuple) -> Tenso
 
 
 @torch.no_grad()
-def build_layer_cache(layer: MoELayer, noise_emb: Tensor) -> tuple[list[FusedExperts], int]:
+def build_layer_cache(layer: MoELayer, noise_emb: Tensor) -> tuple[list, int]:
     """Fused experts of one layer for each of the M noise embeddings (M, d).
 
     Returns the per-step list and the bytes the cache owns: weight copies
-    (none for k <= 2) and the (M, k) mixing weights.
+    (none for k <= 2) and the (M, k) mixing weights. An official MoE layer
+    (any layer with ``fuse``) builds its own :class:`OfficialFusedExperts`.
     """
+    if not isinstance(layer, MoELayer):
+        steps = layer.fuse(noise_emb)
+        return steps, owned_bytes([t for step in steps for e in step.experts for t in e[:3]], layer)
     probs = layer.router(noise_emb)  # (M, E)
     index, weights = choose_experts(probs, layer.top_k, sample=False)  # (M, k)
     order = index.argsort(dim=-1)
@@ -51,6 +68,13 @@ def build_layer_cache(layer: MoELayer, noise_emb: Tensor) -> tuple[list[FusedExp
         steps.append(FusedExperts(w13, w2, weights[m : m + 1]))  # mix: (1, k) view
     owned = sum(t.numel() * t.element_size() for t in (*copies.values(), weights))
     return steps, owned
+
+
+def owned_bytes(tensors: list[Tensor], module: torch.nn.Module) -> int:
+    """Bytes of the distinct storages among ``tensors`` that no parameter of ``module`` owns."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(n for ptr, n in storages.items() if ptr not in params)
 
 
 def weights_version(modules) -> tuple:

@@ -10,6 +10,8 @@ redoes per step what depends only on the step. Here, per plan:
 * the EDM scalings ``c_in``, ``c_skip``, ``c_out`` as host floats;
 * the expert cache's fused experts (views of the expert bank, see
   :mod:`mode_policy.model.expert_cache`);
+* with another ``dtype`` (``EDMDenoiser.precision = "bf16"``), every weight cast once (the fused
+  experts are views of the cast banks); the sampler's state and the skip connection stay float32;
 
 and per chunk (the same at every step): the condition tokens plus their positional
 embeddings. A step then runs the same tensor operations as the module path, in the same
@@ -18,10 +20,10 @@ order on the same values, so the actions are bitwise identical to it (see
 
 It runs for noise-routed MoDE with the expert cache and for the dense variant, with or
 without the noise token, with attention or no noise conditioning. Every other
-configuration (token routing, a shared expert, FiLM, the official architecture, a
-config field this module does not know at a non-default value, a network holding a
-parameter it would not read) gets ``None`` from :func:`build_lean_sampler` and samples
-on the module path.
+configuration (token routing, a shared expert, FiLM, a config field this module does not
+know at a non-default value, a network holding a parameter it would not read) gets ``None``
+from :func:`build_lean_sampler` and samples on the module path. The official architecture
+has its own, :mod:`mode_policy.official.lean_sampler`.
 """
 
 from __future__ import annotations
@@ -177,36 +179,45 @@ class LeanSampler:
     """Runs a sampling plan's network evaluations as flat tensor code (see module docstring).
     Build with :func:`build_lean_sampler`; valid for the plan and weights it was built from."""
 
-    def __init__(self, denoiser: EDMDenoiser, plan: SamplingPlan) -> None:
+    def __init__(self, denoiser: EDMDenoiser, plan: SamplingPlan, dtype: torch.dtype = torch.float32) -> None:
         net, cfg = denoiser.net, denoiser.config
         d = net.pos_emb.shape[-1]
-        self.d = d
+        self.d, self.dtype = d, dtype
+
+        def w(t: Tensor) -> Tensor:  # a weight as this sampler reads it: the parameter, or a cast copy
+            return t.detach().to(dtype)
+
         self.n_heads = net.blocks[0].attn.n_heads
         self.causal = net.blocks[0].attn.causal
-        self.pos = net.pos_emb.detach()  # (1, T, d)
+        self.pos = w(net.pos_emb)  # (1, T, d)
         self.offset = 1 if cfg.noise_token else 0  # row of the first condition token
-        self.action_in = (net.action_in.weight.detach(), net.action_in.bias.detach())
-        self.norm_out = (net.norm_out.weight.detach(), net.norm_out.eps)
-        self.action_out = (net.action_out.weight.detach(), net.action_out.bias.detach())
+        self.action_in = (w(net.action_in.weight), w(net.action_in.bias))
+        self.norm_out = (w(net.norm_out.weight), net.norm_out.eps)
+        self.action_out = (w(net.action_out.weight), w(net.action_out.bias))
         self.layers = [
             _Layer(
-                b.norm1.weight.detach(),
+                w(b.norm1.weight),
                 b.norm1.eps,
-                b.attn.qkv.weight.detach(),
-                b.attn.q_norm.weight.detach(),
-                b.attn.k_norm.weight.detach(),
+                w(b.attn.qkv.weight),
+                w(b.attn.q_norm.weight),
+                w(b.attn.k_norm.weight),
                 (b.attn.q_norm.eps, b.attn.k_norm.eps),
-                b.attn.proj.weight.detach(),
-                b.norm2.weight.detach(),
+                w(b.attn.proj.weight),
+                w(b.norm2.weight),
                 b.norm2.eps,
-                None if isinstance(b.mlp, MoELayer) else (b.mlp.w13.detach(), b.mlp.w2.detach()),
+                None if isinstance(b.mlp, MoELayer) else (w(b.mlp.w13), w(b.mlp.w2)),
             )
             for b in net.blocks
         ]
         conditioned = cfg.noise_conditioning == "attention"
+        banks = {  # each expert bank cast once; the steps' fused experts become views of the cast banks
+            bank.untyped_storage().data_ptr(): (bank, w(bank))
+            for layer in net.moe_layers()
+            for bank in (layer.experts.w13, layer.experts.w2)
+        }
         self.steps = []
         for level in plan.levels:
-            phi = level.noise_emb.view(1, 1, d)
+            phi = w(level.noise_emb).view(1, 1, d)
             self.steps.append(
                 _Step(
                     noise_token=phi + self.pos[:, :1] if cfg.noise_token else None,
@@ -214,7 +225,11 @@ class LeanSampler:
                     c_in=level.c_in,
                     c_skip=level.c_skip,
                     c_out=level.c_out,
-                    experts=list(level.fused) if level.fused is not None else [None] * len(self.layers),
+                    experts=(
+                        [_cast_fused(f, banks, dtype) for f in level.fused]
+                        if level.fused is not None
+                        else [None] * len(self.layers)
+                    ),
                 )
             )
 
@@ -239,14 +254,14 @@ class LeanSampler:
         """What every step of a chunk shares: the condition tokens plus their positional
         embeddings (B, n, d), and the action rows' positional embeddings (1, H, d)."""
         start = self.offset + cond.shape[1]
-        return cond + self.pos[:, self.offset : start], self.pos[:, start : start + horizon]
+        return cond.to(self.dtype) + self.pos[:, self.offset : start], self.pos[:, start : start + horizon]
 
     def denoise(self, x: Tensor, j: int, prefix: Tensor, action_pos: Tensor) -> Tensor:
         """D(x, sigma_j) (B, H, A) at evaluation ``j``: ``c_skip x + c_out F(c_in x)``."""
         step = self.steps[j]
         b, horizon, _ = x.shape
         d, heads = self.d, self.n_heads
-        rows = [prefix, F.linear(x * step.c_in, *self.action_in) + action_pos]
+        rows = [prefix, F.linear((x * step.c_in).to(self.dtype), *self.action_in) + action_pos]
         if step.noise_token is not None:
             rows.insert(0, step.noise_token.expand(b, 1, d))
         h = torch.cat(rows, dim=1)  # (B, T, d)
@@ -263,13 +278,28 @@ class LeanSampler:
             a = F.rms_norm(h, (d,), layer.norm2, layer.eps2)
             h = h + (fused(a) if fused is not None else swiglu(a, *layer.dense))
         out = F.linear(F.rms_norm(h[:, t - horizon :], (d,), *self.norm_out), *self.action_out)  # F: (B, H, A)
-        return x * step.c_skip + out * step.c_out
+        return x * step.c_skip + out.to(x.dtype) * step.c_out
 
 
-def build_lean_sampler(denoiser: EDMDenoiser, plan: SamplingPlan) -> LeanSampler | None:
-    """The lean sampler for ``plan`` of ``denoiser``, or None where it does not apply
-    (:func:`unsupported_reason` says why)."""
+def _cast_fused(fused: FusedExperts, banks: dict[int, tuple[Tensor, Tensor]], dtype: torch.dtype) -> FusedExperts:
+    """``fused`` with its weights in ``dtype``: the same strided view of the cast bank (``banks``:
+    storage pointer -> (tensor, its cast), both dense with the same strides); itself when nothing changes."""
+    if fused.w13.dtype == dtype:
+        return fused
+
+    def cast(t: Tensor) -> Tensor:  # a copy (k >= 3) is cast once too, for every step that shares it
+        bank, cast_bank = banks.setdefault(t.untyped_storage().data_ptr(), (t, t.to(dtype)))
+        return cast_bank.as_strided(t.shape, t.stride(), t.storage_offset() - bank.storage_offset())
+
+    return FusedExperts(cast(fused.w13), cast(fused.w2), fused.mix.to(dtype))
+
+
+def build_lean_sampler(
+    denoiser: EDMDenoiser, plan: SamplingPlan, dtype: torch.dtype = torch.float32
+) -> LeanSampler | None:
+    """The lean sampler for ``plan`` of ``denoiser`` with its network in ``dtype``, or None where
+    it does not apply (:func:`unsupported_reason` says why)."""
     if unsupported_reason(denoiser, plan) is not None:
         return None
     with torch.no_grad():
-        return LeanSampler(denoiser, plan)
+        return LeanSampler(denoiser, plan, dtype)

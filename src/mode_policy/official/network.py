@@ -8,7 +8,9 @@ interface (that of :class:`mode_policy.model.transformer.MoDETransformer`). Over
     x = RMSNorm(x)                      # the residual stream itself is re-normalised
     x = x + MoE(x)                      # experts chosen from phi, per token
 
-and the head reads ``Linear(RMSNorm(x))`` at the action tokens. ``phi`` is
+and the head reads ``Linear(RMSNorm(x))`` at the action tokens. The last block computes
+only those rows (its queries, attention output and experts; every token is still routed, so the
+training draws and the balancing term are the official ones). ``phi`` is
 ``Linear(d, d, no bias)(Linear(1, d)(c_noise))``. Positions: none for ``phi``, 0 for the
 goal, 1 for every camera token, 1..H for the actions (the first action shares the
 cameras' position). The goal and camera tokens arrive embedded (the policy's
@@ -20,11 +22,17 @@ the top-k in evaluation; the chosen probabilities are renormalised. With
 ``shared_expert`` the router picks top-(k-1) of E-1 experts and one more expert always
 runs at weight 1. Experts are SwishGLU MLPs ``W_out(drop(up * silu(gate)))`` with a
 biased up-projection; ``resid_dropout`` is their inner dropout.
+
+Expert cache: the router sees only phi, so in evaluation every token of every sample at one
+noise level runs the same experts. :meth:`OfficialMoE.fuse` gives, per planned noise level,
+an :class:`OfficialFusedExperts`: the chosen experts (views of the banks) with their mixing
+weights as host floats, the shared expert last at weight 1; it runs without router or dispatch.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,15 +74,22 @@ class OfficialAttention(nn.Module):
         self.k_norm = OfficialRMSNorm(dim // n_heads)
         self.attn_dropout = attn_dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
+        """x: (B, T, d) -> (B, T, d); with ``queries``, only the last ``queries`` rows attend
+        (each to itself and the rows before it) -> (B, queries, d)."""
         b, t, d = x.shape
-        heads = (b, t, self.n_heads, d // self.n_heads)
-        q = self.q_norm(self.query(x).view(heads).transpose(1, 2))  # (B, heads, T, hd)
-        k = self.k_norm(self.key(x).view(heads).transpose(1, 2))
-        v = self.value(x).view(heads).transpose(1, 2)
+        hd = d // self.n_heads
+        q_rows = x if queries is None else x[:, t - queries :]
+        q = self.q_norm(self.query(q_rows).view(b, -1, self.n_heads, hd).transpose(1, 2))  # (B, heads, T_q, hd)
+        k = self.k_norm(self.key(x).view(b, t, self.n_heads, hd).transpose(1, 2))  # (B, heads, T, hd)
+        v = self.value(x).view(b, t, self.n_heads, hd).transpose(1, 2)
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        if queries is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[t - queries :]  # (T_q, T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.proj(y.transpose(1, 2).reshape(b, -1, d))
 
 
 class OfficialRouter(nn.Module):
@@ -110,19 +125,25 @@ class OfficialExperts(nn.Module):
 
     def expert(self, e: int, x: Tensor) -> Tensor:
         """Expert ``e`` on rows ``x`` (N, d) -> (N, d)."""
-        up, gate = F.linear(x, self.w_in[e], self.b_in[e]).chunk(2, dim=-1)
-        return F.linear(self.dropout(up * F.silu(gate)), self.w_out[e])
+        return self._swishglu(x, self.w_in[e], self.b_in[e], self.w_out[e])
+
+    def _swishglu(self, x: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor) -> Tensor:
+        up, gate = F.linear(x, w_in, b_in).chunk(2, dim=-1)
+        return F.linear(self.dropout(up * F.silu(gate)), w_out)
 
     def dispatch(self, x: Tensor, index: Tensor, weights: Tensor) -> Tensor:
         """Each row of ``x`` (N, d) through its experts ``index`` (N, k), mixed by ``weights`` (N, k)."""
         y = torch.zeros_like(x)
-        for e in range(self.n_experts):
+        # unbind, not w_in[e]: its backward stacks the experts' gradients into one bank-sized
+        # tensor, where indexing would zero-fill a bank-sized gradient per expert
+        banks = list(zip(self.w_in.unbind(0), self.b_in.unbind(0), self.w_out.unbind(0)))
+        for e, bank in enumerate(banks):
             hit = index == e  # (N, k); a row picks an expert at most once
             rows = hit.any(dim=-1).nonzero().squeeze(-1)
             if rows.numel() == 0:
                 continue
             mix = (weights * hit).sum(dim=-1).index_select(0, rows).unsqueeze(-1).to(x.dtype)  # (n, 1)
-            y.index_add_(0, rows, mix * self.expert(e, x.index_select(0, rows)))
+            y.index_add_(0, rows, mix * self._swishglu(x.index_select(0, rows), *bank))
         return y
 
     @torch.no_grad()
@@ -131,6 +152,39 @@ class OfficialExperts(nn.Module):
         hidden, dim = self.w_out.shape[2], self.w_in.shape[2]
         for tensor, fan_in in ((self.w_in, dim), (self.b_in, dim), (self.w_out, hidden)):
             nn.init.uniform_(tensor, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+
+class FusedExpert(NamedTuple):
+    """One expert of a fused step: views of its bank's weights, and its mixing weight."""
+
+    w_in: Tensor  # (2h, d): rows [up | gate]
+    b_in: Tensor  # (2h,)
+    w_out: Tensor  # (d, h)
+    weight: float  # renormalised router weight; 1.0 for the shared expert
+
+
+class OfficialFusedExperts(NamedTuple):
+    """The experts one official MoE layer runs at one planned noise level (routed ones in
+    ascending order, then the shared expert): ``sum_e weight_e * expert_e(x)`` without a router.
+
+    Each expert is one ``addmm`` with its bias, a SwishGLU, and one ``addmm`` that
+    scales by the mixing weight and accumulates into the output (``alpha``/``beta`` of the
+    matmul): no weight copies, no dispatch, no mixing pass."""
+
+    experts: tuple[FusedExpert, ...]
+
+    def add_to(self, base: Tensor, x: Tensor) -> Tensor:
+        """``base + sum_e weight_e * expert_e(x)`` for rows ``x``, ``base`` (N, d) -> new (N, d)."""
+        out = base
+        for e in self.experts:
+            hidden = torch.addmm(e.b_in, x, e.w_in.t())  # (N, 2h): [up | gate]
+            h = hidden.shape[-1] // 2
+            act = F.silu(hidden[:, h:]).mul_(hidden[:, :h])  # (N, h), contiguous: the next matmul is faster
+            if out is base:
+                out = torch.addmm(base, act, e.w_out.t(), alpha=e.weight)
+            else:
+                out.addmm_(act, e.w_out.t(), alpha=e.weight)
+        return out
 
 
 class OfficialMoE(nn.Module):
@@ -164,12 +218,37 @@ class OfficialMoE(nn.Module):
         dense = torch.zeros_like(probs).scatter(-1, index, weights)  # (U, E)
         return Routing(self.top_k * dense, index, weights)
 
-    def forward(self, x: Tensor, noise_emb: Tensor) -> tuple[Tensor, Routing]:
-        """x: (B, T, d) normalised stream; noise_emb: (B, d) -> (B, T, d), routing of the B*T tokens."""
+    @torch.no_grad()
+    def fuse(self, noise_emb: Tensor, dtype: torch.dtype | None = None) -> list[OfficialFusedExperts]:
+        """The fused experts at each of M planned noise levels ``noise_emb`` (M, d): the
+        evaluation-mode choice of :meth:`route` (top-k of the router, renormalised), each a
+        view of the bank, then the shared expert at weight 1. One host sync, at build time.
+        With ``dtype``, each bank is cast once and every step's experts are views of the cast
+        banks (steps that route the same experts share their weights)."""
+        probs = self.router(noise_emb)  # (M, E)
+        index = probs.topk(self.top_k, dim=-1).indices  # (M, k)
+        chosen = probs.gather(-1, index)
+        weights = chosen / chosen.sum(dim=-1, keepdim=True)  # (M, k)
+        routed = _bank_tensors(self.experts, dtype)
+        shared = [] if self.shared is None else [_fused_expert(_bank_tensors(self.shared, dtype), 0, 1.0)]
+        return [
+            OfficialFusedExperts(tuple(_fused_expert(routed, e, w) for e, w in sorted(zip(ids, ws))) + (*shared,))
+            for ids, ws in zip(index.tolist(), weights.tolist())
+        ]
+
+    def forward(self, x: Tensor, noise_emb: Tensor, tokens: int | None = None) -> tuple[Tensor, Routing]:
+        """x: (B, T, d) normalised stream; noise_emb: (B, d) -> (B, T, d), routing of the B*T tokens.
+        With ``tokens`` > T, ``x`` holds the last T of ``tokens`` rows per sample: all of them are
+        routed (the same draws and balancing term as without the cut), only ``x`` runs."""
         b, t, d = x.shape
-        routing = self.route(noise_emb, t)
-        rows = x.reshape(-1, d)  # (U, d)
-        y = self.experts.dispatch(rows, routing.index, routing.weights)
+        routing = self.route(noise_emb, tokens or t)
+        index, weights = routing.index, routing.weights
+        if tokens is not None and tokens != t:
+            k = index.shape[-1]
+            index = index.view(b, tokens, k)[:, tokens - t :].reshape(-1, k)  # (B*T, k)
+            weights = weights.view(b, tokens, k)[:, tokens - t :].reshape(-1, k)
+        rows = x.reshape(-1, d)  # (B*T, d)
+        y = self.experts.dispatch(rows, index, weights)
         if self.shared is not None:
             y = y + self.shared.expert(0, rows)
         return y.view(b, t, d), routing
@@ -177,6 +256,15 @@ class OfficialMoE(nn.Module):
     def inactive_params(self) -> int:
         """Parameters of the routed experts a token does not use."""
         return (self.experts.n_experts - self.top_k) * self.experts.params_per_expert()
+
+
+def _bank_tensors(bank: OfficialExperts, dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The bank's (w_in, b_in, w_out), detached; cast to ``dtype`` (a copy) where it differs."""
+    return tuple(t.detach().to(dtype or t.dtype) for t in (bank.w_in, bank.b_in, bank.w_out))
+
+
+def _fused_expert(bank: tuple[Tensor, Tensor, Tensor], e: int, weight: float) -> FusedExpert:
+    return FusedExpert(bank[0][e], bank[1][e], bank[2][e], weight)
 
 
 class OfficialBlock(nn.Module):
@@ -188,10 +276,23 @@ class OfficialBlock(nn.Module):
         self.norm2 = OfficialRMSNorm(d)
         self.mlp = OfficialMoE(d, cfg.num_experts, cfg.top_k, cfg.shared_expert, cfg.resid_dropout)
 
-    def forward(self, x: Tensor, noise_emb: Tensor) -> tuple[Tensor, Routing]:
-        x = x + self.attn(self.norm1(x) + noise_emb.unsqueeze(1))
+    def forward(
+        self, x: Tensor, noise_emb: Tensor, fused: OfficialFusedExperts | None = None, keep: int | None = None
+    ) -> tuple[Tensor, Routing | None]:
+        """x: (B, T, d); noise_emb: (B, d) -> (B, T, d) and the routing (None with ``fused``:
+        this step's cached experts run, no router). ``keep``: compute only the last ``keep`` rows'
+        outputs (B, keep, d) (the rows the next computation reads; every token is still routed)."""
+        t = x.shape[1]
+        h = self.norm1(x) + noise_emb.unsqueeze(1)
+        if keep is None:
+            x = x + self.attn(h)
+        else:
+            x = x[:, t - keep :] + self.attn(h, queries=keep)
         x = self.norm2(x)
-        y, routing = self.mlp(x, noise_emb)
+        if fused is not None:
+            rows = x.reshape(-1, x.shape[-1])  # (B*T, d)
+            return fused.add_to(rows, rows).view_as(x), None
+        y, routing = self.mlp(x, noise_emb, tokens=t)
         return x + y, routing
 
 
@@ -251,13 +352,15 @@ class OfficialTransformer(nn.Module):
         return [block.mlp for block in self.blocks]
 
     def forward(
-        self, noisy_actions: Tensor, noise_emb: Tensor, cond_tokens: Tensor, fused: list | None = None
+        self,
+        noisy_actions: Tensor,
+        noise_emb: Tensor,
+        cond_tokens: Tensor,
+        fused: list[OfficialFusedExperts] | None = None,
     ) -> tuple[Tensor, list[Routing]]:
         """noisy_actions: (B, H, A) scaled by c_in; noise_emb: (B, d); cond_tokens: (B, 1 + n_cams, d)
-        = [goal, cameras...]. ``fused`` must be None: the official experts have no fused cache.
-        Returns F: (B, H, A) and the routing of every layer."""
-        if fused is not None:
-            raise ValueError("the official network has no expert cache (EDMDenoiser.use_expert_cache=False)")
+        = [goal, cameras...]; ``fused``: this step's cached experts per layer (:meth:`OfficialMoE.fuse`),
+        or None to route. Returns F: (B, H, A) and the routing of every layer (none when fused)."""
         horizon = noisy_actions.shape[1]
         pos = self.pos_emb
         x = torch.cat(
@@ -270,10 +373,12 @@ class OfficialTransformer(nn.Module):
             dim=1,
         )  # (B, T, d)
         routings = []
-        for block in self.blocks:
-            x, routing = block(x, noise_emb)
-            routings.append(routing)
-        return self.action_out(self.norm_out(x[:, -horizon:])), routings
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):  # the last block computes the action rows only
+            x, routing = block(x, noise_emb, None if fused is None else fused[i], keep=horizon if i == last else None)
+            if routing is not None:
+                routings.append(routing)
+        return self.action_out(self.norm_out(x)), routings
 
     def inactive_params(self) -> int:
         return sum(layer.inactive_params() for layer in self.moe_layers())

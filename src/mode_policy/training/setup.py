@@ -391,7 +391,9 @@ def prepare_run(cfg: TrainConfig, resume: bool = False, given: set[str] | None =
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=policy.config.routing != "dense",
         )
-    optimizer = torch.optim.AdamW(param_groups(policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    # fused: one kernel over all tensors (CPU and CUDA), same update as the per-tensor loop
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(param_groups(policy, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     run = Run(cfg, run_dir, rank, world, local_ranks, device, threads, policy, model, sampler, ema, optimizer,
