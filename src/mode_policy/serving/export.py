@@ -69,7 +69,9 @@ class CachedSampler(nn.Module):
                 "the data): use routing=noise (MoDE) or dense"
             )
         if cfg.architecture != "mode":
-            raise ConfigError(f"export runs the expert cache, which architecture={cfg.architecture!r} has not")
+            raise ConfigError(
+                f"export supports architecture='mode' only (its exported sampler is that network's), not {cfg.architecture!r}"
+            )
         self.dataset = export_dataset(policy, dataset)
         self.policy = policy.eval()
         self.policy.denoiser.use_expert_cache = True
