@@ -70,7 +70,7 @@ def fake_libero(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(libero_eval, "import_libero", lambda: SimpleNamespace(get_libero_path=lambda key: "/x"))
     monkeypatch.setattr(libero_eval, "_load_suite", lambda lib, name: suite)
     monkeypatch.setattr(libero_eval, "load_init_states", lambda lib, s, task_id: np.zeros((50, 4)))
-    monkeypatch.setattr(libero_eval, "make_libero_env", lambda *args: LuckyEnv())
+    monkeypatch.setattr(libero_eval, "make_libero_env", lambda *args, **kwargs: LuckyEnv())
     monkeypatch.setattr(libero_eval, "image_convention", lambda: "opengl")
 
 

@@ -1,7 +1,9 @@
 """After ``mode-policy train`` and ``python -m lerobot_policy_mode.convert``: load the converted
-folder with LeRobot's ``make_policy`` and ``make_pre_post_processors``, and compare it with
-``MoDEPolicy.from_pretrained`` of the original model: same tensors, same action chunk for the
-same noise, same ``select_action`` for the same seed (max abs diffs).
+folder as ``lerobot-eval`` and the async server do (``ModePolicy.from_pretrained``, no dataset), with LeRobot's
+processors, from ``config.json`` alone (``mode_config.json`` removed: a learned task vocabulary
+travels in config.json), and compare it with ``MoDEPolicy.from_pretrained`` of the original model:
+same config, same tensors, same action chunk for the same noise, same ``select_action`` for the
+same seed (max abs diffs).
 
 ``python check_import.py CONVERTED_DIR MODEL_DIR DATASET_ROOT``; prints one JSON line.
 """
@@ -9,32 +11,37 @@ same noise, same ``select_action`` for the same seed (max abs diffs).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import lerobot_policy_mode  # noqa: F401  (registers --policy.type=mode)
 import torch
-from lerobot.configs.policies import PreTrainedConfig
+from lerobot.configs.types import NormalizationMode
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
-from lerobot.policies.factory import make_policy, make_pre_post_processors
+from lerobot.policies.factory import make_pre_post_processors
 from lerobot.processor import NormalizerProcessorStep
+from lerobot_policy_mode.modeling_mode import MODE_CONFIG_NAME, ModePolicy
 
 from mode_policy.policy import MoDEPolicy
 
 
 def main(converted: str, model_dir: str, root: str) -> int:
     ds = LeRobotDataset("local/" + Path(root).name, root=root)
-    cfg = PreTrainedConfig.from_pretrained(converted)
-    assert cfg.type == "mode", cfg.type
-    cfg.pretrained_path = Path(converted)
-    policy = make_policy(cfg, ds_meta=ds.meta)
-    pre, post = make_pre_post_processors(cfg, pretrained_path=converted)
-    assert not any(isinstance(s, NormalizerProcessorStep) for s in pre.steps), "normalised twice"
+    alone = Path(converted).parent / (Path(converted).name + "_without_mode_config")
+    shutil.rmtree(alone, ignore_errors=True)
+    shutil.copytree(converted, alone)
+    (alone / MODE_CONFIG_NAME).unlink()
+    policy = ModePolicy.from_pretrained(alone)
+    assert policy.config.type == "mode", policy.config.type
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(alone))
+    normalizers = [s for s in pre.steps if isinstance(s, NormalizerProcessorStep)]
+    assert all(set(s.norm_map.values()) == {NormalizationMode.IDENTITY} for s in normalizers), "normalised twice"
     ours = MoDEPolicy.from_pretrained(model_dir).eval()
     assert policy.model.config == ours.config, "LeRobot rebuilt a different MoDEConfig"
-    assert policy.model.denoiser.use_expert_cache and not policy.model.training
+    assert policy.acting_model.denoiser.use_expert_cache and not policy.acting_model.training
 
-    theirs_sd, ours_sd = policy.model.state_dict(), ours.state_dict()
+    theirs_sd, ours_sd = policy.acting_model.state_dict(), ours.state_dict()
     assert theirs_sd.keys() == ours_sd.keys(), "tensor names differ"
     weights_diff = max(float((theirs_sd[k].float() - ours_sd[k].float()).abs().max()) for k in ours_sd)
 
@@ -42,7 +49,7 @@ def main(converted: str, model_dir: str, root: str) -> int:
     batch = pre(frame)
     noise = torch.randn(1, ours.config.horizon, ours.config.action_dim, generator=torch.Generator().manual_seed(0))
     chunk_diff = float(
-        (policy.model.predict_action_chunk(batch, noise=noise) - ours.predict_action_chunk(batch, noise=noise))
+        (policy.acting_model.predict_action_chunk(batch, noise=noise) - ours.predict_action_chunk(batch, noise=noise))
         .abs()
         .max()
     )

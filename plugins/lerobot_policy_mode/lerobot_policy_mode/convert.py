@@ -15,6 +15,7 @@ and ``lerobot-train --policy.path`` (fine-tuning).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -26,11 +27,11 @@ from lerobot.utils.constants import ACTION
 from mode_policy.constants import STATE_KEY
 from mode_policy.errors import CheckpointError, ConfigError, ModePolicyError
 from mode_policy.fileio import replacing
-from mode_policy.model.config import PRESETS, MoDEConfig, get_preset
+from mode_policy.model.config import PRESETS, MoDEConfig, preset_overrides
 from mode_policy.policy import CONFIG_NAME, WEIGHTS_NAME
 from mode_policy.training.run_dir import RunDir
 
-from .configuration_mode import DERIVED_FIELDS, ModeConfig
+from .configuration_mode import DERIVED_FIELDS, MODE_FIELDS, SHADOWED_FIELDS, ModeConfig
 from .modeling_mode import MODE_CONFIG_NAME, read_mode_config
 from .processor_mode import make_mode_pre_post_processors
 
@@ -60,39 +61,44 @@ def lerobot_features(mode: MoDEConfig) -> tuple[dict[str, PolicyFeature], dict[s
     return inputs, {ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(mode.action_dim,))}
 
 
+def closest_preset(mode: MoDEConfig) -> str:
+    """The preset that differs from ``mode`` in the fewest fields (informational once resolved)."""
+    return min(PRESETS, key=lambda name: len(preset_overrides(name, mode)))
+
+
 def lerobot_config(mode: MoDEConfig, preset: str | None = None, device: str = "cpu") -> ModeConfig:
-    """The ModeConfig whose preset + overrides + features rebuild ``mode`` (goal encoder options
-    aside, which live in ``mode_config.json``); ``preset=None`` picks the one with fewest overrides."""
+    """The resolved ModeConfig of ``mode``: every MoDE field set to ``mode``'s value (the goal encoder
+    and a learned task vocabulary included), the features from its shapes; ``preset`` (default: the
+    closest) is only a record. ConfigError for what LeRobot's config cannot express."""
     if not mode.goal_encoder:
         raise ConfigError(
             "this policy takes goal vectors, but LeRobot hands it task strings: "
             "train it with --language minilm, clip or task"
         )
+    shadowed = [n for n in SHADOWED_FIELDS if n not in DERIVED_FIELDS and getattr(mode, n) != _default(n)]
+    if shadowed:
+        raise ConfigError(f"LeRobot's ModeConfig cannot express the policy's {', '.join(shadowed)}")
     inputs, outputs = lerobot_features(mode)
-    values = mode.to_dict()
-    candidates = []
-    for name in [preset] if preset else list(PRESETS):
-        base = get_preset(name).to_dict()
-        overrides = {k: v for k, v in values.items() if k not in DERIVED_FIELDS and base[k] != v}
-        overrides["goal_dim"] = mode.goal_dim  # ModeConfig's default follows language_encoder, not the preset
-        candidates.append(
-            ModeConfig(
-                preset=name,
-                language_encoder=mode.goal_encoder["type"],
-                n_obs_steps=mode.n_obs_steps,
-                input_features=inputs,
-                output_features=outputs,
-                device=device,
-                push_to_hub=False,
-                **overrides,
-            )
-        )
-    config = min(candidates, key=lambda c: len(c.overrides()))
+    config = ModeConfig(
+        preset=preset or closest_preset(mode),
+        language_encoder=mode.goal_encoder["type"],
+        n_obs_steps=mode.n_obs_steps,
+        input_features=inputs,
+        output_features=outputs,
+        device=device,
+        push_to_hub=False,
+        **{name: getattr(mode, name) for name in MODE_FIELDS},
+    )
     rebuilt = config.mode_config().to_dict()
-    differ = sorted(k for k, v in values.items() if k != "goal_encoder" and rebuilt[k] != v)
+    differ = sorted(k for k, v in mode.to_dict().items() if rebuilt[k] != v)
     if differ:
         raise ConfigError(f"LeRobot's ModeConfig cannot express the policy's {', '.join(differ)}")
     return config
+
+
+def _default(name: str) -> object:
+    field = MoDEConfig.__dataclass_fields__[name]
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
 
 def import_mode_checkpoint(
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lerobot_policy_mode.convert", description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", help="mode-policy run directory or its model/ folder")
     parser.add_argument("out_dir", help="LeRobot pretrained_model folder to write")
-    parser.add_argument("--preset", choices=list(PRESETS), help="preset the overrides refer to (default: fewest)")
+    parser.add_argument("--preset", choices=list(PRESETS), help="preset recorded in config.json (default: closest)")
     parser.add_argument("--device", default="cpu", help="LeRobot's policy.device (default: cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     args = parser.parse_args(argv)

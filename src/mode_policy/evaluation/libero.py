@@ -22,7 +22,6 @@ shardable: every rollout is logged as it ends, and waves are the units processes
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,15 +37,15 @@ from ..envs.libero import (
     ACTION_DIM,
     CAMERAS,
     DEFAULT_MAX_STEPS,
-    DUMMY_ACTION,
     FPS,
     SUITE_MAX_STEPS,
-    check_assets,
     image_convention,
     import_libero,
     libero_observation,
     load_init_states,
+    load_suite,
     make_libero_env,
+    start_rollout,
 )
 from ..errors import ConfigError
 from .protocol import Policy, eval_mode, policy_device
@@ -57,14 +56,8 @@ VIDEO_CAMERA = "agentview"
 
 
 def _load_suite(lib: SimpleNamespace, suite: str) -> Any:
-    """The LIBERO benchmark object of ``suite`` in its default task order (``task_order_index=0``)."""
-    registry = lib.benchmark.get_benchmark_dict()
-    if suite not in registry:
-        standard = [s for s in SUITE_MAX_STEPS if s in registry]
-        raise ConfigError(f"unknown LIBERO suite {suite!r}; standard suites: {standard}")
-    check_assets(lib, suite)
-    with contextlib.redirect_stdout(io.StringIO()):  # the benchmark prints its task order
-        return registry[suite]()
+    """The LIBERO benchmark object of ``suite`` (:func:`~mode_policy.envs.libero.load_suite`)."""
+    return load_suite(lib, suite)
 
 
 def libero_suite_size(suite: str) -> int:
@@ -108,6 +101,7 @@ def evaluate_libero(
     image_keys: Sequence[str] | None = None,
     image_size: int | None = None,
     render_size: int = 128,
+    fast_render: bool = True,
     units: Sequence[int] | None = None,
     log: UnitLog | None = None,
     log_writer: str = "main",
@@ -134,6 +128,9 @@ def evaluate_libero(
         image_size: side of the images fed to the policy (default: ``policy.config.image_size``
             when > 0, else ``render_size``).
         render_size: side of the rendered camera images (LIBERO's datasets use 128).
+        fast_render: render with :func:`~mode_policy.envs.libero.libero_render_settings` (as
+            ``mode-policy demos --env libero`` does); False: LIBERO's own settings (as its
+            published HDF5 datasets were rendered).
         units: play only the waves (:func:`libero_waves`) holding these rollouts (unit ids
             ``task * UNIT_STRIDE + rollout``); the result then covers only them.
         log: a :class:`~mode_policy.evaluation.unit_log.UnitLog` that makes the run resumable
@@ -215,7 +212,11 @@ def evaluate_libero(
                 envs: list[Any] = []
                 try:
                     for _ in range(max(map(len, task_waves))):
-                        envs.append(make_libero_env(lib, bddl, cameras, render_size, steps + num_settle_steps + 10))
+                        envs.append(
+                            make_libero_env(
+                                lib, bddl, cameras, render_size, steps + num_settle_steps + 10, fast_render=fast_render
+                            )
+                        )
                     for wave in task_waves:
                         rollouts = [u % UNIT_STRIDE for u in wave]
                         _run_wave(
@@ -269,6 +270,7 @@ def evaluate_libero(
         "image_keys": keys,
         "image_size": image_size,
         "render_size": render_size,
+        "fast_render": bool(fast_render),
         "num_envs": n_envs,
         "rollouts_played_now": sum(map(len, todo)),
     }
@@ -303,12 +305,7 @@ def _run_wave(
     n = len(envs)
     raw: list[Any] = []
     for env, r in zip(envs, rollouts):
-        env.seed(seed + r)
-        env.reset()
-        obs = env.set_init_state(init_states[r])
-        for _ in range(num_settle_steps):
-            obs, _, _, _ = env.step(DUMMY_ACTION.copy())
-        raw.append(obs)
+        raw.append(start_rollout(env, init_states[r], seed + r, num_settle_steps))
     video_key = f"{VIDEO_CAMERA}_image"
     frames = [[libero_image_transform(obs[video_key], convention)] for obs in raw] if video_dir is not None else []
 
