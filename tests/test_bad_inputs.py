@@ -240,6 +240,8 @@ CASES = [
     (["eval", "{run}", "--device=cuda"], "no CUDA device"),
     (["eval", "{run}", "--env=gym"], "--env='gym'"),
     (["eval", "{run}", "--env=libero", "--suite=libero_100"], "--suite='libero_100'"),
+    (["eval", "{run}", "--env=libero", "--suite=libero_object", "--libero_tasks=0,x"], "expected LIBERO task indices"),
+    (["eval", "{run}", "--env=libero", "--suite=libero_object", "--libero_tasks=3,10"], "has tasks 0-9"),
     (["eval", "{run}", "--out={file}/e.json"], "is not a folder"),
     (["eval", "{run}", "--tasks=not-a-task"], "not-a-task"),
     (["eval", "{models[truncated]}", "--tasks=reach-v3"], "corrupt or truncated"),

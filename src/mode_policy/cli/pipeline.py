@@ -129,6 +129,11 @@ class EvalOptions:
     """Meta-World: mt10, mt50 or comma-separated task names (default: the training data's tasks)."""
     suite: str = "libero_10"
     """LIBERO suite: libero_10, libero_90, libero_goal, libero_spatial or libero_object."""
+    libero_tasks: str = ""
+    """LIBERO: task indices to evaluate, comma-separated (default: every task of the suite)."""
+    libero_fast_render: bool = True
+    """LIBERO: render with the fast settings `mode-policy demos --env libero` records with (false:
+    LIBERO's own, as its published HDF5 datasets were rendered)."""
     calvin_dataset: str | None = None
     """CALVIN: a dataset root or its validation/ folder, whose config builds the env; default:
     calvin_env's own configs (see --calvin_scene)."""
@@ -180,6 +185,23 @@ class EvalOptions:
 
 
 LIBERO_SUITES = ("libero_10", "libero_90", "libero_goal", "libero_spatial", "libero_object")
+
+
+def _libero_task_ids(text: str, suite: str) -> list[int] | None:
+    """``--libero_tasks`` as task indices of ``suite`` (None: every task)."""
+    if not text.strip():
+        return None
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--libero_tasks={text!r}: expected LIBERO task indices like 0,1,2") from None
+    from ..evaluation.libero import libero_suite_size
+
+    size = libero_suite_size(suite)
+    bad = [i for i in ids if not 0 <= i < size]
+    if bad or len(set(ids)) != len(ids):
+        raise ConfigError(f"--libero_tasks={text!r}: {suite} has tasks 0-{size - 1}, each named once")
+    return ids
 
 
 def _is_eval_result(path: Path) -> bool:
@@ -310,14 +332,29 @@ def run_eval(opts: EvalOptions) -> int:
     if opts.env == "libero":
         from ..evaluation.parallel import libero_groups
 
+        task_ids = _libero_task_ids(opts.libero_tasks, opts.suite)
         log = _unit_log(
             opts,
             model_dir,
             out,
             ".rollouts",
-            {"env": "libero", "suite": opts.suite, "rollouts": opts.episodes, "videos": bool(opts.videos)},
+            {
+                "env": "libero",
+                "suite": opts.suite,
+                "rollouts": opts.episodes,
+                "videos": bool(opts.videos),
+                **({"tasks": task_ids} if task_ids is not None else {}),
+                **({} if opts.libero_fast_render else {"fast_render": False}),
+            },
         )
-        kwargs = dict(suite=opts.suite, n_rollouts_per_task=opts.episodes, seed=opts.seed, video_dir=video_dir)
+        kwargs = dict(
+            suite=opts.suite,
+            n_rollouts_per_task=opts.episodes,
+            seed=opts.seed,
+            video_dir=video_dir,
+            tasks=task_ids,
+            fast_render=opts.libero_fast_render,
+        )
         result = _sharded_eval(opts, "libero", policy, model_dir, log, libero_groups(policy, **kwargs), **kwargs)
         headline = f"(rollouts in {log.folder})\n"
     elif opts.env == "calvin":
