@@ -193,3 +193,31 @@ def test_cli_eval_logs_rollouts_and_resumes(fake_libero, tmp_path: Path) -> None
     assert run_eval(opts) == 0
     again = json.loads(out.read_text())
     assert again["settings"]["rollouts_played_now"] == 0 and again["per_task"] == first["per_task"]
+
+
+def test_cli_eval_plays_only_the_tasks_named(fake_libero, tmp_path: Path) -> None:
+    import json
+
+    from mode_policy import MoDEPolicy, get_preset
+    from mode_policy.cli.pipeline import EvalOptions, run_eval
+
+    cfg = get_preset(
+        "tiny",
+        state_dim=8,
+        action_dim=7,
+        goal_dim=8,
+        goal_encoder={"type": "task", "tasks": [f"do thing {i}" for i in range(3)], "dim": 8},
+    )
+    policy = MoDEPolicy(cfg)
+    policy.set_normalization(
+        {"action": {"min": [-1.0] * 7, "max": [1.0] * 7}, "observation.state": {"mean": [0.0] * 8, "std": [1.0] * 8}}
+    )
+    policy.save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval_info.json"
+    opts = EvalOptions(
+        path=str(tmp_path / "model"), env="libero", suite="libero_goal", episodes=2, out=str(out), libero_tasks="2,0"
+    )
+    assert run_eval(opts) == 0
+    result = json.loads(out.read_text())
+    assert result["overall"]["episodes"] == 4 and len(result["per_task"]) == 2
+    assert json.loads((tmp_path / "eval_info.rollouts" / "settings.json").read_text())["tasks"] == [2, 0]
