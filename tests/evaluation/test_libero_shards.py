@@ -165,11 +165,9 @@ def test_two_real_worker_processes_match_one(tmp_path: Path) -> None:
     assert len(list((tmp_path / "two").glob("units-worker*.jsonl"))) == 2
 
 
-def test_cli_eval_logs_rollouts_and_resumes(fake_libero, tmp_path: Path) -> None:
-    import json
-
+def _save_tiny_libero_model(folder: Path) -> None:
+    """A tiny LIBERO-shaped policy (8-d state, 7-d actions, learned goals) saved to ``folder``."""
     from mode_policy import MoDEPolicy, get_preset
-    from mode_policy.cli.pipeline import EvalOptions, run_eval
 
     cfg = get_preset(
         "tiny",
@@ -182,7 +180,15 @@ def test_cli_eval_logs_rollouts_and_resumes(fake_libero, tmp_path: Path) -> None
     policy.set_normalization(
         {"action": {"min": [-1.0] * 7, "max": [1.0] * 7}, "observation.state": {"mean": [0.0] * 8, "std": [1.0] * 8}}
     )
-    policy.save_pretrained(tmp_path / "model")
+    policy.save_pretrained(folder)
+
+
+def test_cli_eval_logs_rollouts_and_resumes(fake_libero, tmp_path: Path) -> None:
+    import json
+
+    from mode_policy.cli.pipeline import EvalOptions, run_eval
+
+    _save_tiny_libero_model(tmp_path / "model")
     out = tmp_path / "eval_info.json"
     opts = EvalOptions(path=str(tmp_path / "model"), env="libero", suite="libero_goal", episodes=2, out=str(out))
     assert run_eval(opts) == 0
@@ -198,21 +204,9 @@ def test_cli_eval_logs_rollouts_and_resumes(fake_libero, tmp_path: Path) -> None
 def test_cli_eval_plays_only_the_tasks_named(fake_libero, tmp_path: Path) -> None:
     import json
 
-    from mode_policy import MoDEPolicy, get_preset
     from mode_policy.cli.pipeline import EvalOptions, run_eval
 
-    cfg = get_preset(
-        "tiny",
-        state_dim=8,
-        action_dim=7,
-        goal_dim=8,
-        goal_encoder={"type": "task", "tasks": [f"do thing {i}" for i in range(3)], "dim": 8},
-    )
-    policy = MoDEPolicy(cfg)
-    policy.set_normalization(
-        {"action": {"min": [-1.0] * 7, "max": [1.0] * 7}, "observation.state": {"mean": [0.0] * 8, "std": [1.0] * 8}}
-    )
-    policy.save_pretrained(tmp_path / "model")
+    _save_tiny_libero_model(tmp_path / "model")
     out = tmp_path / "eval_info.json"
     opts = EvalOptions(
         path=str(tmp_path / "model"), env="libero", suite="libero_goal", episodes=2, out=str(out), libero_tasks="2,0"
