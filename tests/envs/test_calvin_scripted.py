@@ -232,3 +232,47 @@ def test_real_expert_chains_and_recording(tmp_path: Path) -> None:
     assert summary["chains"] == 1 and summary["windows"] >= 4
     ds = DatasetReader(convert_calvin(tmp_path / "demos" / "training", tmp_path / "ds", progress=False))
     assert ds.num_episodes == summary["windows"] and ds.features["observation.state"]["shape"] == [15]
+
+
+def test_demos_command_records_converts_and_reuses_the_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``mode-policy demos --env calvin`` records the CALVIN layout beside the dataset, converts
+    it (scene in the state by default), and a second conversion reuses a matching recording
+    instead of playing the chains again; a different seed is refused without --overwrite."""
+    from mode_policy.cli import main as cli_main
+
+    oracle = StepsOracle(steps=4)
+    monkeypatch.setattr(calvin_record, "import_calvin_env", lambda: type("M", (), {"Tasks": oracle}))
+    monkeypatch.setattr(calvin_record, "make_calvin_env", lambda *a, **k: FakePlayTable())
+    tasks = ",".join(ARTICULATED + ["push_red_block_right", "push_red_block_left", "lift_red_block_table"])
+    args = ["demos", "--env", "calvin", "--calvin_tasks", tasks, "--episodes", "2", "--seed", "5"]
+    assert cli_main([*args, "--out", str(tmp_path / "ds")]) == 0
+    split = tmp_path / ".ds.calvin" / "training"
+    summary = json.loads((split / "scripted_demos.json").read_text())
+    assert summary["seed"] == 5 and summary["tasks"] == tasks.split(",") and not summary["short"]
+    ds = DatasetReader(tmp_path / "ds")
+    assert ds.num_episodes == summary["windows"] >= 8 and ds.features["observation.state"]["shape"] == [39]
+
+    def no_recording(*a: object, **k: object) -> None:
+        raise AssertionError("the matching recording should have been reused")
+
+    monkeypatch.setattr(calvin_record, "make_calvin_env", no_recording)
+    again = [*args, "--out", str(tmp_path / "ds2"), "--calvin_split", str(tmp_path / ".ds.calvin")]
+    assert cli_main([*again, "--calvin_scene_in_state", "false"]) == 0
+    assert "reusing the CALVIN recording" in capsys.readouterr().out
+    ds2 = DatasetReader(tmp_path / "ds2")
+    assert ds2.num_episodes == ds.num_episodes and ds2.features["observation.state"]["shape"] == [15]
+
+    other_seed = [a if a != "5" else "6" for a in args]
+    split_dir = str(tmp_path / ".ds.calvin")
+    assert cli_main([*other_seed, "--out", str(tmp_path / "ds3"), "--calvin_split", split_dir]) == 2
+    assert "holds another recording" in capsys.readouterr().err
+
+
+def test_recorder_refuses_subtasks_that_make_no_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four categories cannot make a chain of five: a clear error, not an endless search."""
+    monkeypatch.setattr(calvin_record, "import_calvin_env", lambda: type("M", (), {"Tasks": StepsOracle(steps=4)}))
+    with pytest.raises(ConfigError, match="fewer than 5 task categories"):
+        calvin_record.record_scripted_demos(tmp_path / "d", 1, ARTICULATED[:4], env=FakePlayTable(), progress=False)
+    assert not (tmp_path / "d").exists()

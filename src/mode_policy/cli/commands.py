@@ -71,10 +71,11 @@ def run_toy(opts: ToyOptions) -> int:
 
 @dataclass
 class DemosOptions:
-    """Generate scripted Meta-World or LIBERO demonstrations as a LeRobot v3.0 dataset."""
+    """Generate scripted Meta-World, LIBERO or CALVIN demonstrations as a LeRobot v3.0 dataset."""
 
     env: str = "metaworld"
-    """metaworld, or libero (scripted LIBERO experts in the real simulator; resumable)."""
+    """metaworld, libero (scripted LIBERO experts in the real simulator; resumable) or calvin
+    (chains of scene D's subtasks played by the scripted CALVIN expert)."""
     suite: str = "libero_object"
     """LIBERO suite (--env libero): libero_object, libero_spatial, libero_goal, libero_10."""
     libero_tasks: str = ""
@@ -100,18 +101,29 @@ class DemosOptions:
     """Side of the square Meta-World camera images in pixels."""
     libero_image_size: int = 128
     """Side of the LIBERO camera images in pixels (LIBERO's datasets use 128)."""
+    calvin_tasks: str = "scripted"
+    """CALVIN subtasks (--env calvin): 'scripted' (every one the expert does) or comma-separated
+    names; --episodes successful windows of each are recorded."""
+    calvin_split: str = ""
+    """Where --env calvin writes the recording in CALVIN's own layout (<dir>/training) before
+    converting it (default: .<out name>.calvin beside --out; kept)."""
+    calvin_scene_in_state: bool = True
+    """CALVIN: the dataset's state is robot_obs + scene_obs (39 values, for a state policy);
+    false: robot_obs only (15)."""
 
     def __post_init__(self) -> None:
         for name in ("episodes", "workers", "image_size", "libero_image_size"):
             check_range(self, name, 1)
         check_range(self, "seed", 0)
-        if self.env not in ("metaworld", "libero"):
-            raise ConfigError(f"demos: --env {self.env!r}: expected 'metaworld' or 'libero'")
+        if self.env not in ("metaworld", "libero", "calvin"):
+            raise ConfigError(f"demos: --env {self.env!r}: expected 'metaworld', 'libero' or 'calvin'")
 
 
 def run_demos(opts: DemosOptions) -> int:
     if opts.env == "libero":
         return _run_libero_demos(opts)
+    if opts.env == "calvin":
+        return _run_calvin_demos(opts)
     from ..envs.metaworld import resolve_tasks
     from ..envs.metaworld_demos import generate_demos
 
@@ -160,6 +172,63 @@ def _run_libero_demos(opts: DemosOptions) -> int:
         )
     print(f"wrote {opts.suite}: {opts.episodes} successful scripted episodes per task to {opts.out}")
     return 0
+
+
+def _run_calvin_demos(opts: DemosOptions) -> int:
+    """``demos --env calvin``: record chains in CALVIN's layout, then convert them to ``--out``."""
+    from ..constants import IMAGES_PREFIX
+    from ..data.convert_calvin import convert_calvin
+    from ..envs.calvin import CAMERAS
+    from ..envs.calvin_record import record_scripted_demos
+    from ..envs.calvin_scripted import SCRIPTED_TASKS
+
+    Outputs(opts.overwrite).folder(opts.out, what="the dataset", whole=True)
+    split = Path(opts.calvin_split) if opts.calvin_split else Path(opts.out).with_name(f".{Path(opts.out).name}.calvin")
+    tasks = (
+        list(SCRIPTED_TASKS)
+        if opts.calvin_tasks.strip() == "scripted"
+        else [t.strip() for t in opts.calvin_tasks.split(",") if t.strip()]
+    )
+    cameras = [c.strip() for c in opts.cameras.split(",") if c.strip()]
+    image_keys = [f"{IMAGES_PREFIX}{c}" for c in cameras]
+    unknown = [c for c, k in zip(cameras, image_keys) if k not in CAMERAS]
+    if unknown:
+        names = ", ".join(k.removeprefix(IMAGES_PREFIX) for k in CAMERAS)
+        raise ConfigError(f"demos --env calvin: unknown camera(s) {unknown} (CALVIN's: {names})")
+    summary = _recorded_calvin_split(split, opts.episodes, tasks, opts.seed, cameras, opts.overwrite)
+    if summary is None:
+        summary = record_scripted_demos(split, opts.episodes, tasks, opts.seed, image_keys=image_keys, overwrite=True)
+    if summary["short"]:
+        print(f"fewer than {opts.episodes} successful windows for: {', '.join(summary['short'])}")
+    with replacing(opts.out, opts.overwrite) as target:
+        convert_calvin(split / "training", target, overwrite=True, scene_in_state=opts.calvin_scene_in_state)
+    print(
+        f"wrote {summary['windows']} CALVIN subtask windows ({summary['frames']} frames, {summary['chains']} chains) "
+        f"to {opts.out} (CALVIN layout: {split})"
+    )
+    return 0
+
+
+def _recorded_calvin_split(
+    split: Path, episodes: int, tasks: list[str], seed: int, cameras: list[str], overwrite: bool
+) -> dict | None:
+    """The summary of a finished recording in ``split`` made with these settings (reused: only the
+    conversion is redone), None when there is none to reuse; ConfigError for a folder that is
+    something else, unless ``overwrite``."""
+    if not split.exists() or overwrite:
+        return None
+    try:
+        summary = json.loads((split / "training" / "scripted_demos.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    wanted = {"seed": seed, "episodes_per_task": episodes, "tasks": tasks, "cameras": cameras}
+    if summary is None or any(summary.get(k) != v for k, v in wanted.items()):
+        raise ConfigError(
+            f"demos --env calvin: {split} holds another recording (or none finished); "
+            "pass --overwrite to record again, or --calvin_split for another folder"
+        )
+    print(f"reusing the CALVIN recording in {split} (same seed, episodes, subtasks and cameras)")
+    return summary
 
 
 @dataclass

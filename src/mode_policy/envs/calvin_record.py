@@ -36,6 +36,7 @@ from .calvin import (
     CAMERAS,
     CHAIN_LENGTH,
     TASK_ORACLE_SPEC,
+    check_task_subset,
     get_env_state_for_initial_condition,
     initial_conditions,
     valid_chain,
@@ -47,6 +48,7 @@ from .calvin_sim import import_calvin_env, make_calvin_env
 __all__ = ["jittered_scene", "record_scripted_demos", "sample_chain"]
 
 EP_LEN = 360  # steps a subtask may take, as in the evaluation
+_MAX_MISSES = 50  # scenes in a row without a chain before the recorder gives up
 _TABLE_BLOCK_Z = 0.47  # a block whose centre is lower than this rests on the table (or the cabinet's floor)
 
 
@@ -134,6 +136,7 @@ def record_scripted_demos(
     from tqdm.auto import tqdm
 
     tasks = check_tasks(tasks)
+    check_task_subset(tasks)  # a chain needs 5 categories
     if episodes_per_task < 1:
         raise ConfigError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     cameras = [CAMERAS[k].removeprefix("rgb_") for k in image_keys] if image_keys else []
@@ -153,6 +156,7 @@ def record_scripted_demos(
     names: list[str] = []
     chain_ids: list[tuple[int, int]] = []
     chains_played = 0
+    misses = 0  # scenes in a row where no chain held a wanted task
     out_dir = Path(out_dir)
     with replacing(out_dir, overwrite) as root:
         split = root / "training"
@@ -169,7 +173,14 @@ def record_scripted_demos(
                 condition = scenes[rng.integers(len(scenes))]
                 chain = sample_chain(condition, tasks, rng, wanted)
                 if chain is None:
+                    misses += 1
+                    if misses >= _MAX_MISSES:
+                        raise ConfigError(
+                            f"no valid chain of {CHAIN_LENGTH} of {tasks} holding any of {sorted(wanted)} "
+                            f"was found from {misses} scenes in a row: add subtasks that lead to them"
+                        )
                     continue
+                misses = 0
                 chains_played += 1
                 env.reset(*jittered_scene(condition, rng))
                 first = frames.next_index

@@ -394,13 +394,13 @@ def generate_libero_demos(
 
     features = features_for((int(image_size), int(image_size)))
     writer = DatasetWriter(out_dir, FPS, features, robot_type="panda", overwrite=True)
-    with writer.removed_on_error():
-        for t in task_ids:
-            for a in kept(t):
-                frames = _load_episode(folder / _part_name(t, a))
-                r = records[(t, a)]
-                extra = {"suite": suite, "task_id": t, "attempt": a, "seed": int(r["seed"]), "expert": "LiberoExpert"}
-                writer.add_episode(frames, instructions[t], extra=extra)
+    chosen = [(t, a) for t in task_ids for a in kept(t)]
+    with writer.removed_on_error(), tqdm(chosen, desc="writing the dataset", unit="ep", disable=not progress) as eps:
+        for t, a in eps:  # encoding the camera videos: minutes for a whole suite
+            frames = _load_episode(folder / _part_name(t, a))
+            r = records[(t, a)]
+            extra = {"suite": suite, "task_id": t, "attempt": a, "seed": int(r["seed"]), "expert": "LiberoExpert"}
+            writer.add_episode(frames, instructions[t], extra=extra)
         writer.finalize()
     summary = {
         t: {"attempts": tried(t), "successes": sum(1 for (tt, _), r in records.items() if tt == t and r["success"])}
