@@ -44,13 +44,14 @@ def main(ckpt: str, root: str, port: str = "18080") -> int:
         [sys.executable, "-m", "lerobot_policy_mode.policy_server", "--host=127.0.0.1", f"--port={port}",
          "--inference_latency=0", "--obs_queue_timeout=30"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=Path(root).resolve().parent,  # LeRobot's server writes logs/ into its working directory
     )  # fmt: skip
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=120)
         stub = services_pb2_grpc.AsyncInferenceStub(channel)
         stub.Ready(services_pb2.Empty())
-        spec = RemotePolicyConfig("mode", ckpt, features, actions_per_chunk=horizon, device="cpu")
+        spec = RemotePolicyConfig("mode", str(Path(ckpt).resolve()), features, actions_per_chunk=horizon, device="cpu")
         stub.SendPolicyInstructions(services_pb2.PolicySetup(data=pickle.dumps(spec)))
         start = time.perf_counter()
         observation = TimedObservation(timestamp=time.time(), timestep=0, observation=raw, must_go=True)
