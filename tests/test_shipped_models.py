@@ -29,6 +29,8 @@ def test_shipped_model_loads_and_predicts_a_finite_chunk(folder):
         "observation.state": torch.zeros(2, cfg.n_obs_steps, cfg.state_dim),
         "task": ["reach the goal position"] * 2,
     }
+    for key in cfg.image_keys:  # image models: one uint8 frame per camera
+        batch[key] = torch.zeros(2, cfg.n_obs_steps, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
     chunk = policy.predict_action_chunk(batch)
     assert chunk.shape == (2, cfg.horizon, cfg.action_dim)
     assert torch.isfinite(chunk).all()

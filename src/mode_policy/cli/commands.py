@@ -520,7 +520,9 @@ def run_bench(opts: BenchOptions) -> int:
 
 COMMANDS = {
     "info": Command(InfoOptions, run_info, "parameter counts of a preset"),
-    "demos": Command(DemosOptions, run_demos, "generate scripted Meta-World or LIBERO demonstrations (LeRobot format)"),
+    "demos": Command(
+        DemosOptions, run_demos, "generate scripted Meta-World, LIBERO or CALVIN demonstrations (LeRobot format)"
+    ),
     "convert": Command(
         ConvertOptions,
         run_convert,
