@@ -256,6 +256,7 @@ CASES = [
     (["demos", "--episodes=0", "--out={root}/d0"], "episodes=0"),
     (["demos", "--workers=0", "--out={root}/d0"], "workers=0"),
     (["demos", "--image_size=0", "--out={root}/d0"], "image_size=0"),
+    (["demos", "--env=libero", "--episodes=50", "--max_attempts=20", "--out={root}/d0"], "--max_attempts 20 is below"),
     (["demos", "--tasks=not-a-task", "--out={root}/d0"], "not-a-task"),
     (["demos", "--tasks=reach-v3", "--cameras=nope", "--out={root}/d0"], "nope"),
     (["demos", "--tasks=reach-v3", "--out={file}/d"], "is not a folder"),

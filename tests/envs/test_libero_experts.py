@@ -31,7 +31,7 @@ def test_plan_from_goal_predicates() -> None:
         plan_task([["on", "flat_stove_1", "plate_1"]], objects)
 
 
-def _env(suite: str, task_id: int):
+def _env(suite: str, task_id: int, cameras: list[str] | None = None, hard_reset: bool = True):
     from mode_policy.envs.libero import import_libero, load_init_states, load_suite, make_libero_env
 
     lib = import_libero()
@@ -39,7 +39,7 @@ def _env(suite: str, task_id: int):
     task = task_suite.get_task(task_id)
     bddl = Path(lib.get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
     with contextlib.redirect_stdout(io.StringIO()):
-        env = make_libero_env(lib, bddl, [], 128, 400)
+        env = make_libero_env(lib, bddl, cameras or [], 128, 400, hard_reset=hard_reset)
     return env, load_init_states(lib, task_suite, task_id)
 
 
@@ -94,3 +94,84 @@ def test_expert_completes_object_and_spatial_tasks() -> None:
             assert env.check_success()
         finally:
             env.close()
+
+
+@needs_libero
+def test_rim_grasp_avoids_the_side_next_to_a_taller_neighbour() -> None:
+    """libero_spatial task 3 ("the black bowl on the cookie box"), a reset() placement with the
+    other bowl on the cabinet beside it: the rim point the expert descends to has nothing taller
+    than the bowl within 5 cm (the side next to it is where the hand stalled on the way down)."""
+    from mode_policy.envs.libero import CAMERAS, DUMMY_ACTION
+    from mode_policy.envs.libero_demos import demo_seed
+
+    # the demonstrations' env (its placements for a seed depend on the cameras and soft resets)
+    env, _ = _env("libero_spatial", 3, cameras=list(CAMERAS.values()), hard_reset=False)
+    try:
+        env.seed(demo_seed(3, 41))
+        with contextlib.redirect_stdout(io.StringIO()):
+            env.reset()
+        for _ in range(10):  # the demonstrations' settle steps
+            env.step(DUMMY_ACTION.copy())
+        expert = LiberoExpert(env)
+        scene = expert.scene
+        bowl = expert.plan[0].obj
+        _, hi = scene.box(bowl)
+        center = (scene.box(bowl)[0][:2] + hi[:2]) / 2
+        # the placement does have a taller neighbour on one side of the rim
+        radius = min(hi[:2] - scene.box(bowl)[0][:2]) / 2
+        rims = [center + radius * np.array([np.cos(a), np.sin(a)]) for a in np.arange(8) * np.pi / 4]
+        assert any(scene.height_at(p, 0.05, exclude=(bowl,)) > hi[2] + 0.02 for p in rims)
+        grasp = expert._grasp_for(expert.plan[0])
+        assert scene.height_at(grasp.point[:2], 0.05, exclude=(bowl,)) <= hi[2] + 0.02
+    finally:
+        env.close()
+
+
+@needs_libero
+def test_grasp_follows_an_object_still_settling() -> None:
+    """libero_spatial task 4 ("the black bowl in the top drawer"): a reset() placement drops the
+    bowl ~10 cm into the drawer after the settle steps; the grasp the hand descends to is planned
+    on the settled bowl (below its rim), not where the bowl was when the expert started."""
+    from mode_policy.envs.libero import CAMERAS, DUMMY_ACTION
+    from mode_policy.envs.libero_demos import demo_seed
+
+    env, _ = _env("libero_spatial", 4, cameras=list(CAMERAS.values()), hard_reset=False)
+    try:
+        env.seed(demo_seed(4, 1))
+        with contextlib.redirect_stdout(io.StringIO()):
+            env.reset()
+        for _ in range(10):
+            env.step(DUMMY_ACTION.copy())
+        expert = LiberoExpert(env)
+        bowl = expert.plan[0].obj
+        top_at_start = expert.scene.box(bowl)[1][2]
+        for _ in range(120):
+            env.step(np.clip(expert(), -1, 1))
+            if expert.phase == "descend":
+                break
+        assert expert.phase == "descend"
+        top = expert.scene.box(bowl)[1][2]
+        assert top < top_at_start - 0.05  # it did fall after the expert started
+        assert top - 0.03 < expert._grasp.point[2] < top  # and the grasp is on its rim now
+    finally:
+        env.close()
+
+
+@needs_libero
+def test_a_retried_rim_grasp_takes_another_side() -> None:
+    """A bowl (libero_spatial task 4, initial state 0): once a rim point has been grasped without
+    lifting the bowl (the retry marks it tried), the next grasp is planned on another rim point."""
+    from mode_policy.envs.libero import start_rollout
+
+    env, init_states = _env("libero_spatial", 4)
+    try:
+        start_rollout(env, init_states[0], 0, 10)
+        expert = LiberoExpert(env)
+        first = expert._grasp_for(expert.plan[0])
+        assert first.rim >= 0  # a rim grasp
+        expert._rims_tried.add(first.rim)
+        second = expert._grasp_for(expert.plan[0])
+        assert second.rim >= 0 and second.rim != first.rim
+        assert np.linalg.norm(second.point[:2] - first.point[:2]) > 0.02
+    finally:
+        env.close()

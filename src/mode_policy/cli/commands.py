@@ -82,6 +82,9 @@ class DemosOptions:
     """LIBERO task indices, comma-separated (--env libero; default: every task of the suite)."""
     fast_render: bool = True
     """LIBERO: render with the fast settings the evaluation uses by default (false: LIBERO's own)."""
+    max_attempts: int = 0
+    """LIBERO: expert attempts per task before giving up on it (0: 2 x --episodes + 10). Some
+    reset() placements are hard for the expert (a bowl half under a cabinet's top)."""
     tasks: str = "mt10"
     """mt10, mt50, or comma-separated Meta-World task names."""
     episodes: int = 50
@@ -115,6 +118,9 @@ class DemosOptions:
         for name in ("episodes", "workers", "image_size", "libero_image_size"):
             check_range(self, name, 1)
         check_range(self, "seed", 0)
+        check_range(self, "max_attempts", 0)
+        if self.max_attempts and self.max_attempts < self.episodes:
+            raise ConfigError(f"demos: --max_attempts {self.max_attempts} is below --episodes {self.episodes}")
         if self.env not in ("metaworld", "libero", "calvin"):
             raise ConfigError(f"demos: --env {self.env!r}: expected 'metaworld', 'libero' or 'calvin'")
 
@@ -167,6 +173,7 @@ def _run_libero_demos(opts: DemosOptions) -> int:
             workers=opts.workers,
             image_size=opts.libero_image_size,
             fast_render=opts.fast_render,
+            max_attempts_per_task=opts.max_attempts or None,
             work_dir=work_folder(opts.out),
             overwrite=True,  # the fresh folder `replacing` made
         )

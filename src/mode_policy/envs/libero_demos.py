@@ -365,7 +365,7 @@ def generate_libero_demos(
                     if tried(t) >= max_attempts:
                         raise SimulatorError(
                             f"the scripted expert succeeded only {len(kept(t))} times in {tried(t)} attempts of "
-                            f"{suite} task {t} (needed {episodes_per_task}); raise max_attempts_per_task"
+                            f"{suite} task {t} (needed {episodes_per_task}); allow more (--max_attempts)"
                         )
                     # the next attempts in order (earlier ones not yet logged are played again)
                     todo = [a for a in range(max_attempts) if (t, a) not in records][:missing]

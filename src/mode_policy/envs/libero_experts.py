@@ -247,6 +247,8 @@ class _Grasp:
     point: np.ndarray  # gripper site target (3,)
     yaw: float  # gripper yaw about world z (0: fingers close along world y)
     hover_z: float
+    bottom: np.ndarray  # the object's lower box corner when the grasp was planned (3,)
+    rim: int = -1  # which of the 8 rim points (-1: not a rim grasp)
 
 
 class LiberoExpert:
@@ -273,10 +275,12 @@ class LiberoExpert:
         self.phase = PHASES[0]
         self.phase_steps = 0
         self.retries = 0
+        self._rims_tried: set[int] = set()  # rim points grasped so far of the current object
         self.history: list[tuple[int, str]] = [(0, self.phase)]
         self._grasp: _Grasp | None = None
         self._carry_z = 0.0
         self._lift_start_z = 0.0
+        self._descend_low, self._descend_moved = 0.0, 0
         self._release_z = 0.0
         self._hold_xy: np.ndarray | None = None
 
@@ -308,15 +312,20 @@ class LiberoExpert:
                     (float(np.linalg.norm(np.clip(p, *(b[:2] for b in scene.box(o))) - p)) for o in others),
                     default=1.0,
                 )
-                # prefer rim points clear of other objects, then the side facing the robot (-x)
-                score = min(clear, 0.06) - 0.01 * direction[0]
+                # a rim point beside something taller than the object (a cabinet, an object on
+                # it) is where the hand collides on the way down: take any other first
+                tall = scene.height_at(p, 0.05, exclude=(pp.obj,)) > hi[2] + 0.02
+                # prefer rim points clear of other objects, then the side facing the robot (-x);
+                # a retry takes a side not tried yet (the fingers may have pinched a drawer's wall)
+                score = min(clear, 0.06) - 0.01 * direction[0] - 1.0 * tall - 2.0 * (k in self._rims_tried)
                 if score > best_score:
-                    best, best_score = (p, ang), score
+                    best, best_score = (p, ang, k), score
             assert best is not None
-            p, ang = best
+            p, ang, rim = best
             point = np.array([p[0], p[1], hi[2] - min(0.02, height / 2)])
             yaw = _wrap_half(ang - math.pi / 2)  # fingers along the radial direction (world y at yaw 0)
         else:
+            rim = -1
             axes = scene.body_axes(pp.obj)
             ext = scene.local_extent(pp.obj)
             # the body's horizontal axis along which the object is narrowest
@@ -328,7 +337,7 @@ class LiberoExpert:
             point = np.array([center[0], center[1], max(hi[2] - depth, lo[2] + 0.012)])
         clearance = scene.height_along(eef[:2], point[:2], 0.05, exclude=(pp.obj,))
         hover = max(hi[2], clearance) + 0.06
-        return _Grasp(point, self._reachable_yaw(yaw), hover)
+        return _Grasp(point, self._reachable_yaw(yaw), hover, lo.copy(), rim)
 
     def _reachable_yaw(self, yaw: float) -> float:
         """Of the two gripper yaws that grasp alike (``yaw`` and ``yaw + pi``), the one the last
@@ -389,7 +398,11 @@ class LiberoExpert:
         if pp is None:
             self.phase = "done"
             return np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
-        if self._grasp is None:
+        if self._grasp is None or (
+            # an object still settling from its placement (into a drawer, off a cabinet) moved
+            # since the grasp was planned: plan it again while the hand is on its way
+            self.phase == "hover" and np.abs(scene.box(pp.obj)[0] - self._grasp.bottom).max() > 0.01
+        ):
             self._grasp = self._grasp_for(pp)
         g = self._grasp
         yaw_err = abs(_wrap_half(math.atan2(scene.eef_rot[1, 0], scene.eef_rot[0, 0]) - (g.yaw + math.pi / 2)))
@@ -403,7 +416,12 @@ class LiberoExpert:
             return self._action(target, g.yaw, -1.0)
         if self.phase == "descend":
             target = g.point
-            if np.linalg.norm(target - eef) < 0.008 or self.phase_steps > 60:
+            # a long way down (from above a tall fixture) takes more than 60 steps: give up only
+            # when the hand stops getting lower (it touches something)
+            if self.phase_steps == 0 or eef[2] < self._descend_low - 0.002:
+                self._descend_low, self._descend_moved = float(eef[2]), self.phase_steps
+            stalled = self.phase_steps - self._descend_moved > 10
+            if np.linalg.norm(target - eef) < 0.008 or (self.phase_steps > 60 and stalled) or self.phase_steps > 150:
                 self._enter("close")
             return self._action(target, g.yaw, -1.0, speed=0.4)
         if self.phase == "close":
@@ -422,6 +440,7 @@ class LiberoExpert:
                 if scene.gripper_width < 0.004 or self.phase_steps > 25:  # missed: open and try again
                     if self.retries < self.max_retries:
                         self.retries += 1
+                        self._rims_tried.add(g.rim)
                         self._grasp = None
                         self._enter("hover")
                         return self._action(eef + np.array([0, 0, 0.05]), g.yaw, -1.0)
@@ -455,6 +474,7 @@ class LiberoExpert:
             if eef[2] > self._release_z + 0.06 or self.phase_steps > 30:
                 self.step_index += 1
                 self.retries = 0
+                self._rims_tried.clear()
                 self._grasp = None
                 self._enter("hover" if self.current is not None else "done")
             return self._action(target, g.yaw, -1.0)
