@@ -54,7 +54,7 @@ def test_frames_have_the_evaluation_keys_and_shapes() -> None:
     bddl = Path(lib.get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
     size = 32
     with contextlib.redirect_stdout(io.StringIO()):
-        env = make_libero_env(lib, bddl, list(CAMERAS.values()), size, 50, hard_reset=False)
+        env = make_libero_env(lib, bddl, list(CAMERAS.values()), size, 50)
     try:
         init_states = load_init_states(lib, suite, 0)
         episode = run_demo_episode(
@@ -156,30 +156,72 @@ def test_tasks_the_expert_cannot_do_are_refused_before_any_work(tmp_path: Path) 
 
 @needs_libero
 def test_an_attempt_replays_the_same_whatever_ran_before() -> None:
-    """Workers reuse one env (soft resets): attempt 0 played after attempt 1 gives the same
-    placement and trajectory as played first, so the dataset does not depend on which worker
-    played what. State only, 15 steps."""
+    """Workers reuse one env: attempt 0 played after attempt 1 gives the same placement and
+    trajectory as played first, so the dataset does not depend on which worker played what.
+    State only, 15 steps; LIBERO's hard reset (what the demonstrations use) and its soft one."""
     from mode_policy.envs.libero import import_libero, load_init_states, load_suite, make_libero_env
 
     lib = import_libero()
     suite = load_suite(lib, "libero_spatial")
     task = suite.get_task(0)
     bddl = Path(lib.get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
-    with contextlib.redirect_stdout(io.StringIO()):
-        env = make_libero_env(lib, bddl, [], 128, 100, hard_reset=False)
+    init_states = load_init_states(lib, suite, 0)
+    for hard_reset in (True, False):
+        with contextlib.redirect_stdout(io.StringIO()):
+            env = make_libero_env(lib, bddl, [], 128, 100, hard_reset=hard_reset)
+        try:
+
+            def play(attempt: int, env=env) -> dict[str, np.ndarray]:
+                episode = run_demo_episode(
+                    env, task.language, 0, attempt, 0, init_states, max_steps=15, image_keys=(), keep_failed_frames=True
+                )
+                assert episode.frames is not None and episode.seed == demo_seed(0, attempt)
+                return episode.frames
+
+            first, other, again = play(0), play(1), play(0)
+            assert not np.array_equal(first["observation.state"], other["observation.state"])  # another placement
+            for key in first:
+                np.testing.assert_array_equal(first[key], again[key])
+        finally:
+            env.close()
+
+
+@needs_libero
+def test_objects_placed_on_a_fixture_start_on_it() -> None:
+    """libero_spatial task 7 places the bowl on the stove. The demonstrations' env (LIBERO's hard
+    reset) draws it there for every seed; LIBERO's soft reset draws it about 40 cm away, in the
+    air beside the table (why the demonstrations do not use it)."""
+    from mode_policy.envs.libero import DUMMY_ACTION, import_libero, load_suite, make_libero_env
+    from mode_policy.envs.libero_demos import _worker_env
+    from mode_policy.envs.libero_experts import Scene
+
+    def bowl_and_stove(env) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scene = Scene(env)
+        lo, hi = scene.box("akita_black_bowl_1")
+        return (lo + hi) / 2, *scene.box("flat_stove_1")
+
+    env = _worker_env("libero_spatial", 7, 32, 20, True)[0]
     try:
-        init_states = load_init_states(lib, suite, 0)
-
-        def play(attempt: int) -> dict[str, np.ndarray]:
-            episode = run_demo_episode(
-                env, task.language, 0, attempt, 0, init_states, max_steps=15, image_keys=(), keep_failed_frames=True
-            )
-            assert episode.frames is not None and episode.seed == demo_seed(0, attempt)
-            return episode.frames
-
-        first, other, again = play(0), play(1), play(0)
-        assert not np.array_equal(first["observation.state"], other["observation.state"])  # another placement
-        for key in first:
-            np.testing.assert_array_equal(first[key], again[key])
+        for attempt in range(3):
+            env.seed(demo_seed(7, attempt))
+            with contextlib.redirect_stdout(io.StringIO()):
+                env.reset()
+            bowl, stove_lo, stove_hi = bowl_and_stove(env)
+            assert np.all((stove_lo[:2] - 0.02 <= bowl[:2]) & (bowl[:2] <= stove_hi[:2] + 0.02)), (bowl, stove_lo)
     finally:
+        demos._CACHE.clear()
         env.close()
+    lib = import_libero()
+    task = load_suite(lib, "libero_spatial").get_task(7)
+    bddl = Path(lib.get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
+    with contextlib.redirect_stdout(io.StringIO()):
+        soft = make_libero_env(lib, bddl, [], 32, 20, hard_reset=False)
+    try:
+        soft.seed(demo_seed(7, 0))
+        with contextlib.redirect_stdout(io.StringIO()):
+            soft.reset()
+        soft.step(DUMMY_ACTION.copy())
+        bowl, stove_lo, _ = bowl_and_stove(soft)
+        assert bowl[0] < stove_lo[0] - 0.2  # off the stove (the evidence for the choice above)
+    finally:
+        soft.close()

@@ -98,13 +98,13 @@ def test_expert_completes_object_and_spatial_tasks() -> None:
 
 @needs_libero
 def test_rim_grasp_avoids_the_side_next_to_a_taller_neighbour() -> None:
-    """libero_spatial task 3 ("the black bowl on the cookie box"), a reset() placement with the
-    other bowl on the cabinet beside it: the rim point the expert descends to has nothing taller
+    """libero_spatial task 3 ("the black bowl on the cookie box"), a soft-reset placement with
+    the other bowl standing high right beside it: the rim point the expert descends to has nothing taller
     than the bowl within 5 cm (the side next to it is where the hand stalled on the way down)."""
     from mode_policy.envs.libero import CAMERAS, DUMMY_ACTION
     from mode_policy.envs.libero_demos import demo_seed
 
-    # the demonstrations' env (its placements for a seed depend on the cameras and soft resets)
+    # LIBERO's soft reset makes the scene (such placements are why the demonstrations use the hard one)
     env, _ = _env("libero_spatial", 3, cameras=list(CAMERAS.values()), hard_reset=False)
     try:
         env.seed(demo_seed(3, 41))
@@ -129,8 +129,8 @@ def test_rim_grasp_avoids_the_side_next_to_a_taller_neighbour() -> None:
 
 @needs_libero
 def test_grasp_follows_an_object_still_settling() -> None:
-    """libero_spatial task 4 ("the black bowl in the top drawer"): a reset() placement drops the
-    bowl ~10 cm into the drawer after the settle steps; the grasp the hand descends to is planned
+    """libero_spatial task 4 ("the black bowl in the top drawer"): a soft-reset placement drops
+    the bowl ~10 cm into the drawer after the settle steps; the grasp the hand descends to is planned
     on the settled bowl (below its rim), not where the bowl was when the expert started."""
     from mode_policy.envs.libero import CAMERAS, DUMMY_ACTION
     from mode_policy.envs.libero_demos import demo_seed

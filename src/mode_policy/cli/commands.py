@@ -83,8 +83,7 @@ class DemosOptions:
     fast_render: bool = True
     """LIBERO: render with the fast settings the evaluation uses by default (false: LIBERO's own)."""
     max_attempts: int = 0
-    """LIBERO: expert attempts per task before giving up on it (0: 2 x --episodes + 10). Some
-    reset() placements are hard for the expert (a bowl half under a cabinet's top)."""
+    """LIBERO: expert attempts per task before giving up on it (0: 2 x --episodes + 10)."""
     tasks: str = "mt10"
     """mt10, mt50, or comma-separated Meta-World task names."""
     episodes: int = 50

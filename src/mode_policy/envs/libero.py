@@ -373,7 +373,9 @@ def make_libero_env(
     rendered); without cameras, an env with no renderer at all (a third of the memory, faster
     to create; same physics). ``hard_reset=False``: ``reset()`` keeps the compiled model and
     its renderer and only draws a new placement (robosuite's soft reset; several seconds
-    faster per reset), for demonstrations; the evaluation keeps LIBERO's hard reset."""
+    faster per reset), but LIBERO then places objects that sit on a fixture (a bowl on the
+    stove, in a drawer) far from it, where they fall: demonstrations and the evaluation use the
+    hard reset."""
     if cameras or lib.ControlEnv is None:
         env = lib.OffScreenRenderEnv(
             bddl_file_name=str(bddl),

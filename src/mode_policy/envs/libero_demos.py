@@ -127,8 +127,8 @@ def run_demo_episode(
     with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints sampler warnings
         env.reset()
     for robot in getattr(env, "env", env).robots:
-        # a soft reset keeps the gripper's running command (robosuite makes it anew, zero, only
-        # on a hard reset): without this an episode would depend on how the previous one ended
+        # a soft reset (an env made with hard_reset=False) keeps the gripper's running command:
+        # without this an episode would depend on how the previous one ended
         robot.gripper.current_action = np.zeros(robot.gripper.dof)
     if matches_init_state(env.get_sim_state(), init_states):
         return DemoEpisode(task_id, attempt, env_seed, False, 0)
@@ -177,9 +177,11 @@ def _worker_env(suite: str, task_id: int, image_size: int, max_steps: int, fast_
         task = task_suite.get_task(task_id)
         bddl = Path(lib.get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
         cameras = list(CAMERAS.values())
+        # LIBERO's hard reset: its soft reset draws objects placed on a fixture (a bowl on the
+        # stove, in a drawer, on the cabinet) far from it, where they fall
         with contextlib.redirect_stdout(io.StringIO()):
             env = make_libero_env(
-                lib, bddl, cameras, image_size, max_steps + 100, fast_render=fast_render, hard_reset=False
+                lib, bddl, cameras, image_size, max_steps + 100, fast_render=fast_render, hard_reset=True
             )
         _CACHE.update(
             key=key,
@@ -319,6 +321,7 @@ def generate_libero_demos(
         "max_steps": steps,
         "fast_render": bool(fast_render),
         "num_settle_steps": 10,
+        "reset": "hard",
     }
     folder.mkdir(parents=True, exist_ok=True)
     settings_path = folder / SETTINGS_NAME
