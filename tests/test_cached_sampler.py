@@ -51,6 +51,7 @@ LEAN_CONFIGS = {
     "no-noise-conditioning": {"noise_conditioning": "none"},
     "bidirectional": {"causal": False},
     "two-obs-steps": {"n_obs_steps": 2},
+    "state-groups": {"state_groups": [2, 3]},
 }
 
 

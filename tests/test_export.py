@@ -183,7 +183,9 @@ def test_the_opset_follows_what_the_installed_runtime_runs(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"routing": "dense"}, {"shared_expert": True}], ids=["folded", "dense-folded", "module-path"]
+    "overrides",
+    [{}, {"routing": "dense"}, {"state_groups": [2, 4]}, {"shared_expert": True}],
+    ids=["folded", "dense-folded", "state-groups", "module-path"],
 )
 def test_torch_export_program_matches_eager(tmp_path, overrides):
     policy = make_policy(**overrides)

@@ -195,6 +195,7 @@ CACHED_VARIANTS = {
     "8-experts": {"num_experts": 8},
     "8-experts-top-3": {"num_experts": 8, "top_k": 3},
     "shared-expert": {"shared_expert": True},
+    "state-groups": {"state_groups": [3, 2]},
 }
 
 
@@ -232,3 +233,25 @@ def test_bad_switch_values_are_refused():
     with pytest.raises(ConfigError, match="noise_token"):
         MoDEConfig(noise_token="no")
     MoDEConfig(noise_token=False, noise_conditioning="none")  # noise routing still sees sigma
+
+
+def test_state_groups_give_each_slice_its_own_token():
+    base, grouped = make_policy(), make_policy(state_groups=[3, 2]).eval()
+    assert grouped.config.n_tokens == base.config.n_tokens + 1
+    batch = obs_batch(4)
+    with torch.no_grad():
+        tokens = grouped.encode_condition(batch)  # (B, goal + 2 state tokens, d)
+        moved = dict(batch, **{"observation.state": batch["observation.state"].clone()})
+        moved["observation.state"][:, 3:] += 1.0  # only the second slice changes
+        changed = (grouped.encode_condition(moved) - tokens).abs().amax(dim=(0, 2))
+    assert tokens.shape == (4, 3, D)
+    assert changed[0] == 0 and changed[1] == 0 and changed[2] > 0  # goal, first slice: untouched
+    assert {k for k in shapes(grouped) if k.startswith("state_encoder")} == {
+        f"state_encoder.groups.{i}.net.{j}.{p}" for i in (0, 1) for j in (0, 2) for p in ("weight", "bias")
+    }
+
+
+@pytest.mark.parametrize("groups", [[3, 3], [5, 0], [5]])
+def test_state_groups_must_split_the_state(groups):
+    with pytest.raises(ConfigError, match="state_groups="):
+        MoDEConfig(state_dim=5, state_groups=groups)

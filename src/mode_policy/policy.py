@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .constants import ACTION_IS_PAD_KEY, ACTION_KEY, GOAL_KEY, STATE_KEY, TASK_KEY
-from .encoders.state import StateEncoder
+from .encoders.state import GroupedStateEncoder, StateEncoder
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write, atomic_write_text
 from .model.config import MoDEConfig
@@ -62,9 +62,11 @@ class MoDEPolicy(nn.Module):
         self.normalizer = Normalizer(config.action_dim, max(config.state_dim, 0))
         # per-dataset statistics of a mixture-trained policy (empty otherwise: `normalizer` serves)
         self.dataset_normalizers = DatasetNormalizers(config.action_dim, max(config.state_dim, 0))
-        self.state_encoder = (
-            StateEncoder(config.state_dim, config.state_encoder_hidden, d) if config.state_dim > 0 else None
-        )
+        self.state_encoder: StateEncoder | GroupedStateEncoder | None = None
+        if config.state_groups:
+            self.state_encoder = GroupedStateEncoder(config.state_groups, config.state_encoder_hidden, d)
+        elif config.state_dim > 0:
+            self.state_encoder = StateEncoder(config.state_dim, config.state_encoder_hidden, d)
         official = config.architecture == "official"
         self.image_encoder = None
         if config.image_keys and official:
@@ -158,7 +160,8 @@ class MoDEPolicy(nn.Module):
 
     def encode_condition(self, batch: Mapping[str, Any]) -> Tensor:
         """Goal and observation tokens: (B, 1 + n_obs * tokens_per_step, d);
-        per observation step the state token comes first, then one token per camera."""
+        per observation step the state token(s) come first (one per ``state_groups`` entry), then one
+        token per camera."""
         goal = self.goal_vector(batch)
         film_goal = goal  # what the cameras' FiLM layers see
         if self.training and self.config.goal_dropout > 0:
@@ -187,7 +190,8 @@ class MoDEPolicy(nn.Module):
                 state = self.normalizer.normalize_state(state)
             else:
                 state = self.dataset_normalizers.normalize_state(state, rows)  # (B, n_obs, S), padded
-            per_step.append(self.state_encoder(state).unsqueeze(2))
+            state_tokens = self.state_encoder(state)  # (B, n_obs, d) or, grouped, (B, n_obs, groups, d)
+            per_step.append(state_tokens if self.config.state_groups else state_tokens.unsqueeze(2))
         if self.image_encoder is not None:
             per_step.append(self._image_tokens(batch, film_goal))
         if per_step:

@@ -67,6 +67,7 @@ HANDLED_FIELDS = frozenset(
         "goal_encoder",
         "goal_dropout",
         "state_encoder_hidden",
+        "state_groups",
         "train_sigma_loc",
         "train_sigma_scale",
         # read from the modules or the plan
