@@ -16,7 +16,7 @@ from fakes import ScriptedPolicy, needs_libero
 
 from mode_policy.evaluation import libero as libero_eval
 from mode_policy.evaluation.libero import UNIT_STRIDE, evaluate_libero, libero_waves
-from mode_policy.evaluation.parallel import evaluate_sharded, shard
+from mode_policy.evaluation.parallel import evaluate_sharded, follow_log, shard
 from mode_policy.evaluation.unit_log import UnitLog
 
 
@@ -215,3 +215,24 @@ def test_cli_eval_plays_only_the_tasks_named(fake_libero, tmp_path: Path) -> Non
     result = json.loads(out.read_text())
     assert result["overall"]["episodes"] == 4 and len(result["per_task"]) == 2
     assert json.loads((tmp_path / "eval_info.rollouts" / "settings.json").read_text())["tasks"] == [2, 0]
+
+
+class _Workers:
+    """An ``AsyncResult`` stand-in: every wait lets one of two workers log its next unit."""
+
+    def __init__(self, log: UnitLog, units: list[int]) -> None:
+        self.log, self.left = log, list(units)
+
+    def ready(self) -> bool:
+        return not self.left
+
+    def wait(self, timeout: float) -> None:
+        self.log.append(f"worker{len(self.left) % 2}", {"unit": self.left.pop(0)})
+
+
+def test_one_progress_bar_counts_every_workers_rollouts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    log = UnitLog(tmp_path / "log", {})
+    log.append("worker0", {"unit": 7})  # played by an earlier, interrupted run
+    follow_log(_Workers(log, [1, 2, 3, 4]), log, {7}, 4, "2 workers", "rollout", True, poll_s=0)
+    err = capsys.readouterr().err
+    assert "4/4" in err and "5/4" not in err  # both workers' units, not the earlier run's

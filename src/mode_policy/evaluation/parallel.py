@@ -124,15 +124,35 @@ def play_in_workers(
             log.settings,
             kwargs,
             f"{writer}{k}",
-            progress and k == 0,
+            False,  # one bar for all workers, here
         )
         for k, units in enumerate(shards)
         if units
     ]
     if jobs:
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
-            pool.map(_play_shard, jobs)
+            pending = pool.map_async(_play_shard, jobs)
+            unit = "chain" if units_arg == "chain_ids" else "rollout"
+            follow_log(pending, log, set(done), sum(len(g) for g in todo), f"{workers} workers", unit, progress)
+            pending.get()  # a worker's error is raised here
     return sum(map(len, shards))
+
+
+def follow_log(
+    pending: Any, log: UnitLog, before: set[int], total: int, desc: str, unit: str, progress: bool, poll_s: float = 2.0
+) -> None:
+    """Show one progress bar of the units every worker adds to ``log`` (beyond ``before``) until
+    ``pending`` (an ``AsyncResult``) is ready."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:
+        while True:
+            ready = pending.ready()
+            bar.n = len(set(log.records()) - before)
+            bar.refresh()
+            if ready:
+                return
+            pending.wait(poll_s)
 
 
 def wait_for_units(
