@@ -481,3 +481,12 @@ def test_ddp_ranks_each_follow_the_weights(world, tmp_path):
     assert json.loads((run / "train_summary.json").read_text())["ranks_consistent"]
     state = torch.load(run / "checkpoints" / "step_00000006" / "training_state.pt", weights_only=False)
     assert state["sampler"]["counts"] == [36, 12]  # the schedule is the same on every rank
+
+
+def test_state_groups_refuse_a_member_with_a_narrower_state(world, tmp_path, capsys):
+    """Meta-World's 39 state values split in groups; LIBERO's 8, zero-padded to 39, cannot be."""
+    out = tmp_path / "run"
+    args = ["train", "--mixture", str(world["mix"]), "--out", str(out), "--preset", "tiny", "--steps", "2"]
+    assert cli([*args, "--language", "task", "--policy.state_groups=[18,21]", "--progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "state_groups=[18, 21]" in err and "['libero'] have narrower states" in err

@@ -251,7 +251,13 @@ def test_state_groups_give_each_slice_its_own_token():
     }
 
 
-@pytest.mark.parametrize("groups", [[3, 3], [5, 0], [5]])
-def test_state_groups_must_split_the_state(groups):
+@pytest.mark.parametrize("groups", [[5, 0], [5]])
+def test_state_groups_must_be_two_or_more_widths(groups):
     with pytest.raises(ConfigError, match="state_groups="):
         MoDEConfig(state_dim=5, state_groups=groups)
+
+
+def test_state_groups_must_sum_to_the_state_when_the_policy_is_built():
+    config = MoDEConfig(state_dim=5, state_groups=[3, 3])  # training sets state_dim from the data later
+    with pytest.raises(ConfigError, match=r"sum to 6, the state has 5 values"):
+        MoDEPolicy(config)

@@ -64,6 +64,11 @@ class MoDEPolicy(nn.Module):
         self.dataset_normalizers = DatasetNormalizers(config.action_dim, max(config.state_dim, 0))
         self.state_encoder: StateEncoder | GroupedStateEncoder | None = None
         if config.state_groups:
+            if sum(config.state_groups) != config.state_dim:
+                raise ConfigError(
+                    f"state_groups={config.state_groups} sum to {sum(config.state_groups)}, "
+                    f"the state has {config.state_dim} values (state_dim)"
+                )
             self.state_encoder = GroupedStateEncoder(config.state_groups, config.state_encoder_hidden, d)
         elif config.state_dim > 0:
             self.state_encoder = StateEncoder(config.state_dim, config.state_encoder_hidden, d)

@@ -233,6 +233,7 @@ class _Workers:
 def test_one_progress_bar_counts_every_workers_rollouts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     log = UnitLog(tmp_path / "log", {})
     log.append("worker0", {"unit": 7})  # played by an earlier, interrupted run
-    follow_log(_Workers(log, [1, 2, 3, 4]), log, {7}, 4, "2 workers", "rollout", True, poll_s=0)
+    log.append("rank1-worker0", {"unit": 9})  # another torchrun rank's
+    follow_log(_Workers(log, [1, 2, 3, 4]), log, {1, 2, 3, 4}, "2 workers", "rollout", poll_s=0)
     err = capsys.readouterr().err
-    assert "4/4" in err and "5/4" not in err  # both workers' units, not the earlier run's
+    assert "4/4" in err and "5/4" not in err and "6/4" not in err  # both workers' units, nobody else's

@@ -132,23 +132,23 @@ def play_in_workers(
     if jobs:
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             pending = pool.map_async(_play_shard, jobs)
+            wanted = {int(u) for units in shards for u in units} - set(done)  # this process's units only
             unit = "chain" if units_arg == "chain_ids" else "rollout"
-            follow_log(pending, log, set(done), sum(len(g) for g in todo), f"{workers} workers", unit, progress)
+            if progress:
+                follow_log(pending, log, wanted, f"{len(jobs)} workers", unit)
             pending.get()  # a worker's error is raised here
     return sum(map(len, shards))
 
 
-def follow_log(
-    pending: Any, log: UnitLog, before: set[int], total: int, desc: str, unit: str, progress: bool, poll_s: float = 2.0
-) -> None:
-    """Show one progress bar of the units every worker adds to ``log`` (beyond ``before``) until
-    ``pending`` (an ``AsyncResult``) is ready."""
+def follow_log(pending: Any, log: UnitLog, wanted: set[int], desc: str, unit: str, poll_s: float = 2.0) -> None:
+    """Show one progress bar of the units of ``wanted`` that the workers have added to ``log``
+    until ``pending`` (an ``AsyncResult``) is ready."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:
+    with tqdm(total=len(wanted), desc=desc, unit=unit) as bar:
         while True:
             ready = pending.ready()
-            bar.n = len(set(log.records()) - before)
+            bar.n = len(wanted & log.records().keys())
             bar.refresh()
             if ready:
                 return

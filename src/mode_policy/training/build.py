@@ -17,7 +17,7 @@ import torch
 
 from ..data.mixture import Mixture, MixtureData, MixtureMember
 from ..data.windows import EpisodeData
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..model.config import PRESETS, MoDEConfig, get_preset
 from ..policy import MoDEPolicy
 from .config import TrainConfig
@@ -133,7 +133,15 @@ def per_dataset_normalization(config: MoDEConfig, data: MixtureData) -> bool:
 
 
 def set_data_normalization(policy: MoDEPolicy, data: MixtureData) -> None:
-    """The data's action and state statistics: per dataset name, or the one dataset's."""
+    """The data's action and state statistics: per dataset name, or the one dataset's (ConfigError
+    if ``state_groups`` would split a dataset's zero-padded, narrower state)."""
+    groups = policy.config.state_groups
+    narrower = [n for n, m in zip(data.names, data.members) if groups and m.state_dim != policy.config.state_dim]
+    if narrower:
+        raise ConfigError(
+            f"state_groups={groups} splits a {policy.config.state_dim}-value state, but dataset(s) "
+            f"{narrower} have narrower states (padded with zeros): train them without state_groups"
+        )
     if per_dataset_normalization(policy.config, data):
         policy.set_dataset_normalization(data.dataset_stats())
     else:
