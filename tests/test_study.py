@@ -245,6 +245,31 @@ def test_a_variant_fine_tunes_the_model_another_trained(dataset, tmp_path, monke
     assert record["variants"][1]["init_from_variant"] == "pretrained"
 
 
+def test_cells_in_worker_processes_wait_for_the_model_they_fine_tune(dataset, tmp_path):
+    """Two workers: pretrained and scratch start together, finetuned only once pretrained is done."""
+    study = load_study(write(tmp_path, finetune_dict(dataset, seeds=[0])))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="workers=0"):
+        run_study(study, out, progress=False, log=lambda line: None, workers=0)
+    lines: list[str] = []
+    results = run_study(study, out, progress=False, log=lines.append, workers=2)
+    assert sorted(results) == ["finetuned/seed0", "pretrained/seed0", "scratch/seed0"]
+    assert lines[0].endswith("pretrained/seed0: training 2 steps") and lines[1].endswith(
+        "scratch/seed0: training 3 steps"
+    )
+    start = next(i for i, line in enumerate(lines) if "finetuned/seed0: training" in line)
+    assert "from pretrained/seed0" in lines[start]
+    assert any("pretrained/seed0: success" in line for line in lines[:start])
+    for cell in study.cells():
+        assert CellResult.load(cell_dir(out, cell) / RESULT_NAME) == results[cell.key]
+    config = json.loads((cell_dir(out, Cell("finetuned", 0)) / "run" / "model" / "config.json").read_text())
+    assert config["freeze_router"] is True
+    assert "3 of 3 cells finished" in (out / "report.md").read_text()
+    lines.clear()
+    assert run_study(study, out, progress=False, log=lines.append, workers=2) == results
+    assert all("finished before, skipped" in line for line in lines)
+
+
 # --------------------------------------------------------------- the maths
 def test_t_quantiles_match_scipy():
     stats = pytest.importorskip("scipy.stats")

@@ -12,8 +12,8 @@ from .command import Command
 
 @dataclass
 class StudyOptions:
-    """Train and evaluate every variant x seed of a study file, one cell after another; a killed
-    study resumes (finished cells are skipped, a half-finished one is redone)."""
+    """Train and evaluate every variant x seed of a study file, one cell after another (or
+    ``--workers`` at once); a killed study resumes (finished cells are skipped, a half-finished one is redone)."""
 
     study: str = ""
     """The study file (YAML; first positional argument). See mode_policy.study.spec for its keys."""
@@ -22,7 +22,10 @@ class StudyOptions:
     report_only: bool = False
     """Only rewrite report.md and study.png from the cells finished so far."""
     progress: bool = True
-    """Show training and evaluation progress bars."""
+    """Show training and evaluation progress bars (one cell at a time only)."""
+    workers: int = 1
+    """Cells trained at once, each in its own process with an equal share of the cores as torch
+    threads (unless the study's ``train.threads`` sets them)."""
     overwrite: bool = False
     """Write into an ``out`` folder that is not a study's but holds files of the names a study
     writes (study.json, report.md, study.png, cells/). A study's own folder is always resumed."""
@@ -53,7 +56,7 @@ def run_study_command(opts: StudyOptions) -> int:
     if opts.report_only:
         report = write_study_report(study, out, finished_results(study, out))
     else:
-        run_study(study, out, progress=opts.progress)
+        run_study(study, out, progress=opts.progress, workers=opts.workers)
         report = out / "report.md"
     print(f"report: {report}")
     return 0

@@ -13,13 +13,19 @@ A cell folder without ``result.json`` is a cell killed half-way: it is removed a
 finished cell whose recorded spec differs from the study's (the file was edited) is an error,
 so results of two different recipes never mix. A variant whose ``init_from`` names another
 fine-tunes that variant's cell: its ``run/`` (the EMA model in ``run/model``).
+
+With ``workers > 1`` that many cells train at once, each in its own spawned process with an
+equal share of the cores as torch threads; a fine-tuning cell starts once its source is done.
+Results and the report are the same as one after another (each cell is its own seeded run).
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -70,48 +76,123 @@ def finished_results(study: Study, out: Path) -> dict[str, CellResult]:
 
 
 def run_study(
-    study: Study, out: str | Path, progress: bool = True, log: Callable[[str], None] = print
+    study: Study,
+    out: str | Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> dict[str, CellResult]:
-    """Train and evaluate every unfinished cell, in order; the report is rewritten after each one.
-    ConfigError if another process is running a study on ``out`` (its half-finished cell would be
-    taken for a killed one and removed)."""
+    """Train and evaluate every unfinished cell, in order (``workers`` at once); the report is
+    rewritten after each one. ConfigError if another process is running a study on ``out`` (its
+    half-finished cell would be taken for a killed one and removed)."""
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: need at least 1 (cells trained at once)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(out / STUDY_LOCK, wait=False, holder="another `mode-policy study`"):
-        return _run_cells(study, out, progress, log)
+        return _run_cells(study, out, progress, log, workers)
 
 
-def _run_cells(study: Study, out: Path, progress: bool, log: Callable[[str], None]) -> dict[str, CellResult]:
+def _run_cells(
+    study: Study, out: Path, progress: bool, log: Callable[[str], None], workers: int
+) -> dict[str, CellResult]:
     done = finished_results(study, out)
     atomic_write_json(out / STUDY_RECORD, study_record(study))
     cells = study.cells()
-    skipped = set(done)
-    for i, cell in enumerate(cells, 1):
+    number = {cell.key: i for i, cell in enumerate(cells, 1)}
+    todo = []
+    for cell in cells:
+        tag = f"[{number[cell.key]}/{len(cells)}] {cell.key}"
         if cell.key in done:
-            log(f"[{i}/{len(cells)}] {cell.key}: finished before, skipped")
+            log(f"{tag}: finished before, skipped")
             continue
         folder = cell_dir(out, cell)
         if folder.exists():
-            log(f"[{i}/{len(cells)}] {cell.key}: half-finished (killed?), starting it again")
+            log(f"{tag}: half-finished (killed?), starting it again")
             shutil.rmtree(folder)
+        todo.append(cell)
+
+    def started(cell: Cell) -> None:
         source = study.source_cell(cell)
         steps = study.train_config(cell, "").steps
-        log(f"[{i}/{len(cells)}] {cell.key}: training {steps} steps" + (f" from {source.key}" if source else ""))
-        done[cell.key] = run_cell(study, cell, out, progress)
-        r = done[cell.key]
         log(
-            f"[{i}/{len(cells)}] {cell.key}: success {r.success_rate:.3f} ({r.successes}/{r.episodes}), "
+            f"[{number[cell.key]}/{len(cells)}] {cell.key}: training {steps} steps"
+            + (f" from {source.key}" if source else "")
+        )
+
+    def finished(cell: Cell, r: CellResult) -> None:
+        done[cell.key] = r
+        log(
+            f"[{number[cell.key]}/{len(cells)}] {cell.key}: success {r.success_rate:.3f} ({r.successes}/{r.episodes}), "
             f"train {r.train_s:.0f} s, eval {r.eval_s:.0f} s"
         )
         write_study_report(study, out, done)
-    if all(c.key in skipped for c in cells):
+
+    if workers == 1 or len(todo) <= 1:
+        for cell in todo:
+            started(cell)
+            finished(cell, run_cell(study, cell, out, progress))
+    else:
+        _run_in_workers(study, out, todo, done, workers, started, finished)
+    if not todo:
         write_study_report(study, out, done)  # nothing ran in this call: render what there is
     return done
 
 
-def run_cell(study: Study, cell: Cell, out: Path, progress: bool) -> CellResult:
+def _run_in_workers(
+    study: Study,
+    out: Path,
+    todo: list[Cell],
+    done: dict[str, CellResult],
+    workers: int,
+    started: Callable[[Cell], None],
+    finished: Callable[[Cell, CellResult], None],
+) -> None:
+    """Run ``todo`` in ``workers`` spawned processes, in order, each cell once its source is done.
+    A failing cell stops new starts; the running ones finish (and are kept), then it is raised."""
+    from ..threads import available_cores
+
+    threads = max(1, available_cores() // workers)
+    waiting, running = list(todo), {}  # running: future -> cell
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        error: BaseException | None = None
+        while waiting or running:
+            if error is None:
+                for cell in [c for c in waiting if _ready(study, c, done)][: workers - len(running)]:
+                    waiting.remove(cell)
+                    started(cell)
+                    running[pool.submit(_run_cell_in_worker, study, cell, out, threads)] = cell
+            if not running:
+                break
+            finished_now, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished_now:
+                cell = running.pop(future)
+                if future.exception() is not None:
+                    error = error or future.exception()
+                else:
+                    finished(cell, future.result())
+        if error is not None:
+            raise error
+
+
+def _ready(study: Study, cell: Cell, done: dict[str, CellResult]) -> bool:
+    source = study.source_cell(cell)
+    return source is None or source.key in done
+
+
+def _run_cell_in_worker(study: Study, cell: Cell, out: Path, threads: int) -> CellResult:
+    """One cell in a worker process: no progress bars, ``threads`` torch threads unless the
+    study's ``train.threads`` says otherwise."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_cell(study, cell, out, progress=False, threads=threads)
+
+
+def run_cell(study: Study, cell: Cell, out: Path, progress: bool, threads: int = 0) -> CellResult:
     """Train the cell's policy, evaluate it on the study's held-out episodes, record the result
-    in the cell's folder under ``out``."""
+    in the cell's folder under ``out``; ``threads`` > 0: the torch threads of a training run whose
+    study leaves ``train.threads`` at 0 (auto)."""
     from ..evaluation.metaworld import evaluate_metaworld
     from ..policy import MoDEPolicy
     from ..training.loop import train
@@ -120,6 +201,8 @@ def run_cell(study: Study, cell: Cell, out: Path, progress: bool) -> CellResult:
     folder = cell_dir(out, cell)
     cfg = cell_train_config(study, cell, out)
     cfg.progress = progress and cfg.progress
+    if threads and not cfg.threads:
+        cfg.threads = threads
     start = time.perf_counter()
     run = RunDir(train(cfg))
     train_s = time.perf_counter() - start
