@@ -12,7 +12,7 @@ from mode_policy.errors import CheckpointError, RunDirError
 from mode_policy.evaluation.result import EvalResult, TaskResult
 from mode_policy.model.config import get_preset
 from mode_policy.policy import MoDEPolicy
-from mode_policy.report import EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG, expert_routing, write_report
+from mode_policy.report import EVALS_PNG, EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG, expert_routing, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TASKS = {"reach-v3": 0.9, "push-v3": 0.42, "pick-place-v3": 0.16}
@@ -169,6 +169,26 @@ def test_write_report_with_all_inputs(tmp_path):
     assert "environment: metaworld; seed 0; wall time 12.5 s; episodes_per_task 50." in text
     assert "| avg_len | 2.345 |" in text and "| chain_success | [0.9, 0.6] |" in text
     assert "Experts per noise level" in text and "No evaluation" not in text
+    assert "Success during training" not in text and not (path.parent / EVALS_PNG).exists()  # no --eval_every
+
+
+def test_periodic_evaluations_become_a_success_versus_steps_section(tmp_path):
+    run = make_run(tmp_path, tiny_policy())
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["eval_episodes"] = 4
+    (run / "config.json").write_text(json.dumps(config))
+    per_task = dict.fromkeys(TASKS, 0.5)
+    records = [
+        {"step": 250, "success_rate": 0.25, "per_task": per_task},  # written before records had counts
+        {"step": 500, "success_rate": 7 / 12, "successes": 7, "episodes": 12, "per_task": per_task},
+    ]
+    (run / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_report(run).read_text()
+    rows = text.split("## Success during training", 1)[1].split("![")[0]
+    assert "| 250 | 0.250 | [0.09, 0.53] | 12 |" in rows  # 3 of 3 tasks x 4 episodes
+    assert "| 500 | 0.583 | [0.32, 0.81] | 12 |" in rows
+    assert "| 1000 (final evaluation) | 0.493 |" in rows and "| 150 |" in rows  # eval_info.json, 74/150
+    check_png(run / "report" / EVALS_PNG)
 
 
 def test_report_without_eval_info_or_moe_says_so(tmp_path):

@@ -69,6 +69,10 @@ def test_end_to_end_demos_train_eval_report(dataset, tmp_path, capsys):
                 "3",
                 "--language",
                 "task",
+                "--eval_every",
+                "3",
+                "--eval_episodes",
+                "1",
             ]
         )
         == 0
@@ -76,13 +80,16 @@ def test_end_to_end_demos_train_eval_report(dataset, tmp_path, capsys):
     assert (run / "model" / "model.safetensors").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6] and all("expert_usage" in r for r in records)
+    (periodic,) = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]  # not at the end
+    assert periodic["step"] == 3 and periodic["episodes"] == 2 and set(periodic["per_task"]) == set(TASKS)
+    assert periodic["success_rate"] == periodic["successes"] / 2
     assert cli(["eval", str(run), "--episodes", "1"]) == 0  # writes the run's eval_info.json
     result = json.loads((run / "eval_info.json").read_text())
     assert set(result["per_task"]) == set(TASKS) and result["overall"]["episodes"] == 2
     assert "reach-v3" in capsys.readouterr().out
     assert cli(["report", str(run)]) == 0
     report = (run / "report" / "report.md").read_text()
-    for picture in ("success_per_task.png", "loss_curve.png", "expert_usage.png"):
+    for picture in ("success_per_task.png", "success_during_training.png", "loss_curve.png", "expert_usage.png"):
         assert picture in report and (run / "report" / picture).stat().st_size > 1000
 
 

@@ -50,6 +50,8 @@ def _periodic_metaworld_eval(tasks: list[str], episodes: int, seed: int):
         result = evaluate_metaworld(policy, tasks, episodes, seed=seed, progress=False)
         return {
             "success_rate": result.overall.success_rate,
+            "successes": result.overall.successes,
+            "episodes": result.overall.episodes,
             "per_task": {t: r.success_rate for t, r in result.per_task.items()},
         }
 

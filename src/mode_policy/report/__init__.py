@@ -6,7 +6,7 @@
 """
 
 from .analysis import expert_routing
-from .figures import EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG
+from .figures import EVALS_PNG, EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG
 from .markdown import write_report
 
-__all__ = ["EXPERTS_PNG", "LOSS_PNG", "SUCCESS_PNG", "expert_routing", "write_report"]
+__all__ = ["EVALS_PNG", "EXPERTS_PNG", "LOSS_PNG", "SUCCESS_PNG", "expert_routing", "write_report"]

@@ -2,6 +2,7 @@
 
 * :func:`plot_success`: success rate per task with 95% intervals;
 * :func:`plot_loss`: training losses (and learning rate) against the step;
+* :func:`plot_eval_curve`: success of the periodic evaluations (``--eval_every``) against the step;
 * :func:`plot_expert_routing`: the router's expert probabilities at every noise
   level of the sampling schedule (from :func:`~mode_policy.report.analysis.expert_routing`).
 """
@@ -16,12 +17,13 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..evaluation.result import EvalResult
+from ..evaluation.result import EvalResult, wilson_interval
 from ..fileio import atomic_write
 
 SUCCESS_PNG = "success_per_task.png"
 LOSS_PNG = "loss_curve.png"
 EXPERTS_PNG = "expert_usage.png"
+EVALS_PNG = "success_during_training.png"
 DPI = 120
 
 
@@ -167,6 +169,35 @@ def plot_loss(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         ax_bal.set_xlabel("step")
     else:
         ax.set_xlabel("step")
+    return _save_png(fig, Path(path))
+
+
+def plot_eval_curve(
+    points: Sequence[tuple[int, int, int]], path: str | Path, final: tuple[int, int, int] | None = None
+) -> Path:
+    """Success of the periodic evaluations, ``(step, successes, episodes)`` each, against the step
+    with 95% Wilson intervals; ``final``: the run's own evaluation after training, drawn apart."""
+    if not points:
+        raise DataError("no periodic evaluations to plot")
+    fig = _new_figure(7.0, 3.8)
+    ax = fig.add_subplot()
+    for pts, color, marker, label in (
+        (points, "tab:blue", "o", f"periodic evaluation ({points[-1][2]} episodes)"),
+        ([final] if final else [], "tab:red", "s", f"final evaluation ({final[2]} episodes)" if final else ""),
+    ):
+        if not pts:
+            continue
+        steps = [p[0] for p in pts]
+        rates = [p[1] / p[2] for p in pts]
+        ci = [wilson_interval(p[1], p[2]) for p in pts]
+        err = [[r - lo for r, (lo, _) in zip(rates, ci)], [hi - r for r, (_, hi) in zip(rates, ci)]]
+        ax.errorbar(steps, rates, yerr=err, color=color, marker=marker, markersize=4, capsize=3, label=label)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("success rate")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax.set_title("Success during training (95% Wilson intervals)")
     return _save_png(fig, Path(path))
 
 

@@ -12,12 +12,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.result import EvalResult
+from ..evaluation.result import EvalResult, wilson_interval
 from ..fileio import atomic_write_text
 from ..policy import MoDEPolicy
 from ..training.run_dir import RunDir
 from .analysis import expert_routing, load_run_policy, median_throughput, routing_changes
-from .figures import EXPERTS_PNG, LOSS_PNG, SUCCESS_PNG, plot_expert_routing, plot_loss, plot_success
+from .figures import (
+    EVALS_PNG,
+    EXPERTS_PNG,
+    LOSS_PNG,
+    SUCCESS_PNG,
+    plot_eval_curve,
+    plot_expert_routing,
+    plot_loss,
+    plot_success,
+)
 
 REPORT_NAME = "report.md"
 METRICS_NAME = RunDir(".").metrics.name
@@ -192,6 +201,42 @@ def _loss_section(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[s
     return lines
 
 
+def eval_counts(record: Mapping[str, Any], episodes_per_task: int) -> tuple[int, int]:
+    """(successes, episodes) of a periodic evaluation record; records written before they carried
+    counts hold a rate per task, from ``episodes_per_task`` episodes each."""
+    if "successes" in record and "episodes" in record:
+        return int(record["successes"]), int(record["episodes"])
+    episodes = episodes_per_task * len(record.get("per_task") or {}) or episodes_per_task
+    return round(record["success_rate"] * episodes), episodes
+
+
+def _evals_section(
+    evals: Sequence[Mapping[str, Any]],
+    run_cfg: Mapping[str, Any] | None,
+    summary: Mapping[str, Any] | None,
+    result: EvalResult | None,
+    out_dir: Path,
+) -> list[str]:
+    """The periodic evaluations (``--eval_every``) as a table and a success-versus-steps figure;
+    nothing for a run without them."""
+    evals = [r for r in evals if "step" in r and "success_rate" in r]
+    if not evals:
+        return []
+    train_cfg = (run_cfg or {}).get("train", {})
+    points = [(int(r["step"]), *eval_counts(r, int(train_cfg.get("eval_episodes", 1)))) for r in evals]
+    final_step = (summary or {}).get("steps") or train_cfg.get("steps")
+    final = None
+    if result is not None and final_step:
+        final = (int(final_step), result.overall.successes, result.overall.episodes)
+    lines = ["## Success during training", "", "| step | success | 95% CI | episodes |", "|---:|---:|---|---:|"]
+    for step, successes, episodes in points + ([final] if final else []):
+        lo, hi = wilson_interval(successes, episodes)
+        tag = " (final evaluation)" if final and (step, successes, episodes) == final else ""
+        lines.append(f"| {step}{tag} | {successes / episodes:.3f} | [{lo:.2f}, {hi:.2f}] | {episodes} |")
+    plot_eval_curve(points, out_dir / EVALS_PNG, final)
+    return lines + ["", f"![Success of the periodic evaluations against the step]({EVALS_PNG})"]
+
+
 def _experts_section(routing: Mapping[str, Any], out_dir: Path) -> list[str]:
     lines = ["## Experts per noise level", ""]
     if not routing["layers"]:
@@ -249,8 +294,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     for section in (
         _facts_section(run, run_cfg, summary, records, policy),
         _success_section(result, out_dir),
+        _evals_section(run.read_evals(), run_cfg, summary, result, out_dir),
         _loss_section(records, out_dir),
         _experts_section(routing, out_dir),
     ):
-        lines += section + [""]
+        if section:
+            lines += section + [""]
     return atomic_write_text(out_dir / REPORT_NAME, "\n".join(lines).rstrip() + "\n")
