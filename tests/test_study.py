@@ -270,6 +270,23 @@ def test_cells_in_worker_processes_wait_for_the_model_they_fine_tune(dataset, tm
     assert all("finished before, skipped" in line for line in lines)
 
 
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_the_study_files_in_experiments_are_valid(path, tmp_path, monkeypatch):
+    """Every key checked and every variant's policy built, as `mode-policy study` does before training
+    (in a folder holding the datasets they name, as the commands in their headers make them)."""
+    data = yaml.safe_load(path.read_text())
+    for entry in [data, *data["variants"]]:
+        if entry.get("dataset"):
+            (tmp_path / entry["dataset"]).mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    study = load_study(path)
+    assert study.cells() and study.reference in {v.name for v in study.variants}
+    for v in study.variants:
+        study.policy_config(v.name)
+
 # --------------------------------------------------------------- the maths
 def test_t_quantiles_match_scipy():
     stats = pytest.importorskip("scipy.stats")
