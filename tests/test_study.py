@@ -270,7 +270,6 @@ def test_cells_in_worker_processes_wait_for_the_model_they_fine_tune(dataset, tm
     assert all("finished before, skipped" in line for line in lines)
 
 
-
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name
 )
@@ -286,6 +285,7 @@ def test_the_study_files_in_experiments_are_valid(path, tmp_path, monkeypatch):
     assert study.cells() and study.reference in {v.name for v in study.variants}
     for v in study.variants:
         study.policy_config(v.name)
+
 
 # --------------------------------------------------------------- the maths
 def test_t_quantiles_match_scipy():
