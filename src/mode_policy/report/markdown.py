@@ -201,7 +201,7 @@ def _loss_section(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[s
     return lines
 
 
-def eval_counts(record: Mapping[str, Any], episodes_per_task: int) -> tuple[int, int]:
+def _eval_counts(record: Mapping[str, Any], episodes_per_task: int) -> tuple[int, int]:
     """(successes, episodes) of a periodic evaluation record; records written before they carried
     counts hold a rate per task, from ``episodes_per_task`` episodes each."""
     if "successes" in record and "episodes" in record:
@@ -223,15 +223,15 @@ def _evals_section(
     if not evals:
         return []
     train_cfg = (run_cfg or {}).get("train", {})
-    points = [(int(r["step"]), *eval_counts(r, int(train_cfg.get("eval_episodes", 1)))) for r in evals]
+    points = [(int(r["step"]), *_eval_counts(r, int(train_cfg.get("eval_episodes", 1)))) for r in evals]
     final_step = (summary or {}).get("steps") or train_cfg.get("steps")
     final = None
     if result is not None and final_step:
         final = (int(final_step), result.overall.successes, result.overall.episodes)
     lines = ["## Success during training", "", "| step | success | 95% CI | episodes |", "|---:|---:|---|---:|"]
-    for step, successes, episodes in points + ([final] if final else []):
+    rows = [(p, "") for p in points] + ([(final, " (final evaluation)")] if final else [])
+    for (step, successes, episodes), tag in rows:
         lo, hi = wilson_interval(successes, episodes)
-        tag = " (final evaluation)" if final and (step, successes, episodes) == final else ""
         lines.append(f"| {step}{tag} | {successes / episodes:.3f} | [{lo:.2f}, {hi:.2f}] | {episodes} |")
     plot_eval_curve(points, out_dir / EVALS_PNG, final)
     return lines + ["", f"![Success of the periodic evaluations against the step]({EVALS_PNG})"]
