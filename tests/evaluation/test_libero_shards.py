@@ -217,6 +217,27 @@ def test_cli_eval_plays_only_the_tasks_named(fake_libero, tmp_path: Path) -> Non
     assert json.loads((tmp_path / "eval_info.rollouts" / "settings.json").read_text())["tasks"] == [2, 0]
 
 
+def test_cli_eval_step_limit_is_used_and_logged(fake_libero, tmp_path: Path) -> None:
+    import json
+
+    from mode_policy.cli.pipeline import EvalOptions, run_eval
+    from mode_policy.errors import ConfigError
+
+    _save_tiny_libero_model(tmp_path / "model")
+    out = tmp_path / "eval_info.json"
+    opts = EvalOptions(
+        path=str(tmp_path / "model"), env="libero", suite="libero_goal", episodes=2, out=str(out), libero_max_steps=4
+    )
+    assert run_eval(opts) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["max_steps"] == 4
+    lengths = [n for task in result["per_task"].values() for n in task["episode_lengths"]]
+    assert lengths and max(lengths) <= 4
+    assert json.loads((tmp_path / "eval_info.rollouts" / "settings.json").read_text())["max_steps"] == 4
+    with pytest.raises(ConfigError, match="libero_max_steps"):
+        run_eval(EvalOptions(path=str(tmp_path / "model"), env="libero", suite="libero_goal", libero_max_steps=-1))
+
+
 class _Workers:
     """An ``AsyncResult`` stand-in: every wait lets one of two workers log its next unit."""
 

@@ -133,6 +133,9 @@ class EvalOptions:
     """LIBERO suite: libero_10, libero_90, libero_goal, libero_spatial or libero_object."""
     libero_tasks: str = ""
     """LIBERO: task indices to evaluate, comma-separated (default: every task of the suite)."""
+    libero_max_steps: int = 0
+    """LIBERO: policy steps per rollout (0: the suite's limit, OpenVLA's: 220 for libero_spatial,
+    where LeRobot's evaluation uses 280)."""
     libero_fast_render: bool = True
     """LIBERO: render with the fast settings `mode-policy demos --env libero` records with (false:
     LIBERO's own, as its published HDF5 datasets were rendered)."""
@@ -309,6 +312,8 @@ def run_eval(opts: EvalOptions) -> int:
         raise ConfigError(f"--env={opts.env!r}: expected metaworld, libero or calvin")
     if opts.env == "libero" and opts.suite not in LIBERO_SUITES:
         raise ConfigError(f"--suite={opts.suite!r}: expected one of {', '.join(LIBERO_SUITES)}")
+    if opts.libero_max_steps < 0:
+        raise ConfigError(f"--libero_max_steps={opts.libero_max_steps}: expected >= 1, or 0 for the suite's limit")
     model_dir = RunDir.model_dir(opts.path)
     run = RunDir.of_model(model_dir)
     out = Path(opts.out) if opts.out else (run.eval_info if run is not None else Path("eval_info.json"))
@@ -347,10 +352,12 @@ def run_eval(opts: EvalOptions) -> int:
                 "videos": bool(opts.videos),
                 **({"tasks": task_ids} if task_ids is not None else {}),
                 **({} if opts.libero_fast_render else {"fast_render": False}),
+                **({"max_steps": opts.libero_max_steps} if opts.libero_max_steps else {}),
             },
         )
         kwargs = dict(
             suite=opts.suite,
+            max_steps=opts.libero_max_steps or None,
             n_rollouts_per_task=opts.episodes,
             seed=opts.seed,
             video_dir=video_dir,
