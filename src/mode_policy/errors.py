@@ -44,3 +44,7 @@ class TrainingError(ModePolicyError, RuntimeError):
 
 class OutputError(ModePolicyError, OSError):
     """An output cannot be written: its folder is read-only or full, or the disk failed mid-write."""
+
+
+class WorkerDied(ModePolicyError, RuntimeError):
+    """A worker process (evaluation, demonstrations) raised or died; names which and how."""

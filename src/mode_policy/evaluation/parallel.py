@@ -17,7 +17,6 @@ is the same for any number of processes and survives a kill (rerun to continue).
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..workers import WorkerGroup
 from .result import EvalResult
 from .unit_log import UnitLog
 
@@ -108,7 +108,8 @@ def play_in_workers(
     """Play the groups of units ``log`` does not hold yet in ``workers`` spawned processes:
     each calls ``evaluate(load_policy(), <units_arg>=its units, log=log, ...)`` with ``kwargs``
     (``evaluate`` and ``load_policy`` must be picklable: module-level functions or partials of
-    them). Returns the number of units played."""
+    them). A worker's error, or its death, stops the others and is raised here. Returns the
+    number of units played."""
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     done = log.records()
@@ -130,19 +131,26 @@ def play_in_workers(
         if units
     ]
     if jobs:
-        with mp.get_context("spawn").Pool(len(jobs)) as pool:
-            pending = pool.map_async(_play_shard, jobs)
+        group = WorkerGroup(
+            _play_shard,
+            jobs,
+            "evaluation worker",
+            "The units finished so far are in the log: run the same command again to continue.",
+        )
+        try:
             wanted = {int(u) for units in shards for u in units} - set(done)  # this process's units only
             unit = "chain" if units_arg == "chain_ids" else "rollout"
             if progress:
-                follow_log(pending, log, wanted, f"{len(jobs)} workers", unit)
-            pending.get()  # a worker's error is raised here
+                follow_log(group, log, wanted, f"{len(jobs)} workers", unit)
+            group.get()  # a worker's error is raised here
+        finally:
+            group.stop()
     return sum(map(len, shards))
 
 
 def follow_log(pending: Any, log: UnitLog, wanted: set[int], desc: str, unit: str, poll_s: float = 2.0) -> None:
     """Show one progress bar of the units of ``wanted`` that the workers have added to ``log``
-    until ``pending`` (an ``AsyncResult``) is ready."""
+    until ``pending`` (a :class:`~mode_policy.workers.WorkerGroup`, or anything with its ``ready`` and ``wait``) is ready."""
     from tqdm.auto import tqdm
 
     with tqdm(total=len(wanted), desc=desc, unit=unit) as bar:
