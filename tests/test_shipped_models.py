@@ -39,3 +39,9 @@ def test_shipped_model_loads_and_predicts_a_finite_chunk(folder):
 def test_mt50_model_re_plans_every_two_actions_as_scored():
     # docs/results/mt50.md scores it with --action_steps 2; the shipped config must say the same
     assert MoDEPolicy.from_pretrained(MODELS / "mt50").config.n_action_steps == 2
+
+
+@pytest.mark.parametrize("name", ["libero_object", "libero_spatial"])
+def test_libero_models_re_plan_every_five_actions_as_scored(name):
+    # docs/results/libero.md scores both with --action_steps 5
+    assert MoDEPolicy.from_pretrained(MODELS / name).config.n_action_steps == 5
