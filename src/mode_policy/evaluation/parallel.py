@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..workers import WorkerGroup
 from .result import EvalResult
 from .unit_log import UnitLog
+from .workers import WorkerGroup
 
 __all__ = [
     "distributed_rank",
@@ -150,7 +150,7 @@ def play_in_workers(
 
 def follow_log(pending: Any, log: UnitLog, wanted: set[int], desc: str, unit: str, poll_s: float = 2.0) -> None:
     """Show one progress bar of the units of ``wanted`` that the workers have added to ``log``
-    until ``pending`` (a :class:`~mode_policy.workers.WorkerGroup`, or anything with its ``ready`` and ``wait``) is ready."""
+    until ``pending`` (a :class:`~mode_policy.evaluation.workers.WorkerGroup`, or anything with its ``ready`` and ``wait``) is ready."""
     from tqdm.auto import tqdm
 
     with tqdm(total=len(wanted), desc=desc, unit=unit) as bar:

@@ -1,4 +1,4 @@
-"""Jobs for tests/test_workers.py, in a module of their own so that spawned workers import only
+"""Jobs for tests/evaluation/test_workers.py, in a module of their own so that spawned workers import only
 this (not torch, nor the test module)."""
 
 from __future__ import annotations

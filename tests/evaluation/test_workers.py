@@ -1,4 +1,4 @@
-"""Evaluation workers that fail or die (mode_policy.workers): the job ends at once with an error
+"""Evaluation workers that fail or die (mode_policy.evaluation.workers): the job ends at once with an error
 naming what happened, instead of the forever-hang of a dead ``multiprocessing.Pool`` worker; a
 rerun then plays only the units its log does not hold."""
 
@@ -13,7 +13,7 @@ from worker_jobs import fake_evaluate, no_policy, square
 from mode_policy.errors import WorkerDied
 from mode_policy.evaluation.parallel import play_in_workers
 from mode_policy.evaluation.unit_log import UnitLog
-from mode_policy.workers import WorkerGroup
+from mode_policy.evaluation.workers import WorkerGroup
 
 
 @pytest.mark.timeout(120)

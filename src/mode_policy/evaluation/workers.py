@@ -14,7 +14,7 @@ import queue
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import WorkerDied
+from ..errors import WorkerDied
 
 __all__ = ["WorkerGroup"]
 
