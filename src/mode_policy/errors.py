@@ -47,4 +47,4 @@ class OutputError(ModePolicyError, OSError):
 
 
 class WorkerDied(ModePolicyError, RuntimeError):
-    """A worker process (evaluation, demonstrations) raised or died; names which and how."""
+    """An evaluation worker process raised or died; the message names which and how."""
