@@ -1,10 +1,11 @@
 """`mode-policy study`: study files are checked up front, cells resume (finished ones are kept, a
-half-finished one is redone), a variant fine-tunes another's cell or a given model (init_from), and
+half-finished one goes on from its checkpoint, or is redone), a variant fine-tunes another's cell or a given model (init_from), and
 the report's intervals are the textbook ones."""
 
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,19 @@ from mode_policy.cli import main as cli
 from mode_policy.envs.metaworld_demos import generate_demos
 from mode_policy.errors import ConfigError, DataNotFoundError
 from mode_policy.fileio import file_lock
+from mode_policy.policy import MoDEPolicy
 from mode_policy.study import finished_results, load_study, run_study
 from mode_policy.study.report import render_markdown, summarize
 from mode_policy.study.result import CellResult
-from mode_policy.study.runner import RESULT_NAME, STUDY_LOCK, cell_dir, cell_train_config
+from mode_policy.study.runner import (
+    RESULT_NAME,
+    STUDY_LOCK,
+    TRAINED,
+    _logged_train_seconds,
+    cell_dir,
+    cell_train_config,
+    resume_point,
+)
 from mode_policy.study.spec import Cell, transformer_active_params
 from mode_policy.study.stats import (
     difference_interval,
@@ -25,6 +35,8 @@ from mode_policy.study.stats import (
     t_quantile,
     verdict,
 )
+from mode_policy.training.loop import train, weights_checksum
+from mode_policy.training.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +106,20 @@ def test_study_runs_keeps_finished_cells_and_redoes_a_half_one(dataset, tmp_path
     record = json.loads((out / "study.json").read_text())
     assert record["variants"][1]["policy_config"]["dense_mlp_ratio"] == study.variant("dense").matching.dense_mlp_ratio
 
-    # A killed cell: its folder without result.json (and with leftovers). The finished one stays.
+    # A cell killed in its evaluation: its folder without result.json (and with leftovers); its
+    # trained model is evaluated again, not retrained. The finished one stays.
     kept = cell_dir(out, Cell("default", 0)) / RESULT_NAME
     kept_bytes, kept_mtime = kept.read_bytes(), kept.stat().st_mtime_ns
     half = cell_dir(out, Cell("dense", 0))
     (half / RESULT_NAME).unlink()
     (half / "leftover.tmp").write_text("x")
+    model_mtime = (half / "run" / "model" / "model.safetensors").stat().st_mtime_ns
     lines.clear()
     again = run_study(study, out, progress=False, log=lines.append)
     assert "default/seed0: finished before, skipped" in lines[0]
-    assert "dense/seed0: half-finished" in lines[1]
+    assert "dense/seed0: half-finished (killed?), trained, evaluating it" in lines[1]
+    assert (half / "run" / "model" / "model.safetensors").stat().st_mtime_ns == model_mtime
+    assert again["dense/seed0"].successes == results["dense/seed0"].successes
     assert kept.read_bytes() == kept_bytes and kept.stat().st_mtime_ns == kept_mtime
     assert not (half / "leftover.tmp").exists() and (half / RESULT_NAME).is_file()
     assert again["default/seed0"] == results["default/seed0"]
@@ -134,6 +150,48 @@ def test_study_runs_keeps_finished_cells_and_redoes_a_half_one(dataset, tmp_path
     assert "2 of 2 cells finished" in (out / "report.md").read_text()
     assert cli(["study", str(tmp_path / "study.yaml")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_cell_killed_in_training_goes_on_from_its_checkpoint(dataset, tmp_path):
+    data = study_dict(dataset, variants=[{"name": "default"}])
+    data["train"].update(steps=4, checkpoint_every=2, keep_checkpoints=3, log_every=1)
+    study = load_study(write(tmp_path, data))
+    out, cell = tmp_path / "out", Cell("default", 0)
+    # The run as a kill after step 3 leaves it: checkpoints of steps 2 (LATEST) and 4 (half-written:
+    # not pointed at), no model, no summary; metrics up to step 4 (those after 2 are dropped)
+    cfg = cell_train_config(study, cell, out)
+    run = RunDir(train(cfg))
+    uninterrupted = weights_checksum(MoDEPolicy.from_pretrained(run.model))
+    shutil.rmtree(run.model)
+    run.summary.unlink()
+    run.checkpoint(4).rename(run.checkpoints / ".step_00000004.tmp")
+    run.latest_pointer.write_text("step_00000002\n")
+    assert resume_point(study, cell, out) == 2
+
+    lines: list[str] = []
+    result = run_study(study, out, progress=False, log=lines.append)[cell.key]
+    assert "default/seed0: half-finished (killed?), resuming its training at step 2" in lines[0]
+    # optimiser, schedule, EMA, data and RNG restored: the policy an unkilled cell trains
+    assert weights_checksum(MoDEPolicy.from_pretrained(run.model)) == uninterrupted
+    assert [r["step"] for r in run.read_metrics()] == [1, 2, 3, 4]
+    assert result.train_s > 0 and (cell_dir(out, cell) / RESULT_NAME).is_file()
+
+    # the study file edited since (another schedule): the killed run is not continued
+    (cell_dir(out, cell) / RESULT_NAME).unlink()
+    longer = dict(data, train={**data["train"], "steps": 5})
+    assert resume_point(study, cell, out) == TRAINED
+    assert resume_point(load_study(write(tmp_path, longer, "longer.yaml")), cell, out) is None
+    run.config.unlink()
+    assert resume_point(study, cell, out) is None  # no record of what the run trained
+
+
+def test_logged_train_seconds_add_up_every_part_of_a_resumed_run(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    for step, wall in [(1, 1.0), (2, 2.0), (3, 3.0), (4, 0.5), (5, 1.5)]:  # resumed at 3: wall_s restarts
+        run.append_metrics({"step": step, "wall_s": wall})
+    assert _logged_train_seconds(run) == 3.0 + 1.5
+    assert _logged_train_seconds(run, up_to_step=2) == 2.0
 
 
 # ------------------------------------------------------------ init_from

@@ -13,7 +13,8 @@ from .command import Command
 @dataclass
 class StudyOptions:
     """Train and evaluate every variant x seed of a study file, one cell after another (or
-    ``--workers`` at once); a killed study resumes (finished cells are skipped, a half-finished one is redone)."""
+    ``--workers`` at once); a killed study resumes (finished cells are skipped, a half-finished one goes
+    on from its newest checkpoint)."""
 
     study: str = ""
     """The study file (YAML; first positional argument). See mode_policy.study.spec for its keys."""

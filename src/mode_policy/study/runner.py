@@ -9,8 +9,10 @@
     OUT/report.md, OUT/study.png        rewritten after every cell
     OUT/.study.lock                     held while a study runs: a second runner on OUT is refused
 
-A cell folder without ``result.json`` is a cell killed half-way: it is removed and run again. A
-finished cell whose recorded spec differs from the study's (the file was edited) is an error,
+A cell folder without ``result.json`` is a cell killed half-way. It goes on from where it stopped
+when its run can (:func:`resume_point`: the same recipe, and a checkpoint or the trained model),
+and is run again from step 0 otherwise; a resumed run restores its optimiser, schedule, EMA, data
+and RNG states, so the cell trains the same policy as one never killed. A finished cell whose recorded spec differs from the study's (the file was edited) is an error,
 so results of two different recipes never mix. A variant whose ``init_from`` names another
 fine-tunes that variant's cell: its ``run/`` (the EMA model in ``run/model``).
 
@@ -30,9 +32,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModePolicyError
 from ..fileio import atomic_write_json, file_lock
 from ..training.config import TrainConfig
+from ..training.run_dir import CHECKPOINT_PREFIX, MODEL_CONFIG, RunDir
 from .report import write_study_report
 from .result import CellResult
 from .spec import Cell, Study
@@ -108,8 +111,16 @@ def _run_cells(
             continue
         folder = cell_dir(out, cell)
         if folder.exists():
-            log(f"{tag}: half-finished (killed?), starting it again")
-            shutil.rmtree(folder)
+            point = resume_point(study, cell, out)
+            if point is None:
+                log(f"{tag}: half-finished (killed?), no checkpoint of this recipe: starting it again")
+                shutil.rmtree(folder)
+            else:
+                where = "trained, evaluating it" if point == TRAINED else f"resuming its training at step {point}"
+                log(f"{tag}: half-finished (killed?), {where}")
+                for path in folder.iterdir():  # what the killed evaluation left; the run stays
+                    if path.name != "run":
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
         todo.append(cell)
 
     def started(cell: Cell) -> None:
@@ -189,23 +200,72 @@ def _run_cell_in_worker(study: Study, cell: Cell, out: Path, threads: int) -> Ce
     return run_cell(study, cell, out, progress=False, threads=threads)
 
 
+TRAINED = -1
+""":func:`resume_point` of a cell whose training finished (its evaluation was cut)."""
+
+
+def resume_point(study: Study, cell: Cell, out: Path) -> int | None:
+    """Where a half-finished cell's run can go on: the step of its newest checkpoint, ``TRAINED``
+    when its model is saved, or None (no run, no checkpoint, or a run of another recipe: the study
+    file was edited since)."""
+    from ..training.setup import resumed_config
+
+    cfg = cell_train_config(study, cell, out)
+    run = RunDir(cfg.output_dir)
+    try:
+        data = run.read_config()
+        if data is None:
+            return None
+        saved = TrainConfig.from_run_dict(data, str(run.config))
+        resumed_config(saved, cfg, str(run.root))  # RunDirError: optimises something else
+        if saved.steps != cfg.steps:  # a longer or shorter schedule is another recipe here
+            return None
+        summary = run.read_summary()
+        if summary is not None and summary.get("steps") == cfg.steps and (run.model / MODEL_CONFIG).is_file():
+            return TRAINED
+        checkpoint = run.latest_checkpoint() or run.newest_intact_checkpoint()
+    except (ModePolicyError, OSError, ValueError):
+        return None
+    return None if checkpoint is None else int(checkpoint.name.removeprefix(CHECKPOINT_PREFIX))
+
+
+def _logged_train_seconds(run: RunDir, up_to_step: int | None = None) -> float:
+    """Seconds of training the run's metrics record (every part of a resumed run: its ``wall_s``
+    restarts from 0 in each part), counting records up to ``up_to_step`` (default: all)."""
+    total, last = 0.0, 0.0
+    for record in run.read_metrics():
+        if up_to_step is not None and record.get("step", 0) > up_to_step:
+            break
+        wall = float(record.get("wall_s", 0.0))
+        if wall < last:  # a new part began
+            total += last
+        last = wall
+    return total + last
+
+
 def run_cell(study: Study, cell: Cell, out: Path, progress: bool, threads: int = 0) -> CellResult:
-    """Train the cell's policy, evaluate it on the study's held-out episodes, record the result
-    in the cell's folder under ``out``; ``threads`` > 0: the torch threads of a training run whose
-    study leaves ``train.threads`` at 0 (auto)."""
+    """Train the cell's policy (or go on with a killed cell's run, see :func:`resume_point`),
+    evaluate it on the study's held-out episodes, record the result in the cell's folder under
+    ``out``; ``threads`` > 0: the torch threads of a training run whose study leaves
+    ``train.threads`` at 0 (auto). ``train_s`` counts every part of a resumed run."""
     from ..evaluation.metaworld import evaluate_metaworld
     from ..policy import MoDEPolicy
     from ..training.loop import train
-    from ..training.run_dir import RunDir
 
     folder = cell_dir(out, cell)
     cfg = cell_train_config(study, cell, out)
     cfg.progress = progress and cfg.progress
     if threads and not cfg.threads:
         cfg.threads = threads
-    start = time.perf_counter()
-    run = RunDir(train(cfg))
-    train_s = time.perf_counter() - start
+    point = resume_point(study, cell, out) if folder.exists() else None
+    run = RunDir(cfg.output_dir)
+    if point == TRAINED:
+        train_s = _logged_train_seconds(run)
+    else:
+        earlier = 0.0 if point is None else _logged_train_seconds(run, point)
+        start = time.perf_counter()
+        run = RunDir(train(cfg, resume=point is not None))
+        train_s = earlier + time.perf_counter() - start
     policy = MoDEPolicy.from_pretrained(run.model)
     start = time.perf_counter()
     result = evaluate_metaworld(
