@@ -1,5 +1,5 @@
-"""Evaluation workers that fail or die (mode_policy.evaluation.workers): the job ends at once with an error
-naming what happened, instead of the forever-hang of a dead ``multiprocessing.Pool`` worker; a
+"""Workers that fail or die (mode_policy.evaluation.workers): the job ends at once with an error naming what
+happened, instead of the forever-hang of a dead ``multiprocessing.Pool`` worker; an evaluation's
 rerun then plays only the units its log does not hold."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from worker_jobs import fake_evaluate, no_policy, square
+from worker_jobs import fake_evaluate, no_policy, square, square_or_die
 
 from mode_policy.errors import WorkerDied
 from mode_policy.evaluation.parallel import play_in_workers
 from mode_policy.evaluation.unit_log import UnitLog
-from mode_policy.evaluation.workers import WorkerGroup
+from mode_policy.evaluation.workers import LoudPool, WorkerGroup
 
 
 @pytest.mark.timeout(120)
@@ -36,3 +36,18 @@ def test_a_worker_groups_error_comes_with_the_workers_traceback() -> None:
     with pytest.raises(WorkerDied, match=r"(?s)worker 1 stopped: Traceback.*ValueError: four\na hint"):
         group.get()
     assert all(p.exitcode is not None for p in group.procs)  # the sleeping worker 0 was ended
+
+
+@pytest.mark.timeout(120)
+def test_a_loud_pool_streams_results_and_a_dead_worker_ends_it_with_an_error() -> None:
+    with LoudPool(2, "demonstration worker", "a hint") as pool:
+        assert list(pool.map(square_or_die, [7, 6, 5, 3, 2, 1, 0])) == [49, 36, 25, 9, 4, 1, 0]
+        assert sorted(pool.unordered(square_or_die, [1, 2, 3, 5, 6])) == [1, 4, 9, 25, 36]
+        with pytest.raises(ValueError, match="four"):  # an error the task raises comes back as itself
+            list(pool.map(square_or_die, [1, 4, 2]))
+    with LoudPool(2, "demonstration worker", "a hint") as pool:
+        with pytest.raises(WorkerDied, match=r"(?s)a demonstration worker process died \(.*\)\na hint"):
+            list(pool.map(square_or_die, [1, 2, -9, 3, 5, 6]))
+    with LoudPool(2) as pool, pytest.raises(WorkerDied):
+        for _ in pool.unordered(square_or_die, [1, -9, 2, 3]):
+            pass

@@ -30,3 +30,12 @@ def square(x: int) -> int:
     if x == 5:
         time.sleep(300)
     return x * x
+
+
+def square_or_die(x: int) -> int:
+    """x * x; its process is killed at -9, and it raises at 4."""
+    if x == -9:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if x == 4:
+        raise ValueError("four")
+    return x * x

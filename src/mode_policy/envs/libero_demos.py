@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import multiprocessing as mp
 import os
 import shutil
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ import numpy as np
 
 from ..constants import ACTION_KEY, STATE_KEY
 from ..errors import ConfigError, DataError, SimulatorError
+from ..evaluation.workers import LoudPool
 from ..fileio import atomic_write, atomic_write_json, read_jsonl
 from .libero import (
     CAMERAS,
@@ -354,10 +354,16 @@ def generate_libero_demos(
         unit="ep",
         disable=not progress,
     )
-    pool = None
+    pool: LoudPool | None = None
     try:
         if workers > 1:
-            pool = mp.get_context(start_method).Pool(processes=workers)
+            pool = LoudPool(
+                workers,
+                "demonstration worker",
+                "The episodes finished so far are kept: run the same command again to continue "
+                "(with fewer workers if one was killed for memory).",
+                start_method,
+            )
         with open(log_path, "a", encoding="utf-8") as log:
             while True:
                 jobs = []
@@ -375,7 +381,7 @@ def generate_libero_demos(
                     jobs += [(suite, t, a, seed, int(image_size), steps, bool(fast_render), str(folder)) for a in todo]
                 if not jobs:
                     break
-                results = map(_run_attempt, jobs) if pool is None else pool.imap_unordered(_run_attempt, jobs)
+                results = map(_run_attempt, jobs) if pool is None else pool.unordered(_run_attempt, jobs)
                 for record in results:
                     records[(record["task"], record["attempt"])] = record
                     log.write(json.dumps(record) + "\n")
@@ -387,8 +393,7 @@ def generate_libero_demos(
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close(terminate=True)
         for env in [_CACHE.pop("env", None)]:
             if env is not None:
                 with contextlib.suppress(Exception):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ import numpy as np
 
 from ..constants import ACTION_KEY, IMAGES_PREFIX, STATE_KEY
 from ..errors import ConfigError, DataError, SimulatorError
+from ..evaluation.workers import LoudPool
 from .metaworld import (
     ACTION_DIM,
     CAMERAS,
@@ -251,17 +251,9 @@ def _units_for_round(
     return units
 
 
-def _map_units(pool, units) -> Iterator[list[EpisodeResult]]:
-    if pool is None:
-        return map(_run_unit, units)
-    return pool.imap(_run_unit, units, chunksize=1)
-
-
-def _map_render(pool, items: list, window: int) -> Iterator[EpisodeResult]:
-    """Rendered replays in the order of ``items``; at most ``window`` are in flight."""
-    for lo in range(0, len(items), window):
-        part = items[lo : lo + window]
-        yield from (map(_render_unit, part) if pool is None else pool.imap(_render_unit, part, chunksize=1))
+def _map(pool: LoudPool | None, fn: Any, items: list) -> Iterator[Any]:
+    """``fn`` over ``items`` in order: here, or in ``pool``'s workers (results stream)."""
+    return map(fn, items) if pool is None else pool.map(fn, items)
 
 
 def generate_demos(
@@ -286,8 +278,8 @@ def generate_demos(
         tasks: ``"mt10"``, ``"mt50"``, ``"reach-v3,push-v3"`` or a list of task names.
         episodes_per_task: successful episodes kept per task.
         seed: run seed; env seeds are ``demo_seed(task, attempt, seed)``.
-        workers: worker processes (``multiprocessing`` pool); the output does not depend
-            on it.
+        workers: worker processes (a :class:`~mode_policy.evaluation.workers.LoudPool`: a worker that dies
+            ends the generation with an error); the output does not depend on it.
         max_steps: step limit per episode (Meta-World's is 500).
         extra_steps_after_success: steps recorded after the first success.
         overwrite: replace an existing dataset at ``out_dir``.
@@ -339,7 +331,7 @@ def generate_demos(
 
     writer: DatasetWriter | None = None  # created at the first finished task
     next_to_write = 0
-    pool = None
+    pool: LoudPool | None = None
 
     def write_episode(r: EpisodeResult) -> None:
         nonlocal writer
@@ -366,7 +358,7 @@ def generate_demos(
             (r.task, r.seed, r.attempt, max_steps, extra_steps_after_success, tuple(cameras), int(image_size))
             for r in chosen
         ]
-        for r, rendered in zip(chosen, _map_render(pool, items, window=2 * workers)):
+        for r, rendered in zip(chosen, _map(pool, _render_unit, items)):
             assert r.frames is not None and rendered.frames is not None
             same = rendered.success_step == r.success_step and all(
                 np.array_equal(rendered.frames[k], r.frames[k]) for k in DEMO_FEATURES
@@ -402,7 +394,12 @@ def generate_demos(
     )
     try:
         if workers > 1:
-            pool = mp.get_context(start_method).Pool(processes=workers)
+            pool = LoudPool(
+                workers,
+                "demonstration worker",
+                "Generation starts over when run again (with fewer workers if one was killed for memory).",
+                start_method,
+            )
         pending = set(task_list)
         while pending:
             jobs: dict[str, list[int]] = {}
@@ -422,7 +419,7 @@ def generate_demos(
                 jobs[task] = list(range(n_attempts[task], n_attempts[task] + count))
                 n_attempts[task] += count
             units = _units_for_round(jobs, seed, max_steps, extra_steps_after_success, parts_per_task)
-            for results in _map_units(pool, units):
+            for results in _map(pool, _run_unit, units):
                 for r in results:
                     if r.success:
                         if len(successes[r.task]) < n:
@@ -444,8 +441,7 @@ def generate_demos(
         bar.close()
         img_bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close(terminate=True)
         for env, _ in _WORKER_CACHE.values():
             env.close_renderers()
         _WORKER_CACHE.clear()
