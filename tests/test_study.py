@@ -375,6 +375,11 @@ def test_verdicts():
     assert verdict(below, +0.05) == "disagrees: opposite sign"
     wide = difference_interval([0.1, 0.5, 0.3], [0.2, 0.4, 0.35])
     assert verdict(wide, -0.07) == "cannot tell: our interval holds 0 (the paper's difference lies in our interval)"
+    assert (wide.low, wide.high) == pytest.approx((-0.43, 0.40), abs=0.01)
+    beyond = "cannot tell: our interval holds 0 (the paper's difference lies outside our interval: smaller here)"
+    assert verdict(wide, -0.7) == beyond and verdict(wide, +0.7) == beyond
+    assert verdict(below, -0.9) == "agrees (the paper's difference lies outside our interval: smaller here)"
+    assert verdict(below, -0.1) == "agrees (the paper's difference lies outside our interval: larger here)"
     assert verdict(wide, None) == "no paper number" and verdict(None, -0.07) == "needs >= 2 seeds"
 
 

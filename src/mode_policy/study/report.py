@@ -141,7 +141,8 @@ def render_markdown(study: Study, results: dict[str, CellResult], figure: str | 
         + (" (or the one named beside it)" if own_refs else "")
         + ", with a Welch t-interval over the two sets of seed means.",
         "- verdict: by sign — *agrees* when our Δ interval excludes 0 on the paper's side, *disagrees* when it "
-        "excludes 0 on the other side, *cannot tell* when it holds 0.",
+        "excludes 0 on the other side, *cannot tell* when it holds 0; and by size — whether the paper's Δ "
+        "lies in our interval, or outside it (the effect smaller or larger here than in the paper).",
         "- params: active / total of the whole policy (active = total minus the experts a forward pass skips; "
         "routers count as active); minutes per cell: training + evaluation, mean over seeds.",
     ]

@@ -101,14 +101,19 @@ def difference_interval(a: Sequence[float], b: Sequence[float], level: float = 0
 
 
 def verdict(ours: Interval | None, paper_delta: float | None) -> str:
-    """Does our difference to the reference agree with the paper's? By sign, where our interval allows."""
+    """Does our difference to the reference agree with the paper's? By sign, where our interval
+    allows; and by size: whether the paper's difference lies in our interval, or beyond it."""
     if paper_delta is None:
         return "no paper number"
     if ours is None:
         return "needs >= 2 seeds"
-    inside = " (the paper's difference lies in our interval)" if ours.contains(paper_delta) else ""
+    if ours.contains(paper_delta):
+        size = " (the paper's difference lies in our interval)"
+    else:  # the paper's effect is larger than ours can be when it lies beyond our bound on its side
+        larger = paper_delta < ours.low if paper_delta < 0 else paper_delta > ours.high
+        size = f" (the paper's difference lies outside our interval: {'smaller' if larger else 'larger'} here)"
     if not ours.excludes_zero():
-        return "cannot tell: our interval holds 0" + inside
+        return "cannot tell: our interval holds 0" + size
     if paper_delta == 0 or (ours.mean > 0) == (paper_delta > 0):
-        return "agrees" + inside
+        return "agrees" + size
     return "disagrees: opposite sign"
