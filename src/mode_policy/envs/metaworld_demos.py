@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,7 +251,7 @@ def _units_for_round(
     return units
 
 
-def _map(pool: LoudPool | None, fn: Any, items: list) -> Iterator[Any]:
+def _map(pool: LoudPool | None, fn: Callable[[Any], Any], items: list) -> Iterator[Any]:
     """``fn`` over ``items`` in order: here, or in ``pool``'s workers (results stream)."""
     return map(fn, items) if pool is None else pool.map(fn, items)
 
