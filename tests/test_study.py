@@ -380,6 +380,7 @@ def test_verdicts():
     assert verdict(wide, -0.7) == beyond and verdict(wide, +0.7) == beyond
     assert verdict(below, -0.9) == "agrees (the paper's difference lies outside our interval: smaller here)"
     assert verdict(below, -0.1) == "agrees (the paper's difference lies outside our interval: larger here)"
+    assert verdict(below, 0.0) == "agrees (the paper's difference lies outside our interval: larger here)"
     assert verdict(wide, None) == "no paper number" and verdict(None, -0.07) == "needs >= 2 seeds"
 
 

@@ -122,7 +122,8 @@ class LoudPool:
                 proc.terminate()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def _died(self) -> WorkerDied:
+    def _death(self) -> WorkerDied:
+        """The error for a pool a dead worker broke, with its exit code where still known."""
         codes = [p.exitcode for p in getattr(self._executor, "_processes", {}).values() if p.exitcode]
         detail = _died(codes[0]) if codes else "it ended without a result"
         return WorkerDied(f"a {self.what} process died ({detail})" + (f"\n{self.hint}" if self.hint else ""))
@@ -132,13 +133,13 @@ class LoudPool:
         try:
             return [self._executor.submit(fn, item) for item in islice(items, count)]
         except BrokenProcessPool:
-            raise self._died() from None
+            raise self._death() from None
 
     def _result(self, future: Future) -> Any:
         try:
             return future.result()
         except BrokenProcessPool:
-            raise self._died() from None
+            raise self._death() from None
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """``fn(item)`` for each item, in order."""

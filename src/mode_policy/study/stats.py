@@ -109,8 +109,8 @@ def verdict(ours: Interval | None, paper_delta: float | None) -> str:
         return "needs >= 2 seeds"
     if ours.contains(paper_delta):
         size = " (the paper's difference lies in our interval)"
-    else:  # the paper's effect is larger than ours can be when it lies beyond our bound on its side
-        larger = paper_delta < ours.low if paper_delta < 0 else paper_delta > ours.high
+    else:  # the paper's effect is larger than ours can be when it lies beyond our bound, away from 0
+        larger = paper_delta < min(ours.low, 0) or paper_delta > max(ours.high, 0)
         size = f" (the paper's difference lies outside our interval: {'smaller' if larger else 'larger'} here)"
     if not ours.excludes_zero():
         return "cannot tell: our interval holds 0" + size
